@@ -1,0 +1,118 @@
+//! Outgoing QUIC connections, one per peer address, shared by every task.
+//!
+//! Concurrent first requests to a peer share one handshake; a connection that closed is
+//! replaced on the next request. Every request has a deadline.
+
+use crate::error::{Error, Result};
+use crate::{net, wire};
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use quinn::{ClientConfig, Connection, Endpoint};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+type Pending = Shared<BoxFuture<'static, std::result::Result<Connection, String>>>;
+
+enum Conn {
+    Ready(Connection),
+    Connecting(Pending),
+}
+
+pub struct Dialer {
+    endpoint: Endpoint,
+    config: ClientConfig,
+    connect_timeout: Duration,
+    conns: Mutex<HashMap<SocketAddr, Conn>>,
+}
+
+impl Dialer {
+    pub fn new(alpn: &[u8], connect_timeout: Duration) -> Result<Self> {
+        Ok(Dialer {
+            endpoint: net::client_endpoint(false)?,
+            config: net::client_config(alpn)?,
+            connect_timeout,
+            conns: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A live connection to `addr`, connecting if there is none.
+    pub async fn connection(&self, addr: SocketAddr) -> Result<Connection> {
+        let pending = {
+            let mut conns = self.conns.lock().expect("dialer lock");
+            match conns.get(&addr) {
+                Some(Conn::Ready(c)) if c.close_reason().is_none() => return Ok(c.clone()),
+                Some(Conn::Connecting(p)) => p.clone(),
+                _ => {
+                    let (endpoint, config, timeout) =
+                        (self.endpoint.clone(), self.config.clone(), self.connect_timeout);
+                    let fut = async move {
+                        net::connect(&endpoint, &config, addr, timeout)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    .boxed()
+                    .shared();
+                    conns.insert(addr, Conn::Connecting(fut.clone()));
+                    fut
+                }
+            }
+        };
+        let result = pending.await;
+        let mut conns = self.conns.lock().expect("dialer lock");
+        match result {
+            Ok(c) => {
+                if !matches!(conns.get(&addr), Some(Conn::Ready(cur)) if cur.close_reason().is_none())
+                {
+                    conns.insert(addr, Conn::Ready(c.clone()));
+                }
+                Ok(c)
+            }
+            Err(reason) => {
+                if matches!(conns.get(&addr), Some(Conn::Connecting(_))) {
+                    conns.remove(&addr);
+                }
+                Err(Error::Unavailable(reason))
+            }
+        }
+    }
+
+    /// Forget the connection to `addr` (after an error), so the next request reconnects.
+    pub fn reset(&self, addr: SocketAddr) {
+        let mut conns = self.conns.lock().expect("dialer lock");
+        if let Some(Conn::Ready(c)) = conns.remove(&addr) {
+            c.close(0u32.into(), b"reset");
+        }
+    }
+
+    /// One request/response exchange with `addr`, bounded by `timeout` overall.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        req: &Req,
+        bulk: Bytes,
+        max_bulk: usize,
+        timeout: Duration,
+    ) -> Result<(Resp, Vec<u8>)> {
+        let fut = async {
+            let conn = self.connection(addr).await?;
+            wire::request(&conn, req, bulk, max_bulk).await
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                if matches!(e, Error::Connection(_)) {
+                    self.reset(addr);
+                }
+                Err(e)
+            }
+            Err(_) => Err(Error::Timeout(timeout, format!("request to {addr}"))),
+        }
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"closing");
+    }
+}

@@ -1,0 +1,179 @@
+//! Reed–Solomon erasure coding of one block into k data + m parity shards.
+//!
+//! A block of `len` bytes is split into k data shards of `shard_size = ceil(len / k)` bytes (the
+//! last one zero-padded) and m parity shards of the same size. Any k of the k+m shards rebuild
+//! the block.
+
+use crate::error::{Error, Result};
+use reed_solomon_erasure::galois_8::ReedSolomon;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The erasure code of a block: k data shards and m parity shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EcParams {
+    pub k: u8,
+    pub m: u8,
+}
+
+impl EcParams {
+    pub const DEFAULT: EcParams = EcParams { k: 4, m: 2 };
+
+    pub fn total(&self) -> usize {
+        self.k as usize + self.m as usize
+    }
+
+    /// Size of each shard for a block of `len` bytes (at least 1, so empty blocks still encode).
+    pub fn shard_size(&self, len: usize) -> usize {
+        len.div_ceil(self.k as usize).max(1)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 || self.m == 0 || self.total() > 255 {
+            return Err(Error::Config(format!(
+                "erasure code {self} is not usable: need k >= 1, m >= 1 and k + m <= 255"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for EcParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}+{}", self.k, self.m)
+    }
+}
+
+impl FromStr for EcParams {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Config(format!("erasure code {s:?} is not of the form K+M, e.g. 4+2"));
+        let (k, m) = s.split_once('+').ok_or_else(bad)?;
+        let p = EcParams {
+            k: k.trim().parse().map_err(|_| bad())?,
+            m: m.trim().parse().map_err(|_| bad())?,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// An encoder/decoder for one code; cheap to share (`Arc`) across tasks.
+pub struct Codec {
+    params: EcParams,
+    rs: ReedSolomon,
+}
+
+impl Codec {
+    pub fn new(params: EcParams) -> Result<Self> {
+        params.validate()?;
+        let rs = ReedSolomon::new(params.k as usize, params.m as usize)
+            .map_err(|e| Error::Config(format!("erasure code {params}: {e:?}")))?;
+        Ok(Codec { params, rs })
+    }
+
+    pub fn params(&self) -> EcParams {
+        self.params
+    }
+
+    /// Split and encode a block into k + m shards of equal size.
+    pub fn encode(&self, block: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let k = self.params.k as usize;
+        let size = self.params.shard_size(block.len());
+        let mut shards: Vec<Vec<u8>> = Vec::with_capacity(self.params.total());
+        for i in 0..k {
+            let start = (i * size).min(block.len());
+            let end = ((i + 1) * size).min(block.len());
+            let mut s = Vec::with_capacity(size);
+            s.extend_from_slice(&block[start..end]);
+            s.resize(size, 0);
+            shards.push(s);
+        }
+        for _ in 0..self.params.m {
+            shards.push(vec![0u8; size]);
+        }
+        self.rs
+            .encode(&mut shards)
+            .map_err(|e| Error::Corrupt(format!("erasure encode failed: {e:?}")))?;
+        Ok(shards)
+    }
+
+    /// Rebuild a block of `len` bytes from any k present shards (index = shard number).
+    pub fn decode(&self, mut shards: Vec<Option<Vec<u8>>>, len: usize) -> Result<Vec<u8>> {
+        let k = self.params.k as usize;
+        if shards.len() != self.params.total() {
+            return Err(Error::Corrupt(format!(
+                "expected {} shards, got {}",
+                self.params.total(),
+                shards.len()
+            )));
+        }
+        let present = shards.iter().filter(|s| s.is_some()).count();
+        if present < k {
+            return Err(Error::Unavailable(format!(
+                "only {present} of the {k} shards needed are available"
+            )));
+        }
+        let size = self.params.shard_size(len);
+        if shards.iter().flatten().any(|s| s.len() != size) {
+            return Err(Error::Corrupt("shards of unequal size".into()));
+        }
+        if shards[..k].iter().any(|s| s.is_none()) {
+            self.rs
+                .reconstruct_data(&mut shards)
+                .map_err(|e| Error::Corrupt(format!("erasure decode failed: {e:?}")))?;
+        }
+        let mut out = Vec::with_capacity(size * k);
+        for s in shards.into_iter().take(k) {
+            out.extend_from_slice(&s.expect("data shard present after reconstruction"));
+        }
+        out.truncate(len);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_k_shards_rebuild_the_block() {
+        let codec = Codec::new(EcParams { k: 4, m: 2 }).unwrap();
+        let block: Vec<u8> = (0..10_007u32).map(|i| (i * 31 % 251) as u8).collect();
+        let shards = codec.encode(&block).unwrap();
+        assert_eq!(shards.len(), 6);
+        for a in 0..6 {
+            for b in a + 1..6 {
+                let mut v: Vec<Option<Vec<u8>>> = shards.iter().cloned().map(Some).collect();
+                v[a] = None;
+                v[b] = None;
+                assert_eq!(codec.decode(v, block.len()).unwrap(), block, "lost {a},{b}");
+            }
+        }
+        let mut v: Vec<Option<Vec<u8>>> = shards.iter().cloned().map(Some).collect();
+        v[0] = None;
+        v[1] = None;
+        v[2] = None;
+        assert!(codec.decode(v, block.len()).is_err());
+    }
+
+    #[test]
+    fn empty_and_tiny_blocks() {
+        let codec = Codec::new(EcParams::DEFAULT).unwrap();
+        for len in [0usize, 1, 3, 4, 5] {
+            let block = vec![7u8; len];
+            let shards = codec.encode(&block).unwrap();
+            let v = shards.into_iter().map(Some).collect();
+            assert_eq!(codec.decode(v, len).unwrap(), block);
+        }
+    }
+
+    #[test]
+    fn parse_params() {
+        assert_eq!("4+2".parse::<EcParams>().unwrap(), EcParams { k: 4, m: 2 });
+        assert!("4".parse::<EcParams>().is_err());
+        assert!("0+2".parse::<EcParams>().is_err());
+        assert!("200+100".parse::<EcParams>().is_err());
+    }
+}

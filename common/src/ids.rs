@@ -1,0 +1,74 @@
+//! Identifiers: inode numbers, node ids and content-addressed block ids.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Inode number. `1` is the root directory.
+pub type Ino = u64;
+
+/// A storage node's identity, chosen by the node on first start and kept in its data directory.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node:{self}")
+    }
+}
+
+/// A block's id is the blake3 hash of its content, so equal blocks share one id (the base for
+/// dedup and version history) and a cached block can never be stale.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlockId(pub [u8; 32]);
+
+impl BlockId {
+    /// The id of a block with this content.
+    pub fn of(data: &[u8]) -> Self {
+        BlockId(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let v = hex::decode(s).ok()?;
+        Some(BlockId(v.try_into().ok()?))
+    }
+}
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "block:{}", &self.to_hex()[..16])
+    }
+}
+
+/// blake3 of a shard's bytes, as recorded by the master and checked on every read.
+pub fn shard_hash(data: &[u8]) -> [u8; 32] {
+    *blake3::hash(data).as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_id_hex_round_trip() {
+        let id = BlockId::of(b"hello");
+        assert_eq!(BlockId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(BlockId::from_hex("zz"), None);
+        assert_ne!(BlockId::of(b"hello"), BlockId::of(b"hellp"));
+    }
+}

@@ -1,0 +1,24 @@
+//! Shared vocabulary of ShardFS: what crosses the wire and what every part agrees on.
+//!
+//! The client (`shardfs`), the master (`shardfs-master`) and the storage nodes (`shardfs-node`)
+//! talk over QUIC. Every request is one bidirectional stream carrying one frame each way: a small
+//! fixed prefix, a postcard-encoded header (one request/response enum per service, see
+//! [`proto`]), then the bulk bytes (shard data) streamed after it. [`wire`] does the framing with a
+//! size limit on every read, [`net`] builds the QUIC endpoints, [`ec`] wraps the Reed–Solomon code
+//! that turns one block into k data + m parity shards, and [`error`] holds the error type and the
+//! one place where errors become errnos.
+
+pub mod config;
+pub mod dial;
+pub mod ec;
+pub mod error;
+pub mod ids;
+pub mod net;
+pub mod proto;
+pub mod wire;
+
+pub use error::{Error, ErrorCode, RemoteError, Result};
+pub use ids::{BlockId, Ino, NodeId};
+
+/// Root directory inode number, as FUSE expects.
+pub const ROOT_INO: Ino = 1;

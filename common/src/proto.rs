@@ -1,0 +1,303 @@
+//! The wire protocol: one request/response enum per service.
+//!
+//! Messages are postcard-encoded with serde. Bulk bytes (shard data) are never inside a message:
+//! they follow the header in the same frame (see [`crate::wire`]). The protocol version is part of
+//! the ALPN string, so a peer of another version fails the handshake with a clear error instead
+//! of misreading frames.
+
+use crate::ec::EcParams;
+use crate::error::RemoteError;
+use crate::ids::{BlockId, Ino, NodeId};
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const PROTOCOL_VERSION: u8 = 1;
+/// ALPN of the master's service (clients and nodes connect to it).
+pub const ALPN_MASTER: &[u8] = b"shardfs-master/1";
+/// ALPN of a storage node's service.
+pub const ALPN_NODE: &[u8] = b"shardfs-node/1";
+
+/// Longest file name, as on ext4.
+pub const NAME_MAX: usize = 255;
+
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timespec {
+    pub secs: i64,
+    pub nsecs: u32,
+}
+
+impl Timespec {
+    pub fn now() -> Self {
+        Self::from_system(SystemTime::now())
+    }
+
+    pub fn from_system(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec { secs: d.as_secs() as i64, nsecs: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                if d.subsec_nanos() == 0 {
+                    Timespec { secs: -(d.as_secs() as i64), nsecs: 0 }
+                } else {
+                    Timespec {
+                        secs: -(d.as_secs() as i64) - 1,
+                        nsecs: 1_000_000_000 - d.subsec_nanos(),
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn to_system(self) -> SystemTime {
+        if self.secs >= 0 {
+            UNIX_EPOCH + std::time::Duration::new(self.secs as u64, self.nsecs)
+        } else {
+            UNIX_EPOCH - std::time::Duration::from_secs((-self.secs) as u64)
+                + std::time::Duration::from_nanos(self.nsecs as u64)
+        }
+    }
+}
+
+/// Attributes of an inode, as the master keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits (mode & 0o7777).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub rdev: u32,
+}
+
+/// Which attributes a setattr changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Timespec>,
+    pub mtime: Option<Timespec>,
+    /// The time the change is made (becomes ctime).
+    pub now: Timespec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+/// Where one shard of a block lives and what its bytes hash to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLoc {
+    pub node: NodeId,
+    pub hash: [u8; 32],
+}
+
+/// Everything needed to read a block back: its code, its size and its shards (index = shard
+/// number: the first k are data, the rest parity).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockMeta {
+    pub id: BlockId,
+    pub ec: EcParams,
+    pub len: u64,
+    pub shard_size: u32,
+    pub shards: Vec<ShardLoc>,
+}
+
+/// Block `index` of a file (covering bytes `index * block_size ..`): the block, and how many of
+/// its bytes belong to the file (less than its length after a truncate; the rest reads as zeros).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub index: u64,
+    pub used: u64,
+    pub block: BlockMeta,
+}
+
+/// A slot a client wants to commit: either a block it just stored (`meta` given), or a block the
+/// master already knows (`meta` None, found by id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSlot {
+    pub index: u64,
+    pub id: BlockId,
+    pub used: u64,
+    pub meta: Option<BlockMeta>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// The cluster already holds this block; commit it by id without uploading.
+    Exists(BlockMeta),
+    /// Store shard i on node i of this list (k + m distinct nodes).
+    Place(Vec<NodeId>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    Up,
+    Down,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub addr: String,
+    pub state: NodeState,
+    pub capacity: u64,
+    pub free: u64,
+    pub used: u64,
+    pub shards: u64,
+    /// Milliseconds since the last heartbeat (None: none since the master started).
+    pub last_seen_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: u64,
+    pub ec: EcParams,
+    pub block_size: u64,
+}
+
+/// Capacity as a user sees it: raw node space scaled by k / (k + m).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsStats {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub files: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterRequest {
+    Cluster,
+    Lookup { parent: Ino, name: Vec<u8> },
+    GetAttr { ino: Ino },
+    SetAttr { ino: Ino, set: SetAttr },
+    /// mknod, mkdir and create: a new inode of `kind` linked as `parent/name`.
+    Create {
+        parent: Ino,
+        name: Vec<u8>,
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        now: Timespec,
+    },
+    Symlink { parent: Ino, name: Vec<u8>, target: Vec<u8>, uid: u32, gid: u32, now: Timespec },
+    ReadLink { ino: Ino },
+    Link { ino: Ino, parent: Ino, name: Vec<u8>, now: Timespec },
+    Unlink { parent: Ino, name: Vec<u8>, now: Timespec },
+    Rmdir { parent: Ino, name: Vec<u8>, now: Timespec },
+    Rename {
+        parent: Ino,
+        name: Vec<u8>,
+        new_parent: Ino,
+        new_name: Vec<u8>,
+        flags: u32,
+        now: Timespec,
+    },
+    /// Entries of a directory in name order, starting after `after`.
+    ReadDir { ino: Ino, after: Option<Vec<u8>>, limit: u32 },
+    /// Attributes and block map of a file.
+    Open { ino: Ino },
+    /// Where to store new blocks (or that they exist already).
+    Place { blocks: Vec<(BlockId, u64)>, exclude: Vec<NodeId> },
+    /// Make written blocks part of a file, atomically with its new size and mtime.
+    Commit { ino: Ino, slots: Vec<NewSlot>, size: u64, mtime: Timespec },
+    StatFs,
+    Nodes,
+    Register { id: NodeId, addr: String, capacity: u64, free: u64, used: u64, shards: u64 },
+    Heartbeat { id: NodeId, capacity: u64, free: u64, used: u64, shards: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterResponse {
+    Ok,
+    Cluster(ClusterInfo),
+    Attr(Attr),
+    Link(Vec<u8>),
+    Entries { entries: Vec<DirEntry>, more: bool },
+    Opened { attr: Attr, slots: Vec<Slot> },
+    Placements(Vec<Placement>),
+    StatFs(FsStats),
+    Nodes(Vec<NodeInfo>),
+    Err(RemoteError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// Store shard `index` of `block`; its bytes follow as bulk and must hash to `hash`.
+    Put { block: BlockId, index: u8, hash: [u8; 32] },
+    /// Fetch a shard; the bytes come back as bulk, verified against the stored hash.
+    Get { block: BlockId, index: u8 },
+    Delete { shards: Vec<(BlockId, u8)> },
+    Stat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeResponse {
+    Ok,
+    Shard { hash: [u8; 32] },
+    Stat { id: NodeId, capacity: u64, free: u64, used: u64, shards: u64 },
+    Err(RemoteError),
+}
+
+/// Check a name from a request: not empty, no '/', no NUL, not "." or "..", at most NAME_MAX.
+pub fn check_name(name: &[u8]) -> crate::Result<()> {
+    use crate::{Error, ErrorCode};
+    if name.len() > NAME_MAX {
+        return Err(Error::fs(ErrorCode::NameTooLong, "file name longer than 255 bytes"));
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(Error::invalid(format!(
+            "invalid file name {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timespec_round_trip() {
+        let t = Timespec { secs: 1_700_000_000, nsecs: 123_456_789 };
+        assert_eq!(Timespec::from_system(t.to_system()), t);
+        let neg = Timespec { secs: -5, nsecs: 250_000_000 };
+        assert_eq!(Timespec::from_system(neg.to_system()), neg);
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name(b"a").is_ok());
+        assert!(check_name(b"").is_err());
+        assert!(check_name(b"a/b").is_err());
+        assert!(check_name(&[b'x'; 256]).is_err());
+        assert!(check_name(&[b'x'; 255]).is_ok());
+    }
+}

@@ -1,0 +1,367 @@
+//! Blocks in and out of the storage nodes.
+//!
+//! Write: a block is hashed (its blake3 is its id), the master places it (or says the cluster
+//! already has it), it is erasure-coded and its k + m shards are sent to k + m nodes in
+//! parallel. A failed node is excluded and the block placed again.
+//!
+//! Read: k shards are fetched in parallel, data shards first; a failed or slow shard (past the
+//! hedge delay) brings in the parity shards. Every shard is checked against the hash the master
+//! recorded, the block is decoded and checked against its id, and kept in an LRU cache bounded
+//! in bytes. Because blocks are content-addressed, a cached block is never stale.
+
+use crate::master::{unexpected, MasterClient};
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::stream::{FuturesUnordered, StreamExt};
+use lru::LruCache;
+use shardfs_common::dial::Dialer;
+use shardfs_common::ec::Codec;
+use shardfs_common::ids::shard_hash;
+use shardfs_common::proto::{
+    BlockMeta, MasterRequest, MasterResponse, NodeRequest, NodeResponse, NodeState, Placement,
+    ShardLoc, ALPN_NODE,
+};
+use shardfs_common::{wire, BlockId, Error, NodeId, Result};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+pub struct BlockConfig {
+    pub cache_bytes: usize,
+    pub shard_timeout: Duration,
+    pub hedge_delay: Duration,
+}
+
+type Fetch = Shared<BoxFuture<'static, std::result::Result<Arc<Vec<u8>>, String>>>;
+
+pub struct BlockStore {
+    master: Arc<MasterClient>,
+    codec: Arc<Codec>,
+    dialer: Dialer,
+    cfg: BlockConfig,
+    addrs: Mutex<HashMap<NodeId, SocketAddr>>,
+    /// Nodes that failed recently, and until when to try them last.
+    suspect: Mutex<HashMap<NodeId, Instant>>,
+    cache: Mutex<Cache>,
+    fetching: Mutex<HashMap<BlockId, Fetch>>,
+}
+
+struct Cache {
+    lru: LruCache<BlockId, Arc<Vec<u8>>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Cache {
+    fn insert(&mut self, id: BlockId, data: Arc<Vec<u8>>) {
+        if data.len() > self.limit {
+            return;
+        }
+        if let Some(old) = self.lru.put(id, data.clone()) {
+            self.bytes -= old.len();
+        }
+        self.bytes += data.len();
+        while self.bytes > self.limit {
+            match self.lru.pop_lru() {
+                Some((_, v)) => self.bytes -= v.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+impl BlockStore {
+    pub fn new(master: Arc<MasterClient>, codec: Arc<Codec>, cfg: BlockConfig) -> Result<Arc<Self>> {
+        Ok(Arc::new(BlockStore {
+            master,
+            codec,
+            dialer: Dialer::new(ALPN_NODE, Duration::from_secs(2))?,
+            cache: Mutex::new(Cache { lru: LruCache::unbounded(), bytes: 0, limit: cfg.cache_bytes }),
+            cfg,
+            addrs: Mutex::new(HashMap::new()),
+            suspect: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    async fn refresh_nodes(&self) -> Result<()> {
+        match self.master.call(MasterRequest::Nodes).await? {
+            MasterResponse::Nodes(list) => {
+                let mut addrs = self.addrs.lock().expect("addrs lock");
+                let mut suspect = self.suspect.lock().expect("suspect lock");
+                for n in list {
+                    if let Ok(a) = n.addr.parse() {
+                        addrs.insert(n.id, a);
+                    }
+                    if n.state == NodeState::Down {
+                        suspect.insert(n.id, Instant::now() + Duration::from_secs(5));
+                    }
+                }
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn addr(&self, node: NodeId) -> Result<SocketAddr> {
+        if let Some(a) = self.addrs.lock().expect("addrs lock").get(&node) {
+            return Ok(*a);
+        }
+        self.refresh_nodes().await?;
+        self.addrs
+            .lock()
+            .expect("addrs lock")
+            .get(&node)
+            .copied()
+            .ok_or_else(|| Error::Unavailable(format!("storage node {node} is unknown to the master")))
+    }
+
+    fn is_suspect(&self, node: NodeId) -> bool {
+        let mut s = self.suspect.lock().expect("suspect lock");
+        match s.get(&node) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                s.remove(&node);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_suspect(&self, node: NodeId) {
+        self.suspect
+            .lock()
+            .expect("suspect lock")
+            .insert(node, Instant::now() + Duration::from_secs(10));
+    }
+
+    fn cached(&self, id: &BlockId) -> Option<Arc<Vec<u8>>> {
+        self.cache.lock().expect("cache lock").lru.get(id).cloned()
+    }
+
+    pub fn cache_insert(&self, id: BlockId, data: Arc<Vec<u8>>) {
+        self.cache.lock().expect("cache lock").insert(id, data);
+    }
+
+    /// Store a block; returns its description (placed now or already in the cluster).
+    pub async fn put(self: &Arc<Self>, data: Arc<Vec<u8>>) -> Result<BlockMeta> {
+        let d = data.clone();
+        let codec = self.codec.clone();
+        let (id, shards) = tokio::task::spawn_blocking(move || {
+            let id = BlockId::of(&d);
+            codec.encode(&d).map(|s| (id, s))
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("encoder failed: {e}")))??;
+        let shards: Vec<Bytes> = shards.into_iter().map(Bytes::from).collect();
+        let hashes: Vec<[u8; 32]> = shards.iter().map(|s| shard_hash(s)).collect();
+        let mut exclude: Vec<NodeId> = Vec::new();
+        let mut last_err = None;
+        for _attempt in 0..4 {
+            let req = MasterRequest::Place { blocks: vec![(id, data.len() as u64)], exclude: exclude.clone() };
+            let nodes = match self.master.call(req).await? {
+                MasterResponse::Placements(mut p) if p.len() == 1 => match p.remove(0) {
+                    Placement::Exists(meta) => {
+                        self.cache_insert(id, data);
+                        return Ok(meta);
+                    }
+                    Placement::Place(nodes) => nodes,
+                },
+                other => return Err(unexpected(other)),
+            };
+            let mut puts = FuturesUnordered::new();
+            for (i, node) in nodes.iter().enumerate() {
+                let (shard, hash, node) = (shards[i].clone(), hashes[i], *node);
+                let this = self.clone();
+                puts.push(async move {
+                    let r = this.put_shard(node, id, i as u8, hash, shard).await;
+                    (node, r)
+                });
+            }
+            let mut failed = Vec::new();
+            while let Some((node, r)) = puts.next().await {
+                if let Err(e) = r {
+                    warn!(%node, block = %id, "shard upload failed: {e}");
+                    self.mark_suspect(node);
+                    failed.push(node);
+                    last_err = Some(e);
+                }
+            }
+            if failed.is_empty() {
+                let meta = BlockMeta {
+                    id,
+                    ec: self.codec.params(),
+                    len: data.len() as u64,
+                    shard_size: shards[0].len() as u32,
+                    shards: nodes.iter().zip(&hashes).map(|(n, h)| ShardLoc { node: *n, hash: *h }).collect(),
+                };
+                self.cache_insert(id, data);
+                return Ok(meta);
+            }
+            exclude.extend(failed);
+        }
+        Err(last_err.unwrap_or_else(|| Error::Unavailable("could not store block".into())))
+    }
+
+    async fn put_shard(&self, node: NodeId, block: BlockId, index: u8, hash: [u8; 32], data: Bytes) -> Result<()> {
+        let addr = self.addr(node).await?;
+        let req = NodeRequest::Put { block, index, hash };
+        let timeout = self.cfg.shard_timeout + Duration::from_millis(data.len() as u64 / 1024);
+        match self.dialer.call::<_, NodeResponse>(addr, &req, data, 0, timeout).await? {
+            (NodeResponse::Ok, _) => Ok(()),
+            (NodeResponse::Err(e), _) => Err(e.into()),
+            (other, _) => Err(Error::Protocol(format!("unexpected node answer {other:?}"))),
+        }
+    }
+
+    async fn get_shard(&self, loc: &ShardLoc, block: BlockId, index: u8, size: usize) -> Result<Vec<u8>> {
+        let addr = self.addr(loc.node).await?;
+        let req = NodeRequest::Get { block, index };
+        let r = self
+            .dialer
+            .call::<_, NodeResponse>(addr, &req, Bytes::new(), size, self.cfg.shard_timeout)
+            .await;
+        match r {
+            Ok((NodeResponse::Shard { .. }, data)) => {
+                if data.len() != size || shard_hash(&data) != loc.hash {
+                    return Err(Error::Corrupt(format!("shard {block}.{index} from {} does not match its hash", loc.node)));
+                }
+                Ok(data)
+            }
+            Ok((NodeResponse::Err(e), _)) => Err(e.into()),
+            Ok((other, _)) => Err(Error::Protocol(format!("unexpected node answer {other:?}"))),
+            Err(e) => {
+                self.mark_suspect(loc.node);
+                Err(e)
+            }
+        }
+    }
+
+    /// The content of a block, from the cache or the nodes. Concurrent reads of one block share
+    /// one fetch.
+    pub async fn get(self: &Arc<Self>, meta: &BlockMeta) -> Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.cached(&meta.id) {
+            return Ok(d);
+        }
+        let fetch = {
+            let mut f = self.fetching.lock().expect("fetching lock");
+            f.entry(meta.id)
+                .or_insert_with(|| {
+                    let this = self.clone();
+                    let meta = meta.clone();
+                    async move {
+                        let r = this.fetch(&meta).await;
+                        this.fetching.lock().expect("fetching lock").remove(&meta.id);
+                        match r {
+                            Ok(d) => {
+                                this.cache_insert(meta.id, d.clone());
+                                Ok(d)
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        fetch.await.map_err(Error::Unavailable)
+    }
+
+    /// Start fetching a block into the cache without waiting for it.
+    pub fn prefetch(self: &Arc<Self>, meta: BlockMeta) {
+        if self.cached(&meta.id).is_some() || self.fetching.lock().expect("fetching lock").contains_key(&meta.id) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.get(&meta).await {
+                debug!(block = %meta.id, "read-ahead failed: {e}");
+            }
+        });
+    }
+
+    async fn fetch(self: &Arc<Self>, meta: &BlockMeta) -> Result<Arc<Vec<u8>>> {
+        let k = meta.ec.k as usize;
+        let n = meta.shards.len();
+        if n != meta.ec.total() {
+            return Err(Error::Corrupt(format!("block {} lists {n} shards", meta.id)));
+        }
+        let size = meta.shard_size as usize;
+        // Data shards first, parity after; nodes that failed recently go last.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| (self.is_suspect(meta.shards[i].node), i >= k, i));
+        let mut next = 0usize;
+        let mut running = FuturesUnordered::new();
+        let launch = |i: usize| {
+            let this = self.clone();
+            let loc = meta.shards[i].clone();
+            let id = meta.id;
+            async move { (i, this.get_shard(&loc, id, i as u8, size).await) }
+        };
+        while next < k.min(n) {
+            running.push(launch(order[next]));
+            next += 1;
+        }
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; n];
+        let mut have = 0usize;
+        let mut errors: Vec<String> = Vec::new();
+        let hedge = tokio::time::sleep(self.cfg.hedge_delay);
+        tokio::pin!(hedge);
+        let mut hedged = false;
+        while have < k {
+            tokio::select! {
+                r = running.next() => {
+                    let Some((i, r)) = r else { break };
+                    match r {
+                        Ok(d) => { got[i] = Some(d); have += 1; }
+                        Err(e) => {
+                            errors.push(format!("shard {i} on {}: {e}", meta.shards[i].node));
+                            if next < n { running.push(launch(order[next])); next += 1; }
+                        }
+                    }
+                }
+                _ = &mut hedge, if !hedged => {
+                    hedged = true;
+                    while next < n { running.push(launch(order[next])); next += 1; }
+                }
+            }
+        }
+        if have < k {
+            let msg = format!(
+                "block {} unreadable: {have} of the {k} shards needed ({})",
+                meta.id,
+                errors.join("; ")
+            );
+            tracing::error!("{msg}");
+            return Err(Error::Unavailable(msg));
+        }
+        if !errors.is_empty() {
+            debug!(block = %meta.id, "degraded read: {}", errors.join("; "));
+        }
+        let codec = if meta.ec == self.codec.params() {
+            self.codec.clone()
+        } else {
+            Arc::new(Codec::new(meta.ec)?)
+        };
+        let (len, id) = (meta.len as usize, meta.id);
+        tokio::task::spawn_blocking(move || {
+            let data = codec.decode(got, len)?;
+            if BlockId::of(&data) != id {
+                return Err(Error::Corrupt(format!("block {id} decoded to the wrong content")));
+            }
+            Ok(Arc::new(data))
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("decoder failed: {e}")))?
+    }
+
+    pub fn close(&self) {
+        self.dialer.close();
+    }
+}
+
+/// Largest shard a node may send back.
+pub const MAX_SHARD: usize = wire::MAX_BULK;

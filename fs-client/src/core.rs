@@ -1,0 +1,710 @@
+//! The async core of the client: every filesystem operation as an `async fn` returning
+//! `Result<_, Error>`. The FUSE adapter ([`crate::fuse`]) only translates requests and replies.
+//!
+//! Files open on this mount keep a [`FileState`]: the block map read at open (close-to-open
+//! consistency), blocks being written (`dirty`, the whole current content of each touched
+//! block), blocks being uploaded (`inflight`), and uploaded blocks not yet committed
+//! (`pending`). A block is uploaded as soon as a write reaches its end (sequential writes
+//! stream out while the application keeps writing) or when too much is dirty; flush/fsync/close
+//! uploads the rest, waits, and commits the new block list, size and mtime to the master in one
+//! request. Reads see this mount's own writes at once; other mounts see them once closed.
+
+use crate::blocks::{BlockConfig, BlockStore};
+use crate::master::{unexpected, MasterClient};
+use shardfs_common::ec::Codec;
+use shardfs_common::proto::{
+    Attr, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest, MasterResponse, NewSlot, SetAttr,
+    Slot, Timespec,
+};
+use shardfs_common::{Error, Ino, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tracing::{debug, warn};
+
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub master: SocketAddr,
+    /// Bound on every operation that needs the master.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Decoded blocks kept in memory.
+    pub cache_bytes: usize,
+    /// Blocks fetched ahead of a sequential reader.
+    pub readahead_blocks: usize,
+    /// Blocks uploading at once (the write pipeline's depth).
+    pub upload_window: usize,
+    /// Dirty bytes per file before they are pushed out without waiting for a flush.
+    pub dirty_limit: usize,
+    /// Wait this long for the first k shards before asking the parity nodes too.
+    pub hedge_delay: Duration,
+    pub shard_timeout: Duration,
+}
+
+pub struct Core {
+    cfg: CoreConfig,
+    master: Arc<MasterClient>,
+    blocks: Arc<BlockStore>,
+    cluster: ClusterInfo,
+    files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    uploads: Arc<Semaphore>,
+}
+
+#[derive(Clone)]
+enum Handle {
+    File(Arc<OpenFile>),
+    Dir(Arc<Mutex<Listing>>),
+}
+
+struct Listing {
+    ino: Ino,
+    entries: Vec<DirEntry>,
+    more: bool,
+}
+
+struct OpenFile {
+    ino: Ino,
+    st: Mutex<FileState>,
+    changed: Notify,
+    opens: AtomicUsize,
+}
+
+struct FileState {
+    attr: Attr,
+    slots: BTreeMap<u64, Slot>,
+    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty_bytes: usize,
+    inflight: BTreeMap<u64, (u64, Arc<Vec<u8>>)>,
+    pending: BTreeMap<u64, (u64, Slot)>,
+    running: usize,
+    seq: u64,
+    error: Option<String>,
+    meta_dirty: bool,
+    next_read: u64,
+}
+
+impl FileState {
+    fn new(attr: Attr, slots: Vec<Slot>) -> Self {
+        FileState {
+            attr,
+            slots: slots.into_iter().map(|s| (s.index, s)).collect(),
+            dirty: BTreeMap::new(),
+            dirty_bytes: 0,
+            inflight: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            running: 0,
+            seq: 0,
+            error: None,
+            meta_dirty: false,
+            next_read: 0,
+        }
+    }
+
+    fn has_local_changes(&self) -> bool {
+        self.meta_dirty
+            || !self.dirty.is_empty()
+            || !self.inflight.is_empty()
+            || !self.pending.is_empty()
+            || self.running > 0
+    }
+
+    /// Move block `idx` from dirty to inflight; returns what to upload.
+    fn take_for_upload(&mut self, idx: u64) -> Option<(u64, Arc<Vec<u8>>)> {
+        let data = Arc::new(self.dirty.remove(&idx)?);
+        self.dirty_bytes -= data.len();
+        self.seq += 1;
+        self.inflight.insert(idx, (self.seq, data.clone()));
+        self.running += 1;
+        Some((self.seq, data))
+    }
+
+    /// Forget blocks past a new, smaller size.
+    fn truncate(&mut self, size: u64, bs: u64) {
+        self.slots.retain(|&i, _| i * bs < size);
+        for (&i, s) in self.slots.iter_mut() {
+            s.used = s.used.min(size - i * bs);
+        }
+        let last = size.div_ceil(bs);
+        let cut: Vec<u64> = self.dirty.range(last..).map(|(i, _)| *i).collect();
+        for i in cut {
+            if let Some(d) = self.dirty.remove(&i) {
+                self.dirty_bytes -= d.len();
+            }
+        }
+        if size % bs != 0 {
+            if let Some(d) = self.dirty.get_mut(&(size / bs)) {
+                let keep = (size % bs) as usize;
+                if d.len() > keep {
+                    self.dirty_bytes -= d.len() - keep;
+                    d.truncate(keep);
+                }
+            }
+        }
+        self.attr.size = size;
+    }
+}
+
+/// Where the current content of one block comes from.
+enum Source {
+    Bytes(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+    Stored(Slot),
+    Hole,
+}
+
+/// One entry of a directory listing as the FUSE layer needs it.
+pub struct ListEntry {
+    pub offset: i64,
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+impl Core {
+    /// Connect to the master and learn the cluster's parameters.
+    ///
+    /// # Errors
+    /// Fails (within the connect timeout) if the master cannot be reached.
+    pub async fn connect(cfg: CoreConfig) -> Result<Arc<Core>> {
+        let master = Arc::new(MasterClient::new(cfg.master, cfg.connect_timeout, cfg.connect_timeout)?);
+        let cluster = match master.call(MasterRequest::Cluster).await? {
+            MasterResponse::Cluster(c) => c,
+            other => return Err(unexpected(other)),
+        };
+        master.close();
+        let master = Arc::new(MasterClient::new(cfg.master, cfg.connect_timeout, cfg.timeout)?);
+        let codec = Arc::new(Codec::new(cluster.ec)?);
+        let blocks = BlockStore::new(
+            master.clone(),
+            codec,
+            BlockConfig { cache_bytes: cfg.cache_bytes, shard_timeout: cfg.shard_timeout, hedge_delay: cfg.hedge_delay },
+        )?;
+        Ok(Arc::new(Core {
+            uploads: Arc::new(Semaphore::new(cfg.upload_window.max(1))),
+            cfg,
+            master,
+            blocks,
+            cluster,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn cluster(&self) -> &ClusterInfo {
+        &self.cluster
+    }
+
+    pub fn shutdown(&self) {
+        self.blocks.close();
+        self.master.close();
+    }
+
+    async fn call(&self, req: MasterRequest) -> Result<MasterResponse> {
+        self.master.call(req).await
+    }
+
+    async fn call_attr(&self, req: MasterRequest) -> Result<Attr> {
+        match self.call(req).await? {
+            MasterResponse::Attr(a) => Ok(self.patch(a)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn call_ok(&self, req: MasterRequest) -> Result<()> {
+        match self.call(req).await? {
+            MasterResponse::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.files.lock().expect("files lock").get(&ino).cloned()
+    }
+
+    /// Overlay this mount's unflushed size and mtime on attributes from the master.
+    fn patch(&self, mut a: Attr) -> Attr {
+        if let Some(of) = self.open_file(a.ino) {
+            let mut st = of.st.lock().expect("file lock");
+            if st.has_local_changes() {
+                a.size = st.attr.size;
+                a.mtime = st.attr.mtime;
+            } else {
+                st.attr = a.clone();
+            }
+        }
+        a
+    }
+
+    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        self.call_attr(MasterRequest::Lookup { parent, name: name.to_vec() }).await
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
+        if let Some(of) = self.open_file(ino) {
+            let st = of.st.lock().expect("file lock");
+            if st.has_local_changes() {
+                return Ok(st.attr.clone());
+            }
+        }
+        self.call_attr(MasterRequest::GetAttr { ino }).await
+    }
+
+    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        let of = self.open_file(ino);
+        if let (Some(of), Some(_)) = (&of, set.size) {
+            self.flush_file(of).await?;
+        }
+        let size = set.size;
+        let a = match self.call(MasterRequest::SetAttr { ino, set }).await? {
+            MasterResponse::Attr(a) => a,
+            other => return Err(unexpected(other)),
+        };
+        if let Some(of) = of {
+            let mut st = of.st.lock().expect("file lock");
+            if let Some(size) = size {
+                st.truncate(size, self.cluster.block_size);
+            }
+            let (local_size, local_mtime) = (st.attr.size, st.attr.mtime);
+            st.attr = a.clone();
+            if st.has_local_changes() {
+                st.attr.size = local_size;
+                st.attr.mtime = local_mtime;
+                return Ok(st.attr.clone());
+            }
+        }
+        Ok(a)
+    }
+
+    pub async fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        match self.call(MasterRequest::ReadLink { ino }).await? {
+            MasterResponse::Link(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(&self, parent: Ino, name: &[u8], kind: FileKind, mode: u32, uid: u32, gid: u32, rdev: u32) -> Result<Attr> {
+        let req = MasterRequest::Create { parent, name: name.to_vec(), kind, mode, uid, gid, rdev, now: Timespec::now() };
+        self.call_attr(req).await
+    }
+
+    pub async fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
+        let req = MasterRequest::Symlink { parent, name: name.to_vec(), target: target.to_vec(), uid, gid, now: Timespec::now() };
+        self.call_attr(req).await
+    }
+
+    pub async fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        self.call_attr(MasterRequest::Link { ino, parent, name: name.to_vec(), now: Timespec::now() }).await
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.call_ok(MasterRequest::Unlink { parent, name: name.to_vec(), now: Timespec::now() }).await
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.call_ok(MasterRequest::Rmdir { parent, name: name.to_vec(), now: Timespec::now() }).await
+    }
+
+    pub async fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> Result<()> {
+        let req = MasterRequest::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+            now: Timespec::now(),
+        };
+        self.call_ok(req).await
+    }
+
+    pub async fn statfs(&self) -> Result<FsStats> {
+        match self.call(MasterRequest::StatFs).await? {
+            MasterResponse::StatFs(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().expect("handles lock").insert(fh, h);
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Handle> {
+        self.handles
+            .lock()
+            .expect("handles lock")
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::invalid(format!("no open handle {fh}")))
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
+        match self.handle(fh)? {
+            Handle::File(f) => Ok(f),
+            Handle::Dir(_) => Err(Error::fs(shardfs_common::ErrorCode::IsDir, "is a directory")),
+        }
+    }
+
+    fn register_open(&self, ino: Ino, attr: Attr, slots: Vec<Slot>) -> Arc<OpenFile> {
+        let mut files = self.files.lock().expect("files lock");
+        let of = files.entry(ino).or_insert_with(|| {
+            Arc::new(OpenFile { ino, st: Mutex::new(FileState::new(attr.clone(), vec![])), changed: Notify::new(), opens: AtomicUsize::new(0) })
+        });
+        {
+            let mut st = of.st.lock().expect("file lock");
+            if !st.has_local_changes() {
+                *st = FileState::new(attr, slots);
+            }
+        }
+        of.opens.fetch_add(1, Ordering::SeqCst);
+        of.clone()
+    }
+
+    /// Open a file: fetch its attributes and block map (close-to-open consistency).
+    pub async fn open(&self, ino: Ino) -> Result<u64> {
+        let (attr, slots) = match self.call(MasterRequest::Open { ino }).await? {
+            MasterResponse::Opened { attr, slots } => (attr, slots),
+            other => return Err(unexpected(other)),
+        };
+        if attr.kind == FileKind::Dir {
+            return Err(Error::fs(shardfs_common::ErrorCode::IsDir, "is a directory"));
+        }
+        let of = self.register_open(ino, attr, slots);
+        Ok(self.add_handle(Handle::File(of)))
+    }
+
+    pub async fn create(&self, parent: Ino, name: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(Attr, u64)> {
+        let attr = self.mknod(parent, name, FileKind::File, mode, uid, gid, 0).await?;
+        let of = self.register_open(attr.ino, attr.clone(), vec![]);
+        Ok((attr, self.add_handle(Handle::File(of))))
+    }
+
+    pub async fn release(&self, fh: u64) -> Result<()> {
+        let h = self.handles.lock().expect("handles lock").remove(&fh);
+        let Some(Handle::File(of)) = h else { return Ok(()) };
+        let r = self.flush_file(&of).await;
+        if of.opens.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let clean = !of.st.lock().expect("file lock").has_local_changes();
+            if clean {
+                let mut files = self.files.lock().expect("files lock");
+                if files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, &of)) && of.opens.load(Ordering::SeqCst) == 0 {
+                    files.remove(&of.ino);
+                }
+            }
+        }
+        r
+    }
+
+    pub async fn flush(&self, fh: u64) -> Result<()> {
+        let of = self.file(fh)?;
+        self.flush_file(&of).await
+    }
+
+    /// The current content of block `idx` as this mount sees it, ignoring its dirty copy.
+    async fn stored_block(&self, of: &OpenFile, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let slot = {
+            let st = of.st.lock().expect("file lock");
+            if let Some((_, d)) = st.inflight.get(&idx) {
+                return Ok(Some(d.clone()));
+            }
+            st.pending.get(&idx).map(|(_, s)| s.clone()).or_else(|| st.slots.get(&idx).cloned())
+        };
+        match slot {
+            None => Ok(None),
+            Some(s) => {
+                let d = self.blocks.get(&s.block).await?;
+                if (s.used as usize) < d.len() {
+                    Ok(Some(Arc::new(d[..s.used as usize].to_vec())))
+                } else {
+                    Ok(Some(d))
+                }
+            }
+        }
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let of = self.file(fh)?;
+        let bs = self.cluster.block_size;
+        if offset.checked_add(data.len() as u64).is_none_or(|e| e > (1u64 << 50)) {
+            return Err(Error::fs(shardfs_common::ErrorCode::TooBig, "file too large"));
+        }
+        if let Some(e) = &of.st.lock().expect("file lock").error {
+            return Err(Error::Unavailable(e.clone()));
+        }
+        let mut pos = 0usize;
+        let now = Timespec::now();
+        while pos < data.len() {
+            let off = offset + pos as u64;
+            let idx = off / bs;
+            let within = (off % bs) as usize;
+            let n = (bs as usize - within).min(data.len() - pos);
+            let present = of.st.lock().expect("file lock").dirty.contains_key(&idx);
+            if !present {
+                let whole = within == 0 && n == bs as usize;
+                let base = if whole { None } else { self.stored_block(&of, idx).await? };
+                let mut st = of.st.lock().expect("file lock");
+                if !st.dirty.contains_key(&idx) {
+                    let v = base.map(|b| b.to_vec()).unwrap_or_default();
+                    st.dirty_bytes += v.len();
+                    st.dirty.insert(idx, v);
+                }
+            }
+            let mut to_upload = Vec::new();
+            {
+                let mut st = of.st.lock().expect("file lock");
+                let Some(buf) = st.dirty.get_mut(&idx) else { continue };
+                let before = buf.len();
+                if buf.len() < within + n {
+                    buf.resize(within + n, 0);
+                }
+                buf[within..within + n].copy_from_slice(&data[pos..pos + n]);
+                let grown = buf.len() - before;
+                st.dirty_bytes += grown;
+                st.attr.size = st.attr.size.max(off + n as u64);
+                st.attr.mtime = now;
+                st.attr.ctime = now;
+                st.meta_dirty = true;
+                if within + n == bs as usize {
+                    to_upload.extend(st.take_for_upload(idx).map(|(s, d)| (idx, s, d)));
+                }
+                if st.dirty_bytes > self.cfg.dirty_limit {
+                    let all: Vec<u64> = st.dirty.keys().copied().collect();
+                    for i in all {
+                        to_upload.extend(st.take_for_upload(i).map(|(s, d)| (i, s, d)));
+                    }
+                }
+            }
+            for (i, seq, d) in to_upload {
+                self.start_upload(&of, i, seq, d).await;
+            }
+            pos += n;
+        }
+        Ok(data.len() as u32)
+    }
+
+    async fn start_upload(&self, of: &Arc<OpenFile>, idx: u64, seq: u64, data: Arc<Vec<u8>>) {
+        let permit = self.uploads.clone().acquire_owned().await.expect("upload semaphore never closes");
+        let blocks = self.blocks.clone();
+        let of = of.clone();
+        tokio::spawn(async move {
+            let r = blocks.put(data.clone()).await;
+            {
+                let mut st = of.st.lock().expect("file lock");
+                st.running -= 1;
+                let current = st.inflight.get(&idx).is_some_and(|(s, _)| *s == seq);
+                if current {
+                    st.inflight.remove(&idx);
+                }
+                match r {
+                    Ok(meta) => {
+                        if st.pending.get(&idx).is_none_or(|(s, _)| *s < seq) {
+                            let slot = Slot { index: idx, used: data.len() as u64, block: meta };
+                            st.pending.insert(idx, (seq, slot));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(ino = of.ino, block = idx, "could not store block: {e}");
+                        // Keep the data: a later flush tries again.
+                        if current && !st.dirty.contains_key(&idx) {
+                            st.dirty_bytes += data.len();
+                            st.dirty.insert(idx, data.to_vec());
+                        }
+                        st.error = Some(format!("could not store block {idx} of inode {}: {e}", of.ino));
+                    }
+                }
+            }
+            drop(permit);
+            of.changed.notify_waiters();
+        });
+    }
+
+    /// Upload everything dirty, wait for it, and commit the new block list to the master.
+    async fn flush_file(&self, of: &Arc<OpenFile>) -> Result<()> {
+        let taken: Vec<(u64, u64, Arc<Vec<u8>>)> = {
+            let mut st = of.st.lock().expect("file lock");
+            let idxs: Vec<u64> = st.dirty.keys().copied().collect();
+            idxs.into_iter().filter_map(|i| st.take_for_upload(i).map(|(s, d)| (i, s, d))).collect()
+        };
+        for (i, seq, d) in taken {
+            self.start_upload(of, i, seq, d).await;
+        }
+        loop {
+            let notified = of.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if of.st.lock().expect("file lock").running == 0 {
+                break;
+            }
+            notified.await;
+        }
+        let (slots, size, mtime) = {
+            let mut st = of.st.lock().expect("file lock");
+            if let Some(e) = st.error.take() {
+                return Err(Error::Unavailable(e));
+            }
+            if st.pending.is_empty() && !st.meta_dirty {
+                return Ok(());
+            }
+            st.meta_dirty = false;
+            let slots: Vec<(u64, Slot)> = st.pending.values().cloned().collect();
+            (slots, st.attr.size, st.attr.mtime)
+        };
+        let new: Vec<NewSlot> = slots
+            .iter()
+            .map(|(_, s)| NewSlot { index: s.index, id: s.block.id, used: s.used, meta: Some(s.block.clone()) })
+            .collect();
+        debug!(ino = of.ino, blocks = new.len(), size, "commit");
+        let r = self.call(MasterRequest::Commit { ino: of.ino, slots: new, size, mtime }).await;
+        let mut st = of.st.lock().expect("file lock");
+        match r {
+            Ok(MasterResponse::Attr(a)) => {
+                for (seq, s) in slots {
+                    if st.pending.get(&s.index).is_some_and(|(p, _)| *p == seq) {
+                        st.pending.remove(&s.index);
+                    }
+                    st.slots.insert(s.index, s);
+                }
+                let bs = self.cluster.block_size;
+                st.slots.retain(|&i, _| i * bs < size.max(1));
+                if !st.has_local_changes() {
+                    st.attr = a;
+                }
+                Ok(())
+            }
+            Ok(other) => {
+                st.meta_dirty = true;
+                Err(unexpected(other))
+            }
+            Err(e) => {
+                st.meta_dirty = true;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let of = self.file(fh)?;
+        let bs = self.cluster.block_size;
+        let (fsize, sequential) = {
+            let st = of.st.lock().expect("file lock");
+            let seq = st.next_read == offset;
+            (st.attr.size, seq)
+        };
+        if offset >= fsize || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = fsize.min(offset + size as u64);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let first = offset / bs;
+        let last = (end - 1) / bs;
+        for idx in first..=last {
+            let start = idx * bs;
+            let lo = (offset.max(start) - start) as usize;
+            let hi = (end.min(start + bs) - start) as usize;
+            let src = {
+                let st = of.st.lock().expect("file lock");
+                if let Some(d) = st.dirty.get(&idx) {
+                    Source::Bytes(d[lo.min(d.len())..hi.min(d.len())].to_vec())
+                } else if let Some((_, d)) = st.inflight.get(&idx) {
+                    Source::Shared(d.clone())
+                } else if let Some((_, s)) = st.pending.get(&idx) {
+                    Source::Stored(s.clone())
+                } else if let Some(s) = st.slots.get(&idx) {
+                    Source::Stored(s.clone())
+                } else {
+                    Source::Hole
+                }
+            };
+            let before = out.len();
+            match src {
+                Source::Bytes(b) => out.extend_from_slice(&b),
+                Source::Shared(d) => out.extend_from_slice(&d[lo.min(d.len())..hi.min(d.len())]),
+                Source::Stored(s) => {
+                    let d = self.blocks.get(&s.block).await?;
+                    let avail = d.len().min(s.used as usize);
+                    out.extend_from_slice(&d[lo.min(avail)..hi.min(avail)]);
+                }
+                Source::Hole => {}
+            }
+            out.resize(before + (hi - lo), 0);
+        }
+        // Read-ahead for sequential readers.
+        let ahead: Vec<Slot> = {
+            let mut st = of.st.lock().expect("file lock");
+            st.next_read = end;
+            if sequential && self.cfg.readahead_blocks > 0 {
+                st.slots.range(last + 1..=last + self.cfg.readahead_blocks as u64).map(|(_, s)| s.clone()).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for s in ahead {
+            self.blocks.prefetch(s.block);
+        }
+        Ok(out)
+    }
+
+    pub async fn opendir(&self, ino: Ino) -> Result<u64> {
+        Ok(self.add_handle(Handle::Dir(Arc::new(Mutex::new(Listing { ino, entries: Vec::new(), more: true })))))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.lock().expect("handles lock").remove(&fh);
+    }
+
+    /// Entries of an open directory from `offset` on (0 and 1 are "." and "..").
+    pub async fn readdir(&self, fh: u64, ino: Ino, offset: i64, want: usize) -> Result<Vec<ListEntry>> {
+        let listing = match self.handle(fh)? {
+            Handle::Dir(l) => l,
+            Handle::File(_) => return Err(Error::fs(shardfs_common::ErrorCode::NotDir, "not a directory")),
+        };
+        let offset = offset.max(0) as usize;
+        let mut out = Vec::new();
+        if offset < 2 {
+            let attr = self.getattr(ino).await?;
+            for (o, name) in [(0usize, &b"."[..]), (1, &b".."[..])].into_iter().skip(offset) {
+                out.push(ListEntry { offset: o as i64 + 1, name: name.to_vec(), attr: attr.clone() });
+            }
+        }
+        let from = offset.saturating_sub(2);
+        loop {
+            let (have, more, after, dir) = {
+                let l = listing.lock().expect("listing lock");
+                (l.entries.len(), l.more, l.entries.last().map(|e| e.name.clone()), l.ino)
+            };
+            if have >= from + want || !more {
+                break;
+            }
+            let req = MasterRequest::ReadDir { ino: dir, after, limit: 1024 };
+            match self.call(req).await? {
+                MasterResponse::Entries { entries, more } => {
+                    let mut l = listing.lock().expect("listing lock");
+                    l.entries.extend(entries);
+                    l.more = more;
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        let l = listing.lock().expect("listing lock");
+        for (i, e) in l.entries.iter().enumerate().skip(from).take(want) {
+            out.push(ListEntry { offset: (i + 3) as i64, name: e.name.clone(), attr: e.attr.clone() });
+        }
+        drop(l);
+        for e in out.iter_mut() {
+            if e.attr.kind == FileKind::File {
+                e.attr = self.patch(e.attr.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn fsync(&self, fh: u64) -> Result<()> {
+        self.flush(fh).await
+    }
+}

@@ -1,0 +1,375 @@
+//! The FUSE adapter: a thin layer over [`Core`]. Each callback copies its arguments, spawns a
+//! task on the client's tokio runtime that calls the core, and replies from that task; the FUSE
+//! thread never waits. Errors become errnos through [`shardfs_common::Error::errno`], the one
+//! mapping there is.
+
+use crate::core::Core;
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+};
+use shardfs_common::proto::{Attr, FileKind, SetAttr, Timespec};
+use shardfs_common::Error;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::runtime::Handle;
+
+pub struct ShardFs {
+    core: Arc<Core>,
+    rt: Handle,
+    ttl: Duration,
+}
+
+impl ShardFs {
+    pub fn new(core: Arc<Core>, rt: Handle, ttl: Duration) -> Self {
+        ShardFs { core, rt, ttl }
+    }
+
+    fn spawn<F>(&self, f: impl FnOnce(Arc<Core>, Duration) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f(self.core.clone(), self.ttl));
+    }
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: a.ino,
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime.to_system(),
+        mtime: a.mtime.to_system(),
+        ctime: a.ctime.to_system(),
+        crtime: a.ctime.to_system(),
+        kind: kind(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+fn time(t: TimeOrNow) -> Timespec {
+    match t {
+        TimeOrNow::Now => Timespec::now(),
+        TimeOrNow::SpecificTime(t) => Timespec::from_system(t),
+    }
+}
+
+fn name(n: &OsStr) -> Vec<u8> {
+    n.as_bytes().to_vec()
+}
+
+fn errno(e: &Error) -> i32 {
+    e.errno()
+}
+
+impl Filesystem for ShardFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(4 << 20);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        let _ = config.add_capabilities(
+            fuser::consts::FUSE_DO_READDIRPLUS | fuser::consts::FUSE_READDIRPLUS_AUTO,
+        );
+        let _ = config.add_capabilities(fuser::consts::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEntry) {
+        let n = name(n);
+        self.spawn(|core, ttl| async move {
+            match core.lookup(parent, &n).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        self.spawn(|core, ttl| async move {
+            match core.getattr(ino).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime: atime.map(time), mtime: mtime.map(time), now: Timespec::now() };
+        self.spawn(|core, ttl| async move {
+            match core.setattr(ino, set).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        self.spawn(|core, _| async move {
+            match core.readlink(ino).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let k = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => FileKind::File,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            libc::S_IFDIR => FileKind::Dir,
+            _ => return reply.error(libc::EINVAL),
+        };
+        let (n, uid, gid) = (name(n), req.uid(), req.gid());
+        let _ = umask;
+        self.spawn(|core, ttl| async move {
+            match core.mknod(parent, &n, k, mode & 0o7777, uid, gid, rdev).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mkdir(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let (n, uid, gid) = (name(n), req.uid(), req.gid());
+        self.spawn(|core, ttl| async move {
+            match core.mknod(parent, &n, FileKind::Dir, mode & 0o7777, uid, gid, 0).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEmpty) {
+        let n = name(n);
+        self.spawn(|core, _| async move {
+            match core.unlink(parent, &n).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEmpty) {
+        let n = name(n);
+        self.spawn(|core, _| async move {
+            match core.rmdir(parent, &n).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn symlink(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (n, t, uid, gid) = (name(n), target.as_os_str().as_bytes().to_vec(), req.uid(), req.gid());
+        self.spawn(|core, ttl| async move {
+            match core.symlink(parent, &n, &t, uid, gid).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rename(&mut self, _req: &Request<'_>, parent: u64, n: &OsStr, newparent: u64, newname: &OsStr, flags: u32, reply: ReplyEmpty) {
+        let (n, nn) = (name(n), name(newname));
+        self.spawn(|core, _| async move {
+            match core.rename(parent, &n, newparent, &nn, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+        let nn = name(newname);
+        self.spawn(|core, ttl| async move {
+            match core.link(ino, newparent, &nn).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        self.spawn(|core, _| async move {
+            match core.open(ino).await {
+                Ok(fh) => reply.opened(fh, 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, size: u32, _flags: i32, _lock: Option<u64>, reply: ReplyData) {
+        if offset < 0 {
+            return reply.error(libc::EINVAL);
+        }
+        self.spawn(|core, _| async move {
+            match core.read(fh, offset as u64, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, data: &[u8], _wflags: u32, _flags: i32, _lock: Option<u64>, reply: ReplyWrite) {
+        if offset < 0 {
+            return reply.error(libc::EINVAL);
+        }
+        let data = data.to_vec();
+        self.spawn(|core, _| async move {
+            match core.write(fh, offset as u64, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+        self.spawn(|core, _| async move {
+            match core.flush(fh).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn release(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, _lock: Option<u64>, _flush: bool, reply: ReplyEmpty) {
+        self.spawn(|core, _| async move {
+            match core.release(fh).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(|core, _| async move {
+            match core.fsync(fh).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        self.spawn(|core, _| async move {
+            match core.opendir(ino).await {
+                Ok(fh) => reply.opened(fh, 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        self.spawn(|core, _| async move {
+            match core.readdir(fh, ino, offset, 256).await {
+                Ok(entries) => {
+                    for e in entries {
+                        if reply.add(e.attr.ino, e.offset, kind(e.attr.kind), OsStr::from_bytes(&e.name)) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdirplus(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
+        self.spawn(|core, ttl| async move {
+            match core.readdir(fh, ino, offset, 128).await {
+                Ok(entries) => {
+                    for e in entries {
+                        if reply.add(e.attr.ino, e.offset, OsStr::from_bytes(&e.name), &ttl, &file_attr(&e.attr), 0) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+        self.core.releasedir(fh);
+        reply.ok();
+    }
+
+    fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        self.spawn(|core, _| async move {
+            match core.statfs().await {
+                Ok(s) => {
+                    let bsize = 4096u64;
+                    let files = s.files.max(1);
+                    reply.statfs(s.total_bytes / bsize, s.free_bytes / bsize, s.free_bytes / bsize, files + (1 << 30), 1 << 30, bsize as u32, 255, bsize as u32)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn create(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+        let (n, uid, gid) = (name(n), req.uid(), req.gid());
+        self.spawn(|core, ttl| async move {
+            match core.create(parent, &n, mode & 0o7777, uid, gid).await {
+                Ok((a, fh)) => reply.created(&ttl, &file_attr(&a), 0, fh, 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fallocate(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _offset: i64, _length: i64, _mode: i32, reply: ReplyEmpty) {
+        reply.error(libc::EOPNOTSUPP);
+    }
+}

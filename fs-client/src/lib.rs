@@ -1,0 +1,12 @@
+//! `shardfs`: the ShardFS client. It mounts a cluster as a local directory through FUSE and
+//! carries the `umount` and `status` commands.
+//!
+//! A POSIX call arrives in [`fuse`], which hands it to the async [`core`] and returns at once.
+//! The core asks the master ([`master`]) for names, attributes and block maps, and moves block
+//! content through [`blocks`]: erasure-coded shards to and from the storage nodes over QUIC,
+//! with a byte-bounded LRU cache of decoded blocks and read-ahead for sequential readers.
+
+pub mod blocks;
+pub mod core;
+pub mod fuse;
+pub mod master;

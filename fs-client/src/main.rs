@@ -1,0 +1,364 @@
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use shardfs_client::core::{Core, CoreConfig};
+use shardfs_client::fuse::ShardFs;
+use shardfs_common::proto::{MasterRequest, MasterResponse, NodeState};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// ShardFS: mount an erasure-coded cluster as a local directory.
+#[derive(Parser, Debug)]
+#[command(name = "shardfs", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Mount a cluster at MOUNTPOINT (in the background unless --foreground).
+    Mount(MountArgs),
+    /// Unmount a ShardFS mount.
+    Umount {
+        /// The mounted directory.
+        mountpoint: PathBuf,
+    },
+    /// Show the cluster's nodes, their state and capacity.
+    Status {
+        /// Master address HOST:PORT, or a file holding it (e.g. .shardfs/master.addr).
+        #[arg(env = "SHARDFS_MASTER")]
+        master: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct MountArgs {
+    /// Master address HOST:PORT, or a file holding it (e.g. .shardfs/master.addr).
+    master: String,
+    /// Existing empty directory to mount on.
+    mountpoint: PathBuf,
+    /// Stay in the foreground instead of detaching.
+    #[arg(long, short = 'f')]
+    foreground: bool,
+    /// Seconds after which an operation that cannot reach the cluster fails (ETIMEDOUT/EIO).
+    #[arg(long, env = "SHARDFS_TIMEOUT")]
+    timeout: Option<f64>,
+    /// Seconds the kernel may cache attributes and names.
+    #[arg(long, env = "SHARDFS_ATTR_TTL")]
+    attr_ttl: Option<f64>,
+    /// MiB of decoded blocks to cache in memory.
+    #[arg(long, env = "SHARDFS_CACHE_MIB")]
+    cache_mib: Option<usize>,
+    /// Blocks to read ahead for sequential readers.
+    #[arg(long)]
+    readahead_blocks: Option<usize>,
+    /// Blocks uploading at once.
+    #[arg(long)]
+    upload_window: Option<usize>,
+    /// Milliseconds to wait for data shards before also asking parity nodes.
+    #[arg(long)]
+    hedge_ms: Option<u64>,
+    /// Log file of the background mount (default: /tmp/shardfs-mount-<pid>.log).
+    #[arg(long, env = "SHARDFS_LOG_FILE")]
+    log_file: Option<PathBuf>,
+    /// Mount options, comma separated: ro, allow_other, default_permissions.
+    #[arg(short = 'o')]
+    options: Vec<String>,
+    /// Optional TOML file with the same settings.
+    #[arg(long, env = "SHARDFS_CLIENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Internal: tell the launching process when the mount is ready.
+    #[arg(long, hide = true)]
+    notify_ready: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    timeout: Option<f64>,
+    attr_ttl: Option<f64>,
+    cache_mib: Option<usize>,
+    readahead_blocks: Option<usize>,
+    upload_window: Option<usize>,
+    hedge_ms: Option<u64>,
+    options: Option<Vec<String>>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,shardfs_client=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Mount(a) => mount(a),
+        Cmd::Umount { mountpoint } => umount(&mountpoint),
+        Cmd::Status { master, json } => status(&master, json),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardfs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A master address, or a file that holds one.
+fn master_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    let p = Path::new(s);
+    let text = if !s.contains(':') || p.is_file() {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("{s:?} is neither HOST:PORT nor a readable file holding the master's address"))?
+    } else {
+        s.to_string()
+    };
+    Ok(shardfs_common::net::resolve(text.trim())?)
+}
+
+fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = mountpoint.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 4 && f[4] == want && l.contains(" - fuse.shardfs ")
+    })
+}
+
+fn mount(a: MountArgs) -> anyhow::Result<()> {
+    let f: FileConfig = shardfs_common::config::load(a.config.as_deref())?;
+    let master = master_addr(&a.master)?;
+    let md = std::fs::metadata(&a.mountpoint)
+        .with_context(|| format!("mountpoint {} does not exist", a.mountpoint.display()))?;
+    if !md.is_dir() {
+        bail!("mountpoint {} is not a directory", a.mountpoint.display());
+    }
+    let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
+    if is_mounted(&mountpoint) {
+        bail!("{} is already a ShardFS mount", mountpoint.display());
+    }
+    let timeout = a.timeout.or(f.timeout).unwrap_or(15.0);
+    if !(timeout > 0.0 && timeout < 86_400.0) {
+        bail!("--timeout must be between 0 and 86400 seconds");
+    }
+    let cfg = CoreConfig {
+        master,
+        timeout: Duration::from_secs_f64(timeout),
+        connect_timeout: Duration::from_secs_f64(timeout.min(5.0)),
+        cache_bytes: a.cache_mib.or(f.cache_mib).unwrap_or(256) << 20,
+        readahead_blocks: a.readahead_blocks.or(f.readahead_blocks).unwrap_or(4),
+        upload_window: a.upload_window.or(f.upload_window).unwrap_or(8),
+        dirty_limit: 64 << 20,
+        hedge_delay: Duration::from_millis(a.hedge_ms.or(f.hedge_ms).unwrap_or(500)),
+        shard_timeout: Duration::from_secs_f64(timeout.min(10.0)),
+    };
+    let ttl = Duration::from_secs_f64(a.attr_ttl.or(f.attr_ttl).unwrap_or(1.0).clamp(0.0, 3600.0));
+    let mut opts: Vec<String> = f.options.unwrap_or_default();
+    for o in &a.options {
+        opts.extend(o.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+    }
+    let mut mount_opts = vec![
+        fuser::MountOption::FSName(format!("shardfs@{master}")),
+        fuser::MountOption::Subtype("shardfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    for o in &opts {
+        mount_opts.push(match o.as_str() {
+            "ro" => fuser::MountOption::RO,
+            "rw" => fuser::MountOption::RW,
+            "allow_other" => fuser::MountOption::AllowOther,
+            "allow_root" => fuser::MountOption::AllowRoot,
+            "default_permissions" => fuser::MountOption::DefaultPermissions,
+            "noatime" => fuser::MountOption::NoAtime,
+            "_netdev" | "defaults" | "nofail" | "auto" | "noauto" | "user" | "nouser" => continue,
+            other => bail!("unknown mount option {other:?} (known: ro, rw, allow_other, allow_root, default_permissions)"),
+        });
+    }
+    if !opts.iter().any(|o| o == "allow_root") && unsafe { libc::geteuid() } == 0 && !opts.iter().any(|o| o == "allow_other") {
+        mount_opts.push(fuser::MountOption::AllowOther);
+    }
+
+    if !a.foreground {
+        // Check the master before detaching, so a wrong address fails here, with a message.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(Core::connect(cfg.clone()))
+            .with_context(|| format!("cannot reach the master at {master}"))?
+            .shutdown();
+        return spawn_background(&a, &mountpoint);
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
+    let core = rt
+        .block_on(Core::connect(cfg))
+        .with_context(|| format!("cannot reach the master at {master}"))?;
+    let fs = ShardFs::new(core.clone(), rt.handle().clone(), ttl);
+    let mut session = fuser::Session::new(fs, &mountpoint, &mount_opts)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), %master, "mounted");
+    if a.notify_ready {
+        let mut out = std::io::stdout();
+        writeln!(out, "READY")?;
+        out.flush()?;
+        // Nothing more goes to the launcher: point stdout at /dev/null.
+        let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+        use std::os::fd::AsRawFd;
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        let mut hup = signal(SignalKind::hangup()).expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received, unmounting {}", mp.display());
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!("unmount failed: {e}; trying lazy unmount");
+            let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        }
+    });
+    session.run().context("FUSE session failed")?;
+    drop(session);
+    core.shutdown();
+    tracing::info!("unmounted");
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+fn spawn_background(a: &MountArgs, mountpoint: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let log = a.log_file.clone().unwrap_or_else(|| PathBuf::from(format!("/tmp/shardfs-mount-{}.log", std::process::id())));
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open log file {}", log.display()))?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("--foreground".into());
+    args.push("--notify-ready".into());
+    let mut cmd = Command::new(exe);
+    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(logf));
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the mount process")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.trim() == "READY" => {
+                println!("mounted ShardFS at {} (log: {}); unmount with: shardfs umount {}", mountpoint.display(), log.display(), mountpoint.display());
+                return Ok(());
+            }
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!("mount failed:\n{}", tail.join("\n"));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("mount did not become ready within 60 s (log: {})", log.display());
+                }
+            }
+        }
+    }
+}
+
+fn umount(mountpoint: &Path) -> anyhow::Result<()> {
+    let mp = std::fs::canonicalize(mountpoint)
+        .or_else(|_| std::path::absolute(mountpoint))
+        .with_context(|| format!("{} does not exist", mountpoint.display()))?;
+    if !is_mounted(&mp) {
+        bail!("{} is not a ShardFS mount", mp.display());
+    }
+    let ok = Command::new("fusermount3").arg("-u").arg(&mp).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+        || Command::new("umount").arg(&mp).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        bail!("could not unmount {} (is a file on it still open? `fuser -vm {}` shows who uses it)", mp.display(), mp.display());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_mounted(&mp) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn status(master: &str, json: bool) -> anyhow::Result<()> {
+    let addr = master_addr(master)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (cluster, nodes) = rt.block_on(async {
+        let mc = shardfs_client::master::MasterClient::new(addr, Duration::from_secs(5), Duration::from_secs(5))?;
+        let c = mc.call(MasterRequest::Cluster).await?;
+        let n = mc.call(MasterRequest::Nodes).await?;
+        mc.close();
+        Ok::<_, shardfs_common::Error>((c, n))
+    }).with_context(|| format!("cannot reach the master at {addr}"))?;
+    let (MasterResponse::Cluster(c), MasterResponse::Nodes(nodes)) = (cluster, nodes) else {
+        bail!("unexpected answer from the master");
+    };
+    let up = nodes.iter().filter(|n| n.state == NodeState::Up).count();
+    if json {
+        let list: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{{\"id\":\"{}\",\"addr\":\"{}\",\"state\":\"{}\",\"capacity\":{},\"free\":{},\"used\":{},\"shards\":{}}}",
+                    n.id, n.addr, if n.state == NodeState::Up { "up" } else { "down" }, n.capacity, n.free, n.used, n.shards
+                )
+            })
+            .collect();
+        println!(
+            "{{\"master\":\"{addr}\",\"cluster\":\"{:016x}\",\"ec\":\"{}\",\"block_size\":{},\"nodes_up\":{up},\"nodes\":[{}]}}",
+            c.cluster_id, c.ec, c.block_size, list.join(",")
+        );
+        return Ok(());
+    }
+    println!("master {addr}  cluster {:016x}  code {}  block {} KiB  nodes {up}/{} up", c.cluster_id, c.ec, c.block_size >> 10, nodes.len());
+    println!("{:<18} {:<22} {:<5} {:>10} {:>10} {:>10} {:>8}", "NODE", "ADDRESS", "STATE", "USED", "FREE", "CAPACITY", "SHARDS");
+    for n in &nodes {
+        println!(
+            "{:<18} {:<22} {:<5} {:>10} {:>10} {:>10} {:>8}",
+            n.id.to_string(), n.addr, if n.state == NodeState::Up { "up" } else { "down" },
+            human(n.used), human(n.free), human(n.capacity), n.shards
+        );
+    }
+    Ok(())
+}
+
+fn human(b: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", U[i]) }
+}

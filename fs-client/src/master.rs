@@ -1,0 +1,78 @@
+//! The client's channel to the master: one QUIC connection, many requests in flight, every
+//! request bounded by the operation timeout, reconnecting when the master restarts.
+
+use bytes::Bytes;
+use shardfs_common::dial::Dialer;
+use shardfs_common::proto::{MasterRequest, MasterResponse, ALPN_MASTER};
+use shardfs_common::{Error, Result};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+pub struct MasterClient {
+    addr: SocketAddr,
+    dialer: Dialer,
+    timeout: Duration,
+}
+
+impl MasterClient {
+    pub fn new(addr: SocketAddr, connect_timeout: Duration, timeout: Duration) -> Result<Self> {
+        Ok(MasterClient { addr, dialer: Dialer::new(ALPN_MASTER, connect_timeout)?, timeout })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Send `req`; retry while the master is unreachable, until the operation timeout.
+    ///
+    /// # Errors
+    /// The master's refusal (as an [`Error::Fs`]), or a timeout/unavailable error once the
+    /// deadline passes.
+    pub async fn call(&self, req: MasterRequest) -> Result<MasterResponse> {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match self
+                .dialer
+                .call::<_, MasterResponse>(self.addr, &req, Bytes::new(), 0, left)
+                .await
+            {
+                Ok((MasterResponse::Err(e), _)) => {
+                    let e: Error = e.into();
+                    if !e.is_transient() {
+                        return Err(e);
+                    }
+                    e
+                }
+                Ok((resp, _)) => return Ok(resp),
+                Err(e) => e,
+            };
+            if matches!(err, Error::Timeout(..)) {
+                self.dialer.reset(self.addr);
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(match err {
+                    Error::Timeout(..) => Error::Timeout(
+                        self.timeout,
+                        format!("master {} did not answer", self.addr),
+                    ),
+                    e => e,
+                });
+            }
+            debug!("master request failed, retrying: {err}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    pub fn close(&self) {
+        self.dialer.close();
+    }
+}
+
+/// Turn an unexpected response variant into a protocol error.
+pub fn unexpected(resp: MasterResponse) -> Error {
+    Error::Protocol(format!("unexpected answer from master: {resp:?}"))
+}

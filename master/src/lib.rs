@@ -1,0 +1,319 @@
+//! `shardfs-master`: the namespace and the file → block → shard map of a ShardFS cluster.
+//!
+//! Clients ask the master to resolve names, create and remove entries, and to place and commit
+//! blocks; storage nodes register and heartbeat. All state lives in RocksDB ([`meta`]), each POSIX
+//! operation one atomic batch. The node registry ([`nodes`]) tracks which nodes are alive and
+//! chooses k + m distinct nodes for each new block, weighted by free space. A background task
+//! deletes the shards of blocks nothing references any more, after a grace period.
+
+pub mod meta;
+pub mod nodes;
+
+use bytes::Bytes;
+use meta::Meta;
+use nodes::Registry;
+use shardfs_common::dial::Dialer;
+use shardfs_common::ec::EcParams;
+use shardfs_common::error::RemoteError;
+use shardfs_common::proto::{
+    FileKind, FsStats, MasterRequest, MasterResponse, NodeRequest, NodeResponse, Placement,
+    ALPN_MASTER, ALPN_NODE,
+};
+use shardfs_common::{net, wire, BlockId, Error, ErrorCode};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// A refusal the client should see as an errno.
+    #[error(transparent)]
+    Fs(Error),
+    #[error("metadata store: {0}")]
+    Db(String),
+    #[error("metadata corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl MasterError {
+    fn to_remote(&self) -> RemoteError {
+        match self {
+            MasterError::Fs(e) => e.to_remote(),
+            MasterError::Db(m) => RemoteError { code: ErrorCode::Io, message: m.clone() },
+            MasterError::Corrupt(m) => RemoteError { code: ErrorCode::Corrupt, message: m.clone() },
+            MasterError::Config(m) => RemoteError { code: ErrorCode::Invalid, message: m.clone() },
+        }
+    }
+}
+
+impl From<Error> for MasterError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Config(m) => MasterError::Config(m),
+            e => MasterError::Fs(e),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    pub data_dir: PathBuf,
+    /// Port 0: reuse the previous run's port (so clients and nodes find the master again after a
+    /// restart), or pick a free one on first start.
+    pub listen: SocketAddr,
+    /// File to write the bound address to, once listening.
+    pub addr_file: Option<PathBuf>,
+    /// Erasure code of a new cluster (an existing cluster keeps its own).
+    pub ec: EcParams,
+    pub block_size: u64,
+    /// A node silent for this long is down.
+    pub node_timeout: Duration,
+    /// Unreferenced blocks are deleted from the nodes after this long.
+    pub gc_grace: Duration,
+    pub gc_interval: Duration,
+    /// fsync the metadata log on every operation (default: on fsync requests only the WAL is
+    /// written, which survives a process kill but not a power cut).
+    pub sync: bool,
+}
+
+struct Master {
+    meta: Meta,
+    nodes: Registry,
+    /// Blocks whose shards the collector is deleting right now.
+    collecting: Mutex<HashSet<BlockId>>,
+}
+
+impl wire::Service for Master {
+    type Req = MasterRequest;
+    type Resp = MasterResponse;
+    const MAX_REQUEST_BULK: usize = 0;
+
+    fn error_response(e: RemoteError) -> MasterResponse {
+        MasterResponse::Err(e)
+    }
+
+    async fn handle(self: Arc<Self>, req: MasterRequest, _bulk: Vec<u8>, peer: SocketAddr) -> (MasterResponse, Bytes) {
+        let r = tokio::task::block_in_place(|| self.dispatch(req, peer));
+        let resp = match r {
+            Ok(r) => r,
+            Err(e) => {
+                if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Exists | ErrorCode::NotEmpty)) {
+                    debug!(%peer, "request refused: {e}");
+                }
+                MasterResponse::Err(e.to_remote())
+            }
+        };
+        (resp, Bytes::new())
+    }
+}
+
+impl Master {
+    fn dispatch(&self, req: MasterRequest, _peer: SocketAddr) -> Result<MasterResponse, MasterError> {
+        use MasterRequest as R;
+        use MasterResponse as A;
+        Ok(match req {
+            R::Cluster => A::Cluster(self.meta.cluster.clone()),
+            R::Lookup { parent, name } => A::Attr(self.meta.lookup(parent, &name)?),
+            R::GetAttr { ino } => A::Attr(self.meta.getattr(ino)?),
+            R::SetAttr { ino, set } => A::Attr(self.meta.setattr(ino, &set)?),
+            R::Create { parent, name, kind, mode, uid, gid, rdev, now } => {
+                if kind == FileKind::Symlink {
+                    return Err(Error::invalid("use Symlink to create symbolic links").into());
+                }
+                A::Attr(self.meta.create(parent, &name, kind, mode, uid, gid, rdev, None, now)?)
+            }
+            R::Symlink { parent, name, target, uid, gid, now } => {
+                if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+                    return Err(Error::fs(ErrorCode::NameTooLong, "invalid symlink target").into());
+                }
+                A::Attr(self.meta.create(parent, &name, FileKind::Symlink, 0o777, uid, gid, 0, Some(target), now)?)
+            }
+            R::ReadLink { ino } => A::Link(self.meta.readlink(ino)?),
+            R::Link { ino, parent, name, now } => A::Attr(self.meta.link(ino, parent, &name, now)?),
+            R::Unlink { parent, name, now } => {
+                self.meta.unlink(parent, &name, now)?;
+                A::Ok
+            }
+            R::Rmdir { parent, name, now } => {
+                self.meta.rmdir(parent, &name, now)?;
+                A::Ok
+            }
+            R::Rename { parent, name, new_parent, new_name, flags, now } => {
+                self.meta.rename(parent, &name, new_parent, &new_name, flags, now)?;
+                A::Ok
+            }
+            R::ReadDir { ino, after, limit } => {
+                let (entries, more) = self.meta.readdir(ino, after.as_deref(), limit.clamp(1, 10_000) as usize)?;
+                A::Entries { entries, more }
+            }
+            R::Open { ino } => {
+                let (attr, slots) = self.meta.open(ino)?;
+                A::Opened { attr, slots }
+            }
+            R::Place { blocks, exclude } => {
+                let ec = self.meta.cluster.ec;
+                let collecting = self.collecting.lock().expect("collecting lock").clone();
+                let mut out = Vec::with_capacity(blocks.len());
+                for (id, len) in blocks {
+                    if collecting.contains(&id) {
+                        return Err(Error::Unavailable(format!("block {id} is being collected; retry")).into());
+                    }
+                    if let Some(meta) = self.meta.block_meta(&id)? {
+                        out.push(Placement::Exists(meta));
+                    } else {
+                        let need = ec.shard_size(len as usize) as u64 + 4096;
+                        out.push(Placement::Place(self.nodes.place(ec.total(), need, &exclude)?));
+                    }
+                }
+                A::Placements(out)
+            }
+            R::Commit { ino, slots, size, mtime } => {
+                let (attr, orphans) = self.meta.commit(ino, &slots, size, mtime)?;
+                if !orphans.is_empty() {
+                    debug!(n = orphans.len(), "duplicate shards to collect");
+                    let _ = orphans; // collected by the node scrubber (not built yet)
+                }
+                A::Attr(attr)
+            }
+            R::StatFs => {
+                let (capacity, free) = self.nodes.capacity();
+                let ec = self.meta.cluster.ec;
+                let scale = |b: u64| (b as u128 * ec.k as u128 / ec.total() as u128) as u64;
+                A::StatFs(FsStats { total_bytes: scale(capacity), free_bytes: scale(free), files: self.meta.count_inodes() })
+            }
+            R::Nodes => A::Nodes(self.nodes.list()),
+            R::Register { id, addr, capacity, free, used, shards } => {
+                self.nodes.register(&self.meta, id, addr, capacity, free, used, shards)?;
+                A::Ok
+            }
+            R::Heartbeat { id, capacity, free, used, shards } => {
+                if !self.nodes.heartbeat(id, capacity, free, used, shards) {
+                    return Err(Error::not_found(format!("node {id} is not registered")).into());
+                }
+                A::Ok
+            }
+        })
+    }
+}
+
+/// Run the master until `shutdown` turns true.
+///
+/// # Errors
+/// Fails at start if the metadata store cannot be opened or the address cannot be bound.
+pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(), MasterError> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| MasterError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    let (meta, created) = Meta::open(&cfg.data_dir.join("meta"), cfg.ec, cfg.block_size, cfg.sync)?;
+    if !created && meta.cluster.ec != cfg.ec {
+        info!(existing = %meta.cluster.ec, requested = %cfg.ec, "cluster already exists; keeping its erasure code");
+    }
+    let nodes = Registry::load(&meta, cfg.node_timeout)?;
+    let mut listen = cfg.listen;
+    let port_file = cfg.data_dir.join("listen.addr");
+    if listen.port() == 0 {
+        if let Some(prev) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok()) {
+            if prev.ip() == listen.ip() {
+                listen = prev;
+            }
+        }
+    }
+    let key = net::reset_key(&cfg.data_dir)?;
+    let endpoint = net::server_endpoint(listen, ALPN_MASTER, &key).map_err(MasterError::from)?;
+    let bound = endpoint.local_addr().map_err(|e| MasterError::Config(e.to_string()))?;
+    std::fs::write(&port_file, format!("{bound}\n")).map_err(|e| MasterError::Config(format!("{}: {e}", port_file.display())))?;
+    if let Some(f) = &cfg.addr_file {
+        let tmp = f.with_extension("tmp");
+        std::fs::write(&tmp, format!("{bound}\n"))
+            .and_then(|()| std::fs::rename(&tmp, f))
+            .map_err(|e| MasterError::Config(format!("{}: {e}", f.display())))?;
+    }
+    info!(%bound, cluster = format!("{:016x}", meta.cluster.cluster_id), ec = %meta.cluster.ec,
+        block_size = meta.cluster.block_size, new = created, "master listening");
+    let master = Arc::new(Master { meta, nodes, collecting: Mutex::new(HashSet::new()) });
+    let gc = tokio::spawn(gc_loop(master.clone(), cfg.gc_grace, cfg.gc_interval, shutdown.clone()));
+    wire::serve(endpoint, master, shutdown).await;
+    gc.abort();
+    info!("master stopped");
+    Ok(())
+}
+
+/// Delete the shards of unreferenced blocks once their grace period is over.
+async fn gc_loop(master: Arc<Master>, grace: Duration, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let dialer = match Dialer::new(ALPN_NODE, Duration::from_secs(3)) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!("garbage collector disabled: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let candidates = match master.meta.gc_candidates(grace.as_secs(), 2000) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("garbage collection scan failed: {e}");
+                continue;
+            }
+        };
+        if candidates.is_empty() {
+            continue;
+        }
+        let ids: Vec<BlockId> = candidates.iter().map(|g| g.meta.id).collect();
+        master.collecting.lock().expect("collecting lock").extend(ids.iter().copied());
+        let addrs = master.nodes.addresses();
+        let mut per_node: HashMap<SocketAddr, Vec<(BlockId, u8)>> = HashMap::new();
+        let mut unreachable: HashSet<BlockId> = HashSet::new();
+        for g in &candidates {
+            for (i, s) in g.meta.shards.iter().enumerate() {
+                if s.hash == [0; 32] {
+                    continue;
+                }
+                match addrs.get(&s.node) {
+                    Some(a) => per_node.entry(*a).or_default().push((g.meta.id, i as u8)),
+                    None => {
+                        unreachable.insert(g.meta.id);
+                    }
+                }
+            }
+        }
+        let mut failed_nodes: HashSet<SocketAddr> = HashSet::new();
+        for (addr, shards) in &per_node {
+            let req = NodeRequest::Delete { shards: shards.clone() };
+            match dialer.call::<_, NodeResponse>(*addr, &req, Bytes::new(), 0, Duration::from_secs(30)).await {
+                Ok((NodeResponse::Ok, _)) => {}
+                Ok((other, _)) => {
+                    debug!(%addr, "delete refused: {other:?}");
+                    failed_nodes.insert(*addr);
+                }
+                Err(e) => {
+                    debug!(%addr, "delete failed: {e}");
+                    failed_nodes.insert(*addr);
+                }
+            }
+        }
+        for (addr, shards) in &per_node {
+            if failed_nodes.contains(addr) {
+                unreachable.extend(shards.iter().map(|(b, _)| *b));
+            }
+        }
+        let mut done = 0;
+        for id in &ids {
+            if !unreachable.contains(id) && master.meta.gc_done(id).is_ok() {
+                done += 1;
+            }
+        }
+        master.collecting.lock().expect("collecting lock").retain(|b| !ids.contains(b));
+        if done > 0 {
+            debug!(done, "collected unreferenced blocks");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+use shardfs_master::{run, MasterConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// ShardFS master: keeps the namespace and the file → block → shard map in RocksDB.
+#[derive(Parser, Debug)]
+#[command(name = "shardfs-master", version)]
+struct Args {
+    /// Directory for the metadata store.
+    #[arg(long, env = "SHARDFS_MASTER_DATA")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (port 0: reuse the previous run's port, or pick a free one).
+    #[arg(long, env = "SHARDFS_MASTER_LISTEN")]
+    listen: Option<String>,
+    /// Write the bound address to this file once listening.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    /// Erasure code K+M of a new cluster, e.g. 4+2 (an existing cluster keeps its own).
+    #[arg(long, env = "SHARDFS_EC")]
+    ec: Option<String>,
+    /// Block size in bytes of a new cluster (default 4 MiB).
+    #[arg(long)]
+    block_size: Option<u64>,
+    /// A node silent for this many milliseconds is down.
+    #[arg(long, env = "SHARDFS_NODE_TIMEOUT_MS")]
+    node_timeout_ms: Option<u64>,
+    /// Seconds an unreferenced block is kept before its shards are deleted.
+    #[arg(long, env = "SHARDFS_GC_GRACE_SECS")]
+    gc_grace_secs: Option<u64>,
+    /// fsync the metadata log on every operation.
+    #[arg(long)]
+    sync: bool,
+    /// Optional TOML file with the same settings.
+    #[arg(long, env = "SHARDFS_MASTER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    ec: Option<String>,
+    block_size: Option<u64>,
+    node_timeout_ms: Option<u64>,
+    gc_grace_secs: Option<u64>,
+    sync: Option<bool>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardfs-master: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let f: FileConfig = shardfs_common::config::load(a.config.as_deref())?;
+    let data_dir = a.data_dir.or(f.data_dir).context("--data-dir is required")?;
+    let listen = a.listen.or(f.listen).unwrap_or_else(|| "127.0.0.1:0".into());
+    let listen = shardfs_common::net::resolve(&listen)?;
+    let ec = a.ec.or(f.ec).unwrap_or_else(|| "4+2".into()).parse()?;
+    let block_size = a.block_size.or(f.block_size).unwrap_or(4 << 20);
+    if !(4096..=(32 << 20)).contains(&block_size) {
+        anyhow::bail!("--block-size must be between 4096 and 33554432 bytes");
+    }
+    let cfg = MasterConfig {
+        data_dir,
+        listen,
+        addr_file: a.addr_file,
+        ec,
+        block_size,
+        node_timeout: Duration::from_millis(a.node_timeout_ms.or(f.node_timeout_ms).unwrap_or(5000)),
+        gc_grace: Duration::from_secs(a.gc_grace_secs.or(f.gc_grace_secs).unwrap_or(60)),
+        gc_interval: Duration::from_secs(2),
+        sync: a.sync || f.sync.unwrap_or(false),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("signal handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = tx.send(true);
+        });
+        run(cfg, rx).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,869 @@
+//! The namespace and block map in RocksDB.
+//!
+//! Key families, each behind a one-byte prefix with big-endian integers so range scans come out
+//! in order:
+//!
+//! | key                               | value                                   |
+//! |-----------------------------------|-----------------------------------------|
+//! | `C`                               | cluster record (id, code, block size)   |
+//! | `c` `next_ino`                    | next inode number (u64)                 |
+//! | `I` ino                           | inode: attributes, parent, link target  |
+//! | `D` parent name                   | directory entry: child ino and kind     |
+//! | `S` ino index                     | file slot: block id and bytes used      |
+//! | `B` block-id                      | block: code, length, shard hashes+nodes, reference count |
+//! | `G` block-id                      | unreferenced block waiting for its shards to be deleted |
+//! | `N` node-id                       | storage node: address and last reported capacity |
+//!
+//! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
+//! prepared under the writer lock (so its checks and its writes see the same state) and
+//! written with the WAL, so a committed operation survives kill -9.
+
+use crate::MasterError;
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use shardfs_common::ec::EcParams;
+use shardfs_common::proto::{
+    check_name, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, NewSlot, SetAttr, Slot, Timespec,
+    RENAME_EXCHANGE, RENAME_NOREPLACE,
+};
+use shardfs_common::{BlockId, Error, ErrorCode, Ino, NodeId, ROOT_INO};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const VERSION: u8 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InodeRecord {
+    pub attr: Attr,
+    /// Parent directory (directories only; used to refuse moving a directory into itself).
+    pub parent: Ino,
+    pub target: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DentryRecord {
+    ino: Ino,
+    kind: FileKind,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SlotRecord {
+    block: BlockId,
+    used: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlockRecord {
+    pub meta: BlockMeta,
+    pub refs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GcRecord {
+    pub meta: BlockMeta,
+    /// Unix seconds when the block lost its last reference.
+    pub since: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub addr: String,
+    pub capacity: u64,
+    pub free: u64,
+    pub used: u64,
+    pub shards: u64,
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    out.extend(postcard::to_stdvec(v).expect("encoding a record cannot fail"));
+    out
+}
+
+fn dec<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T, MasterError> {
+    match raw.split_first() {
+        Some((&VERSION, rest)) => postcard::from_bytes(rest)
+            .map_err(|e| MasterError::Corrupt(format!("record {key:02x?}: {e}"))),
+        Some((v, _)) => Err(MasterError::Corrupt(format!(
+            "record {key:02x?} has format version {v}, this master reads {VERSION}"
+        ))),
+        None => Err(MasterError::Corrupt(format!("record {key:02x?} is empty"))),
+    }
+}
+
+fn k_inode(ino: Ino) -> Vec<u8> {
+    let mut k = vec![b'I'];
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+fn k_dentry_prefix(parent: Ino) -> Vec<u8> {
+    let mut k = vec![b'D'];
+    k.extend_from_slice(&parent.to_be_bytes());
+    k
+}
+
+fn k_dentry(parent: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = k_dentry_prefix(parent);
+    k.extend_from_slice(name);
+    k
+}
+
+fn k_slot_prefix(ino: Ino) -> Vec<u8> {
+    let mut k = vec![b'S'];
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+fn k_slot(ino: Ino, index: u64) -> Vec<u8> {
+    let mut k = k_slot_prefix(ino);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn k_block(id: &BlockId) -> Vec<u8> {
+    let mut k = vec![b'B'];
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn k_gc(id: &BlockId) -> Vec<u8> {
+    let mut k = vec![b'G'];
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn k_node(id: NodeId) -> Vec<u8> {
+    let mut k = vec![b'N'];
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+const K_CLUSTER: &[u8] = b"C";
+const K_NEXT_INO: &[u8] = b"cnext_ino";
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// One operation's pending changes: reads see earlier writes of the same operation.
+struct Txn<'a> {
+    meta: &'a Meta,
+    batch: WriteBatch,
+    inodes: HashMap<Ino, Option<InodeRecord>>,
+    blocks: HashMap<BlockId, Option<BlockRecord>>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(meta: &'a Meta) -> Self {
+        Txn { meta, batch: WriteBatch::default(), inodes: HashMap::new(), blocks: HashMap::new() }
+    }
+
+    fn inode(&mut self, ino: Ino) -> Result<InodeRecord, MasterError> {
+        if let Some(v) = self.inodes.get(&ino) {
+            return v.clone().ok_or_else(|| not_found_ino(ino));
+        }
+        let rec = self.meta.inode(ino)?;
+        self.inodes.insert(ino, Some(rec.clone()));
+        Ok(rec)
+    }
+
+    fn put_inode(&mut self, rec: InodeRecord) {
+        self.inodes.insert(rec.attr.ino, Some(rec));
+    }
+
+    fn delete_inode(&mut self, ino: Ino) -> Result<(), MasterError> {
+        self.inodes.insert(ino, None);
+        // Release the file's blocks.
+        let slots = self.meta.slot_records(ino)?;
+        for (index, s) in slots {
+            self.batch.delete(k_slot(ino, index));
+            self.unref(&s.block)?;
+        }
+        Ok(())
+    }
+
+    fn block(&mut self, id: &BlockId) -> Result<Option<BlockRecord>, MasterError> {
+        if let Some(v) = self.blocks.get(id) {
+            return Ok(v.clone());
+        }
+        let rec = self.meta.get::<BlockRecord>(&k_block(id))?;
+        self.blocks.insert(*id, rec.clone());
+        Ok(rec)
+    }
+
+    fn unref(&mut self, id: &BlockId) -> Result<(), MasterError> {
+        if let Some(mut rec) = self.block(id)? {
+            rec.refs = rec.refs.saturating_sub(1);
+            self.blocks.insert(*id, Some(rec));
+        }
+        Ok(())
+    }
+
+    fn commit(mut self) -> Result<(), MasterError> {
+        for (ino, rec) in self.inodes.drain() {
+            match rec {
+                Some(r) => self.batch.put(k_inode(ino), enc(&r)),
+                None => self.batch.delete(k_inode(ino)),
+            }
+        }
+        for (id, rec) in self.blocks.drain() {
+            match rec {
+                Some(r) if r.refs > 0 => {
+                    self.batch.put(k_block(&id), enc(&r));
+                    self.batch.delete(k_gc(&id));
+                }
+                Some(r) => {
+                    self.batch.delete(k_block(&id));
+                    self.batch.put(k_gc(&id), enc(&GcRecord { meta: r.meta, since: unix_now() }));
+                }
+                None => {}
+            }
+        }
+        self.meta.write(self.batch)
+    }
+}
+
+fn not_found_ino(ino: Ino) -> MasterError {
+    MasterError::Fs(Error::not_found(format!("inode {ino} does not exist")))
+}
+
+fn fs_err(code: ErrorCode, msg: impl Into<String>) -> MasterError {
+    MasterError::Fs(Error::fs(code, msg))
+}
+
+pub struct Meta {
+    db: DB,
+    /// Serializes mutations so each operation's checks and writes see one state.
+    writer: Mutex<()>,
+    next_ino: Mutex<u64>,
+    pub cluster: ClusterInfo,
+    sync: bool,
+}
+
+impl Meta {
+    /// Open (or create) the metadata store. `ec` and `block_size` only apply to a new cluster.
+    pub fn open(
+        dir: &Path,
+        ec: EcParams,
+        block_size: u64,
+        sync: bool,
+    ) -> Result<(Self, bool), MasterError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_max_background_jobs(2);
+        let db = DB::open(&opts, dir).map_err(|e| {
+            MasterError::Db(format!("cannot open metadata store {}: {e}", dir.display()))
+        })?;
+        let mut created = false;
+        let cluster: ClusterInfo = match db.get(K_CLUSTER).map_err(db_err)? {
+            Some(raw) => dec(K_CLUSTER, &raw)?,
+            None => {
+                created = true;
+                let info = ClusterInfo { cluster_id: rand::random(), ec, block_size };
+                let now = Timespec::now();
+                let root = InodeRecord {
+                    attr: Attr {
+                        ino: ROOT_INO,
+                        kind: FileKind::Dir,
+                        perm: 0o755,
+                        nlink: 2,
+                        uid: 0,
+                        gid: 0,
+                        size: 0,
+                        atime: now,
+                        mtime: now,
+                        ctime: now,
+                        rdev: 0,
+                    },
+                    parent: ROOT_INO,
+                    target: None,
+                };
+                let mut b = WriteBatch::default();
+                b.put(k_inode(ROOT_INO), enc(&root));
+                b.put(K_NEXT_INO, (ROOT_INO + 1).to_be_bytes());
+                b.put(K_CLUSTER, enc(&info));
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                db.write_opt(b, &wo).map_err(db_err)?;
+                info
+            }
+        };
+        let next = db
+            .get(K_NEXT_INO)
+            .map_err(db_err)?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(ROOT_INO + 1);
+        Ok((
+            Meta { db, writer: Mutex::new(()), next_ino: Mutex::new(next), cluster, sync },
+            created,
+        ))
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), MasterError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        self.db.write_opt(batch, &wo).map_err(db_err)
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, MasterError> {
+        match self.db.get_pinned(key).map_err(db_err)? {
+            Some(raw) => Ok(Some(dec(key, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn inode(&self, ino: Ino) -> Result<InodeRecord, MasterError> {
+        self.get(&k_inode(ino))?.ok_or_else(|| not_found_ino(ino))
+    }
+
+    fn scan<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>, MasterError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(start, Direction::Forward)) {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), dec(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    fn slot_records(&self, ino: Ino) -> Result<Vec<(u64, SlotRecord)>, MasterError> {
+        let p = k_slot_prefix(ino);
+        Ok(self
+            .scan::<SlotRecord>(&p, &p, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| (u64::from_be_bytes(k[9..17].try_into().expect("slot key")), v))
+            .collect())
+    }
+
+    fn dentry(&self, parent: Ino, name: &[u8]) -> Result<Option<DentryRecord>, MasterError> {
+        self.get(&k_dentry(parent, name))
+    }
+
+    fn alloc_ino(&self, batch: &mut WriteBatch) -> Ino {
+        let mut n = self.next_ino.lock().expect("ino lock");
+        let ino = *n;
+        *n += 1;
+        batch.put(K_NEXT_INO, n.to_be_bytes());
+        ino
+    }
+
+    fn dir(&self, txn: &mut Txn, ino: Ino) -> Result<InodeRecord, MasterError> {
+        let rec = txn.inode(ino)?;
+        if rec.attr.kind != FileKind::Dir {
+            return Err(fs_err(ErrorCode::NotDir, format!("inode {ino} is not a directory")));
+        }
+        Ok(rec)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, MasterError> {
+        let d = self.dentry(parent, name)?.ok_or_else(|| {
+            MasterError::Fs(Error::not_found(format!(
+                "no entry {:?} in directory {parent}",
+                String::from_utf8_lossy(name)
+            )))
+        })?;
+        Ok(self.inode(d.ino)?.attr)
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, MasterError> {
+        Ok(self.inode(ino)?.attr)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, MasterError> {
+        self.inode(ino)?
+            .target
+            .ok_or_else(|| fs_err(ErrorCode::Invalid, format!("inode {ino} is not a symlink")))
+    }
+
+    pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr, MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
+        let mut txn = Txn::new(self);
+        let mut rec = txn.inode(ino)?;
+        let a = &mut rec.attr;
+        if let Some(mode) = set.mode {
+            a.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = set.uid {
+            a.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            a.gid = gid;
+        }
+        if let Some(size) = set.size {
+            if a.kind == FileKind::Dir {
+                return Err(fs_err(ErrorCode::IsDir, "cannot truncate a directory"));
+            }
+            if size < a.size {
+                let bs = self.cluster.block_size;
+                for (index, s) in self.slot_records(ino)? {
+                    let start = index * bs;
+                    if start >= size {
+                        txn.batch.delete(k_slot(ino, index));
+                        txn.unref(&s.block)?;
+                    } else if start + s.used > size {
+                        let s2 = SlotRecord { block: s.block, used: size - start };
+                        txn.batch.put(k_slot(ino, index), enc(&s2));
+                    }
+                }
+            }
+            if size != a.size {
+                a.mtime = set.now;
+            }
+            a.size = size;
+            if set.mtime.is_none() {
+                a.mtime = set.now;
+            }
+        }
+        if let Some(t) = set.atime {
+            a.atime = t;
+        }
+        if let Some(t) = set.mtime {
+            a.mtime = t;
+        }
+        a.ctime = set.now;
+        let attr = a.clone();
+        txn.put_inode(rec);
+        txn.commit()?;
+        Ok(attr)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        target: Option<Vec<u8>>,
+        now: Timespec,
+    ) -> Result<Attr, MasterError> {
+        check_name(name).map_err(MasterError::Fs)?;
+        let _w = self.writer.lock().expect("writer lock");
+        let mut txn = Txn::new(self);
+        let mut p = self.dir(&mut txn, parent)?;
+        if self.dentry(parent, name)?.is_some() {
+            return Err(fs_err(
+                ErrorCode::Exists,
+                format!("{:?} already exists", String::from_utf8_lossy(name)),
+            ));
+        }
+        let ino = self.alloc_ino(&mut txn.batch);
+        let is_dir = kind == FileKind::Dir;
+        let attr = Attr {
+            ino,
+            kind,
+            perm: (mode & 0o7777) as u16,
+            nlink: if is_dir { 2 } else { 1 },
+            uid,
+            gid,
+            size: target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev,
+        };
+        txn.batch.put(k_dentry(parent, name), enc(&DentryRecord { ino, kind }));
+        txn.put_inode(InodeRecord { attr: attr.clone(), parent, target });
+        if is_dir {
+            p.attr.nlink += 1;
+        }
+        p.attr.mtime = now;
+        p.attr.ctime = now;
+        txn.put_inode(p);
+        txn.commit()?;
+        Ok(attr)
+    }
+
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8], now: Timespec) -> Result<Attr, MasterError> {
+        check_name(name).map_err(MasterError::Fs)?;
+        let _w = self.writer.lock().expect("writer lock");
+        let mut txn = Txn::new(self);
+        let mut p = self.dir(&mut txn, parent)?;
+        let mut rec = txn.inode(ino)?;
+        if rec.attr.kind == FileKind::Dir {
+            return Err(fs_err(ErrorCode::Permission, "cannot hard-link a directory"));
+        }
+        if self.dentry(parent, name)?.is_some() {
+            return Err(fs_err(
+                ErrorCode::Exists,
+                format!("{:?} already exists", String::from_utf8_lossy(name)),
+            ));
+        }
+        rec.attr.nlink += 1;
+        rec.attr.ctime = now;
+        let attr = rec.attr.clone();
+        txn.batch.put(k_dentry(parent, name), enc(&DentryRecord { ino, kind: attr.kind }));
+        txn.put_inode(rec);
+        p.attr.mtime = now;
+        p.attr.ctime = now;
+        txn.put_inode(p);
+        txn.commit()?;
+        Ok(attr)
+    }
+
+    /// Drop one link to `ino` (its entry already removed by the caller).
+    fn drop_link(&self, txn: &mut Txn, ino: Ino, now: Timespec) -> Result<(), MasterError> {
+        let mut rec = txn.inode(ino)?;
+        if rec.attr.kind == FileKind::Dir || rec.attr.nlink <= 1 {
+            txn.delete_inode(ino)?;
+        } else {
+            rec.attr.nlink -= 1;
+            rec.attr.ctime = now;
+            txn.put_inode(rec);
+        }
+        Ok(())
+    }
+
+    fn is_empty_dir(&self, ino: Ino) -> Result<bool, MasterError> {
+        let p = k_dentry_prefix(ino);
+        let mut it = self.db.iterator(IteratorMode::From(&p, Direction::Forward));
+        match it.next() {
+            Some(item) => Ok(!item.map_err(db_err)?.0.starts_with(&p)),
+            None => Ok(true),
+        }
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<(), MasterError> {
+        self.remove(parent, name, false, now)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<(), MasterError> {
+        self.remove(parent, name, true, now)
+    }
+
+    fn remove(&self, parent: Ino, name: &[u8], dir: bool, now: Timespec) -> Result<(), MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
+        let mut txn = Txn::new(self);
+        let mut p = self.dir(&mut txn, parent)?;
+        let d = self.dentry(parent, name)?.ok_or_else(|| {
+            MasterError::Fs(Error::not_found(format!(
+                "no entry {:?}",
+                String::from_utf8_lossy(name)
+            )))
+        })?;
+        match (dir, d.kind == FileKind::Dir) {
+            (false, true) => return Err(fs_err(ErrorCode::IsDir, "is a directory")),
+            (true, false) => return Err(fs_err(ErrorCode::NotDir, "not a directory")),
+            (true, true) if !self.is_empty_dir(d.ino)? => {
+                return Err(fs_err(ErrorCode::NotEmpty, "directory not empty"))
+            }
+            _ => {}
+        }
+        txn.batch.delete(k_dentry(parent, name));
+        self.drop_link(&mut txn, d.ino, now)?;
+        if dir {
+            p.attr.nlink = p.attr.nlink.saturating_sub(1);
+        }
+        p.attr.mtime = now;
+        p.attr.ctime = now;
+        txn.put_inode(p);
+        txn.commit()
+    }
+
+    /// True if `dir` is `ancestor` or lies below it.
+    fn is_within(&self, txn: &mut Txn, mut dir: Ino, ancestor: Ino) -> Result<bool, MasterError> {
+        for _ in 0..100_000 {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            dir = txn.inode(dir)?.parent;
+        }
+        Err(MasterError::Corrupt("directory parent chain does not reach the root".into()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+        now: Timespec,
+    ) -> Result<(), MasterError> {
+        check_name(new_name).map_err(MasterError::Fs)?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        {
+            return Err(fs_err(ErrorCode::Invalid, "unsupported rename flags"));
+        }
+        let _w = self.writer.lock().expect("writer lock");
+        let mut txn = Txn::new(self);
+        self.dir(&mut txn, parent)?;
+        self.dir(&mut txn, new_parent)?;
+        let src = self.dentry(parent, name)?.ok_or_else(|| {
+            MasterError::Fs(Error::not_found(format!(
+                "no entry {:?}",
+                String::from_utf8_lossy(name)
+            )))
+        })?;
+        let dst = self.dentry(new_parent, new_name)?;
+        if parent == new_parent && name == new_name {
+            return Ok(());
+        }
+        let src_dir = src.kind == FileKind::Dir;
+        if src_dir && self.is_within(&mut txn, new_parent, src.ino)? {
+            return Err(fs_err(ErrorCode::Invalid, "cannot move a directory into itself"));
+        }
+        if flags & RENAME_EXCHANGE != 0 {
+            let dst = dst.ok_or_else(|| MasterError::Fs(Error::not_found("exchange target missing")))?;
+            if dst.kind == FileKind::Dir && self.is_within(&mut txn, parent, dst.ino)? {
+                return Err(fs_err(ErrorCode::Invalid, "cannot move a directory into itself"));
+            }
+            txn.batch.put(k_dentry(parent, name), enc(&dst));
+            txn.batch.put(k_dentry(new_parent, new_name), enc(&src));
+            for (ino, to) in [(src.ino, new_parent), (dst.ino, parent)] {
+                let mut r = txn.inode(ino)?;
+                r.parent = to;
+                r.attr.ctime = now;
+                txn.put_inode(r);
+            }
+            if parent != new_parent && src_dir != (dst.kind == FileKind::Dir) {
+                let (gain, lose) = if src_dir { (new_parent, parent) } else { (parent, new_parent) };
+                let mut g = txn.inode(gain)?;
+                g.attr.nlink += 1;
+                txn.put_inode(g);
+                let mut l = txn.inode(lose)?;
+                l.attr.nlink = l.attr.nlink.saturating_sub(1);
+                txn.put_inode(l);
+            }
+        } else {
+            if let Some(dst) = &dst {
+                if flags & RENAME_NOREPLACE != 0 {
+                    return Err(fs_err(ErrorCode::Exists, "target exists"));
+                }
+                if dst.ino == src.ino {
+                    return Ok(());
+                }
+                let dst_dir = dst.kind == FileKind::Dir;
+                if src_dir && !dst_dir {
+                    return Err(fs_err(ErrorCode::NotDir, "target is not a directory"));
+                }
+                if !src_dir && dst_dir {
+                    return Err(fs_err(ErrorCode::IsDir, "target is a directory"));
+                }
+                if dst_dir && !self.is_empty_dir(dst.ino)? {
+                    return Err(fs_err(ErrorCode::NotEmpty, "target directory not empty"));
+                }
+                self.drop_link(&mut txn, dst.ino, now)?;
+                if dst_dir {
+                    let mut np = txn.inode(new_parent)?;
+                    np.attr.nlink = np.attr.nlink.saturating_sub(1);
+                    txn.put_inode(np);
+                }
+            }
+            txn.batch.delete(k_dentry(parent, name));
+            txn.batch.put(k_dentry(new_parent, new_name), enc(&src));
+            let mut r = txn.inode(src.ino)?;
+            r.parent = new_parent;
+            r.attr.ctime = now;
+            txn.put_inode(r);
+            if src_dir && parent != new_parent {
+                let mut op = txn.inode(parent)?;
+                op.attr.nlink = op.attr.nlink.saturating_sub(1);
+                txn.put_inode(op);
+                let mut np = txn.inode(new_parent)?;
+                np.attr.nlink += 1;
+                txn.put_inode(np);
+            }
+        }
+        for p in [parent, new_parent] {
+            let mut r = txn.inode(p)?;
+            r.attr.mtime = now;
+            r.attr.ctime = now;
+            txn.put_inode(r);
+        }
+        txn.commit()
+    }
+
+    pub fn readdir(
+        &self,
+        ino: Ino,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<DirEntry>, bool), MasterError> {
+        let rec = self.inode(ino)?;
+        if rec.attr.kind != FileKind::Dir {
+            return Err(fs_err(ErrorCode::NotDir, "not a directory"));
+        }
+        let prefix = k_dentry_prefix(ino);
+        let start = match after {
+            Some(a) => {
+                let mut s = k_dentry(ino, a);
+                s.push(0);
+                s
+            }
+            None => prefix.clone(),
+        };
+        let rows = self.scan::<DentryRecord>(&prefix, &start, limit + 1)?;
+        let more = rows.len() > limit;
+        let rows = &rows[..rows.len().min(limit)];
+        let keys: Vec<Vec<u8>> = rows.iter().map(|(_, d)| k_inode(d.ino)).collect();
+        let mut entries = Vec::with_capacity(rows.len());
+        for ((k, _), raw) in rows.iter().zip(self.db.multi_get(&keys)) {
+            let Some(raw) = raw.map_err(db_err)? else { continue };
+            let r: InodeRecord = dec(k, &raw)?;
+            entries.push(DirEntry { name: k[9..].to_vec(), attr: r.attr });
+        }
+        Ok((entries, more))
+    }
+
+    pub fn open(&self, ino: Ino) -> Result<(Attr, Vec<Slot>), MasterError> {
+        let rec = self.inode(ino)?;
+        let slots = self.slot_records(ino)?;
+        let keys: Vec<Vec<u8>> = slots.iter().map(|(_, s)| k_block(&s.block)).collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for ((index, s), raw) in slots.into_iter().zip(self.db.multi_get(&keys)) {
+            let raw = raw.map_err(db_err)?.ok_or_else(|| {
+                MasterError::Corrupt(format!("inode {ino} slot {index}: block {} missing", s.block))
+            })?;
+            let b: BlockRecord = dec(b"B", &raw)?;
+            out.push(Slot { index, used: s.used, block: b.meta });
+        }
+        Ok((rec.attr, out))
+    }
+
+    pub fn block_meta(&self, id: &BlockId) -> Result<Option<BlockMeta>, MasterError> {
+        Ok(self.get::<BlockRecord>(&k_block(id))?.map(|b| b.meta))
+    }
+
+    /// Make `slots` part of file `ino` with its new size and mtime, in one batch.
+    pub fn commit(
+        &self,
+        ino: Ino,
+        slots: &[NewSlot],
+        size: u64,
+        mtime: Timespec,
+    ) -> Result<(Attr, Vec<BlockMeta>), MasterError> {
+        let bs = self.cluster.block_size;
+        let _w = self.writer.lock().expect("writer lock");
+        let mut txn = Txn::new(self);
+        let mut rec = txn.inode(ino)?;
+        if rec.attr.kind != FileKind::File {
+            return Err(fs_err(ErrorCode::Invalid, "not a regular file"));
+        }
+        // Shards uploaded for a block the cluster already had: delete the copies that are not
+        // the block's own.
+        let mut orphans = Vec::new();
+        for s in slots {
+            if s.used > bs {
+                return Err(fs_err(ErrorCode::Invalid, "slot larger than the block size"));
+            }
+            match (txn.block(&s.id)?, &s.meta) {
+                (Some(mut b), m) => {
+                    if let Some(m) = m {
+                        orphans.push(orphan_shards(&b.meta, m));
+                    }
+                    b.refs += 1;
+                    txn.blocks.insert(s.id, Some(b));
+                }
+                (None, Some(m)) => {
+                    if m.id != s.id || m.shards.len() != m.ec.total() || s.used > m.len {
+                        return Err(fs_err(ErrorCode::Invalid, "inconsistent block description"));
+                    }
+                    txn.blocks.insert(s.id, Some(BlockRecord { meta: m.clone(), refs: 1 }));
+                }
+                (None, None) => {
+                    return Err(fs_err(
+                        ErrorCode::NotFound,
+                        format!("block {} is no longer stored; upload it again", s.id),
+                    ))
+                }
+            }
+            let key = k_slot(ino, s.index);
+            if let Some(old) = self.get::<SlotRecord>(&key)? {
+                txn.unref(&old.block)?;
+            }
+            txn.batch.put(key, enc(&SlotRecord { block: s.id, used: s.used }));
+        }
+        if size < rec.attr.size {
+            for (index, s) in self.slot_records(ino)? {
+                if index * bs >= size && !slots.iter().any(|n| n.index == index) {
+                    txn.batch.delete(k_slot(ino, index));
+                    txn.unref(&s.block)?;
+                }
+            }
+        }
+        rec.attr.size = size;
+        rec.attr.mtime = mtime;
+        rec.attr.ctime = mtime;
+        let attr = rec.attr.clone();
+        txn.put_inode(rec);
+        txn.commit()?;
+        Ok((attr, orphans.into_iter().flatten().collect()))
+    }
+
+    pub fn put_node(&self, id: NodeId, rec: &NodeRecord) -> Result<(), MasterError> {
+        self.db.put(k_node(id), enc(rec)).map_err(db_err)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<(NodeId, NodeRecord)>, MasterError> {
+        Ok(self
+            .scan::<NodeRecord>(b"N", b"N", usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| (NodeId(u64::from_be_bytes(k[1..9].try_into().expect("node key"))), v))
+            .collect())
+    }
+
+    /// Unreferenced blocks that lost their last reference at least `grace_secs` ago.
+    pub fn gc_candidates(&self, grace_secs: u64, limit: usize) -> Result<Vec<GcRecord>, MasterError> {
+        let now = unix_now();
+        Ok(self
+            .scan::<GcRecord>(b"G", b"G", limit)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .filter(|g| g.since + grace_secs <= now)
+            .collect())
+    }
+
+    /// Forget a collected block, unless it was referenced again meanwhile.
+    pub fn gc_done(&self, id: &BlockId) -> Result<(), MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
+        self.db.delete(k_gc(id)).map_err(db_err)
+    }
+
+    pub fn count_inodes(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+/// The shards of `new` that are not the same (node, index) as a shard of `kept`, as a block
+/// description whose shard list holds only those (others get a zero hash marker removed).
+fn orphan_shards(kept: &BlockMeta, new: &BlockMeta) -> Option<BlockMeta> {
+    let mut m = new.clone();
+    let mut any = false;
+    for (i, s) in new.shards.iter().enumerate() {
+        let same = kept.shards.get(i).map(|k| k.node == s.node).unwrap_or(false);
+        if same {
+            m.shards[i].hash = [0; 32];
+        } else {
+            any = true;
+        }
+    }
+    any.then_some(m)
+}
+
+fn db_err(e: rocksdb::Error) -> MasterError {
+    MasterError::Db(e.to_string())
+}

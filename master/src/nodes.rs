@@ -1,0 +1,138 @@
+//! The registry of storage nodes: who exists, who is alive, how much space each has, and where
+//! a new block's shards go.
+
+use crate::meta::{Meta, NodeRecord};
+use crate::MasterError;
+use shardfs_common::proto::{NodeInfo, NodeState};
+use shardfs_common::{Error, NodeId};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+struct Entry {
+    rec: NodeRecord,
+    last_seen: Option<Instant>,
+}
+
+pub struct Registry {
+    nodes: Mutex<HashMap<NodeId, Entry>>,
+    timeout: Duration,
+}
+
+impl Registry {
+    pub fn load(meta: &Meta, timeout: Duration) -> Result<Self, MasterError> {
+        let nodes = meta
+            .nodes()?
+            .into_iter()
+            .map(|(id, rec)| (id, Entry { rec, last_seen: None }))
+            .collect();
+        Ok(Registry { nodes: Mutex::new(nodes), timeout })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn register(
+        &self,
+        meta: &Meta,
+        id: NodeId,
+        addr: String,
+        capacity: u64,
+        free: u64,
+        used: u64,
+        shards: u64,
+    ) -> Result<(), MasterError> {
+        addr.parse::<SocketAddr>()
+            .map_err(|_| Error::invalid(format!("node address {addr:?} is not IP:PORT")))?;
+        let rec = NodeRecord { addr, capacity, free, used, shards };
+        meta.put_node(id, &rec)?;
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        tracing::info!(%id, addr = %rec.addr, "node registered");
+        nodes.insert(id, Entry { rec, last_seen: Some(Instant::now()) });
+        Ok(())
+    }
+
+    /// Record a heartbeat; false if the node is unknown (it must register).
+    pub fn heartbeat(&self, id: NodeId, capacity: u64, free: u64, used: u64, shards: u64) -> bool {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        match nodes.get_mut(&id) {
+            Some(e) if e.last_seen.is_some() => {
+                e.rec.capacity = capacity;
+                e.rec.free = free;
+                e.rec.used = used;
+                e.rec.shards = shards;
+                e.last_seen = Some(Instant::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn is_up(&self, e: &Entry) -> bool {
+        e.last_seen.is_some_and(|t| t.elapsed() < self.timeout)
+    }
+
+    /// Choose `n` distinct live nodes with at least `need` bytes free, weighted by free space.
+    pub fn place(&self, n: usize, need: u64, exclude: &[NodeId]) -> Result<Vec<NodeId>, MasterError> {
+        let nodes = self.nodes.lock().expect("registry lock");
+        let candidates: Vec<(NodeId, u64)> = nodes
+            .iter()
+            .filter(|(id, e)| self.is_up(e) && e.rec.free >= need && !exclude.contains(id))
+            .map(|(id, e)| (*id, e.rec.free))
+            .collect();
+        if candidates.len() < n {
+            let live = nodes.values().filter(|e| self.is_up(e)).count();
+            return Err(Error::Unavailable(format!(
+                "cannot place a block on {n} distinct nodes: {} usable of {live} live nodes",
+                candidates.len()
+            ))
+            .into());
+        }
+        // Weighted sampling without replacement (Efraimidis–Spirakis): key = u^(1/w).
+        let mut keyed: Vec<(f64, NodeId)> = candidates
+            .into_iter()
+            .map(|(id, free)| {
+                let w = (free as f64).max(1.0);
+                let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+                (u.ln() / w, id)
+            })
+            .collect();
+        keyed.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+        Ok(keyed.into_iter().take(n).map(|(_, id)| id).collect())
+    }
+
+    /// Raw capacity and free space of the live nodes.
+    pub fn capacity(&self) -> (u64, u64) {
+        let nodes = self.nodes.lock().expect("registry lock");
+        nodes
+            .values()
+            .filter(|e| self.is_up(e))
+            .fold((0, 0), |(c, f), e| (c + e.rec.capacity, f + e.rec.free))
+    }
+
+    pub fn addresses(&self) -> HashMap<NodeId, SocketAddr> {
+        let nodes = self.nodes.lock().expect("registry lock");
+        nodes
+            .iter()
+            .filter_map(|(id, e)| e.rec.addr.parse().ok().map(|a| (*id, a)))
+            .collect()
+    }
+
+    pub fn list(&self) -> Vec<NodeInfo> {
+        let nodes = self.nodes.lock().expect("registry lock");
+        let mut out: Vec<NodeInfo> = nodes
+            .iter()
+            .map(|(id, e)| NodeInfo {
+                id: *id,
+                addr: e.rec.addr.clone(),
+                state: if self.is_up(e) { NodeState::Up } else { NodeState::Down },
+                capacity: e.rec.capacity,
+                free: e.rec.free,
+                used: e.rec.used,
+                shards: e.rec.shards,
+                last_seen_ms: e.last_seen.map(|t| t.elapsed().as_millis() as u64),
+            })
+            .collect();
+        out.sort_by(|a, b| a.addr.cmp(&b.addr));
+        out
+    }
+}

@@ -1,0 +1,100 @@
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+use shardfs_node::{run, NodeConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// ShardFS storage node: keeps erasure-coded shards on local disk and serves them over QUIC.
+#[derive(Parser, Debug)]
+#[command(name = "shardfs-node", version)]
+struct Args {
+    /// Directory for this node's shards and identity.
+    #[arg(long, env = "SHARDFS_NODE_DATA")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (port 0: reuse the previous run's port, or pick a free one).
+    #[arg(long, env = "SHARDFS_NODE_LISTEN")]
+    listen: Option<String>,
+    /// Address clients use to reach this node, if not the listen address.
+    #[arg(long, env = "SHARDFS_NODE_ADVERTISE")]
+    advertise: Option<String>,
+    /// The master's address, HOST:PORT.
+    #[arg(long, env = "SHARDFS_MASTER")]
+    master: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "SHARDFS_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Offer at most this many bytes (default: the disk's free space).
+    #[arg(long, env = "SHARDFS_NODE_CAPACITY")]
+    capacity: Option<u64>,
+    /// Bytes of the disk to keep free.
+    #[arg(long, env = "SHARDFS_NODE_RESERVE")]
+    reserve: Option<u64>,
+    /// Optional TOML file with the same settings (data_dir, listen, master, …).
+    #[arg(long, env = "SHARDFS_NODE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    master: Option<String>,
+    heartbeat_ms: Option<u64>,
+    capacity: Option<u64>,
+    reserve: Option<u64>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardfs-node: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let f: FileConfig = shardfs_common::config::load(a.config.as_deref())?;
+    let data_dir = a.data_dir.or(f.data_dir).context("--data-dir is required")?;
+    let master = a.master.or(f.master).context("--master HOST:PORT is required")?;
+    let master = shardfs_common::net::resolve(&master)?;
+    let listen = a.listen.or(f.listen).unwrap_or_else(|| "127.0.0.1:0".into());
+    let listen = shardfs_common::net::resolve(&listen)?;
+    let cfg = NodeConfig {
+        data_dir,
+        listen,
+        advertise: a.advertise.or(f.advertise),
+        master,
+        heartbeat: Duration::from_millis(a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(1000).max(10)),
+        capacity: a.capacity.or(f.capacity),
+        reserve: a.reserve.or(f.reserve).unwrap_or(64 << 20),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        run(cfg, rx).await
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

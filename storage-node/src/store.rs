@@ -1,0 +1,232 @@
+//! Shards on local disk.
+//!
+//! Shard `i` of block `B` lives at `shards/<first two hex digits of B>/<B>.<i>`. Each file is a
+//! 48-byte header (magic, format version, payload length, blake3 of the payload) followed by
+//! the payload. Writes go to a temp file that is fsynced, renamed into place, and the directory
+//! fsynced, so a shard is either whole on disk or absent. Every read re-hashes the payload; a
+//! shard that no longer matches its hash is moved to `quarantine/` and reported as corrupt.
+
+use crate::NodeError;
+use shardfs_common::BlockId;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MAGIC: &[u8; 4] = b"SFSH";
+const FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 48;
+
+pub struct ShardStore {
+    root: PathBuf,
+    used: AtomicU64,
+    shards: AtomicU64,
+    tmp_seq: AtomicU64,
+    capacity_limit: Option<u64>,
+    reserve: u64,
+}
+
+pub struct Usage {
+    pub capacity: u64,
+    pub free: u64,
+    pub used: u64,
+    pub shards: u64,
+}
+
+impl ShardStore {
+    /// Open (creating if needed) a store under `root`, counting what it already holds.
+    pub fn open(root: &Path, capacity_limit: Option<u64>, reserve: u64) -> Result<Self, NodeError> {
+        for d in ["shards", "tmp", "quarantine"] {
+            fs::create_dir_all(root.join(d)).map_err(|e| NodeError::io(root.join(d), e))?;
+        }
+        // Leftover temp files are writes that never completed.
+        if let Ok(rd) = fs::read_dir(root.join("tmp")) {
+            for e in rd.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let (mut used, mut shards) = (0u64, 0u64);
+        for dir in fs::read_dir(root.join("shards")).map_err(|e| NodeError::io(root, e))? {
+            let dir = dir.map_err(|e| NodeError::io(root, e))?;
+            if let Ok(rd) = fs::read_dir(dir.path()) {
+                for f in rd.flatten() {
+                    if let Ok(md) = f.metadata() {
+                        used += md.len();
+                        shards += 1;
+                    }
+                }
+            }
+        }
+        Ok(ShardStore {
+            root: root.to_path_buf(),
+            used: AtomicU64::new(used),
+            shards: AtomicU64::new(shards),
+            tmp_seq: AtomicU64::new(0),
+            capacity_limit,
+            reserve,
+        })
+    }
+
+    fn path(&self, block: &BlockId, index: u8) -> PathBuf {
+        let hex = block.to_hex();
+        self.root.join("shards").join(&hex[..2]).join(format!("{hex}.{index}"))
+    }
+
+    pub fn usage(&self) -> Usage {
+        let used = self.used.load(Ordering::Relaxed);
+        let (mut capacity, mut free) = disk_space(&self.root).unwrap_or((0, 0));
+        if let Some(limit) = self.capacity_limit {
+            capacity = capacity.min(limit);
+            free = free.min(limit.saturating_sub(used));
+        }
+        Usage { capacity, free, used, shards: self.shards.load(Ordering::Relaxed) }
+    }
+
+    /// Store a shard durably. Idempotent: an intact copy already there is kept.
+    pub fn put(&self, block: &BlockId, index: u8, hash: &[u8; 32], data: &[u8]) -> Result<(), NodeError> {
+        if shardfs_common::ids::shard_hash(data) != *hash {
+            return Err(NodeError::Corrupt(format!(
+                "shard {block}.{index} does not match the hash sent with it"
+            )));
+        }
+        let path = self.path(block, index);
+        if let Ok(md) = fs::metadata(&path) {
+            if md.len() == (HEADER_LEN + data.len()) as u64 && self.get(block, index).is_ok() {
+                return Ok(());
+            }
+        }
+        let need = (HEADER_LEN + data.len()) as u64;
+        let usage = self.usage();
+        if usage.free < need + self.reserve {
+            return Err(NodeError::Full(format!(
+                "node is full: {} bytes free, {} needed plus {} reserved",
+                usage.free, need, self.reserve
+            )));
+        }
+        let dir = path.parent().expect("shard path has a parent");
+        fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}.{index}.{seq}", block.to_hex()));
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut header = [0u8; HEADER_LEN];
+            header[..4].copy_from_slice(MAGIC);
+            header[4] = FORMAT_VERSION;
+            header[8..16].copy_from_slice(&(data.len() as u64).to_be_bytes());
+            header[16..48].copy_from_slice(hash);
+            f.write_all(&header)?;
+            f.write_all(data)?;
+            f.sync_data()?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(NodeError::io(&tmp, e));
+        }
+        let existed = path.exists();
+        fs::rename(&tmp, &path).map_err(|e| NodeError::io(&path, e))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| NodeError::io(dir, e))?;
+        if !existed {
+            self.used.fetch_add(need, Ordering::Relaxed);
+            self.shards.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Read a shard and verify it against its recorded hash.
+    pub fn get(&self, block: &BlockId, index: u8) -> Result<([u8; 32], Vec<u8>), NodeError> {
+        let path = self.path(block, index);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeError::Missing(format!("no shard {block}.{index} on this node")))
+            }
+            Err(e) => return Err(NodeError::io(&path, e)),
+        };
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(|e| NodeError::io(&path, e))?;
+        let bad = |why: &str| {
+            let q = self.root.join("quarantine").join(path.file_name().expect("file name"));
+            let _ = fs::rename(&path, &q);
+            self.shards.fetch_sub(1, Ordering::Relaxed);
+            self.used.fetch_sub(buf.len() as u64, Ordering::Relaxed);
+            tracing::error!(shard = %path.display(), "corrupt shard quarantined: {why}");
+            NodeError::Corrupt(format!("shard {block}.{index} is corrupt: {why}"))
+        };
+        if buf.len() < HEADER_LEN || &buf[..4] != MAGIC || buf[4] != FORMAT_VERSION {
+            return Err(bad("bad header"));
+        }
+        let len = u64::from_be_bytes(buf[8..16].try_into().unwrap()) as usize;
+        if buf.len() != HEADER_LEN + len {
+            return Err(bad("wrong length"));
+        }
+        let hash: [u8; 32] = buf[16..48].try_into().unwrap();
+        if shardfs_common::ids::shard_hash(&buf[HEADER_LEN..]) != hash {
+            return Err(bad("content does not match its blake3 hash"));
+        }
+        buf.drain(..HEADER_LEN);
+        Ok((hash, buf))
+    }
+
+    pub fn delete(&self, block: &BlockId, index: u8) -> Result<(), NodeError> {
+        let path = self.path(block, index);
+        match fs::metadata(&path) {
+            Ok(md) => {
+                fs::remove_file(&path).map_err(|e| NodeError::io(&path, e))?;
+                self.used.fetch_sub(md.len(), Ordering::Relaxed);
+                self.shards.fetch_sub(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(NodeError::io(&path, e)),
+        }
+    }
+}
+
+/// (total, available) bytes of the filesystem holding `path`.
+fn disk_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: c is a valid NUL-terminated path; st is a plain out-parameter.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        Some((
+            st.f_blocks as u64 * st.f_frsize as u64,
+            st.f_bavail as u64 * st.f_frsize as u64,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_delete_and_corruption() {
+        let dir = std::env::temp_dir().join(format!("sfs-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = ShardStore::open(&dir, None, 0).unwrap();
+        let data = b"some shard bytes".to_vec();
+        let id = BlockId::of(b"block");
+        let h = shardfs_common::ids::shard_hash(&data);
+        assert!(store.put(&id, 0, &[0; 32], &data).is_err(), "hash mismatch must be refused");
+        store.put(&id, 0, &h, &data).unwrap();
+        store.put(&id, 0, &h, &data).unwrap();
+        assert_eq!(store.usage().shards, 1);
+        assert_eq!(store.get(&id, 0).unwrap().1, data);
+        // Flip a payload byte: the read must fail and the shard be quarantined.
+        let p = store.path(&id, 0);
+        let mut raw = fs::read(&p).unwrap();
+        raw[HEADER_LEN] ^= 0xff;
+        fs::write(&p, raw).unwrap();
+        assert!(matches!(store.get(&id, 0), Err(NodeError::Corrupt(_))));
+        assert!(matches!(store.get(&id, 0), Err(NodeError::Missing(_))));
+        store.put(&id, 1, &h, &data).unwrap();
+        store.delete(&id, 1).unwrap();
+        assert!(store.get(&id, 1).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
