@@ -46,8 +46,11 @@ impl Dialer {
                 Some(Conn::Ready(c)) if c.close_reason().is_none() => return Ok(c.clone()),
                 Some(Conn::Connecting(p)) => p.clone(),
                 _ => {
-                    let (endpoint, config, timeout) =
-                        (self.endpoint.clone(), self.config.clone(), self.connect_timeout);
+                    let (endpoint, config, timeout) = (
+                        self.endpoint.clone(),
+                        self.config.clone(),
+                        self.connect_timeout,
+                    );
                     let fut = async move {
                         net::connect(&endpoint, &config, addr, timeout)
                             .await

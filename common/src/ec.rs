@@ -48,7 +48,11 @@ impl fmt::Display for EcParams {
 impl FromStr for EcParams {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Config(format!("erasure code {s:?} is not of the form K+M, e.g. 4+2"));
+        let bad = || {
+            Error::Config(format!(
+                "erasure code {s:?} is not of the form K+M, e.g. 4+2"
+            ))
+        };
         let (k, m) = s.split_once('+').ok_or_else(bad)?;
         let p = EcParams {
             k: k.trim().parse().map_err(|_| bad())?,

@@ -24,7 +24,9 @@ fn transport() -> TransportConfig {
         .stream_receive_window((64u32 << 20).into())
         .receive_window((512u32 << 20).into())
         .send_window(512 << 20)
-        .max_idle_timeout(Some(Duration::from_secs(15).try_into().expect("idle timeout")))
+        .max_idle_timeout(Some(
+            Duration::from_secs(15).try_into().expect("idle timeout"),
+        ))
         .keep_alive_interval(Some(Duration::from_secs(3)))
         .initial_mtu(1400)
         .datagram_receive_buffer_size(None);
@@ -98,10 +100,17 @@ pub fn server_endpoint(addr: SocketAddr, alpn: &[u8], reset_key: &[u8; 32]) -> R
 
 /// A client endpoint (ephemeral port) able to reach servers of the given family.
 pub fn client_endpoint(ipv6: bool) -> Result<Endpoint> {
-    let addr: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("addr");
+    let addr: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .expect("addr");
     let socket = udp_socket(addr)?;
-    Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
-        .map_err(|e| Error::Config(format!("cannot start QUIC client: {e}")))
+    Endpoint::new(
+        EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| Error::Config(format!("cannot start QUIC client: {e}")))
 }
 
 /// Client configuration for one service (ALPN).
@@ -130,7 +139,10 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<Connection> {
-    let fail = |reason: String| Error::Connect { addr: addr.to_string(), reason };
+    let fail = |reason: String| Error::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
     let connecting = endpoint
         .connect_with(config.clone(), addr, SERVER_NAME)
         .map_err(|e| fail(e.to_string()))?;
@@ -139,7 +151,9 @@ pub async fn connect(
         Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
             if c.error_code == quinn::TransportErrorCode::crypto(0x78) =>
         {
-            Err(fail("the peer is not a ShardFS service of this protocol version".into()))
+            Err(fail(
+                "the peer is not a ShardFS service of this protocol version".into(),
+            ))
         }
         Ok(Err(e)) => Err(fail(e.to_string())),
         Err(_) => Err(fail(format!("no answer within {timeout:?}"))),
@@ -151,7 +165,10 @@ pub fn reset_key(dir: &std::path::Path) -> Result<[u8; 32]> {
     let p = dir.join("reset.key");
     match std::fs::read(&p) {
         Ok(v) if v.len() == 32 => Ok(v.try_into().expect("32 bytes")),
-        Ok(_) => Err(Error::Config(format!("{} is damaged; delete it", p.display()))),
+        Ok(_) => Err(Error::Config(format!(
+            "{} is damaged; delete it",
+            p.display()
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand_bytes();
             std::fs::write(&p, key)
@@ -165,7 +182,9 @@ pub fn reset_key(dir: &std::path::Path) -> Result<[u8; 32]> {
 fn rand_bytes() -> [u8; 32] {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut b).expect("system randomness");
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system randomness");
     b
 }
 
@@ -176,7 +195,9 @@ pub fn resolve(addr: &str) -> Result<SocketAddr> {
         return Ok(a);
     }
     let mut it = addr.to_socket_addrs().map_err(|e| {
-        Error::Config(format!("{addr:?} is not a valid address (expected HOST:PORT): {e}"))
+        Error::Config(format!(
+            "{addr:?} is not a valid address (expected HOST:PORT): {e}"
+        ))
     })?;
     it.next()
         .ok_or_else(|| Error::Config(format!("{addr:?} resolves to no address")))

@@ -48,11 +48,17 @@ impl Timespec {
 
     pub fn from_system(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timespec { secs: d.as_secs() as i64, nsecs: d.subsec_nanos() },
+            Ok(d) => Timespec {
+                secs: d.as_secs() as i64,
+                nsecs: d.subsec_nanos(),
+            },
             Err(e) => {
                 let d = e.duration();
                 if d.subsec_nanos() == 0 {
-                    Timespec { secs: -(d.as_secs() as i64), nsecs: 0 }
+                    Timespec {
+                        secs: -(d.as_secs() as i64),
+                        nsecs: 0,
+                    }
                 } else {
                     Timespec {
                         secs: -(d.as_secs() as i64) - 1,
@@ -191,9 +197,17 @@ pub struct FsStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasterRequest {
     Cluster,
-    Lookup { parent: Ino, name: Vec<u8> },
-    GetAttr { ino: Ino },
-    SetAttr { ino: Ino, set: SetAttr },
+    Lookup {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: Ino,
+    },
+    SetAttr {
+        ino: Ino,
+        set: SetAttr,
+    },
     /// mknod, mkdir and create: a new inode of `kind` linked as `parent/name`.
     Create {
         parent: Ino,
@@ -205,11 +219,33 @@ pub enum MasterRequest {
         rdev: u32,
         now: Timespec,
     },
-    Symlink { parent: Ino, name: Vec<u8>, target: Vec<u8>, uid: u32, gid: u32, now: Timespec },
-    ReadLink { ino: Ino },
-    Link { ino: Ino, parent: Ino, name: Vec<u8>, now: Timespec },
-    Unlink { parent: Ino, name: Vec<u8>, now: Timespec },
-    Rmdir { parent: Ino, name: Vec<u8>, now: Timespec },
+    Symlink {
+        parent: Ino,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        uid: u32,
+        gid: u32,
+        now: Timespec,
+    },
+    ReadLink {
+        ino: Ino,
+    },
+    Link {
+        ino: Ino,
+        parent: Ino,
+        name: Vec<u8>,
+        now: Timespec,
+    },
+    Unlink {
+        parent: Ino,
+        name: Vec<u8>,
+        now: Timespec,
+    },
+    Rmdir {
+        parent: Ino,
+        name: Vec<u8>,
+        now: Timespec,
+    },
     Rename {
         parent: Ino,
         name: Vec<u8>,
@@ -219,17 +255,44 @@ pub enum MasterRequest {
         now: Timespec,
     },
     /// Entries of a directory in name order, starting after `after`.
-    ReadDir { ino: Ino, after: Option<Vec<u8>>, limit: u32 },
+    ReadDir {
+        ino: Ino,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    },
     /// Attributes and block map of a file.
-    Open { ino: Ino },
+    Open {
+        ino: Ino,
+    },
     /// Where to store new blocks (or that they exist already).
-    Place { blocks: Vec<(BlockId, u64)>, exclude: Vec<NodeId> },
+    Place {
+        blocks: Vec<(BlockId, u64)>,
+        exclude: Vec<NodeId>,
+    },
     /// Make written blocks part of a file, atomically with its new size and mtime.
-    Commit { ino: Ino, slots: Vec<NewSlot>, size: u64, mtime: Timespec },
+    Commit {
+        ino: Ino,
+        slots: Vec<NewSlot>,
+        size: u64,
+        mtime: Timespec,
+    },
     StatFs,
     Nodes,
-    Register { id: NodeId, addr: String, capacity: u64, free: u64, used: u64, shards: u64 },
-    Heartbeat { id: NodeId, capacity: u64, free: u64, used: u64, shards: u64 },
+    Register {
+        id: NodeId,
+        addr: String,
+        capacity: u64,
+        free: u64,
+        used: u64,
+        shards: u64,
+    },
+    Heartbeat {
+        id: NodeId,
+        capacity: u64,
+        free: u64,
+        used: u64,
+        shards: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,18 +312,35 @@ pub enum MasterResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRequest {
     /// Store shard `index` of `block`; its bytes follow as bulk and must hash to `hash`.
-    Put { block: BlockId, index: u8, hash: [u8; 32] },
+    Put {
+        block: BlockId,
+        index: u8,
+        hash: [u8; 32],
+    },
     /// Fetch a shard; the bytes come back as bulk, verified against the stored hash.
-    Get { block: BlockId, index: u8 },
-    Delete { shards: Vec<(BlockId, u8)> },
+    Get {
+        block: BlockId,
+        index: u8,
+    },
+    Delete {
+        shards: Vec<(BlockId, u8)>,
+    },
     Stat,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeResponse {
     Ok,
-    Shard { hash: [u8; 32] },
-    Stat { id: NodeId, capacity: u64, free: u64, used: u64, shards: u64 },
+    Shard {
+        hash: [u8; 32],
+    },
+    Stat {
+        id: NodeId,
+        capacity: u64,
+        free: u64,
+        used: u64,
+        shards: u64,
+    },
     Err(RemoteError),
 }
 
@@ -268,7 +348,10 @@ pub enum NodeResponse {
 pub fn check_name(name: &[u8]) -> crate::Result<()> {
     use crate::{Error, ErrorCode};
     if name.len() > NAME_MAX {
-        return Err(Error::fs(ErrorCode::NameTooLong, "file name longer than 255 bytes"));
+        return Err(Error::fs(
+            ErrorCode::NameTooLong,
+            "file name longer than 255 bytes",
+        ));
     }
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
     {
@@ -286,9 +369,15 @@ mod tests {
 
     #[test]
     fn timespec_round_trip() {
-        let t = Timespec { secs: 1_700_000_000, nsecs: 123_456_789 };
+        let t = Timespec {
+            secs: 1_700_000_000,
+            nsecs: 123_456_789,
+        };
         assert_eq!(Timespec::from_system(t.to_system()), t);
-        let neg = Timespec { secs: -5, nsecs: 250_000_000 };
+        let neg = Timespec {
+            secs: -5,
+            nsecs: 250_000_000,
+        };
         assert_eq!(Timespec::from_system(neg.to_system()), neg);
     }
 

@@ -35,7 +35,8 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T, bulk: Byt
     send.write_all_chunks(&mut chunks)
         .await
         .map_err(|e| Error::Connection(format!("send: {e}")))?;
-    send.finish().map_err(|e| Error::Connection(format!("finish: {e}")))?;
+    send.finish()
+        .map_err(|e| Error::Connection(format!("finish: {e}")))?;
     Ok(())
 }
 
@@ -55,10 +56,14 @@ pub async fn read_frame<T: DeserializeOwned>(
     let hlen = u32::from_be_bytes(prefix[1..5].try_into().unwrap()) as usize;
     let blen = u64::from_be_bytes(prefix[5..13].try_into().unwrap());
     if hlen > MAX_HEADER {
-        return Err(Error::Protocol(format!("header of {hlen} bytes exceeds the limit")));
+        return Err(Error::Protocol(format!(
+            "header of {hlen} bytes exceeds the limit"
+        )));
     }
     if blen > max_bulk as u64 {
-        return Err(Error::Protocol(format!("payload of {blen} bytes exceeds the limit")));
+        return Err(Error::Protocol(format!(
+            "payload of {blen} bytes exceeds the limit"
+        )));
     }
     let mut header = vec![0u8; hlen];
     recv.read_exact(&mut header).await.map_err(read_err)?;
@@ -71,9 +76,9 @@ pub async fn read_frame<T: DeserializeOwned>(
 
 fn read_err(e: quinn::ReadExactError) -> Error {
     match e {
-        quinn::ReadExactError::FinishedEarly(n) => {
-            Error::Protocol(format!("stream ended after {n} bytes, in the middle of a frame"))
-        }
+        quinn::ReadExactError::FinishedEarly(n) => Error::Protocol(format!(
+            "stream ended after {n} bytes, in the middle of a frame"
+        )),
         quinn::ReadExactError::ReadError(e) => Error::Connection(format!("receive: {e}")),
     }
 }

@@ -73,12 +73,20 @@ impl Cache {
 }
 
 impl BlockStore {
-    pub fn new(master: Arc<MasterClient>, codec: Arc<Codec>, cfg: BlockConfig) -> Result<Arc<Self>> {
+    pub fn new(
+        master: Arc<MasterClient>,
+        codec: Arc<Codec>,
+        cfg: BlockConfig,
+    ) -> Result<Arc<Self>> {
         Ok(Arc::new(BlockStore {
             master,
             codec,
             dialer: Dialer::new(ALPN_NODE, Duration::from_secs(2))?,
-            cache: Mutex::new(Cache { lru: LruCache::unbounded(), bytes: 0, limit: cfg.cache_bytes }),
+            cache: Mutex::new(Cache {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                limit: cfg.cache_bytes,
+            }),
             cfg,
             addrs: Mutex::new(HashMap::new()),
             suspect: Mutex::new(HashMap::new()),
@@ -115,7 +123,9 @@ impl BlockStore {
             .expect("addrs lock")
             .get(&node)
             .copied()
-            .ok_or_else(|| Error::Unavailable(format!("storage node {node} is unknown to the master")))
+            .ok_or_else(|| {
+                Error::Unavailable(format!("storage node {node} is unknown to the master"))
+            })
     }
 
     fn is_suspect(&self, node: NodeId) -> bool {
@@ -160,7 +170,10 @@ impl BlockStore {
         let mut exclude: Vec<NodeId> = Vec::new();
         let mut last_err = None;
         for _attempt in 0..4 {
-            let req = MasterRequest::Place { blocks: vec![(id, data.len() as u64)], exclude: exclude.clone() };
+            let req = MasterRequest::Place {
+                blocks: vec![(id, data.len() as u64)],
+                exclude: exclude.clone(),
+            };
             let nodes = match self.master.call(req).await? {
                 MasterResponse::Placements(mut p) if p.len() == 1 => match p.remove(0) {
                     Placement::Exists(meta) => {
@@ -195,7 +208,11 @@ impl BlockStore {
                     ec: self.codec.params(),
                     len: data.len() as u64,
                     shard_size: shards[0].len() as u32,
-                    shards: nodes.iter().zip(&hashes).map(|(n, h)| ShardLoc { node: *n, hash: *h }).collect(),
+                    shards: nodes
+                        .iter()
+                        .zip(&hashes)
+                        .map(|(n, h)| ShardLoc { node: *n, hash: *h })
+                        .collect(),
                 };
                 self.cache_insert(id, data);
                 return Ok(meta);
@@ -205,18 +222,35 @@ impl BlockStore {
         Err(last_err.unwrap_or_else(|| Error::Unavailable("could not store block".into())))
     }
 
-    async fn put_shard(&self, node: NodeId, block: BlockId, index: u8, hash: [u8; 32], data: Bytes) -> Result<()> {
+    async fn put_shard(
+        &self,
+        node: NodeId,
+        block: BlockId,
+        index: u8,
+        hash: [u8; 32],
+        data: Bytes,
+    ) -> Result<()> {
         let addr = self.addr(node).await?;
         let req = NodeRequest::Put { block, index, hash };
         let timeout = self.cfg.shard_timeout + Duration::from_millis(data.len() as u64 / 1024);
-        match self.dialer.call::<_, NodeResponse>(addr, &req, data, 0, timeout).await? {
+        match self
+            .dialer
+            .call::<_, NodeResponse>(addr, &req, data, 0, timeout)
+            .await?
+        {
             (NodeResponse::Ok, _) => Ok(()),
             (NodeResponse::Err(e), _) => Err(e.into()),
             (other, _) => Err(Error::Protocol(format!("unexpected node answer {other:?}"))),
         }
     }
 
-    async fn get_shard(&self, loc: &ShardLoc, block: BlockId, index: u8, size: usize) -> Result<Vec<u8>> {
+    async fn get_shard(
+        &self,
+        loc: &ShardLoc,
+        block: BlockId,
+        index: u8,
+        size: usize,
+    ) -> Result<Vec<u8>> {
         let addr = self.addr(loc.node).await?;
         let req = NodeRequest::Get { block, index };
         let r = self
@@ -226,7 +260,10 @@ impl BlockStore {
         match r {
             Ok((NodeResponse::Shard { .. }, data)) => {
                 if data.len() != size || shard_hash(&data) != loc.hash {
-                    return Err(Error::Corrupt(format!("shard {block}.{index} from {} does not match its hash", loc.node)));
+                    return Err(Error::Corrupt(format!(
+                        "shard {block}.{index} from {} does not match its hash",
+                        loc.node
+                    )));
                 }
                 Ok(data)
             }
@@ -253,7 +290,10 @@ impl BlockStore {
                     let meta = meta.clone();
                     async move {
                         let r = this.fetch(&meta).await;
-                        this.fetching.lock().expect("fetching lock").remove(&meta.id);
+                        this.fetching
+                            .lock()
+                            .expect("fetching lock")
+                            .remove(&meta.id);
                         match r {
                             Ok(d) => {
                                 this.cache_insert(meta.id, d.clone());
@@ -272,7 +312,13 @@ impl BlockStore {
 
     /// Start fetching a block into the cache without waiting for it.
     pub fn prefetch(self: &Arc<Self>, meta: BlockMeta) {
-        if self.cached(&meta.id).is_some() || self.fetching.lock().expect("fetching lock").contains_key(&meta.id) {
+        if self.cached(&meta.id).is_some()
+            || self
+                .fetching
+                .lock()
+                .expect("fetching lock")
+                .contains_key(&meta.id)
+        {
             return;
         }
         let this = self.clone();
@@ -287,7 +333,10 @@ impl BlockStore {
         let k = meta.ec.k as usize;
         let n = meta.shards.len();
         if n != meta.ec.total() {
-            return Err(Error::Corrupt(format!("block {} lists {n} shards", meta.id)));
+            return Err(Error::Corrupt(format!(
+                "block {} lists {n} shards",
+                meta.id
+            )));
         }
         let size = meta.shard_size as usize;
         // Data shards first, parity after; nodes that failed recently go last.
@@ -350,7 +399,9 @@ impl BlockStore {
         tokio::task::spawn_blocking(move || {
             let data = codec.decode(got, len)?;
             if BlockId::of(&data) != id {
-                return Err(Error::Corrupt(format!("block {id} decoded to the wrong content")));
+                return Err(Error::Corrupt(format!(
+                    "block {id} decoded to the wrong content"
+                )));
             }
             Ok(Arc::new(data))
         })

@@ -13,8 +13,8 @@ use crate::blocks::{BlockConfig, BlockStore};
 use crate::master::{unexpected, MasterClient};
 use shardfs_common::ec::Codec;
 use shardfs_common::proto::{
-    Attr, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest, MasterResponse, NewSlot, SetAttr,
-    Slot, Timespec,
+    Attr, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest, MasterResponse, NewSlot,
+    SetAttr, Slot, Timespec,
 };
 use shardfs_common::{Error, Ino, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -170,18 +170,30 @@ impl Core {
     /// # Errors
     /// Fails (within the connect timeout) if the master cannot be reached.
     pub async fn connect(cfg: CoreConfig) -> Result<Arc<Core>> {
-        let master = Arc::new(MasterClient::new(cfg.master, cfg.connect_timeout, cfg.connect_timeout)?);
+        let master = Arc::new(MasterClient::new(
+            cfg.master,
+            cfg.connect_timeout,
+            cfg.connect_timeout,
+        )?);
         let cluster = match master.call(MasterRequest::Cluster).await? {
             MasterResponse::Cluster(c) => c,
             other => return Err(unexpected(other)),
         };
         master.close();
-        let master = Arc::new(MasterClient::new(cfg.master, cfg.connect_timeout, cfg.timeout)?);
+        let master = Arc::new(MasterClient::new(
+            cfg.master,
+            cfg.connect_timeout,
+            cfg.timeout,
+        )?);
         let codec = Arc::new(Codec::new(cluster.ec)?);
         let blocks = BlockStore::new(
             master.clone(),
             codec,
-            BlockConfig { cache_bytes: cfg.cache_bytes, shard_timeout: cfg.shard_timeout, hedge_delay: cfg.hedge_delay },
+            BlockConfig {
+                cache_bytes: cfg.cache_bytes,
+                shard_timeout: cfg.shard_timeout,
+                hedge_delay: cfg.hedge_delay,
+            },
         )?;
         Ok(Arc::new(Core {
             uploads: Arc::new(Semaphore::new(cfg.upload_window.max(1))),
@@ -241,7 +253,11 @@ impl Core {
     }
 
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        self.call_attr(MasterRequest::Lookup { parent, name: name.to_vec() }).await
+        self.call_attr(MasterRequest::Lookup {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
@@ -288,29 +304,84 @@ impl Core {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub async fn mknod(&self, parent: Ino, name: &[u8], kind: FileKind, mode: u32, uid: u32, gid: u32, rdev: u32) -> Result<Attr> {
-        let req = MasterRequest::Create { parent, name: name.to_vec(), kind, mode, uid, gid, rdev, now: Timespec::now() };
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    ) -> Result<Attr> {
+        let req = MasterRequest::Create {
+            parent,
+            name: name.to_vec(),
+            kind,
+            mode,
+            uid,
+            gid,
+            rdev,
+            now: Timespec::now(),
+        };
         self.call_attr(req).await
     }
 
-    pub async fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
-        let req = MasterRequest::Symlink { parent, name: name.to_vec(), target: target.to_vec(), uid, gid, now: Timespec::now() };
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let req = MasterRequest::Symlink {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            uid,
+            gid,
+            now: Timespec::now(),
+        };
         self.call_attr(req).await
     }
 
     pub async fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
-        self.call_attr(MasterRequest::Link { ino, parent, name: name.to_vec(), now: Timespec::now() }).await
+        self.call_attr(MasterRequest::Link {
+            ino,
+            parent,
+            name: name.to_vec(),
+            now: Timespec::now(),
+        })
+        .await
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.call_ok(MasterRequest::Unlink { parent, name: name.to_vec(), now: Timespec::now() }).await
+        self.call_ok(MasterRequest::Unlink {
+            parent,
+            name: name.to_vec(),
+            now: Timespec::now(),
+        })
+        .await
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.call_ok(MasterRequest::Rmdir { parent, name: name.to_vec(), now: Timespec::now() }).await
+        self.call_ok(MasterRequest::Rmdir {
+            parent,
+            name: name.to_vec(),
+            now: Timespec::now(),
+        })
+        .await
     }
 
-    pub async fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> Result<()> {
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<()> {
         let req = MasterRequest::Rename {
             parent,
             name: name.to_vec(),
@@ -347,14 +418,22 @@ impl Core {
     fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
         match self.handle(fh)? {
             Handle::File(f) => Ok(f),
-            Handle::Dir(_) => Err(Error::fs(shardfs_common::ErrorCode::IsDir, "is a directory")),
+            Handle::Dir(_) => Err(Error::fs(
+                shardfs_common::ErrorCode::IsDir,
+                "is a directory",
+            )),
         }
     }
 
     fn register_open(&self, ino: Ino, attr: Attr, slots: Vec<Slot>) -> Arc<OpenFile> {
         let mut files = self.files.lock().expect("files lock");
         let of = files.entry(ino).or_insert_with(|| {
-            Arc::new(OpenFile { ino, st: Mutex::new(FileState::new(attr.clone(), vec![])), changed: Notify::new(), opens: AtomicUsize::new(0) })
+            Arc::new(OpenFile {
+                ino,
+                st: Mutex::new(FileState::new(attr.clone(), vec![])),
+                changed: Notify::new(),
+                opens: AtomicUsize::new(0),
+            })
         });
         {
             let mut st = of.st.lock().expect("file lock");
@@ -373,27 +452,43 @@ impl Core {
             other => return Err(unexpected(other)),
         };
         if attr.kind == FileKind::Dir {
-            return Err(Error::fs(shardfs_common::ErrorCode::IsDir, "is a directory"));
+            return Err(Error::fs(
+                shardfs_common::ErrorCode::IsDir,
+                "is a directory",
+            ));
         }
         let of = self.register_open(ino, attr, slots);
         Ok(self.add_handle(Handle::File(of)))
     }
 
-    pub async fn create(&self, parent: Ino, name: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(Attr, u64)> {
-        let attr = self.mknod(parent, name, FileKind::File, mode, uid, gid, 0).await?;
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(Attr, u64)> {
+        let attr = self
+            .mknod(parent, name, FileKind::File, mode, uid, gid, 0)
+            .await?;
         let of = self.register_open(attr.ino, attr.clone(), vec![]);
         Ok((attr, self.add_handle(Handle::File(of))))
     }
 
     pub async fn release(&self, fh: u64) -> Result<()> {
         let h = self.handles.lock().expect("handles lock").remove(&fh);
-        let Some(Handle::File(of)) = h else { return Ok(()) };
+        let Some(Handle::File(of)) = h else {
+            return Ok(());
+        };
         let r = self.flush_file(&of).await;
         if of.opens.fetch_sub(1, Ordering::SeqCst) == 1 {
             let clean = !of.st.lock().expect("file lock").has_local_changes();
             if clean {
                 let mut files = self.files.lock().expect("files lock");
-                if files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, &of)) && of.opens.load(Ordering::SeqCst) == 0 {
+                if files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, &of))
+                    && of.opens.load(Ordering::SeqCst) == 0
+                {
                     files.remove(&of.ino);
                 }
             }
@@ -413,7 +508,10 @@ impl Core {
             if let Some((_, d)) = st.inflight.get(&idx) {
                 return Ok(Some(d.clone()));
             }
-            st.pending.get(&idx).map(|(_, s)| s.clone()).or_else(|| st.slots.get(&idx).cloned())
+            st.pending
+                .get(&idx)
+                .map(|(_, s)| s.clone())
+                .or_else(|| st.slots.get(&idx).cloned())
         };
         match slot {
             None => Ok(None),
@@ -431,8 +529,14 @@ impl Core {
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let of = self.file(fh)?;
         let bs = self.cluster.block_size;
-        if offset.checked_add(data.len() as u64).is_none_or(|e| e > (1u64 << 50)) {
-            return Err(Error::fs(shardfs_common::ErrorCode::TooBig, "file too large"));
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > (1u64 << 50))
+        {
+            return Err(Error::fs(
+                shardfs_common::ErrorCode::TooBig,
+                "file too large",
+            ));
         }
         if let Some(e) = &of.st.lock().expect("file lock").error {
             return Err(Error::Unavailable(e.clone()));
@@ -447,7 +551,11 @@ impl Core {
             let present = of.st.lock().expect("file lock").dirty.contains_key(&idx);
             if !present {
                 let whole = within == 0 && n == bs as usize;
-                let base = if whole { None } else { self.stored_block(&of, idx).await? };
+                let base = if whole {
+                    None
+                } else {
+                    self.stored_block(&of, idx).await?
+                };
                 let mut st = of.st.lock().expect("file lock");
                 if !st.dirty.contains_key(&idx) {
                     let v = base.map(|b| b.to_vec()).unwrap_or_default();
@@ -458,7 +566,9 @@ impl Core {
             let mut to_upload = Vec::new();
             {
                 let mut st = of.st.lock().expect("file lock");
-                let Some(buf) = st.dirty.get_mut(&idx) else { continue };
+                let Some(buf) = st.dirty.get_mut(&idx) else {
+                    continue;
+                };
                 let before = buf.len();
                 if buf.len() < within + n {
                     buf.resize(within + n, 0);
@@ -489,7 +599,12 @@ impl Core {
     }
 
     async fn start_upload(&self, of: &Arc<OpenFile>, idx: u64, seq: u64, data: Arc<Vec<u8>>) {
-        let permit = self.uploads.clone().acquire_owned().await.expect("upload semaphore never closes");
+        let permit = self
+            .uploads
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("upload semaphore never closes");
         let blocks = self.blocks.clone();
         let of = of.clone();
         tokio::spawn(async move {
@@ -504,7 +619,11 @@ impl Core {
                 match r {
                     Ok(meta) => {
                         if st.pending.get(&idx).is_none_or(|(s, _)| *s < seq) {
-                            let slot = Slot { index: idx, used: data.len() as u64, block: meta };
+                            let slot = Slot {
+                                index: idx,
+                                used: data.len() as u64,
+                                block: meta,
+                            };
                             st.pending.insert(idx, (seq, slot));
                         }
                     }
@@ -515,7 +634,10 @@ impl Core {
                             st.dirty_bytes += data.len();
                             st.dirty.insert(idx, data.to_vec());
                         }
-                        st.error = Some(format!("could not store block {idx} of inode {}: {e}", of.ino));
+                        st.error = Some(format!(
+                            "could not store block {idx} of inode {}: {e}",
+                            of.ino
+                        ));
                     }
                 }
             }
@@ -529,7 +651,9 @@ impl Core {
         let taken: Vec<(u64, u64, Arc<Vec<u8>>)> = {
             let mut st = of.st.lock().expect("file lock");
             let idxs: Vec<u64> = st.dirty.keys().copied().collect();
-            idxs.into_iter().filter_map(|i| st.take_for_upload(i).map(|(s, d)| (i, s, d))).collect()
+            idxs.into_iter()
+                .filter_map(|i| st.take_for_upload(i).map(|(s, d)| (i, s, d)))
+                .collect()
         };
         for (i, seq, d) in taken {
             self.start_upload(of, i, seq, d).await;
@@ -557,10 +681,22 @@ impl Core {
         };
         let new: Vec<NewSlot> = slots
             .iter()
-            .map(|(_, s)| NewSlot { index: s.index, id: s.block.id, used: s.used, meta: Some(s.block.clone()) })
+            .map(|(_, s)| NewSlot {
+                index: s.index,
+                id: s.block.id,
+                used: s.used,
+                meta: Some(s.block.clone()),
+            })
             .collect();
         debug!(ino = of.ino, blocks = new.len(), size, "commit");
-        let r = self.call(MasterRequest::Commit { ino: of.ino, slots: new, size, mtime }).await;
+        let r = self
+            .call(MasterRequest::Commit {
+                ino: of.ino,
+                slots: new,
+                size,
+                mtime,
+            })
+            .await;
         let mut st = of.st.lock().expect("file lock");
         match r {
             Ok(MasterResponse::Attr(a)) => {
@@ -639,7 +775,10 @@ impl Core {
             let mut st = of.st.lock().expect("file lock");
             st.next_read = end;
             if sequential && self.cfg.readahead_blocks > 0 {
-                st.slots.range(last + 1..=last + self.cfg.readahead_blocks as u64).map(|(_, s)| s.clone()).collect()
+                st.slots
+                    .range(last + 1..=last + self.cfg.readahead_blocks as u64)
+                    .map(|(_, s)| s.clone())
+                    .collect()
             } else {
                 Vec::new()
             }
@@ -651,7 +790,11 @@ impl Core {
     }
 
     pub async fn opendir(&self, ino: Ino) -> Result<u64> {
-        Ok(self.add_handle(Handle::Dir(Arc::new(Mutex::new(Listing { ino, entries: Vec::new(), more: true })))))
+        Ok(self.add_handle(Handle::Dir(Arc::new(Mutex::new(Listing {
+            ino,
+            entries: Vec::new(),
+            more: true,
+        })))))
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -659,29 +802,56 @@ impl Core {
     }
 
     /// Entries of an open directory from `offset` on (0 and 1 are "." and "..").
-    pub async fn readdir(&self, fh: u64, ino: Ino, offset: i64, want: usize) -> Result<Vec<ListEntry>> {
+    pub async fn readdir(
+        &self,
+        fh: u64,
+        ino: Ino,
+        offset: i64,
+        want: usize,
+    ) -> Result<Vec<ListEntry>> {
         let listing = match self.handle(fh)? {
             Handle::Dir(l) => l,
-            Handle::File(_) => return Err(Error::fs(shardfs_common::ErrorCode::NotDir, "not a directory")),
+            Handle::File(_) => {
+                return Err(Error::fs(
+                    shardfs_common::ErrorCode::NotDir,
+                    "not a directory",
+                ))
+            }
         };
         let offset = offset.max(0) as usize;
         let mut out = Vec::new();
         if offset < 2 {
             let attr = self.getattr(ino).await?;
-            for (o, name) in [(0usize, &b"."[..]), (1, &b".."[..])].into_iter().skip(offset) {
-                out.push(ListEntry { offset: o as i64 + 1, name: name.to_vec(), attr: attr.clone() });
+            for (o, name) in [(0usize, &b"."[..]), (1, &b".."[..])]
+                .into_iter()
+                .skip(offset)
+            {
+                out.push(ListEntry {
+                    offset: o as i64 + 1,
+                    name: name.to_vec(),
+                    attr: attr.clone(),
+                });
             }
         }
         let from = offset.saturating_sub(2);
         loop {
             let (have, more, after, dir) = {
                 let l = listing.lock().expect("listing lock");
-                (l.entries.len(), l.more, l.entries.last().map(|e| e.name.clone()), l.ino)
+                (
+                    l.entries.len(),
+                    l.more,
+                    l.entries.last().map(|e| e.name.clone()),
+                    l.ino,
+                )
             };
             if have >= from + want || !more {
                 break;
             }
-            let req = MasterRequest::ReadDir { ino: dir, after, limit: 1024 };
+            let req = MasterRequest::ReadDir {
+                ino: dir,
+                after,
+                limit: 1024,
+            };
             match self.call(req).await? {
                 MasterResponse::Entries { entries, more } => {
                     let mut l = listing.lock().expect("listing lock");
@@ -693,7 +863,11 @@ impl Core {
         }
         let l = listing.lock().expect("listing lock");
         for (i, e) in l.entries.iter().enumerate().skip(from).take(want) {
-            out.push(ListEntry { offset: (i + 3) as i64, name: e.name.clone(), attr: e.attr.clone() });
+            out.push(ListEntry {
+                offset: (i + 3) as i64,
+                name: e.name.clone(),
+                attr: e.attr.clone(),
+            });
         }
         drop(l);
         for e in out.iter_mut() {

@@ -5,8 +5,9 @@
 
 use crate::core::Core;
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow,
 };
 use shardfs_common::proto::{Attr, FileKind, SetAttr, Timespec};
 use shardfs_common::Error;
@@ -133,7 +134,15 @@ impl Filesystem for ShardFs {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr { mode, uid, gid, size, atime: atime.map(time), mtime: mtime.map(time), now: Timespec::now() };
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+            now: Timespec::now(),
+        };
         self.spawn(|core, ttl| async move {
             match core.setattr(ino, set).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
@@ -151,7 +160,16 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn mknod(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let k = match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => FileKind::File,
             libc::S_IFIFO => FileKind::Fifo,
@@ -164,17 +182,31 @@ impl Filesystem for ShardFs {
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
         let _ = umask;
         self.spawn(|core, ttl| async move {
-            match core.mknod(parent, &n, k, mode & 0o7777, uid, gid, rdev).await {
+            match core
+                .mknod(parent, &n, k, mode & 0o7777, uid, gid, rdev)
+                .await
+            {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn mkdir(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
         self.spawn(|core, ttl| async move {
-            match core.mknod(parent, &n, FileKind::Dir, mode & 0o7777, uid, gid, 0).await {
+            match core
+                .mknod(parent, &n, FileKind::Dir, mode & 0o7777, uid, gid, 0)
+                .await
+            {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -201,8 +233,20 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn symlink(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, target: &Path, reply: ReplyEntry) {
-        let (n, t, uid, gid) = (name(n), target.as_os_str().as_bytes().to_vec(), req.uid(), req.gid());
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        n: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (n, t, uid, gid) = (
+            name(n),
+            target.as_os_str().as_bytes().to_vec(),
+            req.uid(),
+            req.gid(),
+        );
         self.spawn(|core, ttl| async move {
             match core.symlink(parent, &n, &t, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
@@ -211,7 +255,16 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn rename(&mut self, _req: &Request<'_>, parent: u64, n: &OsStr, newparent: u64, newname: &OsStr, flags: u32, reply: ReplyEmpty) {
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        n: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
         let (n, nn) = (name(n), name(newname));
         self.spawn(|core, _| async move {
             match core.rename(parent, &n, newparent, &nn, flags).await {
@@ -221,7 +274,14 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let nn = name(newname);
         self.spawn(|core, ttl| async move {
             match core.link(ino, newparent, &nn).await {
@@ -240,7 +300,17 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn read(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, size: u32, _flags: i32, _lock: Option<u64>, reply: ReplyData) {
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
@@ -252,7 +322,18 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn write(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, data: &[u8], _wflags: u32, _flags: i32, _lock: Option<u64>, reply: ReplyWrite) {
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _wflags: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyWrite,
+    ) {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
@@ -265,7 +346,14 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
         self.spawn(|core, _| async move {
             match core.flush(fh).await {
                 Ok(()) => reply.ok(),
@@ -274,7 +362,16 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn release(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, _lock: Option<u64>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         self.spawn(|core, _| async move {
             match core.release(fh).await {
                 Ok(()) => reply.ok(),
@@ -283,7 +380,14 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.spawn(|core, _| async move {
             match core.fsync(fh).await {
                 Ok(()) => reply.ok(),
@@ -301,12 +405,24 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn readdir(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
         self.spawn(|core, _| async move {
             match core.readdir(fh, ino, offset, 256).await {
                 Ok(entries) => {
                     for e in entries {
-                        if reply.add(e.attr.ino, e.offset, kind(e.attr.kind), OsStr::from_bytes(&e.name)) {
+                        if reply.add(
+                            e.attr.ino,
+                            e.offset,
+                            kind(e.attr.kind),
+                            OsStr::from_bytes(&e.name),
+                        ) {
                             break;
                         }
                     }
@@ -317,12 +433,26 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn readdirplus(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         self.spawn(|core, ttl| async move {
             match core.readdir(fh, ino, offset, 128).await {
                 Ok(entries) => {
                     for e in entries {
-                        if reply.add(e.attr.ino, e.offset, OsStr::from_bytes(&e.name), &ttl, &file_attr(&e.attr), 0) {
+                        if reply.add(
+                            e.attr.ino,
+                            e.offset,
+                            OsStr::from_bytes(&e.name),
+                            &ttl,
+                            &file_attr(&e.attr),
+                            0,
+                        ) {
                             break;
                         }
                     }
@@ -333,12 +463,26 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
         self.core.releasedir(fh);
         reply.ok();
     }
 
-    fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -348,7 +492,16 @@ impl Filesystem for ShardFs {
                 Ok(s) => {
                     let bsize = 4096u64;
                     let files = s.files.max(1);
-                    reply.statfs(s.total_bytes / bsize, s.free_bytes / bsize, s.free_bytes / bsize, files + (1 << 30), 1 << 30, bsize as u32, 255, bsize as u32)
+                    reply.statfs(
+                        s.total_bytes / bsize,
+                        s.free_bytes / bsize,
+                        s.free_bytes / bsize,
+                        files + (1 << 30),
+                        1 << 30,
+                        bsize as u32,
+                        255,
+                        bsize as u32,
+                    )
                 }
                 Err(e) => reply.error(errno(&e)),
             }
@@ -359,7 +512,16 @@ impl Filesystem for ShardFs {
         reply.ok();
     }
 
-    fn create(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
         self.spawn(|core, ttl| async move {
             match core.create(parent, &n, mode & 0o7777, uid, gid).await {
@@ -369,7 +531,16 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn fallocate(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _offset: i64, _length: i64, _mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _offset: i64,
+        _length: i64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
         reply.error(libc::EOPNOTSUPP);
     }
 }

@@ -75,6 +75,9 @@ struct MountArgs {
     /// Optional TOML file with the same settings.
     #[arg(long, env = "SHARDFS_CLIENT_CONFIG")]
     config: Option<PathBuf>,
+    /// Write the mount process's pid to this file once mounted.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
     /// Internal: tell the launching process when the mount is ready.
     #[arg(long, hide = true)]
     notify_ready: bool,
@@ -95,9 +98,11 @@ struct FileConfig {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,shardfs_client=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,shardfs_client=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -118,8 +123,9 @@ fn main() -> ExitCode {
 fn master_addr(s: &str) -> anyhow::Result<SocketAddr> {
     let p = Path::new(s);
     let text = if !s.contains(':') || p.is_file() {
-        std::fs::read_to_string(p)
-            .with_context(|| format!("{s:?} is neither HOST:PORT nor a readable file holding the master's address"))?
+        std::fs::read_to_string(p).with_context(|| {
+            format!("{s:?} is neither HOST:PORT nor a readable file holding the master's address")
+        })?
     } else {
         s.to_string()
     };
@@ -127,11 +133,16 @@ fn master_addr(s: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn is_mounted(mountpoint: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = mountpoint.to_string_lossy().replace(' ', "\\040");
     info.lines().any(|l| {
         let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 4 && f[4] == want && l.contains(" - fuse.shardfs ")
+        let tail = l.split(" - ").nth(1).unwrap_or("");
+        let mut t = tail.split(' ');
+        let (fstype, source) = (t.next().unwrap_or(""), t.next().unwrap_or(""));
+        f.len() > 4 && f[4] == want && fstype.starts_with("fuse") && source.starts_with("shardfs")
     })
 }
 
@@ -185,20 +196,28 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
             other => bail!("unknown mount option {other:?} (known: ro, rw, allow_other, allow_root, default_permissions)"),
         });
     }
-    if !opts.iter().any(|o| o == "allow_root") && unsafe { libc::geteuid() } == 0 && !opts.iter().any(|o| o == "allow_other") {
+    if !opts.iter().any(|o| o == "allow_root")
+        && unsafe { libc::geteuid() } == 0
+        && !opts.iter().any(|o| o == "allow_other")
+    {
         mount_opts.push(fuser::MountOption::AllowOther);
     }
 
     if !a.foreground {
         // Check the master before detaching, so a wrong address fails here, with a message.
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(Core::connect(cfg.clone()))
             .with_context(|| format!("cannot reach the master at {master}"))?
             .shutdown();
         return spawn_background(&a, &mountpoint);
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
     let core = rt
         .block_on(Core::connect(cfg))
         .with_context(|| format!("cannot reach the master at {master}"))?;
@@ -206,6 +225,10 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     let mut session = fuser::Session::new(fs, &mountpoint, &mount_opts)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), %master, "mounted");
+    if let Some(p) = &a.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pid file {}", p.display()))?;
+    }
     if a.notify_ready {
         let mut out = std::io::stdout();
         writeln!(out, "READY")?;
@@ -242,7 +265,10 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
 
 fn spawn_background(a: &MountArgs, mountpoint: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let log = a.log_file.clone().unwrap_or_else(|| PathBuf::from(format!("/tmp/shardfs-mount-{}.log", std::process::id())));
+    let log = a
+        .log_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/shardfs-mount-{}.log", std::process::id())));
     let logf = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -252,7 +278,10 @@ fn spawn_background(a: &MountArgs, mountpoint: &Path) -> anyhow::Result<()> {
     args.push("--foreground".into());
     args.push("--notify-ready".into());
     let mut cmd = Command::new(exe);
-    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(logf));
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(logf));
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
@@ -271,7 +300,12 @@ fn spawn_background(a: &MountArgs, mountpoint: &Path) -> anyhow::Result<()> {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(line) if line.trim() == "READY" => {
-                println!("mounted ShardFS at {} (log: {}); unmount with: shardfs umount {}", mountpoint.display(), log.display(), mountpoint.display());
+                println!(
+                    "mounted ShardFS at {} (log: {}); unmount with: shardfs umount {}",
+                    mountpoint.display(),
+                    log.display(),
+                    mountpoint.display()
+                );
                 return Ok(());
             }
             Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -284,7 +318,10 @@ fn spawn_background(a: &MountArgs, mountpoint: &Path) -> anyhow::Result<()> {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    bail!("mount did not become ready within 60 s (log: {})", log.display());
+                    bail!(
+                        "mount did not become ready within 60 s (log: {})",
+                        log.display()
+                    );
                 }
             }
         }
@@ -298,10 +335,24 @@ fn umount(mountpoint: &Path) -> anyhow::Result<()> {
     if !is_mounted(&mp) {
         bail!("{} is not a ShardFS mount", mp.display());
     }
-    let ok = Command::new("fusermount3").arg("-u").arg(&mp).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
-        || Command::new("umount").arg(&mp).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mp)
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+        || Command::new("umount")
+            .arg(&mp)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
     if !ok {
-        bail!("could not unmount {} (is a file on it still open? `fuser -vm {}` shows who uses it)", mp.display(), mp.display());
+        bail!(
+            "could not unmount {} (is a file on it still open? `fuser -vm {}` shows who uses it)",
+            mp.display(),
+            mp.display()
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while is_mounted(&mp) && Instant::now() < deadline {
@@ -312,14 +363,22 @@ fn umount(mountpoint: &Path) -> anyhow::Result<()> {
 
 fn status(master: &str, json: bool) -> anyhow::Result<()> {
     let addr = master_addr(master)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (cluster, nodes) = rt.block_on(async {
-        let mc = shardfs_client::master::MasterClient::new(addr, Duration::from_secs(5), Duration::from_secs(5))?;
-        let c = mc.call(MasterRequest::Cluster).await?;
-        let n = mc.call(MasterRequest::Nodes).await?;
-        mc.close();
-        Ok::<_, shardfs_common::Error>((c, n))
-    }).with_context(|| format!("cannot reach the master at {addr}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (cluster, nodes) = rt
+        .block_on(async {
+            let mc = shardfs_client::master::MasterClient::new(
+                addr,
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            )?;
+            let c = mc.call(MasterRequest::Cluster).await?;
+            let n = mc.call(MasterRequest::Nodes).await?;
+            mc.close();
+            Ok::<_, shardfs_common::Error>((c, n))
+        })
+        .with_context(|| format!("cannot reach the master at {addr}"))?;
     let (MasterResponse::Cluster(c), MasterResponse::Nodes(nodes)) = (cluster, nodes) else {
         bail!("unexpected answer from the master");
     };
@@ -340,13 +399,31 @@ fn status(master: &str, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("master {addr}  cluster {:016x}  code {}  block {} KiB  nodes {up}/{} up", c.cluster_id, c.ec, c.block_size >> 10, nodes.len());
-    println!("{:<18} {:<22} {:<5} {:>10} {:>10} {:>10} {:>8}", "NODE", "ADDRESS", "STATE", "USED", "FREE", "CAPACITY", "SHARDS");
+    println!(
+        "master {addr}  cluster {:016x}  code {}  block {} KiB  nodes {up}/{} up",
+        c.cluster_id,
+        c.ec,
+        c.block_size >> 10,
+        nodes.len()
+    );
+    println!(
+        "{:<18} {:<22} {:<5} {:>10} {:>10} {:>10} {:>8}",
+        "NODE", "ADDRESS", "STATE", "USED", "FREE", "CAPACITY", "SHARDS"
+    );
     for n in &nodes {
         println!(
             "{:<18} {:<22} {:<5} {:>10} {:>10} {:>10} {:>8}",
-            n.id.to_string(), n.addr, if n.state == NodeState::Up { "up" } else { "down" },
-            human(n.used), human(n.free), human(n.capacity), n.shards
+            n.id.to_string(),
+            n.addr,
+            if n.state == NodeState::Up {
+                "up"
+            } else {
+                "down"
+            },
+            human(n.used),
+            human(n.free),
+            human(n.capacity),
+            n.shards
         );
     }
     Ok(())
@@ -360,5 +437,9 @@ fn human(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }

@@ -17,7 +17,11 @@ pub struct MasterClient {
 
 impl MasterClient {
     pub fn new(addr: SocketAddr, connect_timeout: Duration, timeout: Duration) -> Result<Self> {
-        Ok(MasterClient { addr, dialer: Dialer::new(ALPN_MASTER, connect_timeout)?, timeout })
+        Ok(MasterClient {
+            addr,
+            dialer: Dialer::new(ALPN_MASTER, connect_timeout)?,
+            timeout,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -54,10 +58,9 @@ impl MasterClient {
             }
             if Instant::now() + backoff >= deadline {
                 return Err(match err {
-                    Error::Timeout(..) => Error::Timeout(
-                        self.timeout,
-                        format!("master {} did not answer", self.addr),
-                    ),
+                    Error::Timeout(..) => {
+                        Error::Timeout(self.timeout, format!("master {} did not answer", self.addr))
+                    }
                     e => e,
                 });
             }

@@ -45,9 +45,18 @@ impl MasterError {
     fn to_remote(&self) -> RemoteError {
         match self {
             MasterError::Fs(e) => e.to_remote(),
-            MasterError::Db(m) => RemoteError { code: ErrorCode::Io, message: m.clone() },
-            MasterError::Corrupt(m) => RemoteError { code: ErrorCode::Corrupt, message: m.clone() },
-            MasterError::Config(m) => RemoteError { code: ErrorCode::Invalid, message: m.clone() },
+            MasterError::Db(m) => RemoteError {
+                code: ErrorCode::Io,
+                message: m.clone(),
+            },
+            MasterError::Corrupt(m) => RemoteError {
+                code: ErrorCode::Corrupt,
+                message: m.clone(),
+            },
+            MasterError::Config(m) => RemoteError {
+                code: ErrorCode::Invalid,
+                message: m.clone(),
+            },
         }
     }
 }
@@ -98,12 +107,18 @@ impl wire::Service for Master {
         MasterResponse::Err(e)
     }
 
-    async fn handle(self: Arc<Self>, req: MasterRequest, _bulk: Vec<u8>, peer: SocketAddr) -> (MasterResponse, Bytes) {
+    async fn handle(
+        self: Arc<Self>,
+        req: MasterRequest,
+        _bulk: Vec<u8>,
+        peer: SocketAddr,
+    ) -> (MasterResponse, Bytes) {
         let r = tokio::task::block_in_place(|| self.dispatch(req, peer));
         let resp = match r {
             Ok(r) => r,
             Err(e) => {
-                if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Exists | ErrorCode::NotEmpty)) {
+                if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Exists | ErrorCode::NotEmpty))
+                {
                     debug!(%peer, "request refused: {e}");
                 }
                 MasterResponse::Err(e.to_remote())
@@ -114,7 +129,11 @@ impl wire::Service for Master {
 }
 
 impl Master {
-    fn dispatch(&self, req: MasterRequest, _peer: SocketAddr) -> Result<MasterResponse, MasterError> {
+    fn dispatch(
+        &self,
+        req: MasterRequest,
+        _peer: SocketAddr,
+    ) -> Result<MasterResponse, MasterError> {
         use MasterRequest as R;
         use MasterResponse as A;
         Ok(match req {
@@ -122,20 +141,54 @@ impl Master {
             R::Lookup { parent, name } => A::Attr(self.meta.lookup(parent, &name)?),
             R::GetAttr { ino } => A::Attr(self.meta.getattr(ino)?),
             R::SetAttr { ino, set } => A::Attr(self.meta.setattr(ino, &set)?),
-            R::Create { parent, name, kind, mode, uid, gid, rdev, now } => {
+            R::Create {
+                parent,
+                name,
+                kind,
+                mode,
+                uid,
+                gid,
+                rdev,
+                now,
+            } => {
                 if kind == FileKind::Symlink {
                     return Err(Error::invalid("use Symlink to create symbolic links").into());
                 }
-                A::Attr(self.meta.create(parent, &name, kind, mode, uid, gid, rdev, None, now)?)
+                A::Attr(
+                    self.meta
+                        .create(parent, &name, kind, mode, uid, gid, rdev, None, now)?,
+                )
             }
-            R::Symlink { parent, name, target, uid, gid, now } => {
+            R::Symlink {
+                parent,
+                name,
+                target,
+                uid,
+                gid,
+                now,
+            } => {
                 if target.is_empty() || target.len() > 4096 || target.contains(&0) {
                     return Err(Error::fs(ErrorCode::NameTooLong, "invalid symlink target").into());
                 }
-                A::Attr(self.meta.create(parent, &name, FileKind::Symlink, 0o777, uid, gid, 0, Some(target), now)?)
+                A::Attr(self.meta.create(
+                    parent,
+                    &name,
+                    FileKind::Symlink,
+                    0o777,
+                    uid,
+                    gid,
+                    0,
+                    Some(target),
+                    now,
+                )?)
             }
             R::ReadLink { ino } => A::Link(self.meta.readlink(ino)?),
-            R::Link { ino, parent, name, now } => A::Attr(self.meta.link(ino, parent, &name, now)?),
+            R::Link {
+                ino,
+                parent,
+                name,
+                now,
+            } => A::Attr(self.meta.link(ino, parent, &name, now)?),
             R::Unlink { parent, name, now } => {
                 self.meta.unlink(parent, &name, now)?;
                 A::Ok
@@ -144,16 +197,26 @@ impl Master {
                 self.meta.rmdir(parent, &name, now)?;
                 A::Ok
             }
-            R::Rename { parent, name, new_parent, new_name, flags, now } => {
-                self.meta.rename(parent, &name, new_parent, &new_name, flags, now)?;
+            R::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+                now,
+            } => {
+                self.meta
+                    .rename(parent, &name, new_parent, &new_name, flags, now)?;
                 A::Ok
             }
             R::ReadDir { ino, after, limit } => {
-                let (entries, more) = self.meta.readdir(ino, after.as_deref(), limit.clamp(1, 10_000) as usize)?;
+                let (entries, more) =
+                    self.meta
+                        .readdir(ino, after.as_deref(), limit.clamp(1, 10_000) as usize)?;
                 A::Entries { entries, more }
             }
             R::Open { ino } => {
-                let (attr, slots) = self.meta.open(ino)?;
+                let (attr, slots) = self.meta.open_file(ino)?;
                 A::Opened { attr, slots }
             }
             R::Place { blocks, exclude } => {
@@ -162,18 +225,30 @@ impl Master {
                 let mut out = Vec::with_capacity(blocks.len());
                 for (id, len) in blocks {
                     if collecting.contains(&id) {
-                        return Err(Error::Unavailable(format!("block {id} is being collected; retry")).into());
+                        return Err(Error::Unavailable(format!(
+                            "block {id} is being collected; retry"
+                        ))
+                        .into());
                     }
                     if let Some(meta) = self.meta.block_meta(&id)? {
                         out.push(Placement::Exists(meta));
                     } else {
                         let need = ec.shard_size(len as usize) as u64 + 4096;
-                        out.push(Placement::Place(self.nodes.place(ec.total(), need, &exclude)?));
+                        out.push(Placement::Place(self.nodes.place(
+                            ec.total(),
+                            need,
+                            &exclude,
+                        )?));
                     }
                 }
                 A::Placements(out)
             }
-            R::Commit { ino, slots, size, mtime } => {
+            R::Commit {
+                ino,
+                slots,
+                size,
+                mtime,
+            } => {
                 let (attr, orphans) = self.meta.commit(ino, &slots, size, mtime)?;
                 if !orphans.is_empty() {
                     debug!(n = orphans.len(), "duplicate shards to collect");
@@ -185,14 +260,32 @@ impl Master {
                 let (capacity, free) = self.nodes.capacity();
                 let ec = self.meta.cluster.ec;
                 let scale = |b: u64| (b as u128 * ec.k as u128 / ec.total() as u128) as u64;
-                A::StatFs(FsStats { total_bytes: scale(capacity), free_bytes: scale(free), files: self.meta.count_inodes() })
+                A::StatFs(FsStats {
+                    total_bytes: scale(capacity),
+                    free_bytes: scale(free),
+                    files: self.meta.count_inodes(),
+                })
             }
             R::Nodes => A::Nodes(self.nodes.list()),
-            R::Register { id, addr, capacity, free, used, shards } => {
-                self.nodes.register(&self.meta, id, addr, capacity, free, used, shards)?;
+            R::Register {
+                id,
+                addr,
+                capacity,
+                free,
+                used,
+                shards,
+            } => {
+                self.nodes
+                    .register(&self.meta, id, addr, capacity, free, used, shards)?;
                 A::Ok
             }
-            R::Heartbeat { id, capacity, free, used, shards } => {
+            R::Heartbeat {
+                id,
+                capacity,
+                free,
+                used,
+                shards,
+            } => {
                 if !self.nodes.heartbeat(id, capacity, free, used, shards) {
                     return Err(Error::not_found(format!("node {id} is not registered")).into());
                 }
@@ -207,8 +300,9 @@ impl Master {
 /// # Errors
 /// Fails at start if the metadata store cannot be opened or the address cannot be bound.
 pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(), MasterError> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| MasterError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        MasterError::Config(format!("cannot create {}: {e}", cfg.data_dir.display()))
+    })?;
     let (meta, created) = Meta::open(&cfg.data_dir.join("meta"), cfg.ec, cfg.block_size, cfg.sync)?;
     if !created && meta.cluster.ec != cfg.ec {
         info!(existing = %meta.cluster.ec, requested = %cfg.ec, "cluster already exists; keeping its erasure code");
@@ -217,7 +311,10 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let mut listen = cfg.listen;
     let port_file = cfg.data_dir.join("listen.addr");
     if listen.port() == 0 {
-        if let Some(prev) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok()) {
+        if let Some(prev) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+        {
             if prev.ip() == listen.ip() {
                 listen = prev;
             }
@@ -225,8 +322,11 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     }
     let key = net::reset_key(&cfg.data_dir)?;
     let endpoint = net::server_endpoint(listen, ALPN_MASTER, &key).map_err(MasterError::from)?;
-    let bound = endpoint.local_addr().map_err(|e| MasterError::Config(e.to_string()))?;
-    std::fs::write(&port_file, format!("{bound}\n")).map_err(|e| MasterError::Config(format!("{}: {e}", port_file.display())))?;
+    let bound = endpoint
+        .local_addr()
+        .map_err(|e| MasterError::Config(e.to_string()))?;
+    std::fs::write(&port_file, format!("{bound}\n"))
+        .map_err(|e| MasterError::Config(format!("{}: {e}", port_file.display())))?;
     if let Some(f) = &cfg.addr_file {
         let tmp = f.with_extension("tmp");
         std::fs::write(&tmp, format!("{bound}\n"))
@@ -235,8 +335,17 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     }
     info!(%bound, cluster = format!("{:016x}", meta.cluster.cluster_id), ec = %meta.cluster.ec,
         block_size = meta.cluster.block_size, new = created, "master listening");
-    let master = Arc::new(Master { meta, nodes, collecting: Mutex::new(HashSet::new()) });
-    let gc = tokio::spawn(gc_loop(master.clone(), cfg.gc_grace, cfg.gc_interval, shutdown.clone()));
+    let master = Arc::new(Master {
+        meta,
+        nodes,
+        collecting: Mutex::new(HashSet::new()),
+    });
+    let gc = tokio::spawn(gc_loop(
+        master.clone(),
+        cfg.gc_grace,
+        cfg.gc_interval,
+        shutdown.clone(),
+    ));
     wire::serve(endpoint, master, shutdown).await;
     gc.abort();
     info!("master stopped");
@@ -244,7 +353,12 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
 }
 
 /// Delete the shards of unreferenced blocks once their grace period is over.
-async fn gc_loop(master: Arc<Master>, grace: Duration, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn gc_loop(
+    master: Arc<Master>,
+    grace: Duration,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let dialer = match Dialer::new(ALPN_NODE, Duration::from_secs(3)) {
         Ok(d) => d,
         Err(e) => {
@@ -268,7 +382,11 @@ async fn gc_loop(master: Arc<Master>, grace: Duration, interval: Duration, mut s
             continue;
         }
         let ids: Vec<BlockId> = candidates.iter().map(|g| g.meta.id).collect();
-        master.collecting.lock().expect("collecting lock").extend(ids.iter().copied());
+        master
+            .collecting
+            .lock()
+            .expect("collecting lock")
+            .extend(ids.iter().copied());
         let addrs = master.nodes.addresses();
         let mut per_node: HashMap<SocketAddr, Vec<(BlockId, u8)>> = HashMap::new();
         let mut unreachable: HashSet<BlockId> = HashSet::new();
@@ -287,8 +405,13 @@ async fn gc_loop(master: Arc<Master>, grace: Duration, interval: Duration, mut s
         }
         let mut failed_nodes: HashSet<SocketAddr> = HashSet::new();
         for (addr, shards) in &per_node {
-            let req = NodeRequest::Delete { shards: shards.clone() };
-            match dialer.call::<_, NodeResponse>(*addr, &req, Bytes::new(), 0, Duration::from_secs(30)).await {
+            let req = NodeRequest::Delete {
+                shards: shards.clone(),
+            };
+            match dialer
+                .call::<_, NodeResponse>(*addr, &req, Bytes::new(), 0, Duration::from_secs(30))
+                .await
+            {
                 Ok((NodeResponse::Ok, _)) => {}
                 Ok((other, _)) => {
                     debug!(%addr, "delete refused: {other:?}");
@@ -311,7 +434,11 @@ async fn gc_loop(master: Arc<Master>, grace: Duration, interval: Duration, mut s
                 done += 1;
             }
         }
-        master.collecting.lock().expect("collecting lock").retain(|b| !ids.contains(b));
+        master
+            .collecting
+            .lock()
+            .expect("collecting lock")
+            .retain(|b| !ids.contains(b));
         if done > 0 {
             debug!(done, "collected unreferenced blocks");
         }

@@ -52,8 +52,11 @@ struct FileConfig {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -67,8 +70,14 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let a = Args::parse();
     let f: FileConfig = shardfs_common::config::load(a.config.as_deref())?;
-    let data_dir = a.data_dir.or(f.data_dir).context("--data-dir is required")?;
-    let listen = a.listen.or(f.listen).unwrap_or_else(|| "127.0.0.1:0".into());
+    let data_dir = a
+        .data_dir
+        .or(f.data_dir)
+        .context("--data-dir is required")?;
+    let listen = a
+        .listen
+        .or(f.listen)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let listen = shardfs_common::net::resolve(&listen)?;
     let ec = a.ec.or(f.ec).unwrap_or_else(|| "4+2".into()).parse()?;
     let block_size = a.block_size.or(f.block_size).unwrap_or(4 << 20);
@@ -81,7 +90,9 @@ fn real_main() -> anyhow::Result<()> {
         addr_file: a.addr_file,
         ec,
         block_size,
-        node_timeout: Duration::from_millis(a.node_timeout_ms.or(f.node_timeout_ms).unwrap_or(5000)),
+        node_timeout: Duration::from_millis(
+            a.node_timeout_ms.or(f.node_timeout_ms).unwrap_or(5000),
+        ),
         gc_grace: Duration::from_secs(a.gc_grace_secs.or(f.gc_grace_secs).unwrap_or(60)),
         gc_interval: Duration::from_secs(2),
         sync: a.sync || f.sync.unwrap_or(false),

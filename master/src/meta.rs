@@ -145,7 +145,10 @@ const K_CLUSTER: &[u8] = b"C";
 const K_NEXT_INO: &[u8] = b"cnext_ino";
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// One operation's pending changes: reads see earlier writes of the same operation.
@@ -158,7 +161,12 @@ struct Txn<'a> {
 
 impl<'a> Txn<'a> {
     fn new(meta: &'a Meta) -> Self {
-        Txn { meta, batch: WriteBatch::default(), inodes: HashMap::new(), blocks: HashMap::new() }
+        Txn {
+            meta,
+            batch: WriteBatch::default(),
+            inodes: HashMap::new(),
+            blocks: HashMap::new(),
+        }
     }
 
     fn inode(&mut self, ino: Ino) -> Result<InodeRecord, MasterError> {
@@ -217,7 +225,13 @@ impl<'a> Txn<'a> {
                 }
                 Some(r) => {
                     self.batch.delete(k_block(&id));
-                    self.batch.put(k_gc(&id), enc(&GcRecord { meta: r.meta, since: unix_now() }));
+                    self.batch.put(
+                        k_gc(&id),
+                        enc(&GcRecord {
+                            meta: r.meta,
+                            since: unix_now(),
+                        }),
+                    );
                 }
                 None => {}
             }
@@ -263,7 +277,11 @@ impl Meta {
             Some(raw) => dec(K_CLUSTER, &raw)?,
             None => {
                 created = true;
-                let info = ClusterInfo { cluster_id: rand::random(), ec, block_size };
+                let info = ClusterInfo {
+                    cluster_id: rand::random(),
+                    ec,
+                    block_size,
+                };
                 let now = Timespec::now();
                 let root = InodeRecord {
                     attr: Attr {
@@ -298,7 +316,13 @@ impl Meta {
             .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(ROOT_INO + 1);
         Ok((
-            Meta { db, writer: Mutex::new(()), next_ino: Mutex::new(next), cluster, sync },
+            Meta {
+                db,
+                writer: Mutex::new(()),
+                next_ino: Mutex::new(next),
+                cluster,
+                sync,
+            },
             created,
         ))
     }
@@ -327,7 +351,10 @@ impl Meta {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, T)>, MasterError> {
         let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(start, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator(IteratorMode::From(start, Direction::Forward))
+        {
             let (k, v) = item.map_err(db_err)?;
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
@@ -342,7 +369,12 @@ impl Meta {
         Ok(self
             .scan::<SlotRecord>(&p, &p, usize::MAX)?
             .into_iter()
-            .map(|(k, v)| (u64::from_be_bytes(k[9..17].try_into().expect("slot key")), v))
+            .map(|(k, v)| {
+                (
+                    u64::from_be_bytes(k[9..17].try_into().expect("slot key")),
+                    v,
+                )
+            })
             .collect())
     }
 
@@ -361,7 +393,10 @@ impl Meta {
     fn dir(&self, txn: &mut Txn, ino: Ino) -> Result<InodeRecord, MasterError> {
         let rec = txn.inode(ino)?;
         if rec.attr.kind != FileKind::Dir {
-            return Err(fs_err(ErrorCode::NotDir, format!("inode {ino} is not a directory")));
+            return Err(fs_err(
+                ErrorCode::NotDir,
+                format!("inode {ino} is not a directory"),
+            ));
         }
         Ok(rec)
     }
@@ -412,7 +447,10 @@ impl Meta {
                         txn.batch.delete(k_slot(ino, index));
                         txn.unref(&s.block)?;
                     } else if start + s.used > size {
-                        let s2 = SlotRecord { block: s.block, used: size - start };
+                        let s2 = SlotRecord {
+                            block: s.block,
+                            used: size - start,
+                        };
                         txn.batch.put(k_slot(ino, index), enc(&s2));
                     }
                 }
@@ -476,8 +514,13 @@ impl Meta {
             ctime: now,
             rdev,
         };
-        txn.batch.put(k_dentry(parent, name), enc(&DentryRecord { ino, kind }));
-        txn.put_inode(InodeRecord { attr: attr.clone(), parent, target });
+        txn.batch
+            .put(k_dentry(parent, name), enc(&DentryRecord { ino, kind }));
+        txn.put_inode(InodeRecord {
+            attr: attr.clone(),
+            parent,
+            target,
+        });
         if is_dir {
             p.attr.nlink += 1;
         }
@@ -488,14 +531,23 @@ impl Meta {
         Ok(attr)
     }
 
-    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8], now: Timespec) -> Result<Attr, MasterError> {
+    pub fn link(
+        &self,
+        ino: Ino,
+        parent: Ino,
+        name: &[u8],
+        now: Timespec,
+    ) -> Result<Attr, MasterError> {
         check_name(name).map_err(MasterError::Fs)?;
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
         let mut p = self.dir(&mut txn, parent)?;
         let mut rec = txn.inode(ino)?;
         if rec.attr.kind == FileKind::Dir {
-            return Err(fs_err(ErrorCode::Permission, "cannot hard-link a directory"));
+            return Err(fs_err(
+                ErrorCode::Permission,
+                "cannot hard-link a directory",
+            ));
         }
         if self.dentry(parent, name)?.is_some() {
             return Err(fs_err(
@@ -506,7 +558,13 @@ impl Meta {
         rec.attr.nlink += 1;
         rec.attr.ctime = now;
         let attr = rec.attr.clone();
-        txn.batch.put(k_dentry(parent, name), enc(&DentryRecord { ino, kind: attr.kind }));
+        txn.batch.put(
+            k_dentry(parent, name),
+            enc(&DentryRecord {
+                ino,
+                kind: attr.kind,
+            }),
+        );
         txn.put_inode(rec);
         p.attr.mtime = now;
         p.attr.ctime = now;
@@ -545,7 +603,13 @@ impl Meta {
         self.remove(parent, name, true, now)
     }
 
-    fn remove(&self, parent: Ino, name: &[u8], dir: bool, now: Timespec) -> Result<(), MasterError> {
+    fn remove(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+        now: Timespec,
+    ) -> Result<(), MasterError> {
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
         let mut p = self.dir(&mut txn, parent)?;
@@ -585,7 +649,9 @@ impl Meta {
             }
             dir = txn.inode(dir)?.parent;
         }
-        Err(MasterError::Corrupt("directory parent chain does not reach the root".into()))
+        Err(MasterError::Corrupt(
+            "directory parent chain does not reach the root".into(),
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -620,12 +686,19 @@ impl Meta {
         }
         let src_dir = src.kind == FileKind::Dir;
         if src_dir && self.is_within(&mut txn, new_parent, src.ino)? {
-            return Err(fs_err(ErrorCode::Invalid, "cannot move a directory into itself"));
+            return Err(fs_err(
+                ErrorCode::Invalid,
+                "cannot move a directory into itself",
+            ));
         }
         if flags & RENAME_EXCHANGE != 0 {
-            let dst = dst.ok_or_else(|| MasterError::Fs(Error::not_found("exchange target missing")))?;
+            let dst =
+                dst.ok_or_else(|| MasterError::Fs(Error::not_found("exchange target missing")))?;
             if dst.kind == FileKind::Dir && self.is_within(&mut txn, parent, dst.ino)? {
-                return Err(fs_err(ErrorCode::Invalid, "cannot move a directory into itself"));
+                return Err(fs_err(
+                    ErrorCode::Invalid,
+                    "cannot move a directory into itself",
+                ));
             }
             txn.batch.put(k_dentry(parent, name), enc(&dst));
             txn.batch.put(k_dentry(new_parent, new_name), enc(&src));
@@ -636,7 +709,11 @@ impl Meta {
                 txn.put_inode(r);
             }
             if parent != new_parent && src_dir != (dst.kind == FileKind::Dir) {
-                let (gain, lose) = if src_dir { (new_parent, parent) } else { (parent, new_parent) };
+                let (gain, lose) = if src_dir {
+                    (new_parent, parent)
+                } else {
+                    (parent, new_parent)
+                };
                 let mut g = txn.inode(gain)?;
                 g.attr.nlink += 1;
                 txn.put_inode(g);
@@ -718,24 +795,36 @@ impl Meta {
         let keys: Vec<Vec<u8>> = rows.iter().map(|(_, d)| k_inode(d.ino)).collect();
         let mut entries = Vec::with_capacity(rows.len());
         for ((k, _), raw) in rows.iter().zip(self.db.multi_get(&keys)) {
-            let Some(raw) = raw.map_err(db_err)? else { continue };
+            let Some(raw) = raw.map_err(db_err)? else {
+                continue;
+            };
             let r: InodeRecord = dec(k, &raw)?;
-            entries.push(DirEntry { name: k[9..].to_vec(), attr: r.attr });
+            entries.push(DirEntry {
+                name: k[9..].to_vec(),
+                attr: r.attr,
+            });
         }
         Ok((entries, more))
     }
 
-    pub fn open(&self, ino: Ino) -> Result<(Attr, Vec<Slot>), MasterError> {
+    pub fn open_file(&self, ino: Ino) -> Result<(Attr, Vec<Slot>), MasterError> {
         let rec = self.inode(ino)?;
         let slots = self.slot_records(ino)?;
         let keys: Vec<Vec<u8>> = slots.iter().map(|(_, s)| k_block(&s.block)).collect();
         let mut out = Vec::with_capacity(slots.len());
         for ((index, s), raw) in slots.into_iter().zip(self.db.multi_get(&keys)) {
             let raw = raw.map_err(db_err)?.ok_or_else(|| {
-                MasterError::Corrupt(format!("inode {ino} slot {index}: block {} missing", s.block))
+                MasterError::Corrupt(format!(
+                    "inode {ino} slot {index}: block {} missing",
+                    s.block
+                ))
             })?;
             let b: BlockRecord = dec(b"B", &raw)?;
-            out.push(Slot { index, used: s.used, block: b.meta });
+            out.push(Slot {
+                index,
+                used: s.used,
+                block: b.meta,
+            });
         }
         Ok((rec.attr, out))
     }
@@ -764,7 +853,10 @@ impl Meta {
         let mut orphans = Vec::new();
         for s in slots {
             if s.used > bs {
-                return Err(fs_err(ErrorCode::Invalid, "slot larger than the block size"));
+                return Err(fs_err(
+                    ErrorCode::Invalid,
+                    "slot larger than the block size",
+                ));
             }
             match (txn.block(&s.id)?, &s.meta) {
                 (Some(mut b), m) => {
@@ -778,7 +870,13 @@ impl Meta {
                     if m.id != s.id || m.shards.len() != m.ec.total() || s.used > m.len {
                         return Err(fs_err(ErrorCode::Invalid, "inconsistent block description"));
                     }
-                    txn.blocks.insert(s.id, Some(BlockRecord { meta: m.clone(), refs: 1 }));
+                    txn.blocks.insert(
+                        s.id,
+                        Some(BlockRecord {
+                            meta: m.clone(),
+                            refs: 1,
+                        }),
+                    );
                 }
                 (None, None) => {
                     return Err(fs_err(
@@ -791,7 +889,13 @@ impl Meta {
             if let Some(old) = self.get::<SlotRecord>(&key)? {
                 txn.unref(&old.block)?;
             }
-            txn.batch.put(key, enc(&SlotRecord { block: s.id, used: s.used }));
+            txn.batch.put(
+                key,
+                enc(&SlotRecord {
+                    block: s.id,
+                    used: s.used,
+                }),
+            );
         }
         if size < rec.attr.size {
             for (index, s) in self.slot_records(ino)? {
@@ -818,12 +922,21 @@ impl Meta {
         Ok(self
             .scan::<NodeRecord>(b"N", b"N", usize::MAX)?
             .into_iter()
-            .map(|(k, v)| (NodeId(u64::from_be_bytes(k[1..9].try_into().expect("node key"))), v))
+            .map(|(k, v)| {
+                (
+                    NodeId(u64::from_be_bytes(k[1..9].try_into().expect("node key"))),
+                    v,
+                )
+            })
             .collect())
     }
 
     /// Unreferenced blocks that lost their last reference at least `grace_secs` ago.
-    pub fn gc_candidates(&self, grace_secs: u64, limit: usize) -> Result<Vec<GcRecord>, MasterError> {
+    pub fn gc_candidates(
+        &self,
+        grace_secs: u64,
+        limit: usize,
+    ) -> Result<Vec<GcRecord>, MasterError> {
         let now = unix_now();
         Ok(self
             .scan::<GcRecord>(b"G", b"G", limit)?
@@ -854,7 +967,11 @@ fn orphan_shards(kept: &BlockMeta, new: &BlockMeta) -> Option<BlockMeta> {
     let mut m = new.clone();
     let mut any = false;
     for (i, s) in new.shards.iter().enumerate() {
-        let same = kept.shards.get(i).map(|k| k.node == s.node).unwrap_or(false);
+        let same = kept
+            .shards
+            .get(i)
+            .map(|k| k.node == s.node)
+            .unwrap_or(false);
         if same {
             m.shards[i].hash = [0; 32];
         } else {

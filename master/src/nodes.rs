@@ -25,9 +25,20 @@ impl Registry {
         let nodes = meta
             .nodes()?
             .into_iter()
-            .map(|(id, rec)| (id, Entry { rec, last_seen: None }))
+            .map(|(id, rec)| {
+                (
+                    id,
+                    Entry {
+                        rec,
+                        last_seen: None,
+                    },
+                )
+            })
             .collect();
-        Ok(Registry { nodes: Mutex::new(nodes), timeout })
+        Ok(Registry {
+            nodes: Mutex::new(nodes),
+            timeout,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -43,11 +54,23 @@ impl Registry {
     ) -> Result<(), MasterError> {
         addr.parse::<SocketAddr>()
             .map_err(|_| Error::invalid(format!("node address {addr:?} is not IP:PORT")))?;
-        let rec = NodeRecord { addr, capacity, free, used, shards };
+        let rec = NodeRecord {
+            addr,
+            capacity,
+            free,
+            used,
+            shards,
+        };
         meta.put_node(id, &rec)?;
         let mut nodes = self.nodes.lock().expect("registry lock");
         tracing::info!(%id, addr = %rec.addr, "node registered");
-        nodes.insert(id, Entry { rec, last_seen: Some(Instant::now()) });
+        nodes.insert(
+            id,
+            Entry {
+                rec,
+                last_seen: Some(Instant::now()),
+            },
+        );
         Ok(())
     }
 
@@ -72,7 +95,12 @@ impl Registry {
     }
 
     /// Choose `n` distinct live nodes with at least `need` bytes free, weighted by free space.
-    pub fn place(&self, n: usize, need: u64, exclude: &[NodeId]) -> Result<Vec<NodeId>, MasterError> {
+    pub fn place(
+        &self,
+        n: usize,
+        need: u64,
+        exclude: &[NodeId],
+    ) -> Result<Vec<NodeId>, MasterError> {
         let nodes = self.nodes.lock().expect("registry lock");
         let candidates: Vec<(NodeId, u64)> = nodes
             .iter()
@@ -124,7 +152,11 @@ impl Registry {
             .map(|(id, e)| NodeInfo {
                 id: *id,
                 addr: e.rec.addr.clone(),
-                state: if self.is_up(e) { NodeState::Up } else { NodeState::Down },
+                state: if self.is_up(e) {
+                    NodeState::Up
+                } else {
+                    NodeState::Down
+                },
                 capacity: e.rec.capacity,
                 free: e.rec.free,
                 used: e.rec.used,

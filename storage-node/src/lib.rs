@@ -11,7 +11,9 @@ pub mod store;
 
 use bytes::Bytes;
 use shardfs_common::error::RemoteError;
-use shardfs_common::proto::{MasterRequest, MasterResponse, NodeRequest, NodeResponse, ALPN_MASTER, ALPN_NODE};
+use shardfs_common::proto::{
+    MasterRequest, MasterResponse, NodeRequest, NodeResponse, ALPN_MASTER, ALPN_NODE,
+};
 use shardfs_common::{net, wire, Error, ErrorCode, NodeId};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,10 @@ use tracing::{info, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -40,7 +45,10 @@ impl NodeError {
         if source.raw_os_error() == Some(libc::ENOSPC) {
             return NodeError::Full(format!("{}: disk full", path.as_ref().display()));
         }
-        NodeError::Io { path: path.as_ref().to_path_buf(), source }
+        NodeError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     fn to_remote(&self) -> RemoteError {
@@ -51,7 +59,10 @@ impl NodeError {
             NodeError::Full(_) => ErrorCode::NoSpace,
             NodeError::Common(e) => return e.to_remote(),
         };
-        RemoteError { code, message: self.to_string() }
+        RemoteError {
+            code,
+            message: self.to_string(),
+        }
     }
 }
 
@@ -85,7 +96,12 @@ impl wire::Service for Node {
         NodeResponse::Err(e)
     }
 
-    async fn handle(self: Arc<Self>, req: NodeRequest, bulk: Vec<u8>, _peer: SocketAddr) -> (NodeResponse, Bytes) {
+    async fn handle(
+        self: Arc<Self>,
+        req: NodeRequest,
+        bulk: Vec<u8>,
+        _peer: SocketAddr,
+    ) -> (NodeResponse, Bytes) {
         let store = self.store.clone();
         let result = match req {
             NodeRequest::Put { block, index, hash } => {
@@ -96,19 +112,29 @@ impl wire::Service for Node {
             NodeRequest::Get { block, index } => {
                 tokio::task::spawn_blocking(move || store.get(&block, index))
                     .await
-                    .map(|r| r.map(|(hash, data)| (NodeResponse::Shard { hash }, Bytes::from(data))))
+                    .map(|r| {
+                        r.map(|(hash, data)| (NodeResponse::Shard { hash }, Bytes::from(data)))
+                    })
             }
-            NodeRequest::Delete { shards } => tokio::task::spawn_blocking(move || {
-                for (b, i) in shards {
-                    store.delete(&b, i)?;
-                }
-                Ok((NodeResponse::Ok, Bytes::new()))
-            })
-            .await,
+            NodeRequest::Delete { shards } => {
+                tokio::task::spawn_blocking(move || {
+                    for (b, i) in shards {
+                        store.delete(&b, i)?;
+                    }
+                    Ok((NodeResponse::Ok, Bytes::new()))
+                })
+                .await
+            }
             NodeRequest::Stat => {
                 let u = self.store.usage();
                 Ok(Ok((
-                    NodeResponse::Stat { id: self.id, capacity: u.capacity, free: u.free, used: u.used, shards: u.shards },
+                    NodeResponse::Stat {
+                        id: self.id,
+                        capacity: u.capacity,
+                        free: u.free,
+                        used: u.used,
+                        shards: u.shards,
+                    },
                     Bytes::new(),
                 )))
             }
@@ -122,7 +148,10 @@ impl wire::Service for Node {
                 (NodeResponse::Err(e.to_remote()), Bytes::new())
             }
             Err(e) => (
-                NodeResponse::Err(RemoteError { code: ErrorCode::Internal, message: format!("worker failed: {e}") }),
+                NodeResponse::Err(RemoteError {
+                    code: ErrorCode::Internal,
+                    message: format!("worker failed: {e}"),
+                }),
                 Bytes::new(),
             ),
         }
@@ -156,7 +185,10 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let mut listen = cfg.listen;
     let addr_file = cfg.data_dir.join("listen.addr");
     if listen.port() == 0 {
-        if let Some(prev) = std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok()) {
+        if let Some(prev) = std::fs::read_to_string(&addr_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+        {
             if prev.ip() == listen.ip() {
                 listen = prev;
             }
@@ -168,13 +200,25 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         Err(_) if listen != cfg.listen => net::server_endpoint(cfg.listen, ALPN_NODE, &key)?,
         Err(e) => return Err(e.into()),
     };
-    let bound = endpoint.local_addr().map_err(|e| NodeError::io(&cfg.data_dir, e))?;
+    let bound = endpoint
+        .local_addr()
+        .map_err(|e| NodeError::io(&cfg.data_dir, e))?;
     std::fs::write(&addr_file, format!("{bound}\n")).map_err(|e| NodeError::io(&addr_file, e))?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
     info!(%id, %bound, data = %cfg.data_dir.display(), "storage node listening");
 
-    let node = Arc::new(Node { id, store: store.clone() });
-    let hb = tokio::spawn(heartbeat_loop(id, advertise, cfg.master, cfg.heartbeat, store, shutdown.clone()));
+    let node = Arc::new(Node {
+        id,
+        store: store.clone(),
+    });
+    let hb = tokio::spawn(heartbeat_loop(
+        id,
+        advertise,
+        cfg.master,
+        cfg.heartbeat,
+        store,
+        shutdown.clone(),
+    ));
     wire::serve(endpoint, node, shutdown).await;
     hb.abort();
     info!(%id, "storage node stopped");
@@ -231,11 +275,28 @@ async fn heartbeat_loop(
         if let Some(c) = &conn {
             let u = store.usage();
             let req = if registered {
-                MasterRequest::Heartbeat { id, capacity: u.capacity, free: u.free, used: u.used, shards: u.shards }
+                MasterRequest::Heartbeat {
+                    id,
+                    capacity: u.capacity,
+                    free: u.free,
+                    used: u.used,
+                    shards: u.shards,
+                }
             } else {
-                MasterRequest::Register { id, addr: addr.clone(), capacity: u.capacity, free: u.free, used: u.used, shards: u.shards }
+                MasterRequest::Register {
+                    id,
+                    addr: addr.clone(),
+                    capacity: u.capacity,
+                    free: u.free,
+                    used: u.used,
+                    shards: u.shards,
+                }
             };
-            let res = tokio::time::timeout(Duration::from_secs(5), wire::request::<_, MasterResponse>(c, &req, Bytes::new(), 0)).await;
+            let res = tokio::time::timeout(
+                Duration::from_secs(5),
+                wire::request::<_, MasterResponse>(c, &req, Bytes::new(), 0),
+            )
+            .await;
             match res {
                 Ok(Ok((MasterResponse::Ok, _))) => {
                     if !registered {

@@ -49,8 +49,11 @@ struct FileConfig {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -64,10 +67,19 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let a = Args::parse();
     let f: FileConfig = shardfs_common::config::load(a.config.as_deref())?;
-    let data_dir = a.data_dir.or(f.data_dir).context("--data-dir is required")?;
-    let master = a.master.or(f.master).context("--master HOST:PORT is required")?;
+    let data_dir = a
+        .data_dir
+        .or(f.data_dir)
+        .context("--data-dir is required")?;
+    let master = a
+        .master
+        .or(f.master)
+        .context("--master HOST:PORT is required")?;
     let master = shardfs_common::net::resolve(&master)?;
-    let listen = a.listen.or(f.listen).unwrap_or_else(|| "127.0.0.1:0".into());
+    let listen = a
+        .listen
+        .or(f.listen)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let listen = shardfs_common::net::resolve(&listen)?;
     let cfg = NodeConfig {
         data_dir,

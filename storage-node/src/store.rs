@@ -69,7 +69,10 @@ impl ShardStore {
 
     fn path(&self, block: &BlockId, index: u8) -> PathBuf {
         let hex = block.to_hex();
-        self.root.join("shards").join(&hex[..2]).join(format!("{hex}.{index}"))
+        self.root
+            .join("shards")
+            .join(&hex[..2])
+            .join(format!("{hex}.{index}"))
     }
 
     pub fn usage(&self) -> Usage {
@@ -79,11 +82,22 @@ impl ShardStore {
             capacity = capacity.min(limit);
             free = free.min(limit.saturating_sub(used));
         }
-        Usage { capacity, free, used, shards: self.shards.load(Ordering::Relaxed) }
+        Usage {
+            capacity,
+            free,
+            used,
+            shards: self.shards.load(Ordering::Relaxed),
+        }
     }
 
     /// Store a shard durably. Idempotent: an intact copy already there is kept.
-    pub fn put(&self, block: &BlockId, index: u8, hash: &[u8; 32], data: &[u8]) -> Result<(), NodeError> {
+    pub fn put(
+        &self,
+        block: &BlockId,
+        index: u8,
+        hash: &[u8; 32],
+        data: &[u8],
+    ) -> Result<(), NodeError> {
         if shardfs_common::ids::shard_hash(data) != *hash {
             return Err(NodeError::Corrupt(format!(
                 "shard {block}.{index} does not match the hash sent with it"
@@ -106,7 +120,10 @@ impl ShardStore {
         let dir = path.parent().expect("shard path has a parent");
         fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}.{index}.{seq}", block.to_hex()));
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.{index}.{seq}", block.to_hex()));
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             let mut header = [0u8; HEADER_LEN];
@@ -125,7 +142,9 @@ impl ShardStore {
         }
         let existed = path.exists();
         fs::rename(&tmp, &path).map_err(|e| NodeError::io(&path, e))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| NodeError::io(dir, e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| NodeError::io(dir, e))?;
         if !existed {
             self.used.fetch_add(need, Ordering::Relaxed);
             self.shards.fetch_add(1, Ordering::Relaxed);
@@ -139,14 +158,20 @@ impl ShardStore {
         let mut f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NodeError::Missing(format!("no shard {block}.{index} on this node")))
+                return Err(NodeError::Missing(format!(
+                    "no shard {block}.{index} on this node"
+                )))
             }
             Err(e) => return Err(NodeError::io(&path, e)),
         };
         let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(|e| NodeError::io(&path, e))?;
+        f.read_to_end(&mut buf)
+            .map_err(|e| NodeError::io(&path, e))?;
         let bad = |why: &str| {
-            let q = self.root.join("quarantine").join(path.file_name().expect("file name"));
+            let q = self
+                .root
+                .join("quarantine")
+                .join(path.file_name().expect("file name"));
             let _ = fs::rename(&path, &q);
             self.shards.fetch_sub(1, Ordering::Relaxed);
             self.used.fetch_sub(buf.len() as u64, Ordering::Relaxed);
@@ -212,7 +237,10 @@ mod tests {
         let data = b"some shard bytes".to_vec();
         let id = BlockId::of(b"block");
         let h = shardfs_common::ids::shard_hash(&data);
-        assert!(store.put(&id, 0, &[0; 32], &data).is_err(), "hash mismatch must be refused");
+        assert!(
+            store.put(&id, 0, &[0; 32], &data).is_err(),
+            "hash mismatch must be refused"
+        );
         store.put(&id, 0, &h, &data).unwrap();
         store.put(&id, 0, &h, &data).unwrap();
         assert_eq!(store.usage().shards, 1);

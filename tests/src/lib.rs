@@ -1,1 +1,376 @@
+//! Test harness: starts a real ShardFS cluster (the `shardfs-master` and `shardfs-node`
+//! binaries as processes, on 127.0.0.1) in a temporary directory and mounts it with the real
+//! `shardfs` client through FUSE. Tests then use the mount like a user would.
+//!
+//! The binaries are taken from the same target directory as the test executable (build them
+//! first with `cargo build --release --bins`; `scripts/test.sh` does) or from `SHARDFS_BIN_DIR`.
 
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("SHARDFS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf();
+    assert!(
+        dir.join("shardfs-master").exists(),
+        "binaries not found in {}: run `cargo build --release --bins` first (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub ec: String,
+    master: Option<Child>,
+    nodes: Vec<Option<Child>>,
+    mounts: Vec<PathBuf>,
+    pub master_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Start a master and `nodes` storage nodes with code `ec` and wait until all are up.
+    pub fn start(nodes: usize, ec: &str) -> Cluster {
+        Self::start_with(nodes, ec, &[])
+    }
+
+    pub fn start_with(nodes: usize, ec: &str, master_args: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("shardfs-test-")
+            .tempdir()
+            .expect("tempdir");
+        fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let mut c = Cluster {
+            dir,
+            ec: ec.to_string(),
+            master: None,
+            nodes: (0..nodes).map(|_| None).collect(),
+            mounts: Vec::new(),
+            master_args: master_args.iter().map(|s| s.to_string()).collect(),
+        };
+        c.start_master();
+        for i in 0..nodes {
+            c.start_node(i);
+        }
+        c.wait_nodes_up(nodes);
+        c
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn addr_file(&self) -> PathBuf {
+        self.path("master.addr")
+    }
+
+    pub fn master_addr(&self) -> String {
+        fs::read_to_string(self.addr_file())
+            .expect("master.addr")
+            .trim()
+            .to_string()
+    }
+
+    fn log(&self, name: &str) -> fs::File {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("logs/{name}.log")))
+            .unwrap()
+    }
+
+    pub fn start_master(&mut self) {
+        assert!(self.master.is_none(), "master already running");
+        let _ = fs::remove_file(self.addr_file());
+        let child = Command::new(bin("shardfs-master"))
+            .arg("--data-dir")
+            .arg(self.path("master"))
+            .args(["--listen", "127.0.0.1:0", "--ec", &self.ec])
+            .arg("--addr-file")
+            .arg(self.addr_file())
+            .args(&self.master_args)
+            .stdout(Stdio::null())
+            .stderr(self.log("master"))
+            .spawn()
+            .expect("start master");
+        self.master = Some(child);
+        wait_until(Duration::from_secs(30), "master address file", || {
+            self.addr_file().exists()
+        });
+    }
+
+    /// kill -9 the master.
+    pub fn kill_master(&mut self) {
+        if let Some(mut c) = self.master.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start_node(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} already running");
+        let child = Command::new(bin("shardfs-node"))
+            .arg("--data-dir")
+            .arg(self.node_dir(i))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-ms",
+                "200",
+                "--master",
+                &self.master_addr(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("node{i}")))
+            .spawn()
+            .expect("start node");
+        self.nodes[i] = Some(child);
+    }
+
+    /// kill -9 storage node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.path(&format!("node{i}"))
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `shardfs status --json` parsed.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = Command::new(bin("shardfs"))
+            .args(["status", "--json"])
+            .arg(self.addr_file())
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn wait_nodes_up(&self, n: usize) {
+        wait_until(Duration::from_secs(60), &format!("{n} nodes up"), || {
+            self.status()
+                .and_then(|s| s["nodes_up"].as_u64())
+                .unwrap_or(0) as usize
+                >= n
+        });
+    }
+
+    /// Mount the cluster at a new directory `name` (background mount, as a user runs it).
+    pub fn mount(&mut self, name: &str) -> PathBuf {
+        self.mount_with(name, &[])
+    }
+
+    pub fn mount_with(&mut self, name: &str, extra: &[&str]) -> PathBuf {
+        let mp = self.path(name);
+        fs::create_dir_all(&mp).unwrap();
+        let out = Command::new(bin("shardfs"))
+            .arg("mount")
+            .arg(self.addr_file())
+            .arg(&mp)
+            .arg("--log-file")
+            .arg(self.path(&format!("logs/mount-{name}.log")))
+            .args(extra)
+            .output()
+            .expect("run shardfs mount");
+        assert!(
+            out.status.success(),
+            "mount failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            is_mounted(&mp),
+            "{} not in /proc/mounts after mount returned",
+            mp.display()
+        );
+        self.mounts.push(mp.clone());
+        mp
+    }
+
+    pub fn umount(&mut self, mp: &Path) {
+        let st = Command::new(bin("shardfs"))
+            .arg("umount")
+            .arg(mp)
+            .status()
+            .expect("run umount");
+        assert!(st.success(), "umount {} failed", mp.display());
+        self.mounts.retain(|m| m != mp);
+    }
+
+    /// Bytes of shard files stored by each node.
+    pub fn node_usage(&self) -> Vec<u64> {
+        (0..self.nodes.len())
+            .map(|i| dir_bytes(&self.node_dir(i).join("shards")))
+            .collect()
+    }
+
+    pub fn dump_logs(&self) {
+        if let Ok(rd) = fs::read_dir(self.path("logs")) {
+            for e in rd.flatten() {
+                let mut s = String::new();
+                if let Ok(mut f) = fs::File::open(e.path()) {
+                    let _ = f.read_to_string(&mut s);
+                }
+                let tail: Vec<&str> = s.lines().rev().take(30).collect();
+                eprintln!("==== {} ====", e.path().display());
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for mp in self.mounts.drain(..) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&mp)
+                .stderr(Stdio::null())
+                .status();
+        }
+        for n in self.nodes.iter_mut() {
+            if let Some(mut c) = n.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.kill_master();
+    }
+}
+
+pub fn is_mounted(mp: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let want = mp.to_string_lossy().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()) && l.starts_with("shardfs"))
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn dir_bytes(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            let md = match e.metadata() {
+                Ok(m) => m,
+                Err(_) => continue,
+            };
+            if md.is_dir() {
+                total += dir_bytes(&e.path());
+            } else {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+pub fn hash_file(p: &Path) -> String {
+    let mut f = fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+pub fn sh(cmd: &str) -> std::process::Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run bash")
+}
+
+/// Run a shell command and assert it succeeds; returns stdout.
+pub fn sh_ok(cmd: &str) -> String {
+    let out = sh(cmd);
+    assert!(
+        out.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Write a tree of files with mixed sizes (0 B .. 1 MiB) under `root`; returns (files, dirs).
+pub fn make_tree(root: &Path, files: usize, seed: u64) -> (usize, usize) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut dirs = vec![root.to_path_buf()];
+    fs::create_dir_all(root).unwrap();
+    let mut ndirs = 0;
+    for i in 0..files {
+        if i % 12 == 0 {
+            let parent = dirs[rng.gen_range(0..dirs.len())].clone();
+            let d = parent.join(format!("dir{i}"));
+            fs::create_dir_all(&d).unwrap();
+            dirs.push(d);
+            ndirs += 1;
+        }
+        let d = &dirs[rng.gen_range(0..dirs.len())];
+        let size = match rng.gen_range(0..100) {
+            0..=4 => 0,
+            5..=69 => rng.gen_range(1..8192),
+            70..=94 => rng.gen_range(8192..131072),
+            _ => rng.gen_range(131072..=1 << 20),
+        };
+        fs::write(
+            d.join(format!("f{i}.bin")),
+            random_bytes(seed ^ i as u64, size),
+        )
+        .unwrap();
+    }
+    (files, ndirs)
+}

@@ -1,0 +1,214 @@
+//! Bad input gets a clear error, a non-zero exit, no panic and no hang.
+
+use bytes_free::*;
+use shardfs_common::proto::{
+    MasterRequest, MasterResponse, NodeRequest, NodeResponse, ALPN_MASTER, ALPN_NODE,
+};
+use shardfs_common::{net, wire};
+use shardfs_tests::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod bytes_free {
+    pub fn run(cmd: &mut std::process::Command) -> (bool, String, std::time::Duration) {
+        let t = std::time::Instant::now();
+        let out = cmd.output().expect("run command");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text, t.elapsed())
+    }
+}
+
+#[test]
+fn cli_errors_are_clear_and_exit_non_zero() {
+    let c = Cluster::start(6, "4+2");
+    let addr = c.master_addr();
+    let missing = c.path("no-such-dir");
+    let (ok, text, _) = run(Command::new(bin("shardfs"))
+        .arg("mount")
+        .arg(&addr)
+        .arg(&missing));
+    assert!(!ok);
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+
+    let mp = c.path("mp");
+    std::fs::create_dir_all(&mp).unwrap();
+    // Nothing listens on this port: a clear error within the timeout.
+    let (ok, text, took) = run(Command::new(bin("shardfs"))
+        .args(["mount", "127.0.0.1:9", "--timeout", "2"])
+        .arg(&mp));
+    assert!(!ok);
+    assert!(text.contains("cannot reach the master"), "{text}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(!is_mounted(&mp));
+
+    let (ok, text, _) = run(Command::new(bin("shardfs"))
+        .args(["mount", "not an address"])
+        .arg(&mp));
+    assert!(!ok);
+    assert!(
+        text.contains("neither HOST:PORT nor a readable file"),
+        "{text}"
+    );
+    let (ok, text, _) = run(Command::new(bin("shardfs"))
+        .args(["mount", "127.0.0.1:99999"])
+        .arg(&mp));
+    assert!(!ok);
+    assert!(text.contains("not a valid address"), "{text}");
+
+    let (ok, text, _) = run(Command::new(bin("shardfs")).args(["status", "127.0.0.1:9"]));
+    assert!(!ok);
+    assert!(text.contains("cannot reach the master"), "{text}");
+
+    let (ok, text, _) = run(Command::new(bin("shardfs")).args(["umount"]).arg(&mp));
+    assert!(!ok);
+    assert!(text.contains("not a ShardFS mount"), "{text}");
+
+    let (ok, text, _) = run(Command::new(bin("shardfs")).args(["mount", "--bogus-flag"]));
+    assert!(!ok);
+    assert!(text.contains("--bogus-flag"), "{text}");
+
+    let (ok, text, _) =
+        run(Command::new(bin("shardfs-master")).args(["--data-dir", "/tmp/x", "--ec", "9"]));
+    assert!(!ok);
+    assert!(text.contains("not of the form K+M"), "{text}");
+    let (ok, text, _) = run(Command::new(bin("shardfs-node"))
+        .arg("--data-dir")
+        .arg(c.path("n")));
+    assert!(!ok);
+    assert!(text.contains("--master"), "{text}");
+    let (ok, text, _) = run(Command::new(bin("shardfs-master"))
+        .arg("--data-dir")
+        .arg(c.path("m2"))
+        .args(["--listen", "10.255.255.1:5000"]));
+    assert!(!ok);
+    assert!(text.contains("not an address of this machine"), "{text}");
+}
+
+/// Raw frames, some malformed, sent over a real QUIC connection.
+async fn send_raw(conn: &quinn::Connection, raw: &[u8]) -> Option<Vec<u8>> {
+    let (mut s, mut r) = conn.open_bi().await.ok()?;
+    s.write_all(raw).await.ok()?;
+    let _ = s.finish();
+    tokio::time::timeout(Duration::from_secs(5), r.read_to_end(1 << 20))
+        .await
+        .ok()?
+        .ok()
+}
+
+#[test]
+fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
+    let c = Cluster::start(6, "4+2");
+    let master: std::net::SocketAddr = c.master_addr().parse().unwrap();
+    let node_addr: std::net::SocketAddr =
+        std::fs::read_to_string(c.node_dir(0).join("listen.addr"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = net::client_endpoint(false).unwrap();
+        let garbage: Vec<Vec<u8>> = vec![
+            b"hello, this is not a frame".to_vec(),
+            vec![1, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0], // header length beyond the limit
+            vec![
+                1, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4,
+            ], // bulk beyond limit
+            vec![1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0xee, 0xee, 0xee], // undecodable header
+            vec![7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],             // another protocol version
+            vec![1, 0, 0],                                           // ends mid-prefix
+        ];
+        // Master.
+        let conn = net::connect(
+            &ep,
+            &net::client_config(ALPN_MASTER).unwrap(),
+            master,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        for g in &garbage {
+            let resp = send_raw(&conn, g)
+                .await
+                .expect("an answer to a malformed frame");
+            assert!(resp.len() >= wire::PREFIX_LEN, "answer too short");
+            let msg: MasterResponse =
+                postcard::from_bytes(&resp[wire::PREFIX_LEN..]).expect("decodable answer");
+            assert!(
+                matches!(msg, MasterResponse::Err(_)),
+                "malformed frame answered with {msg:?}"
+            );
+        }
+        let (resp, _) = wire::request::<_, MasterResponse>(
+            &conn,
+            &MasterRequest::Cluster,
+            Default::default(),
+            0,
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(resp, MasterResponse::Cluster(_)),
+            "master still serves: {resp:?}"
+        );
+        // Storage node.
+        let conn = net::connect(
+            &ep,
+            &net::client_config(ALPN_NODE).unwrap(),
+            node_addr,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        for g in &garbage {
+            let resp = send_raw(&conn, g)
+                .await
+                .expect("an answer to a malformed frame");
+            let msg: NodeResponse =
+                postcard::from_bytes(&resp[wire::PREFIX_LEN..]).expect("decodable answer");
+            assert!(
+                matches!(msg, NodeResponse::Err(_)),
+                "malformed frame answered with {msg:?}"
+            );
+        }
+        // A shard whose bytes do not match its hash is refused.
+        let put = NodeRequest::Put {
+            block: shardfs_common::BlockId::of(b"x"),
+            index: 0,
+            hash: [0; 32],
+        };
+        let (resp, _) =
+            wire::request::<_, NodeResponse>(&conn, &put, bytes::Bytes::from_static(b"data"), 0)
+                .await
+                .unwrap();
+        assert!(matches!(resp, NodeResponse::Err(_)), "{resp:?}");
+        let (resp, _) =
+            wire::request::<_, NodeResponse>(&conn, &NodeRequest::Stat, Default::default(), 0)
+                .await
+                .unwrap();
+        assert!(
+            matches!(resp, NodeResponse::Stat { .. }),
+            "node still serves: {resp:?}"
+        );
+        // The wrong service (ALPN) is refused at the handshake with a clear error.
+        let e = net::connect(
+            &ep,
+            &net::client_config(ALPN_MASTER).unwrap(),
+            node_addr,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("not a ShardFS service"), "{e}");
+    });
+    // Nothing crashed.
+    c.wait_nodes_up(6);
+    let t = Instant::now();
+    assert!(c.status().is_some());
+    assert!(t.elapsed() < Duration::from_secs(10));
+}

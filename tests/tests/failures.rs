@@ -1,0 +1,122 @@
+//! Breaking things: dead storage nodes, a killed master, a cluster restart.
+
+use shardfs_tests::*;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn write_set(mp: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, size) in [0usize, 1, 4095, 100_000, 4 << 20, (4 << 20) + 1, 21 << 20]
+        .iter()
+        .enumerate()
+    {
+        let name = format!("file{i}");
+        fs::write(mp.join(&name), random_bytes(i as u64 + 100, *size)).unwrap();
+        out.push((name.clone(), hash_file(&mp.join(&name))));
+    }
+    out
+}
+
+fn verify(mp: &Path, set: &[(String, String)]) {
+    for (name, h) in set {
+        assert_eq!(&hash_file(&mp.join(name)), h, "{name} differs");
+    }
+}
+
+#[test]
+fn every_file_reads_back_with_any_two_nodes_dead() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount("writer");
+    let set = write_set(&mp);
+    c.umount(&mp);
+    for (n, (a, b)) in [(0, 1), (2, 3), (4, 5), (0, 5), (1, 4)]
+        .into_iter()
+        .enumerate()
+    {
+        c.kill_node(a);
+        c.kill_node(b);
+        // A fresh mount with no block cache: every byte comes from the surviving nodes.
+        let r = c.mount_with(&format!("reader{n}"), &["--cache-mib", "0"]);
+        let t = Instant::now();
+        verify(&r, &set);
+        eprintln!("nodes {a},{b} down: verified in {:?}", t.elapsed());
+        c.umount(&r);
+        c.start_node(a);
+        c.start_node(b);
+        c.wait_nodes_up(6);
+    }
+}
+
+#[test]
+fn closed_files_survive_kill_9_of_the_master() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount("mnt");
+    let set = write_set(&mp);
+    fs::create_dir_all(mp.join("d/e")).unwrap();
+    fs::write(mp.join("d/e/small"), b"small file").unwrap();
+    c.kill_master();
+    c.start_master();
+    c.wait_nodes_up(6);
+    // The running mount reconnects on its own.
+    verify(&mp, &set);
+    assert_eq!(fs::read(mp.join("d/e/small")).unwrap(), b"small file");
+    fs::write(mp.join("after"), b"written after the restart").unwrap();
+    // And a new mount sees the same.
+    let m2 = c.mount("fresh");
+    verify(&m2, &set);
+    assert_eq!(
+        fs::read(m2.join("after")).unwrap(),
+        b"written after the restart"
+    );
+}
+
+#[test]
+fn whole_cluster_restart_keeps_every_file() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount("mnt");
+    let set = write_set(&mp);
+    c.umount(&mp);
+    c.kill_master();
+    for i in 0..6 {
+        c.kill_node(i);
+    }
+    c.start_master();
+    for i in 0..6 {
+        c.start_node(i);
+    }
+    c.wait_nodes_up(6);
+    let m = c.mount("again");
+    verify(&m, &set);
+}
+
+#[test]
+fn syscalls_fail_in_bounded_time_when_the_master_is_down() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount_with("mnt", &["--timeout", "3"]);
+    fs::write(mp.join("x"), b"x").unwrap();
+    c.kill_master();
+    let t = Instant::now();
+    let r = fs::metadata(mp.join("never-seen-name"));
+    let took = t.elapsed();
+    assert!(
+        r.is_err(),
+        "stat of an unknown name cannot succeed with the master down"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "stat took {took:?} with a 3 s timeout"
+    );
+    let t = Instant::now();
+    let r = fs::write(mp.join("new-file"), b"data");
+    assert!(
+        r.is_err(),
+        "creating a file cannot succeed with the master down"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20));
+    // Once the master is back, the same mount works again.
+    c.start_master();
+    c.wait_nodes_up(6);
+    fs::write(mp.join("new-file"), b"data").unwrap();
+    assert_eq!(fs::read(mp.join("new-file")).unwrap(), b"data");
+}
