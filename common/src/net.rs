@@ -31,7 +31,7 @@ fn transport() -> TransportConfig {
         .initial_mtu(1400)
         .datagram_receive_buffer_size(None);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(16_384).interval(Duration::from_secs(60));
+    mtu.upper_bound(65_000).interval(Duration::from_secs(60));
     t.mtu_discovery_config(Some(mtu));
     t
 }

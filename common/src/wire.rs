@@ -69,8 +69,21 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv.read_exact(&mut header).await.map_err(read_err)?;
     let msg: T = postcard::from_bytes(&header)
         .map_err(|e| Error::Protocol(format!("undecodable header: {e}")))?;
-    let mut bulk = vec![0u8; blen as usize];
-    recv.read_exact(&mut bulk).await.map_err(read_err)?;
+    // Collect the bulk from quinn's own buffers without zero-filling a buffer first.
+    let blen = blen as usize;
+    let mut bulk = Vec::with_capacity(blen);
+    while bulk.len() < blen {
+        match recv.read_chunk(blen - bulk.len(), true).await {
+            Ok(Some(chunk)) => bulk.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(Error::Protocol(format!(
+                    "stream ended after {} of {blen} payload bytes",
+                    bulk.len()
+                )))
+            }
+            Err(e) => return Err(Error::Connection(format!("receive: {e}"))),
+        }
+    }
     Ok((msg, bulk))
 }
 

@@ -158,15 +158,10 @@ impl BlockStore {
     /// Store a block; returns its description (placed now or already in the cluster).
     pub async fn put(self: &Arc<Self>, data: Arc<Vec<u8>>) -> Result<BlockMeta> {
         let d = data.clone();
-        let codec = self.codec.clone();
-        let (id, shards) = tokio::task::spawn_blocking(move || {
-            let id = BlockId::of(&d);
-            codec.encode(&d).map(|s| (id, s))
-        })
-        .await
-        .map_err(|e| Error::Unavailable(format!("encoder failed: {e}")))??;
-        let shards: Vec<Bytes> = shards.into_iter().map(Bytes::from).collect();
-        let hashes: Vec<[u8; 32]> = shards.iter().map(|s| shard_hash(s)).collect();
+        let id = tokio::task::spawn_blocking(move || BlockId::of(&d))
+            .await
+            .map_err(|e| Error::Unavailable(format!("hasher failed: {e}")))?;
+        let mut encoded: Option<(Vec<Bytes>, Vec<[u8; 32]>)> = None;
         let mut exclude: Vec<NodeId> = Vec::new();
         let mut last_err = None;
         for _attempt in 0..4 {
@@ -184,6 +179,19 @@ impl BlockStore {
                 },
                 other => return Err(unexpected(other)),
             };
+            if encoded.is_none() {
+                let (d, codec) = (data.clone(), self.codec.clone());
+                encoded = Some(
+                    tokio::task::spawn_blocking(move || {
+                        let shards: Vec<Bytes> = codec.encode(&d)?.into_iter().map(Bytes::from).collect();
+                        let hashes: Vec<[u8; 32]> = shards.iter().map(|s| shard_hash(s)).collect();
+                        Ok::<_, Error>((shards, hashes))
+                    })
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("encoder failed: {e}")))??,
+                );
+            }
+            let (shards, hashes) = encoded.as_ref().expect("encoded above");
             let mut puts = FuturesUnordered::new();
             for (i, node) in nodes.iter().enumerate() {
                 let (shard, hash, node) = (shards[i].clone(), hashes[i], *node);
@@ -210,7 +218,7 @@ impl BlockStore {
                     shard_size: shards[0].len() as u32,
                     shards: nodes
                         .iter()
-                        .zip(&hashes)
+                        .zip(hashes.iter())
                         .map(|(n, h)| ShardLoc { node: *n, hash: *h })
                         .collect(),
                 };
@@ -330,17 +338,58 @@ impl BlockStore {
     }
 
     async fn fetch(self: &Arc<Self>, meta: &BlockMeta) -> Result<Arc<Vec<u8>>> {
-        let k = meta.ec.k as usize;
         let n = meta.shards.len();
         if n != meta.ec.total() {
-            return Err(Error::Corrupt(format!(
-                "block {} lists {n} shards",
-                meta.id
-            )));
+            return Err(Error::Corrupt(format!("block {} lists {n} shards", meta.id)));
         }
+        let codec = if meta.ec == self.codec.params() {
+            self.codec.clone()
+        } else {
+            Arc::new(Codec::new(meta.ec)?)
+        };
+        // Fast path: decode and check the block against its id (one hash of the block). Only if
+        // that fails are the shards checked one by one against their recorded hashes, the bad
+        // ones dropped, and the block rebuilt from others.
+        let mut excluded: Vec<usize> = Vec::new();
+        for attempt in 0..2 {
+            let got = self.collect(meta, &excluded).await?;
+            let (codec, meta2) = (codec.clone(), meta.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                let data = codec.decode(got.clone(), meta2.len as usize)?;
+                if BlockId::of(&data) == meta2.id {
+                    return Ok::<_, Error>(Ok(Arc::new(data)));
+                }
+                let bad: Vec<usize> = got
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, s)| s.as_ref().is_some_and(|s| shard_hash(s) != meta2.shards[*i].hash))
+                    .map(|(i, _)| i)
+                    .collect();
+                Ok(Err(bad))
+            })
+            .await
+            .map_err(|e| Error::Unavailable(format!("decoder failed: {e}")))??;
+            match r {
+                Ok(data) => return Ok(data),
+                Err(bad) => {
+                    tracing::error!(block = %meta.id, ?bad, attempt, "shards do not match their hashes");
+                    if bad.is_empty() {
+                        break;
+                    }
+                    excluded.extend(bad);
+                }
+            }
+        }
+        Err(Error::Corrupt(format!("block {} cannot be rebuilt to its content", meta.id)))
+    }
+
+    /// Fetch k shards of a block (not those in `excluded`): data shards first, more on failure
+    /// or after the hedge delay.
+    async fn collect(self: &Arc<Self>, meta: &BlockMeta, excluded: &[usize]) -> Result<Vec<Option<Vec<u8>>>> {
+        let k = meta.ec.k as usize;
+        let n = meta.shards.len();
         let size = meta.shard_size as usize;
-        // Data shards first, parity after; nodes that failed recently go last.
-        let mut order: Vec<usize> = (0..n).collect();
+        let mut order: Vec<usize> = (0..n).filter(|i| !excluded.contains(i)).collect();
         order.sort_by_key(|&i| (self.is_suspect(meta.shards[i].node), i >= k, i));
         let mut next = 0usize;
         let mut running = FuturesUnordered::new();
@@ -350,7 +399,7 @@ impl BlockStore {
             let id = meta.id;
             async move { (i, this.get_shard(&loc, id, i as u8, size).await) }
         };
-        while next < k.min(n) {
+        while next < k.min(order.len()) {
             running.push(launch(order[next]));
             next += 1;
         }
@@ -367,14 +416,14 @@ impl BlockStore {
                     match r {
                         Ok(d) => { got[i] = Some(d); have += 1; }
                         Err(e) => {
-                            errors.push(format!("shard {i} on {}: {e}", meta.shards[i].node));
-                            if next < n { running.push(launch(order[next])); next += 1; }
+                            errors.push(format!("shard {i} on node {}: {e}", meta.shards[i].node));
+                            if next < order.len() { running.push(launch(order[next])); next += 1; }
                         }
                     }
                 }
                 _ = &mut hedge, if !hedged => {
                     hedged = true;
-                    while next < n { running.push(launch(order[next])); next += 1; }
+                    while next < order.len() { running.push(launch(order[next])); next += 1; }
                 }
             }
         }
@@ -390,23 +439,7 @@ impl BlockStore {
         if !errors.is_empty() {
             debug!(block = %meta.id, "degraded read: {}", errors.join("; "));
         }
-        let codec = if meta.ec == self.codec.params() {
-            self.codec.clone()
-        } else {
-            Arc::new(Codec::new(meta.ec)?)
-        };
-        let (len, id) = (meta.len as usize, meta.id);
-        tokio::task::spawn_blocking(move || {
-            let data = codec.decode(got, len)?;
-            if BlockId::of(&data) != id {
-                return Err(Error::Corrupt(format!(
-                    "block {id} decoded to the wrong content"
-                )));
-            }
-            Ok(Arc::new(data))
-        })
-        .await
-        .map_err(|e| Error::Unavailable(format!("decoder failed: {e}")))?
+        Ok(got)
     }
 
     pub fn close(&self) {

@@ -215,7 +215,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+        .worker_threads(2)
         .enable_all()
         .build()?;
     let core = rt
