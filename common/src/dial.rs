@@ -67,6 +67,11 @@ impl Dialer {
         let mut conns = self.conns.lock().expect("dialer lock");
         match result {
             Ok(c) => {
+                let probe = c.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    tracing::debug!(peer = %probe.remote_address(), mtu = probe.stats().path.current_mtu, "path MTU");
+                });
                 if !matches!(conns.get(&addr), Some(Conn::Ready(cur)) if cur.close_reason().is_none())
                 {
                     conns.insert(addr, Conn::Ready(c.clone()));

@@ -22,3 +22,14 @@ pub use ids::{BlockId, Ino, NodeId};
 
 /// Root directory inode number, as FUSE expects.
 pub const ROOT_INO: Ino = 1;
+
+/// Keep freed buffers for reuse instead of returning them to the kernel: shard and block
+/// buffers are megabytes each, and mapping fresh pages for every one costs page faults and
+/// zeroing on the data path.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only adjusts glibc allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

@@ -36,6 +36,14 @@ fn transport() -> TransportConfig {
     t
 }
 
+/// Accept datagrams as large as UDP allows, so MTU discovery can use loopback's and jumbo
+/// frames' large packets.
+fn endpoint_config(mut c: EndpointConfig) -> EndpointConfig {
+    c.max_udp_payload_size(65_527)
+        .expect("valid UDP payload size");
+    c
+}
+
 fn udp_socket(addr: SocketAddr) -> Result<UdpSocket> {
     let sock = UdpSocket::bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => Error::Config(format!("address {addr} is already in use")),
@@ -90,7 +98,7 @@ pub fn server_endpoint(addr: SocketAddr, alpn: &[u8], reset_key: &[u8; 32]) -> R
     let socket = udp_socket(addr)?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     Endpoint::new(
-        EndpointConfig::new(Arc::new(key)),
+        endpoint_config(EndpointConfig::new(Arc::new(key))),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),

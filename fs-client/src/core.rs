@@ -136,7 +136,7 @@ impl FileState {
                 self.dirty_bytes -= d.len();
             }
         }
-        if size % bs != 0 {
+        if !size.is_multiple_of(bs) {
             if let Some(d) = self.dirty.get_mut(&(size / bs)) {
                 let keep = (size % bs) as usize;
                 if d.len() > keep {

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Mount a cluster at MOUNTPOINT (in the background unless --foreground).
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount a ShardFS mount.
     Umount {
         /// The mounted directory.
@@ -96,6 +96,7 @@ struct FileConfig {
 }
 
 fn main() -> ExitCode {
+    shardfs_common::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -106,7 +107,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Mount(a) => mount(a),
+        Cmd::Mount(a) => mount(*a),
         Cmd::Umount { mountpoint } => umount(&mountpoint),
         Cmd::Status { master, json } => status(&master, json),
     };

@@ -112,9 +112,7 @@ impl wire::Service for Node {
             NodeRequest::Get { block, index } => {
                 tokio::task::spawn_blocking(move || store.get(&block, index))
                     .await
-                    .map(|r| {
-                        r.map(|(hash, data)| (NodeResponse::Shard { hash }, Bytes::from(data)))
-                    })
+                    .map(|r| r.map(|(hash, data)| (NodeResponse::Shard { hash }, data)))
             }
             NodeRequest::Delete { shards } => {
                 tokio::task::spawn_blocking(move || {

@@ -48,6 +48,7 @@ struct FileConfig {
 }
 
 fn main() -> std::process::ExitCode {
+    shardfs_common::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -153,7 +153,7 @@ impl ShardStore {
     }
 
     /// Read a shard and verify it against its recorded hash.
-    pub fn get(&self, block: &BlockId, index: u8) -> Result<([u8; 32], Vec<u8>), NodeError> {
+    pub fn get(&self, block: &BlockId, index: u8) -> Result<([u8; 32], bytes::Bytes), NodeError> {
         let path = self.path(block, index);
         let mut f = match File::open(&path) {
             Ok(f) => f,
@@ -189,8 +189,7 @@ impl ShardStore {
         if shardfs_common::ids::shard_hash(&buf[HEADER_LEN..]) != hash {
             return Err(bad("content does not match its blake3 hash"));
         }
-        buf.drain(..HEADER_LEN);
-        Ok((hash, buf))
+        Ok((hash, bytes::Bytes::from(buf).slice(HEADER_LEN..)))
     }
 
     pub fn delete(&self, block: &BlockId, index: u8) -> Result<(), NodeError> {
