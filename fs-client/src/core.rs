@@ -78,6 +78,8 @@ struct FileState {
     attr: Attr,
     slots: BTreeMap<u64, Slot>,
     dirty: BTreeMap<u64, Vec<u8>>,
+    /// Byte ranges of each dirty block written since it became dirty (merged, sorted).
+    written: BTreeMap<u64, Vec<(usize, usize)>>,
     dirty_bytes: usize,
     inflight: BTreeMap<u64, (u64, Arc<Vec<u8>>)>,
     pending: BTreeMap<u64, (u64, Slot)>,
@@ -94,6 +96,7 @@ impl FileState {
             attr,
             slots: slots.into_iter().map(|s| (s.index, s)).collect(),
             dirty: BTreeMap::new(),
+            written: BTreeMap::new(),
             dirty_bytes: 0,
             inflight: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -116,6 +119,7 @@ impl FileState {
     /// Move block `idx` from dirty to inflight; returns what to upload.
     fn take_for_upload(&mut self, idx: u64) -> Option<(u64, Arc<Vec<u8>>)> {
         let data = Arc::new(self.dirty.remove(&idx)?);
+        self.written.remove(&idx);
         self.dirty_bytes -= data.len();
         self.seq += 1;
         self.inflight.insert(idx, (self.seq, data.clone()));
@@ -132,6 +136,7 @@ impl FileState {
         let last = size.div_ceil(bs);
         let cut: Vec<u64> = self.dirty.range(last..).map(|(i, _)| *i).collect();
         for i in cut {
+            self.written.remove(&i);
             if let Some(d) = self.dirty.remove(&i) {
                 self.dirty_bytes -= d.len();
             }
@@ -147,6 +152,21 @@ impl FileState {
         }
         self.attr.size = size;
     }
+}
+
+/// Add `[start, end)` to a sorted list of disjoint ranges; true when they cover `[0, full)`.
+fn mark_written(ranges: &mut Vec<(usize, usize)>, start: usize, end: usize, full: usize) -> bool {
+    ranges.push((start, end));
+    ranges.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for &(s, e) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    *ranges = merged;
+    ranges.len() == 1 && ranges[0].0 == 0 && ranges[0].1 >= full
 }
 
 /// Where the current content of one block comes from.
@@ -580,7 +600,13 @@ impl Core {
                 st.attr.mtime = now;
                 st.attr.ctime = now;
                 st.meta_dirty = true;
-                if within + n == bs as usize {
+                // A block rewritten end to end (in whatever order the writes came) goes out now.
+                if mark_written(
+                    st.written.entry(idx).or_default(),
+                    within,
+                    within + n,
+                    bs as usize,
+                ) {
                     to_upload.extend(st.take_for_upload(idx).map(|(s, d)| (idx, s, d)));
                 }
                 if st.dirty_bytes > self.cfg.dirty_limit {
@@ -608,6 +634,7 @@ impl Core {
         let blocks = self.blocks.clone();
         let of = of.clone();
         tokio::spawn(async move {
+            debug!(ino = of.ino, block = idx, seq, len = data.len(), "upload");
             let r = blocks.put(data.clone()).await;
             {
                 let mut st = of.st.lock().expect("file lock");
@@ -880,5 +907,28 @@ impl Core {
 
     pub async fn fsync(&self, fh: u64) -> Result<()> {
         self.flush(fh).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mark_written;
+
+    #[test]
+    fn block_is_complete_only_when_every_byte_was_written() {
+        let mut r = Vec::new();
+        assert!(!mark_written(&mut r, 3, 4, 4));
+        assert!(!mark_written(&mut r, 0, 1, 4));
+        assert!(!mark_written(&mut r, 1, 2, 4));
+        assert!(
+            mark_written(&mut r, 2, 3, 4),
+            "out-of-order writes completing the block"
+        );
+        let mut r = Vec::new();
+        assert!(mark_written(&mut r, 0, 4, 4));
+        let mut r = Vec::new();
+        assert!(!mark_written(&mut r, 0, 2, 4));
+        assert!(!mark_written(&mut r, 3, 4, 4));
+        assert_eq!(r, vec![(0, 2), (3, 4)]);
     }
 }
