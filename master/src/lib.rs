@@ -221,16 +221,9 @@ impl Master {
             }
             R::Place { blocks, exclude } => {
                 let ec = self.meta.cluster.ec;
-                let collecting = self.collecting.lock().expect("collecting lock").clone();
                 let mut out = Vec::with_capacity(blocks.len());
                 for (id, len) in blocks {
-                    if collecting.contains(&id) {
-                        return Err(Error::Unavailable(format!(
-                            "block {id} is being collected; retry"
-                        ))
-                        .into());
-                    }
-                    if let Some(meta) = self.meta.block_meta(&id)? {
+                    if let Some(meta) = self.meta.place_lookup(&id, &self.collecting)? {
                         out.push(Placement::Exists(meta));
                     } else {
                         let need = ec.shard_size(len as usize) as u64 + 4096;
@@ -371,7 +364,7 @@ async fn gc_loop(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        let candidates = match master.meta.gc_candidates(grace.as_secs(), 2000) {
+        let candidates = match master.meta.gc_claim(grace.as_secs(), 2000, &master.collecting) {
             Ok(c) => c,
             Err(e) => {
                 warn!("garbage collection scan failed: {e}");
@@ -382,65 +375,27 @@ async fn gc_loop(
             continue;
         }
         let ids: Vec<BlockId> = candidates.iter().map(|g| g.meta.id).collect();
-        master
-            .collecting
-            .lock()
-            .expect("collecting lock")
-            .extend(ids.iter().copied());
         let addrs = master.nodes.addresses();
         let mut per_node: HashMap<SocketAddr, Vec<(BlockId, u8)>> = HashMap::new();
-        let mut unreachable: HashSet<BlockId> = HashSet::new();
         for g in &candidates {
             for (i, s) in g.meta.shards.iter().enumerate() {
-                if s.hash == [0; 32] {
-                    continue;
-                }
-                match addrs.get(&s.node) {
-                    Some(a) => per_node.entry(*a).or_default().push((g.meta.id, i as u8)),
-                    None => {
-                        unreachable.insert(g.meta.id);
-                    }
+                if let Some(a) = addrs.get(&s.node) {
+                    per_node.entry(*a).or_default().push((g.meta.id, i as u8));
                 }
             }
         }
-        let mut failed_nodes: HashSet<SocketAddr> = HashSet::new();
+        // Shards on nodes that cannot be reached stay behind as orphans (same bytes as any
+        // future shard of the same block, so harmless; reclaimed by the node scrubber).
+        let mut done = 0usize;
         for (addr, shards) in &per_node {
-            let req = NodeRequest::Delete {
-                shards: shards.clone(),
-            };
-            match dialer
-                .call::<_, NodeResponse>(*addr, &req, Bytes::new(), 0, Duration::from_secs(30))
-                .await
-            {
-                Ok((NodeResponse::Ok, _)) => {}
-                Ok((other, _)) => {
-                    debug!(%addr, "delete refused: {other:?}");
-                    failed_nodes.insert(*addr);
-                }
-                Err(e) => {
-                    debug!(%addr, "delete failed: {e}");
-                    failed_nodes.insert(*addr);
-                }
+            let req = NodeRequest::Delete { shards: shards.clone() };
+            match dialer.call::<_, NodeResponse>(*addr, &req, Bytes::new(), 0, Duration::from_secs(30)).await {
+                Ok((NodeResponse::Ok, _)) => done += shards.len(),
+                Ok((other, _)) => warn!(%addr, "shard deletion refused: {other:?}"),
+                Err(e) => warn!(%addr, "shard deletion failed, leaving orphans: {e}"),
             }
         }
-        for (addr, shards) in &per_node {
-            if failed_nodes.contains(addr) {
-                unreachable.extend(shards.iter().map(|(b, _)| *b));
-            }
-        }
-        let mut done = 0;
-        for id in &ids {
-            if !unreachable.contains(id) && master.meta.gc_done(id).is_ok() {
-                done += 1;
-            }
-        }
-        master
-            .collecting
-            .lock()
-            .expect("collecting lock")
-            .retain(|b| !ids.contains(b));
-        if done > 0 {
-            debug!(done, "collected unreferenced blocks");
-        }
+        master.collecting.lock().expect("collecting lock").retain(|b| !ids.contains(b));
+        debug!(blocks = ids.len(), shards = done, "collected unreferenced blocks");
     }
 }

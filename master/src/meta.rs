@@ -27,7 +27,7 @@ use shardfs_common::proto::{
     RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use shardfs_common::{BlockId, Error, ErrorCode, Ino, NodeId, ROOT_INO};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -829,10 +829,6 @@ impl Meta {
         Ok((rec.attr, out))
     }
 
-    pub fn block_meta(&self, id: &BlockId) -> Result<Option<BlockMeta>, MasterError> {
-        Ok(self.get::<BlockRecord>(&k_block(id))?.map(|b| b.meta))
-    }
-
     /// Make `slots` part of file `ino` with its new size and mtime, in one batch.
     pub fn commit(
         &self,
@@ -931,25 +927,61 @@ impl Meta {
             .collect())
     }
 
-    /// Unreferenced blocks that lost their last reference at least `grace_secs` ago.
-    pub fn gc_candidates(
+    /// Take unreferenced blocks whose grace period is over out of the store, atomically with
+    /// respect to placement and commits: each one is forgotten and added to `collecting`, and
+    /// the caller deletes its shards. A block referenced again meanwhile is kept.
+    pub fn gc_claim(
         &self,
         grace_secs: u64,
         limit: usize,
+        collecting: &Mutex<HashSet<BlockId>>,
     ) -> Result<Vec<GcRecord>, MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
         let now = unix_now();
-        Ok(self
-            .scan::<GcRecord>(b"G", b"G", limit)?
-            .into_iter()
-            .map(|(_, v)| v)
-            .filter(|g| g.since + grace_secs <= now)
-            .collect())
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::new();
+        for (_, g) in self.scan::<GcRecord>(b"G", b"G", limit)? {
+            if g.since + grace_secs > now {
+                continue;
+            }
+            let id = g.meta.id;
+            batch.delete(k_gc(&id));
+            if self.get::<BlockRecord>(&k_block(&id))?.is_some_and(|b| b.refs > 0) {
+                continue;
+            }
+            batch.delete(k_block(&id));
+            collecting.lock().expect("collecting lock").insert(id);
+            out.push(g);
+        }
+        self.db.write(batch).map_err(db_err)?;
+        Ok(out)
     }
 
-    /// Forget a collected block, unless it was referenced again meanwhile.
-    pub fn gc_done(&self, id: &BlockId) -> Result<(), MasterError> {
+    /// What a client about to store block `id` needs to know: the block's description if the
+    /// cluster holds it (so nothing is uploaded), or None. An unreferenced block still waiting
+    /// for collection is revived (its grace period restarts) instead of being stored twice.
+    pub fn place_lookup(
+        &self,
+        id: &BlockId,
+        collecting: &Mutex<HashSet<BlockId>>,
+    ) -> Result<Option<BlockMeta>, MasterError> {
         let _w = self.writer.lock().expect("writer lock");
-        self.db.delete(k_gc(id)).map_err(db_err)
+        if collecting.lock().expect("collecting lock").contains(id) {
+            return Err(MasterError::Fs(Error::Unavailable(format!(
+                "block {id} is being deleted; retry"
+            ))));
+        }
+        if let Some(b) = self.get::<BlockRecord>(&k_block(id))? {
+            return Ok(Some(b.meta));
+        }
+        if let Some(g) = self.get::<GcRecord>(&k_gc(id))? {
+            let mut batch = WriteBatch::default();
+            batch.put(k_block(id), enc(&BlockRecord { meta: g.meta.clone(), refs: 0 }));
+            batch.put(k_gc(id), enc(&GcRecord { meta: g.meta.clone(), since: unix_now() }));
+            self.write(batch)?;
+            return Ok(Some(g.meta));
+        }
+        Ok(None)
     }
 
     pub fn count_inodes(&self) -> u64 {
