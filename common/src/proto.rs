@@ -300,9 +300,22 @@ pub enum MasterResponse {
     Ok,
     Cluster(ClusterInfo),
     Attr(Attr),
+    /// A namespace change: the new or linked inode (if any), the new attributes of every inode
+    /// the change touched (parents included), and the inodes it removed.
+    Changed {
+        attr: Option<Attr>,
+        changed: Vec<Attr>,
+        gone: Vec<Ino>,
+    },
     Link(Vec<u8>),
-    Entries { entries: Vec<DirEntry>, more: bool },
-    Opened { attr: Attr, slots: Vec<Slot> },
+    Entries {
+        entries: Vec<DirEntry>,
+        more: bool,
+    },
+    Opened {
+        attr: Attr,
+        slots: Vec<Slot>,
+    },
     Placements(Vec<Placement>),
     StatFs(FsStats),
     Nodes(Vec<NodeInfo>),

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, warn};
 
@@ -42,6 +42,8 @@ pub struct CoreConfig {
     /// Wait this long for the first k shards before asking the parity nodes too.
     pub hedge_delay: Duration,
     pub shard_timeout: Duration,
+    /// How long attributes learnt from the master are trusted (as the kernel's attribute TTL).
+    pub attr_ttl: Duration,
 }
 
 pub struct Core {
@@ -50,6 +52,9 @@ pub struct Core {
     blocks: Arc<BlockStore>,
     cluster: ClusterInfo,
     files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    /// Attributes from the master's answers (including the parents a change touched), so the
+    /// kernel's re-validation after a create or unlink does not cost a round trip.
+    attrs: Mutex<HashMap<Ino, (Attr, Instant)>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     uploads: Arc<Semaphore>,
@@ -222,6 +227,7 @@ impl Core {
             blocks,
             cluster,
             files: Mutex::new(HashMap::new()),
+            attrs: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }))
@@ -242,16 +248,60 @@ impl Core {
 
     async fn call_attr(&self, req: MasterRequest) -> Result<Attr> {
         match self.call(req).await? {
-            MasterResponse::Attr(a) => Ok(self.patch(a)),
+            MasterResponse::Attr(a) => {
+                self.remember(&a);
+                Ok(self.patch(a))
+            }
             other => Err(unexpected(other)),
         }
     }
 
-    async fn call_ok(&self, req: MasterRequest) -> Result<()> {
+    /// A namespace change: cache what it reports and return the new inode's attributes.
+    async fn call_changed(&self, req: MasterRequest) -> Result<Option<Attr>> {
         match self.call(req).await? {
-            MasterResponse::Ok => Ok(()),
+            MasterResponse::Changed {
+                attr,
+                changed,
+                gone,
+            } => {
+                {
+                    let mut attrs = self.attrs.lock().expect("attrs lock");
+                    for ino in gone {
+                        attrs.remove(&ino);
+                    }
+                }
+                for a in &changed {
+                    self.remember(a);
+                }
+                Ok(attr.map(|a| self.patch(a)))
+            }
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn new_inode(&self, req: MasterRequest) -> Result<Attr> {
+        self.call_changed(req)
+            .await?
+            .ok_or_else(|| Error::Protocol("the master did not return the new inode".into()))
+    }
+
+    fn remember(&self, a: &Attr) {
+        if self.cfg.attr_ttl.is_zero() {
+            return;
+        }
+        let mut attrs = self.attrs.lock().expect("attrs lock");
+        if attrs.len() > 100_000 {
+            attrs.clear();
+        }
+        attrs.insert(a.ino, (a.clone(), Instant::now()));
+    }
+
+    fn cached_attr(&self, ino: Ino) -> Option<Attr> {
+        let attrs = self.attrs.lock().expect("attrs lock");
+        attrs
+            .get(&ino)
+            .filter(|(_, t)| t.elapsed() < self.cfg.attr_ttl)
+            .map(|(a, _)| a.clone())
     }
 
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
@@ -287,6 +337,9 @@ impl Core {
                 return Ok(st.attr.clone());
             }
         }
+        if let Some(a) = self.cached_attr(ino) {
+            return Ok(self.patch(a));
+        }
         self.call_attr(MasterRequest::GetAttr { ino }).await
     }
 
@@ -297,7 +350,10 @@ impl Core {
         }
         let size = set.size;
         let a = match self.call(MasterRequest::SetAttr { ino, set }).await? {
-            MasterResponse::Attr(a) => a,
+            MasterResponse::Attr(a) => {
+                self.remember(&a);
+                a
+            }
             other => return Err(unexpected(other)),
         };
         if let Some(of) = of {
@@ -344,7 +400,7 @@ impl Core {
             rdev,
             now: Timespec::now(),
         };
-        self.call_attr(req).await
+        self.new_inode(req).await
     }
 
     pub async fn symlink(
@@ -363,11 +419,11 @@ impl Core {
             gid,
             now: Timespec::now(),
         };
-        self.call_attr(req).await
+        self.new_inode(req).await
     }
 
     pub async fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
-        self.call_attr(MasterRequest::Link {
+        self.new_inode(MasterRequest::Link {
             ino,
             parent,
             name: name.to_vec(),
@@ -377,21 +433,23 @@ impl Core {
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.call_ok(MasterRequest::Unlink {
+        self.call_changed(MasterRequest::Unlink {
             parent,
             name: name.to_vec(),
             now: Timespec::now(),
         })
         .await
+        .map(drop)
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.call_ok(MasterRequest::Rmdir {
+        self.call_changed(MasterRequest::Rmdir {
             parent,
             name: name.to_vec(),
             now: Timespec::now(),
         })
         .await
+        .map(drop)
     }
 
     pub async fn rename(
@@ -410,7 +468,7 @@ impl Core {
             flags,
             now: Timespec::now(),
         };
-        self.call_ok(req).await
+        self.call_changed(req).await.map(drop)
     }
 
     pub async fn statfs(&self) -> Result<FsStats> {
@@ -494,6 +552,37 @@ impl Core {
             .await?;
         let of = self.register_open(attr.ino, attr.clone(), vec![]);
         Ok((attr, self.add_handle(Handle::File(of))))
+    }
+
+    /// True if handle `fh` has nothing to flush, so close can be answered at once.
+    pub fn is_clean(&self, fh: u64) -> bool {
+        match self.handle(fh) {
+            Ok(Handle::File(of)) => !of.st.lock().expect("file lock").has_local_changes(),
+            Ok(Handle::Dir(_)) => true,
+            Err(_) => true,
+        }
+    }
+
+    /// Release a handle with nothing to flush without waiting for anything; false if it has
+    /// unflushed data (use [`Core::release`]).
+    pub fn release_if_clean(&self, fh: u64) -> bool {
+        if !self.is_clean(fh) {
+            return false;
+        }
+        let h = self.handles.lock().expect("handles lock").remove(&fh);
+        if let Some(Handle::File(of)) = h {
+            if of.opens.fetch_sub(1, Ordering::SeqCst) == 1 {
+                let mut files = self.files.lock().expect("files lock");
+                let clean = !of.st.lock().expect("file lock").has_local_changes();
+                if clean
+                    && files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, &of))
+                    && of.opens.load(Ordering::SeqCst) == 0
+                {
+                    files.remove(&of.ino);
+                }
+            }
+        }
+        true
     }
 
     pub async fn release(&self, fh: u64) -> Result<()> {
@@ -727,6 +816,7 @@ impl Core {
         let mut st = of.st.lock().expect("file lock");
         match r {
             Ok(MasterResponse::Attr(a)) => {
+                self.remember(&a);
                 for (seq, s) in slots {
                     if st.pending.get(&s.index).is_some_and(|(p, _)| *p == seq) {
                         st.pending.remove(&s.index);
@@ -881,6 +971,9 @@ impl Core {
             };
             match self.call(req).await? {
                 MasterResponse::Entries { entries, more } => {
+                    for e in &entries {
+                        self.remember(&e.attr);
+                    }
                     let mut l = listing.lock().expect("listing lock");
                     l.entries.extend(entries);
                     l.more = more;

@@ -354,6 +354,9 @@ impl Filesystem for ShardFs {
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
+        if self.core.is_clean(fh) {
+            return reply.ok();
+        }
         self.spawn(|core, _| async move {
             match core.flush(fh).await {
                 Ok(()) => reply.ok(),
@@ -372,6 +375,9 @@ impl Filesystem for ShardFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.core.release_if_clean(fh) {
+            return reply.ok();
+        }
         self.spawn(|core, _| async move {
             match core.release(fh).await {
                 Ok(()) => reply.ok(),

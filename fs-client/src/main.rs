@@ -163,7 +163,9 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     if !(timeout > 0.0 && timeout < 86_400.0) {
         bail!("--timeout must be between 0 and 86400 seconds");
     }
+    let ttl = Duration::from_secs_f64(a.attr_ttl.or(f.attr_ttl).unwrap_or(1.0).clamp(0.0, 3600.0));
     let cfg = CoreConfig {
+        attr_ttl: ttl,
         master,
         timeout: Duration::from_secs_f64(timeout),
         connect_timeout: Duration::from_secs_f64(timeout.min(5.0)),
@@ -174,7 +176,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
         hedge_delay: Duration::from_millis(a.hedge_ms.or(f.hedge_ms).unwrap_or(500)),
         shard_timeout: Duration::from_secs_f64(timeout.min(10.0)),
     };
-    let ttl = Duration::from_secs_f64(a.attr_ttl.or(f.attr_ttl).unwrap_or(1.0).clamp(0.0, 3600.0));
+
     let mut opts: Vec<String> = f.options.unwrap_or_default();
     for o in &a.options {
         opts.extend(o.split(',').filter(|s| !s.is_empty()).map(str::to_string));

@@ -10,7 +10,7 @@ pub mod meta;
 pub mod nodes;
 
 use bytes::Bytes;
-use meta::Meta;
+use meta::{Changes, Meta};
 use nodes::Registry;
 use shardfs_common::dial::Dialer;
 use shardfs_common::ec::EcParams;
@@ -113,7 +113,9 @@ impl wire::Service for Master {
         _bulk: Vec<u8>,
         peer: SocketAddr,
     ) -> (MasterResponse, Bytes) {
-        let r = tokio::task::block_in_place(|| self.dispatch(req, peer));
+        // Metadata operations are short (a RocksDB read or one batched write, no fsync by
+        // default), so they run inline rather than paying for a thread hand-off.
+        let r = self.dispatch(req, peer);
         let resp = match r {
             Ok(r) => r,
             Err(e) => {
@@ -154,7 +156,7 @@ impl Master {
                 if kind == FileKind::Symlink {
                     return Err(Error::invalid("use Symlink to create symbolic links").into());
                 }
-                A::Attr(
+                changed(
                     self.meta
                         .create(parent, &name, kind, mode, uid, gid, rdev, None, now)?,
                 )
@@ -170,7 +172,7 @@ impl Master {
                 if target.is_empty() || target.len() > 4096 || target.contains(&0) {
                     return Err(Error::fs(ErrorCode::NameTooLong, "invalid symlink target").into());
                 }
-                A::Attr(self.meta.create(
+                changed(self.meta.create(
                     parent,
                     &name,
                     FileKind::Symlink,
@@ -188,15 +190,9 @@ impl Master {
                 parent,
                 name,
                 now,
-            } => A::Attr(self.meta.link(ino, parent, &name, now)?),
-            R::Unlink { parent, name, now } => {
-                self.meta.unlink(parent, &name, now)?;
-                A::Ok
-            }
-            R::Rmdir { parent, name, now } => {
-                self.meta.rmdir(parent, &name, now)?;
-                A::Ok
-            }
+            } => changed(self.meta.link(ino, parent, &name, now)?),
+            R::Unlink { parent, name, now } => removed(self.meta.unlink(parent, &name, now)?),
+            R::Rmdir { parent, name, now } => removed(self.meta.rmdir(parent, &name, now)?),
             R::Rename {
                 parent,
                 name,
@@ -204,11 +200,10 @@ impl Master {
                 new_name,
                 flags,
                 now,
-            } => {
+            } => removed(
                 self.meta
-                    .rename(parent, &name, new_parent, &new_name, flags, now)?;
-                A::Ok
-            }
+                    .rename(parent, &name, new_parent, &new_name, flags, now)?,
+            ),
             R::ReadDir { ino, after, limit } => {
                 let (entries, more) =
                     self.meta
@@ -288,6 +283,22 @@ impl Master {
     }
 }
 
+fn changed((attr, c): (shardfs_common::proto::Attr, Changes)) -> MasterResponse {
+    MasterResponse::Changed {
+        attr: Some(attr),
+        changed: c.attrs,
+        gone: c.gone,
+    }
+}
+
+fn removed(c: Changes) -> MasterResponse {
+    MasterResponse::Changed {
+        attr: None,
+        changed: c.attrs,
+        gone: c.gone,
+    }
+}
+
 /// Run the master until `shutdown` turns true.
 ///
 /// # Errors
@@ -364,7 +375,10 @@ async fn gc_loop(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        let candidates = match master.meta.gc_claim(grace.as_secs(), 2000, &master.collecting) {
+        let candidates = match master
+            .meta
+            .gc_claim(grace.as_secs(), 2000, &master.collecting)
+        {
             Ok(c) => c,
             Err(e) => {
                 warn!("garbage collection scan failed: {e}");
@@ -388,14 +402,27 @@ async fn gc_loop(
         // future shard of the same block, so harmless; reclaimed by the node scrubber).
         let mut done = 0usize;
         for (addr, shards) in &per_node {
-            let req = NodeRequest::Delete { shards: shards.clone() };
-            match dialer.call::<_, NodeResponse>(*addr, &req, Bytes::new(), 0, Duration::from_secs(30)).await {
+            let req = NodeRequest::Delete {
+                shards: shards.clone(),
+            };
+            match dialer
+                .call::<_, NodeResponse>(*addr, &req, Bytes::new(), 0, Duration::from_secs(30))
+                .await
+            {
                 Ok((NodeResponse::Ok, _)) => done += shards.len(),
                 Ok((other, _)) => warn!(%addr, "shard deletion refused: {other:?}"),
                 Err(e) => warn!(%addr, "shard deletion failed, leaving orphans: {e}"),
             }
         }
-        master.collecting.lock().expect("collecting lock").retain(|b| !ids.contains(b));
-        debug!(blocks = ids.len(), shards = done, "collected unreferenced blocks");
+        master
+            .collecting
+            .lock()
+            .expect("collecting lock")
+            .retain(|b| !ids.contains(b));
+        debug!(
+            blocks = ids.len(),
+            shards = done,
+            "collected unreferenced blocks"
+        );
     }
 }

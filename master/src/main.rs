@@ -98,7 +98,11 @@ fn real_main() -> anyhow::Result<()> {
         gc_interval: Duration::from_secs(2),
         sync: a.sync || f.sync.unwrap_or(false),
     };
-    let rt = tokio::runtime::Runtime::new()?;
+    // One thread: metadata requests are short, and cross-thread wake-ups cost more than they
+    // save (RocksDB work is microseconds; its own threads do compaction).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

@@ -210,11 +210,18 @@ impl<'a> Txn<'a> {
         Ok(())
     }
 
-    fn commit(mut self) -> Result<(), MasterError> {
+    fn commit(mut self) -> Result<Changes, MasterError> {
+        let mut changes = Changes::default();
         for (ino, rec) in self.inodes.drain() {
             match rec {
-                Some(r) => self.batch.put(k_inode(ino), enc(&r)),
-                None => self.batch.delete(k_inode(ino)),
+                Some(r) => {
+                    self.batch.put(k_inode(ino), enc(&r));
+                    changes.attrs.push(r.attr);
+                }
+                None => {
+                    self.batch.delete(k_inode(ino));
+                    changes.gone.push(ino);
+                }
             }
         }
         for (id, rec) in self.blocks.drain() {
@@ -236,7 +243,21 @@ impl<'a> Txn<'a> {
                 None => {}
             }
         }
-        self.meta.write(self.batch)
+        self.meta.write(self.batch)?;
+        Ok(changes)
+    }
+}
+
+/// The inodes an operation changed (their new attributes) and removed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub attrs: Vec<Attr>,
+    pub gone: Vec<Ino>,
+}
+
+impl Changes {
+    pub fn attr(&self, ino: Ino) -> Option<Attr> {
+        self.attrs.iter().find(|a| a.ino == ino).cloned()
     }
 }
 
@@ -488,7 +509,7 @@ impl Meta {
         rdev: u32,
         target: Option<Vec<u8>>,
         now: Timespec,
-    ) -> Result<Attr, MasterError> {
+    ) -> Result<(Attr, Changes), MasterError> {
         check_name(name).map_err(MasterError::Fs)?;
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
@@ -527,8 +548,8 @@ impl Meta {
         p.attr.mtime = now;
         p.attr.ctime = now;
         txn.put_inode(p);
-        txn.commit()?;
-        Ok(attr)
+        let changes = txn.commit()?;
+        Ok((attr, changes))
     }
 
     pub fn link(
@@ -537,7 +558,7 @@ impl Meta {
         parent: Ino,
         name: &[u8],
         now: Timespec,
-    ) -> Result<Attr, MasterError> {
+    ) -> Result<(Attr, Changes), MasterError> {
         check_name(name).map_err(MasterError::Fs)?;
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
@@ -569,8 +590,8 @@ impl Meta {
         p.attr.mtime = now;
         p.attr.ctime = now;
         txn.put_inode(p);
-        txn.commit()?;
-        Ok(attr)
+        let changes = txn.commit()?;
+        Ok((attr, changes))
     }
 
     /// Drop one link to `ino` (its entry already removed by the caller).
@@ -595,11 +616,11 @@ impl Meta {
         }
     }
 
-    pub fn unlink(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<(), MasterError> {
+    pub fn unlink(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<Changes, MasterError> {
         self.remove(parent, name, false, now)
     }
 
-    pub fn rmdir(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<(), MasterError> {
+    pub fn rmdir(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<Changes, MasterError> {
         self.remove(parent, name, true, now)
     }
 
@@ -609,7 +630,7 @@ impl Meta {
         name: &[u8],
         dir: bool,
         now: Timespec,
-    ) -> Result<(), MasterError> {
+    ) -> Result<Changes, MasterError> {
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
         let mut p = self.dir(&mut txn, parent)?;
@@ -663,7 +684,7 @@ impl Meta {
         new_name: &[u8],
         flags: u32,
         now: Timespec,
-    ) -> Result<(), MasterError> {
+    ) -> Result<Changes, MasterError> {
         check_name(new_name).map_err(MasterError::Fs)?;
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
             || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
@@ -682,7 +703,7 @@ impl Meta {
         })?;
         let dst = self.dentry(new_parent, new_name)?;
         if parent == new_parent && name == new_name {
-            return Ok(());
+            return Ok(Changes::default());
         }
         let src_dir = src.kind == FileKind::Dir;
         if src_dir && self.is_within(&mut txn, new_parent, src.ino)? {
@@ -727,7 +748,7 @@ impl Meta {
                     return Err(fs_err(ErrorCode::Exists, "target exists"));
                 }
                 if dst.ino == src.ino {
-                    return Ok(());
+                    return Ok(Changes::default());
                 }
                 let dst_dir = dst.kind == FileKind::Dir;
                 if src_dir && !dst_dir {
@@ -946,7 +967,10 @@ impl Meta {
             }
             let id = g.meta.id;
             batch.delete(k_gc(&id));
-            if self.get::<BlockRecord>(&k_block(&id))?.is_some_and(|b| b.refs > 0) {
+            if self
+                .get::<BlockRecord>(&k_block(&id))?
+                .is_some_and(|b| b.refs > 0)
+            {
                 continue;
             }
             batch.delete(k_block(&id));
@@ -976,8 +1000,20 @@ impl Meta {
         }
         if let Some(g) = self.get::<GcRecord>(&k_gc(id))? {
             let mut batch = WriteBatch::default();
-            batch.put(k_block(id), enc(&BlockRecord { meta: g.meta.clone(), refs: 0 }));
-            batch.put(k_gc(id), enc(&GcRecord { meta: g.meta.clone(), since: unix_now() }));
+            batch.put(
+                k_block(id),
+                enc(&BlockRecord {
+                    meta: g.meta.clone(),
+                    refs: 0,
+                }),
+            );
+            batch.put(
+                k_gc(id),
+                enc(&GcRecord {
+                    meta: g.meta.clone(),
+                    since: unix_now(),
+                }),
+            );
             self.write(batch)?;
             return Ok(Some(g.meta));
         }

@@ -32,7 +32,8 @@ impl AlignedBuf {
         let layout = std::alloc::Layout::from_size_align(len.max(PAGE), PAGE).expect("layout");
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, layout }
     }
 
@@ -245,7 +246,10 @@ impl ShardStore {
         if shardfs_common::ids::shard_hash(&buf[HEADER_LEN..HEADER_LEN + len]) != hash {
             return Err(bad("content does not match its blake3 hash"));
         }
-        Ok((hash, bytes::Bytes::from(buf).slice(HEADER_LEN..HEADER_LEN + len)))
+        Ok((
+            hash,
+            bytes::Bytes::from(buf).slice(HEADER_LEN..HEADER_LEN + len),
+        ))
     }
 
     pub fn delete(&self, block: &BlockId, index: u8) -> Result<(), NodeError> {

@@ -214,32 +214,64 @@ fn shards_are_spread_over_k_plus_m_nodes_with_ec_overhead() {
     let holders = || {
         let mut holders: HashMap<String, Vec<(usize, String)>> = HashMap::new();
         for i in 0..c.node_count() {
-            for f in sh_ok(&format!("find {} -type f", c.node_dir(i).join("shards").display())).lines() {
-                let name = Path::new(f).file_name().unwrap().to_string_lossy().to_string();
+            for f in sh_ok(&format!(
+                "find {} -type f",
+                c.node_dir(i).join("shards").display()
+            ))
+            .lines()
+            {
+                let name = Path::new(f)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
                 let (block, idx) = name.rsplit_once('.').unwrap();
-                holders.entry(block.to_string()).or_default().push((i, idx.to_string()));
+                holders
+                    .entry(block.to_string())
+                    .or_default()
+                    .push((i, idx.to_string()));
             }
         }
         holders
     };
     let mut usage = Vec::new();
     let mut ratio = 0.0;
-    wait_until(Duration::from_secs(30), "garbage collection of superseded blocks", || {
-        usage = c.node_usage();
-        ratio = usage.iter().sum::<u64>() as f64 / size as f64;
-        holders().len() == 16
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "garbage collection of superseded blocks",
+        || {
+            usage = c.node_usage();
+            ratio = usage.iter().sum::<u64>() as f64 / size as f64;
+            holders().len() == 16
+        },
+    );
     eprintln!("stored/logical {ratio:.3}, per node {usage:?}");
-    assert!((1.45..1.6).contains(&ratio), "stored/logical = {ratio:.3}, expected about 6/4 = 1.5");
-    assert!(usage.iter().all(|&u| u > 0), "every node holds shards: {usage:?}");
+    assert!(
+        (1.45..1.6).contains(&ratio),
+        "stored/logical = {ratio:.3}, expected about 6/4 = 1.5"
+    );
+    assert!(
+        usage.iter().all(|&u| u > 0),
+        "every node holds shards: {usage:?}"
+    );
     // Every block has its 6 shards, with distinct shard numbers, on 6 distinct nodes.
     for (block, h) in &holders() {
         let nodes: HashSet<usize> = h.iter().map(|(n, _)| *n).collect();
         let idxs: HashSet<&String> = h.iter().map(|(_, i)| i).collect();
-        assert_eq!(nodes.len(), 6, "block {block} has shards on {} nodes", nodes.len());
+        assert_eq!(
+            nodes.len(),
+            6,
+            "block {block} has shards on {} nodes",
+            nodes.len()
+        );
         assert_eq!(idxs.len(), 6, "block {block} shard numbers {idxs:?}");
     }
-    assert_eq!(hash_file(&mp.join("f")), blake3::hash(&random_bytes(3, size as usize)).to_hex().to_string());
+    assert_eq!(
+        hash_file(&mp.join("f")),
+        blake3::hash(&random_bytes(3, size as usize))
+            .to_hex()
+            .to_string()
+    );
 }
 
 #[test]
@@ -251,7 +283,11 @@ fn deleted_data_is_collected_and_identical_blocks_are_stored_once() {
     let one: u64 = c.node_usage().iter().sum();
     // The same content under another name is stored once (content-addressed blocks).
     fs::write(mp.join("b"), &data).unwrap();
-    assert_eq!(c.node_usage().iter().sum::<u64>(), one, "identical blocks stored twice");
+    assert_eq!(
+        c.node_usage().iter().sum::<u64>(),
+        one,
+        "identical blocks stored twice"
+    );
     // Removing one name keeps the blocks; removing both frees them after the grace period.
     fs::remove_file(mp.join("a")).unwrap();
     std::thread::sleep(Duration::from_secs(5));
@@ -261,9 +297,15 @@ fn deleted_data_is_collected_and_identical_blocks_are_stored_once() {
     fs::write(mp.join("c"), &data).unwrap();
     std::thread::sleep(Duration::from_secs(6));
     let m2 = c.mount("fresh");
-    assert_eq!(fs::read(m2.join("c")).unwrap(), data, "revived blocks must survive collection");
+    assert_eq!(
+        fs::read(m2.join("c")).unwrap(),
+        data,
+        "revived blocks must survive collection"
+    );
     fs::remove_file(m2.join("c")).unwrap();
-    wait_until(Duration::from_secs(30), "shards of deleted files to be removed", || {
-        c.node_usage().iter().sum::<u64>() == 0
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "shards of deleted files to be removed",
+        || c.node_usage().iter().sum::<u64>() == 0,
+    );
 }
