@@ -330,10 +330,12 @@ pub enum NodeRequest {
         index: u8,
         hash: [u8; 32],
     },
-    /// Fetch a shard; the bytes come back as bulk, verified against the stored hash.
+    /// Fetch a shard, or the `(offset, length)` range of it; the bytes come back as bulk. The
+    /// whole shard is verified against its stored hash either way.
     Get {
         block: BlockId,
         index: u8,
+        range: Option<(u32, u32)>,
     },
     Delete {
         shards: Vec<(BlockId, u8)>,

@@ -261,7 +261,11 @@ impl BlockStore {
         size: usize,
     ) -> Result<Vec<u8>> {
         let addr = self.addr(loc.node).await?;
-        let req = NodeRequest::Get { block, index };
+        let req = NodeRequest::Get {
+            block,
+            index,
+            range: None,
+        };
         let r = self
             .dialer
             .call::<_, NodeResponse>(addr, &req, Bytes::new(), size, self.cfg.shard_timeout)
@@ -283,6 +287,68 @@ impl BlockStore {
                 Err(e)
             }
         }
+    }
+
+    /// Bytes `[lo, hi)` of a block without fetching all of it: the data shards covering the range
+    /// are asked for just those bytes (each node still verifies its whole shard). None if the
+    /// block is cached (use [`BlockStore::get`]) or a shard could not be read that way.
+    pub async fn get_range(
+        self: &Arc<Self>,
+        meta: &BlockMeta,
+        lo: usize,
+        hi: usize,
+    ) -> Option<Vec<u8>> {
+        if self.cached(&meta.id).is_some() || hi <= lo {
+            return None;
+        }
+        let size = meta.shard_size as usize;
+        let k = meta.ec.k as usize;
+        let mut parts = Vec::new();
+        let mut pos = lo;
+        while pos < hi {
+            let i = pos / size;
+            if i >= k || meta.shards.len() <= i {
+                return None;
+            }
+            let end = hi.min((i + 1) * size);
+            parts.push((i, pos - i * size, end - pos));
+            pos = end;
+        }
+        let fetches = parts.iter().map(|&(i, off, len)| {
+            let loc = meta.shards[i].clone();
+            let this = self.clone();
+            let id = meta.id;
+            async move {
+                if this.is_suspect(loc.node) {
+                    return None;
+                }
+                let addr = this.addr(loc.node).await.ok()?;
+                let req = NodeRequest::Get {
+                    block: id,
+                    index: i as u8,
+                    range: Some((off as u32, len as u32)),
+                };
+                match this
+                    .dialer
+                    .call::<_, NodeResponse>(addr, &req, Bytes::new(), len, this.cfg.shard_timeout)
+                    .await
+                {
+                    Ok((NodeResponse::Shard { hash }, d)) if hash == loc.hash && d.len() == len => {
+                        Some(d)
+                    }
+                    Ok(_) => None,
+                    Err(_) => {
+                        this.mark_suspect(loc.node);
+                        None
+                    }
+                }
+            }
+        });
+        let mut out = Vec::with_capacity(hi - lo);
+        for d in futures::future::join_all(fetches).await {
+            out.extend_from_slice(&d?);
+        }
+        Some(out)
     }
 
     /// The content of a block, from the cache or the nodes. Concurrent reads of one block share

@@ -88,6 +88,10 @@ struct FileState {
     dirty_bytes: usize,
     inflight: BTreeMap<u64, (u64, Arc<Vec<u8>>)>,
     pending: BTreeMap<u64, (u64, Slot)>,
+    /// Uploaded blocks replaced by a newer upload of the same index before being committed.
+    /// They are committed too (just before their replacement), so the master knows them and
+    /// collects them; otherwise their shards would stay on the nodes, unknown to anyone.
+    superseded: Vec<(u64, Slot)>,
     running: usize,
     seq: u64,
     error: Option<String>,
@@ -105,6 +109,7 @@ impl FileState {
             dirty_bytes: 0,
             inflight: BTreeMap::new(),
             pending: BTreeMap::new(),
+            superseded: Vec::new(),
             running: 0,
             seq: 0,
             error: None,
@@ -118,6 +123,7 @@ impl FileState {
             || !self.dirty.is_empty()
             || !self.inflight.is_empty()
             || !self.pending.is_empty()
+            || !self.superseded.is_empty()
             || self.running > 0
     }
 
@@ -173,6 +179,9 @@ fn mark_written(ranges: &mut Vec<(usize, usize)>, start: usize, end: usize, full
     *ranges = merged;
     ranges.len() == 1 && ranges[0].0 == 0 && ranges[0].1 >= full
 }
+
+/// Random reads up to this size fetch only the bytes asked for, not the whole block.
+const RANGE_READ_MAX: usize = 128 << 10;
 
 /// Where the current content of one block comes from.
 enum Source {
@@ -734,13 +743,18 @@ impl Core {
                 }
                 match r {
                     Ok(meta) => {
-                        if st.pending.get(&idx).is_none_or(|(s, _)| *s < seq) {
-                            let slot = Slot {
-                                index: idx,
-                                used: data.len() as u64,
-                                block: meta,
-                            };
-                            st.pending.insert(idx, (seq, slot));
+                        let slot = Slot {
+                            index: idx,
+                            used: data.len() as u64,
+                            block: meta,
+                        };
+                        match st.pending.get(&idx) {
+                            Some((p, _)) if *p > seq => st.superseded.push((seq, slot)),
+                            _ => {
+                                if let Some(old) = st.pending.insert(idx, (seq, slot)) {
+                                    st.superseded.push(old);
+                                }
+                            }
                         }
                     }
                     Err(e) => {
@@ -788,11 +802,14 @@ impl Core {
             if let Some(e) = st.error.take() {
                 return Err(Error::Unavailable(e));
             }
-            if st.pending.is_empty() && !st.meta_dirty {
+            if st.pending.is_empty() && st.superseded.is_empty() && !st.meta_dirty {
                 return Ok(());
             }
             st.meta_dirty = false;
-            let slots: Vec<(u64, Slot)> = st.pending.values().cloned().collect();
+            // Superseded uploads first, so the newest upload of each index is what stays.
+            let mut slots: Vec<(u64, Slot)> = st.superseded.clone();
+            slots.sort_by_key(|(seq, _)| *seq);
+            slots.extend(st.pending.values().cloned());
             (slots, st.attr.size, st.attr.mtime)
         };
         let new: Vec<NewSlot> = slots
@@ -817,6 +834,8 @@ impl Core {
         match r {
             Ok(MasterResponse::Attr(a)) => {
                 self.remember(&a);
+                let committed: Vec<u64> = slots.iter().map(|(seq, _)| *seq).collect();
+                st.superseded.retain(|(seq, _)| !committed.contains(seq));
                 for (seq, s) in slots {
                     if st.pending.get(&s.index).is_some_and(|(p, _)| *p == seq) {
                         st.pending.remove(&s.index);
@@ -879,9 +898,23 @@ impl Core {
                 Source::Bytes(b) => out.extend_from_slice(&b),
                 Source::Shared(d) => out.extend_from_slice(&d[lo.min(d.len())..hi.min(d.len())]),
                 Source::Stored(s) => {
-                    let d = self.blocks.get(&s.block).await?;
-                    let avail = d.len().min(s.used as usize);
-                    out.extend_from_slice(&d[lo.min(avail)..hi.min(avail)]);
+                    let avail = (s.block.len as usize).min(s.used as usize);
+                    let (a, b) = (lo.min(avail), hi.min(avail));
+                    // A random read of part of a block fetches only that part; sequential
+                    // readers get whole blocks (and read-ahead).
+                    let partial = if !sequential && b - a <= RANGE_READ_MAX && b - a < avail / 2 {
+                        self.blocks.get_range(&s.block, a, b).await
+                    } else {
+                        None
+                    };
+                    match partial {
+                        Some(p) => out.extend_from_slice(&p),
+                        None => {
+                            let d = self.blocks.get(&s.block).await?;
+                            let avail = d.len().min(s.used as usize);
+                            out.extend_from_slice(&d[lo.min(avail)..hi.min(avail)]);
+                        }
+                    }
                 }
                 Source::Hole => {}
             }

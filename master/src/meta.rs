@@ -868,6 +868,7 @@ impl Meta {
         // Shards uploaded for a block the cluster already had: delete the copies that are not
         // the block's own.
         let mut orphans = Vec::new();
+        let mut written: HashMap<u64, BlockId> = HashMap::new();
         for s in slots {
             if s.used > bs {
                 return Err(fs_err(
@@ -903,9 +904,15 @@ impl Meta {
                 }
             }
             let key = k_slot(ino, s.index);
-            if let Some(old) = self.get::<SlotRecord>(&key)? {
-                txn.unref(&old.block)?;
+            // The slot's previous block: set earlier in this same commit, or as stored.
+            let old = match written.get(&s.index) {
+                Some(id) => Some(*id),
+                None => self.get::<SlotRecord>(&key)?.map(|o| o.block),
+            };
+            if let Some(old) = old {
+                txn.unref(&old)?;
             }
+            written.insert(s.index, s.id);
             txn.batch.put(
                 key,
                 enc(&SlotRecord {
@@ -916,7 +923,7 @@ impl Meta {
         }
         if size < rec.attr.size {
             for (index, s) in self.slot_records(ino)? {
-                if index * bs >= size && !slots.iter().any(|n| n.index == index) {
+                if index * bs >= size && !written.contains_key(&index) {
                     txn.batch.delete(k_slot(ino, index));
                     txn.unref(&s.block)?;
                 }
@@ -1051,4 +1058,95 @@ fn orphan_shards(kept: &BlockMeta, new: &BlockMeta) -> Option<BlockMeta> {
 
 fn db_err(e: rocksdb::Error) -> MasterError {
     MasterError::Db(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardfs_common::proto::ShardLoc;
+
+    fn meta_for(id: BlockId) -> BlockMeta {
+        BlockMeta {
+            id,
+            ec: EcParams::DEFAULT,
+            len: 10,
+            shard_size: 3,
+            shards: (0..6)
+                .map(|i| ShardLoc {
+                    node: NodeId(i),
+                    hash: [i as u8; 32],
+                })
+                .collect(),
+        }
+    }
+
+    fn slot(index: u64, id: BlockId) -> NewSlot {
+        NewSlot {
+            index,
+            id,
+            used: 10,
+            meta: Some(meta_for(id)),
+        }
+    }
+
+    fn refs(m: &Meta, id: &BlockId) -> Option<u64> {
+        m.get::<BlockRecord>(&k_block(id)).unwrap().map(|b| b.refs)
+    }
+
+    #[test]
+    fn one_commit_replacing_a_slot_twice_counts_references_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, _) = Meta::open(dir.path(), EcParams::DEFAULT, 4096, false).unwrap();
+        let now = Timespec::now();
+        let (f, _) = m
+            .create(ROOT_INO, b"f", FileKind::File, 0o644, 0, 0, 0, None, now)
+            .unwrap();
+        let (o, p, n) = (
+            BlockId::of(b"old"),
+            BlockId::of(b"partial"),
+            BlockId::of(b"new"),
+        );
+        m.commit(f.ino, &[slot(0, o)], 10, now).unwrap();
+        assert_eq!(refs(&m, &o), Some(1));
+        // A superseded upload and its replacement for the same slot, in one commit.
+        m.commit(f.ino, &[slot(0, p), slot(0, n)], 10, now).unwrap();
+        assert_eq!(refs(&m, &n), Some(1));
+        assert_eq!(
+            refs(&m, &o),
+            None,
+            "old block must be released exactly once"
+        );
+        assert_eq!(refs(&m, &p), None);
+        let collecting = Mutex::new(HashSet::new());
+        let gc: Vec<BlockId> = m
+            .gc_claim(0, 100, &collecting)
+            .unwrap()
+            .iter()
+            .map(|g| g.meta.id)
+            .collect();
+        assert!(
+            gc.contains(&o) && gc.contains(&p) && !gc.contains(&n),
+            "{gc:?}"
+        );
+        // A second name for the same content shares the block; unlinking one keeps it.
+        let (g, _) = m
+            .create(ROOT_INO, b"g", FileKind::File, 0o644, 0, 0, 0, None, now)
+            .unwrap();
+        m.commit(
+            g.ino,
+            &[NewSlot {
+                index: 0,
+                id: n,
+                used: 10,
+                meta: None,
+            }],
+            10,
+            now,
+        )
+        .unwrap();
+        assert_eq!(refs(&m, &n), Some(2));
+        m.unlink(ROOT_INO, b"f", now).unwrap();
+        assert_eq!(refs(&m, &n), Some(1));
+        assert!(m.gc_claim(0, 100, &collecting).unwrap().is_empty());
+    }
 }

@@ -109,10 +109,31 @@ impl wire::Service for Node {
                     .await
                     .map(|r| r.map(|()| (NodeResponse::Ok, Bytes::new())))
             }
-            NodeRequest::Get { block, index } => {
-                tokio::task::spawn_blocking(move || store.get(&block, index))
-                    .await
-                    .map(|r| r.map(|(hash, data)| (NodeResponse::Shard { hash }, data)))
+            NodeRequest::Get {
+                block,
+                index,
+                range,
+            } => {
+                tokio::task::spawn_blocking(move || {
+                    let (hash, data) = store.get(&block, index)?;
+                    let data = match range {
+                        None => data,
+                        Some((off, len)) => {
+                            let (off, len) = (off as usize, len as usize);
+                            if off.checked_add(len).is_none_or(|end| end > data.len()) {
+                                return Err(NodeError::Common(shardfs_common::Error::invalid(
+                                    format!(
+                                        "range {off}+{len} outside a shard of {} bytes",
+                                        data.len()
+                                    ),
+                                )));
+                            }
+                            data.slice(off..off + len)
+                        }
+                    };
+                    Ok((NodeResponse::Shard { hash }, data))
+                })
+                .await
             }
             NodeRequest::Delete { shards } => {
                 tokio::task::spawn_blocking(move || {

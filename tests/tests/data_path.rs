@@ -236,15 +236,23 @@ fn shards_are_spread_over_k_plus_m_nodes_with_ec_overhead() {
     };
     let mut usage = Vec::new();
     let mut ratio = 0.0;
-    wait_until(
-        Duration::from_secs(30),
-        "garbage collection of superseded blocks",
-        || {
-            usage = c.node_usage();
-            ratio = usage.iter().sum::<u64>() as f64 / size as f64;
-            holders().len() == 16
-        },
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        usage = c.node_usage();
+        ratio = usage.iter().sum::<u64>() as f64 / size as f64;
+        let h = holders();
+        if h.len() == 16 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = fs::read_to_string(c.path("logs/mount-mnt.log")).unwrap_or_default();
+            panic!(
+                "{} blocks on the nodes after 30 s, expected 16; mount log:\n{log}",
+                h.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     eprintln!("stored/logical {ratio:.3}, per node {usage:?}");
     assert!(
         (1.45..1.6).contains(&ratio),
@@ -274,24 +282,52 @@ fn shards_are_spread_over_k_plus_m_nodes_with_ec_overhead() {
     );
 }
 
+/// Shard files (node, name) of the given block ids on every node.
+fn shard_files(c: &Cluster, ids: &[String]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for i in 0..c.node_count() {
+        for f in sh_ok(&format!(
+            "find {} -type f",
+            c.node_dir(i).join("shards").display()
+        ))
+        .lines()
+        {
+            let name = Path::new(f)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            if ids.iter().any(|id| name.starts_with(id.as_str())) {
+                out.push((i, name));
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn deleted_data_is_collected_and_identical_blocks_are_stored_once() {
     let mut c = Cluster::start_with(6, "4+2", &["--gc-grace-secs", "2"]);
     let mp = c.mount("mnt");
     let data = random_bytes(11, 12 << 20);
+    // Blocks are content-addressed: their ids are the blake3 of each 4 MiB piece.
+    let ids: Vec<String> = data
+        .chunks(4 << 20)
+        .map(|b| blake3::hash(b).to_hex().to_string())
+        .collect();
     fs::write(mp.join("a"), &data).unwrap();
-    let one: u64 = c.node_usage().iter().sum();
-    // The same content under another name is stored once (content-addressed blocks).
+    assert_eq!(shard_files(&c, &ids).len(), 18, "3 blocks of 6 shards");
+    // The same content under another name is stored once.
     fs::write(mp.join("b"), &data).unwrap();
     assert_eq!(
-        c.node_usage().iter().sum::<u64>(),
-        one,
+        shard_files(&c, &ids).len(),
+        18,
         "identical blocks stored twice"
     );
     // Removing one name keeps the blocks; removing both frees them after the grace period.
     fs::remove_file(mp.join("a")).unwrap();
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(c.node_usage().iter().sum::<u64>(), one);
+    assert_eq!(shard_files(&c, &ids).len(), 18);
     fs::remove_file(mp.join("b")).unwrap();
     // Written again before collection: the waiting blocks are revived, not deleted under it.
     fs::write(mp.join("c"), &data).unwrap();
@@ -306,6 +342,6 @@ fn deleted_data_is_collected_and_identical_blocks_are_stored_once() {
     wait_until(
         Duration::from_secs(30),
         "shards of deleted files to be removed",
-        || c.node_usage().iter().sum::<u64>() == 0,
+        || shard_files(&c, &ids).is_empty(),
     );
 }
