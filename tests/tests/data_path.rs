@@ -234,15 +234,13 @@ fn shards_are_spread_over_k_plus_m_nodes_with_ec_overhead() {
         }
         holders
     };
-    let mut usage = Vec::new();
-    let mut ratio = 0.0;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        usage = c.node_usage();
-        ratio = usage.iter().sum::<u64>() as f64 / size as f64;
+    let (usage, ratio) = loop {
+        let usage = c.node_usage();
+        let ratio = usage.iter().sum::<u64>() as f64 / size as f64;
         let h = holders();
         if h.len() == 16 {
-            break;
+            break (usage, ratio);
         }
         if std::time::Instant::now() > deadline {
             let log = fs::read_to_string(c.path("logs/mount-mnt.log")).unwrap_or_default();
@@ -252,7 +250,7 @@ fn shards_are_spread_over_k_plus_m_nodes_with_ec_overhead() {
             );
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
+    };
     eprintln!("stored/logical {ratio:.3}, per node {usage:?}");
     assert!(
         (1.45..1.6).contains(&ratio),
