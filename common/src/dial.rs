@@ -22,7 +22,9 @@ enum Conn {
 }
 
 pub struct Dialer {
-    endpoint: Endpoint,
+    /// Several UDP endpoints: each is driven by its own task, so receiving from many peers
+    /// spreads over cores instead of queueing behind one socket.
+    endpoints: Vec<Endpoint>,
     config: ClientConfig,
     connect_timeout: Duration,
     conns: Mutex<HashMap<SocketAddr, Conn>>,
@@ -30,8 +32,15 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(alpn: &[u8], connect_timeout: Duration) -> Result<Self> {
+        Self::with_endpoints(alpn, connect_timeout, 1)
+    }
+
+    /// A dialer spreading its connections over `n` local endpoints.
+    pub fn with_endpoints(alpn: &[u8], connect_timeout: Duration, n: usize) -> Result<Self> {
         Ok(Dialer {
-            endpoint: net::client_endpoint(false)?,
+            endpoints: (0..n.max(1))
+                .map(|_| net::client_endpoint(false))
+                .collect::<Result<_>>()?,
             config: net::client_config(alpn)?,
             connect_timeout,
             conns: Mutex::new(HashMap::new()),
@@ -46,8 +55,10 @@ impl Dialer {
                 Some(Conn::Ready(c)) if c.close_reason().is_none() => return Ok(c.clone()),
                 Some(Conn::Connecting(p)) => p.clone(),
                 _ => {
+                    // Spread peers over the endpoints by address, so a peer keeps its endpoint.
+                    let slot = (addr.port() as usize) % self.endpoints.len();
                     let (endpoint, config, timeout) = (
-                        self.endpoint.clone(),
+                        self.endpoints[slot].clone(),
                         self.config.clone(),
                         self.connect_timeout,
                     );
@@ -121,6 +132,8 @@ impl Dialer {
     }
 
     pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"closing");
+        for e in &self.endpoints {
+            e.close(0u32.into(), b"closing");
+        }
     }
 }

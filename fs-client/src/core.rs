@@ -863,10 +863,12 @@ impl Core {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let of = self.file(fh)?;
         let bs = self.cluster.block_size;
-        let (fsize, sequential) = {
+        let (fsize, sequential, nearby) = {
             let st = of.st.lock().expect("file lock");
-            let seq = st.next_read == offset;
-            (st.attr.size, seq)
+            // Kernel read-ahead sends reads out of order; anything within two blocks of the
+            // last read counts as part of a stream, not a random read.
+            let near = offset.abs_diff(st.next_read) <= 2 * bs;
+            (st.attr.size, st.next_read == offset, near)
         };
         if offset >= fsize || size == 0 {
             return Ok(Vec::new());
@@ -902,7 +904,7 @@ impl Core {
                     let (a, b) = (lo.min(avail), hi.min(avail));
                     // A random read of part of a block fetches only that part; sequential
                     // readers get whole blocks (and read-ahead).
-                    let partial = if !sequential && b - a <= RANGE_READ_MAX && b - a < avail / 2 {
+                    let partial = if !nearby && b - a <= RANGE_READ_MAX && b - a < avail / 2 {
                         self.blocks.get_range(&s.block, a, b).await
                     } else {
                         None
