@@ -37,9 +37,69 @@ impl AlignedBuf {
         AlignedBuf { ptr, layout }
     }
 
+    /// Fill a new buffer of `len` bytes (a multiple of the page size) from `f`, without
+    /// zeroing it first.
+    fn read_from(f: &mut File, len: usize) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let layout = std::alloc::Layout::from_size_align(len.max(PAGE), PAGE).expect("layout");
+        // SAFETY: layout has non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let ptr =
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let buf = AlignedBuf { ptr, layout };
+        let mut done = 0usize;
+        while done < layout.size() {
+            // SAFETY: writes stay within the allocation; the kernel fills the bytes it reports.
+            let n = unsafe {
+                libc::read(
+                    f.as_raw_fd(),
+                    buf.ptr.as_ptr().add(done) as *mut libc::c_void,
+                    layout.size() - done,
+                )
+            };
+            match n {
+                n if n > 0 => done += n as usize,
+                0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // Every byte is now initialised.
+        Ok(buf)
+    }
+
     fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: ptr points to layout.size() initialised (zeroed) bytes owned by self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: ptr points to layout.size() initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+
+/// A shard file's bytes, as read.
+enum Shard {
+    Plain(Vec<u8>),
+    Aligned(AlignedBuf),
+}
+
+impl AsRef<[u8]> for Shard {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Shard::Plain(v) => v,
+            Shard::Aligned(b) => b.as_ref(),
+        }
     }
 }
 
@@ -220,9 +280,19 @@ impl ShardStore {
             }
             Err(e) => return Err(NodeError::io(&path, e)),
         };
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)
-            .map_err(|e| NodeError::io(&path, e))?;
+        let size = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        // Large page-padded shards are read with O_DIRECT, like they were written: no copy
+        // through the page cache. Others are read plainly.
+        let buf: Shard = match Self::read_direct(&path, size) {
+            Some(Ok(b)) => Shard::Aligned(b),
+            Some(Err(e)) => return Err(NodeError::io(&path, e)),
+            None => {
+                let mut v = Vec::with_capacity(size);
+                f.read_to_end(&mut v).map_err(|e| NodeError::io(&path, e))?;
+                Shard::Plain(v)
+            }
+        };
+        let raw = buf.as_ref();
         let bad = |why: &str| {
             let q = self
                 .root
@@ -230,26 +300,40 @@ impl ShardStore {
                 .join(path.file_name().expect("file name"));
             let _ = fs::rename(&path, &q);
             self.shards.fetch_sub(1, Ordering::Relaxed);
-            self.used.fetch_sub(buf.len() as u64, Ordering::Relaxed);
+            self.used.fetch_sub(raw.len() as u64, Ordering::Relaxed);
             tracing::error!(shard = %path.display(), "corrupt shard quarantined: {why}");
             NodeError::Corrupt(format!("shard {block}.{index} is corrupt: {why}"))
         };
-        if buf.len() < HEADER_LEN || &buf[..4] != MAGIC || buf[4] != FORMAT_VERSION {
+        if raw.len() < HEADER_LEN || &raw[..4] != MAGIC || raw[4] != FORMAT_VERSION {
             return Err(bad("bad header"));
         }
-        let len = u64::from_be_bytes(buf[8..16].try_into().unwrap()) as usize;
+        let len = u64::from_be_bytes(raw[8..16].try_into().unwrap()) as usize;
         // Shards written with O_DIRECT are padded to whole pages.
-        if buf.len() < HEADER_LEN + len || buf.len() >= HEADER_LEN + len + PAGE {
+        if raw.len() < HEADER_LEN + len || raw.len() >= HEADER_LEN + len + PAGE {
             return Err(bad("wrong length"));
         }
-        let hash: [u8; 32] = buf[16..48].try_into().unwrap();
-        if shardfs_common::ids::shard_hash(&buf[HEADER_LEN..HEADER_LEN + len]) != hash {
+        let hash: [u8; 32] = raw[16..48].try_into().unwrap();
+        if shardfs_common::ids::shard_hash(&raw[HEADER_LEN..HEADER_LEN + len]) != hash {
             return Err(bad("content does not match its blake3 hash"));
         }
-        Ok((
-            hash,
-            bytes::Bytes::from(buf).slice(HEADER_LEN..HEADER_LEN + len),
-        ))
+        let bytes = match buf {
+            Shard::Plain(v) => bytes::Bytes::from(v),
+            Shard::Aligned(b) => bytes::Bytes::from_owner(b),
+        };
+        Ok((hash, bytes.slice(HEADER_LEN..HEADER_LEN + len)))
+    }
+
+    /// Read a whole page-padded shard file with O_DIRECT; None if it is not one.
+    fn read_direct(path: &Path, size: usize) -> Option<std::io::Result<AlignedBuf>> {
+        if size < DIRECT_MIN || !size.is_multiple_of(PAGE) {
+            return None;
+        }
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()?;
+        Some(AlignedBuf::read_from(&mut f, size))
     }
 
     pub fn delete(&self, block: &BlockId, index: u8) -> Result<(), NodeError> {
@@ -316,6 +400,14 @@ mod tests {
         let hb = shardfs_common::ids::shard_hash(&big);
         store.put(&id, 2, &hb, &big).unwrap();
         assert_eq!(&store.get(&id, 2).unwrap().1[..], &big[..]);
+        let p = store.path(&id, 2);
+        let mut raw = fs::read(&p).unwrap();
+        raw[HEADER_LEN + 1000] ^= 1;
+        fs::write(&p, raw).unwrap();
+        assert!(
+            matches!(store.get(&id, 2), Err(NodeError::Corrupt(_))),
+            "bit flip in a large shard"
+        );
         store.put(&id, 1, &h, &data).unwrap();
         store.delete(&id, 1).unwrap();
         assert!(store.get(&id, 1).is_err());
