@@ -676,7 +676,11 @@ impl Core {
                 };
                 let mut st = of.st.lock().expect("file lock");
                 if !st.dirty.contains_key(&idx) {
-                    let v = base.map(|b| b.to_vec()).unwrap_or_default();
+                    // Room for the whole block up front: no reallocation while it fills.
+                    let mut v = Vec::with_capacity(bs as usize);
+                    if let Some(b) = base {
+                        v.extend_from_slice(&b);
+                    }
                     st.dirty_bytes += v.len();
                     st.dirty.insert(idx, v);
                 }
@@ -688,10 +692,15 @@ impl Core {
                     continue;
                 };
                 let before = buf.len();
-                if buf.len() < within + n {
-                    buf.resize(within + n, 0);
+                if within == buf.len() {
+                    // Appending (the sequential case): copy once, no zero-fill.
+                    buf.extend_from_slice(&data[pos..pos + n]);
+                } else {
+                    if buf.len() < within + n {
+                        buf.resize(within + n, 0);
+                    }
+                    buf[within..within + n].copy_from_slice(&data[pos..pos + n]);
                 }
-                buf[within..within + n].copy_from_slice(&data[pos..pos + n]);
                 let grown = buf.len() - before;
                 st.dirty_bytes += grown;
                 st.attr.size = st.attr.size.max(off + n as u64);

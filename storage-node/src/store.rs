@@ -21,19 +21,33 @@ const PAGE: usize = 4096;
 /// Shards at least this large are written with O_DIRECT.
 const DIRECT_MIN: usize = 256 << 10;
 
-/// A zero-initialised, page-aligned buffer for O_DIRECT writes.
+/// A page-aligned buffer for O_DIRECT reads and writes, fully initialised.
 struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
     layout: std::alloc::Layout,
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> Self {
+    /// A buffer of `len` bytes holding `parts` one after the other, then zeros; every byte is
+    /// written once (no zero-fill of the whole buffer first).
+    fn filled(len: usize, parts: &[&[u8]]) -> Self {
         let layout = std::alloc::Layout::from_size_align(len.max(PAGE), PAGE).expect("layout");
         // SAFETY: layout has non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = unsafe { std::alloc::alloc(layout) };
         let ptr =
             std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let mut at = 0usize;
+        for p in parts {
+            assert!(
+                at + p.len() <= layout.size(),
+                "parts larger than the buffer"
+            );
+            // SAFETY: the destination range lies inside the allocation; sources do not overlap it.
+            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), ptr.as_ptr().add(at), p.len()) };
+            at += p.len();
+        }
+        // SAFETY: zero the rest of the allocation, so every byte is initialised.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr().add(at), 0, layout.size() - at) };
         AlignedBuf { ptr, layout }
     }
 
@@ -70,11 +84,6 @@ impl AlignedBuf {
         }
         // Every byte is now initialised.
         Ok(buf)
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: ptr points to layout.size() initialised (zeroed) bytes owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
     }
 }
 
@@ -237,11 +246,11 @@ impl ShardStore {
                     .custom_flags(libc::O_DIRECT)
                     .open(&tmp)
                 {
-                    let mut buf = AlignedBuf::new((HEADER_LEN + data.len()).div_ceil(PAGE) * PAGE);
-                    let b = buf.as_mut_slice();
-                    b[..HEADER_LEN].copy_from_slice(&header);
-                    b[HEADER_LEN..HEADER_LEN + data.len()].copy_from_slice(data);
-                    f.write_all(b)?;
+                    let buf = AlignedBuf::filled(
+                        (HEADER_LEN + data.len()).div_ceil(PAGE) * PAGE,
+                        &[&header, data],
+                    );
+                    f.write_all(buf.as_ref())?;
                     f.sync_data()?;
                     return Ok(());
                 }
