@@ -9,6 +9,7 @@
 //! one place where errors become errnos.
 
 pub mod config;
+pub mod daemon;
 pub mod dial;
 pub mod ec;
 pub mod error;

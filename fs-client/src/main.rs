@@ -96,28 +96,14 @@ struct FileConfig {
 }
 
 fn main() -> ExitCode {
-    shardfs_common::tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,shardfs_client=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    shardfs_common::daemon::init("warn,shardfs_client=info,shardfs=info");
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Mount(a) => mount(*a),
         Cmd::Umount { mountpoint } => umount(&mountpoint),
         Cmd::Status { master, json } => status(&master, json),
     };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shardfs: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    shardfs_common::daemon::exit("shardfs", r.map_err(|e| format!("{e:#}")))
 }
 
 /// A master address, or a file that holds one.

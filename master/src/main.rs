@@ -51,21 +51,8 @@ struct FileConfig {
 }
 
 fn main() -> std::process::ExitCode {
-    shardfs_common::tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shardfs-master: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    shardfs_common::daemon::init("info");
+    shardfs_common::daemon::exit("shardfs-master", real_main().map_err(|e| format!("{e:#}")))
 }
 
 fn real_main() -> anyhow::Result<()> {
@@ -103,18 +90,6 @@ fn real_main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("signal handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            let _ = tx.send(true);
-        });
-        run(cfg, rx).await
-    })?;
+    rt.block_on(async move { run(cfg, shardfs_common::daemon::shutdown_signal()).await })?;
     Ok(())
 }

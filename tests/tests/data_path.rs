@@ -213,24 +213,12 @@ fn shards_are_spread_over_k_plus_m_nodes_with_ec_overhead() {
     fs::write(mp.join("f"), random_bytes(3, size as usize)).unwrap();
     let holders = || {
         let mut holders: HashMap<String, Vec<(usize, String)>> = HashMap::new();
-        for i in 0..c.node_count() {
-            for f in sh_ok(&format!(
-                "find {} -type f",
-                c.node_dir(i).join("shards").display()
-            ))
-            .lines()
-            {
-                let name = Path::new(f)
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .to_string();
-                let (block, idx) = name.rsplit_once('.').unwrap();
-                holders
-                    .entry(block.to_string())
-                    .or_default()
-                    .push((i, idx.to_string()));
-            }
+        for (i, name) in shard_files(&c, &[]) {
+            let (block, idx) = name.rsplit_once('.').unwrap();
+            holders
+                .entry(block.to_string())
+                .or_default()
+                .push((i, idx.to_string()));
         }
         holders
     };
@@ -280,7 +268,7 @@ fn shards_are_spread_over_k_plus_m_nodes_with_ec_overhead() {
     );
 }
 
-/// Shard files (node, name) of the given block ids on every node.
+/// Shard files (node, name) of the given block ids (all if none given) on every node.
 fn shard_files(c: &Cluster, ids: &[String]) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     for i in 0..c.node_count() {
@@ -295,7 +283,7 @@ fn shard_files(c: &Cluster, ids: &[String]) -> Vec<(usize, String)> {
                 .unwrap()
                 .to_string_lossy()
                 .to_string();
-            if ids.iter().any(|id| name.starts_with(id.as_str())) {
+            if ids.is_empty() || ids.iter().any(|id| name.starts_with(id.as_str())) {
                 out.push((i, name));
             }
         }
