@@ -13,13 +13,10 @@ as_root() {
 
 # System packages: FUSE 3, and clang/libclang for building RocksDB.
 ensure_packages() {
-  local missing=()
-  command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
-  [ -e /usr/include/fuse3/fuse.h ] || missing+=(libfuse3-dev)
-  command -v clang >/dev/null 2>&1 || missing+=(clang)
-  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
-  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-  command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+  local missing=() p
+  for p in fuse3 libfuse3-dev clang libclang-dev pkg-config build-essential; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing system packages: ${missing[*]}"
     as_root apt-get update -qq
