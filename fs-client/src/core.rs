@@ -4,7 +4,7 @@
 //! Files open on this mount keep a [`FileState`]: the block map read at open (close-to-open
 //! consistency), blocks being written (`dirty`, the whole current content of each touched
 //! block), blocks being uploaded (`inflight`), and uploaded blocks not yet committed
-//! (`pending`). A block is uploaded as soon as a write reaches its end (sequential writes
+//! (`pending`). A block is uploaded as soon as all of it has been written (sequential writes
 //! stream out while the application keeps writing) or when too much is dirty; flush/fsync/close
 //! uploads the rest, waits, and commits the new block list, size and mtime to the master in one
 //! request. Reads see this mount's own writes at once; other mounts see them once closed.
