@@ -22,9 +22,7 @@ enum Conn {
 }
 
 pub struct Dialer {
-    /// Several UDP endpoints: each is driven by its own task, so receiving from many peers
-    /// spreads over cores instead of queueing behind one socket.
-    endpoints: Vec<Endpoint>,
+    endpoint: Endpoint,
     config: ClientConfig,
     connect_timeout: Duration,
     conns: Mutex<HashMap<SocketAddr, Conn>>,
@@ -32,15 +30,8 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(alpn: &[u8], connect_timeout: Duration) -> Result<Self> {
-        Self::with_endpoints(alpn, connect_timeout, 1)
-    }
-
-    /// A dialer spreading its connections over `n` local endpoints.
-    pub fn with_endpoints(alpn: &[u8], connect_timeout: Duration, n: usize) -> Result<Self> {
         Ok(Dialer {
-            endpoints: (0..n.max(1))
-                .map(|_| net::client_endpoint(false))
-                .collect::<Result<_>>()?,
+            endpoint: net::client_endpoint(false)?,
             config: net::client_config(alpn)?,
             connect_timeout,
             conns: Mutex::new(HashMap::new()),
@@ -55,10 +46,8 @@ impl Dialer {
                 Some(Conn::Ready(c)) if c.close_reason().is_none() => return Ok(c.clone()),
                 Some(Conn::Connecting(p)) => p.clone(),
                 _ => {
-                    // Spread peers over the endpoints by address, so a peer keeps its endpoint.
-                    let slot = (addr.port() as usize) % self.endpoints.len();
                     let (endpoint, config, timeout) = (
-                        self.endpoints[slot].clone(),
+                        self.endpoint.clone(),
                         self.config.clone(),
                         self.connect_timeout,
                     );
@@ -132,8 +121,6 @@ impl Dialer {
     }
 
     pub fn close(&self) {
-        for e in &self.endpoints {
-            e.close(0u32.into(), b"closing");
-        }
+        self.endpoint.close(0u32.into(), b"closing");
     }
 }

@@ -21,7 +21,7 @@ use shardfs_common::proto::{
     BlockMeta, MasterRequest, MasterResponse, NodeRequest, NodeResponse, NodeState, Placement,
     ShardLoc, ALPN_NODE,
 };
-use shardfs_common::{wire, BlockId, Error, NodeId, Result};
+use shardfs_common::{BlockId, Error, NodeId, Result};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -547,6 +547,3 @@ impl BlockStore {
         self.dialer.close();
     }
 }
-
-/// Largest shard a node may send back.
-pub const MAX_SHARD: usize = wire::MAX_BULK;

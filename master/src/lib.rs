@@ -236,14 +236,7 @@ impl Master {
                 slots,
                 size,
                 mtime,
-            } => {
-                let (attr, orphans) = self.meta.commit(ino, &slots, size, mtime)?;
-                if !orphans.is_empty() {
-                    debug!(n = orphans.len(), "duplicate shards to collect");
-                    let _ = orphans; // collected by the node scrubber (not built yet)
-                }
-                A::Attr(attr)
-            }
+            } => A::Attr(self.meta.commit(ino, &slots, size, mtime)?),
             R::StatFs => {
                 let (capacity, free) = self.nodes.capacity();
                 let ec = self.meta.cluster.ec;

@@ -857,7 +857,7 @@ impl Meta {
         slots: &[NewSlot],
         size: u64,
         mtime: Timespec,
-    ) -> Result<(Attr, Vec<BlockMeta>), MasterError> {
+    ) -> Result<Attr, MasterError> {
         let bs = self.cluster.block_size;
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
@@ -865,9 +865,8 @@ impl Meta {
         if rec.attr.kind != FileKind::File {
             return Err(fs_err(ErrorCode::Invalid, "not a regular file"));
         }
-        // Shards uploaded for a block the cluster already had: delete the copies that are not
-        // the block's own.
-        let mut orphans = Vec::new();
+        // A block uploaded again while another client committed the same content keeps the
+        // first description; the second copy's shards on other nodes are left for the scrubber.
         let mut written: HashMap<u64, BlockId> = HashMap::new();
         for s in slots {
             if s.used > bs {
@@ -877,10 +876,7 @@ impl Meta {
                 ));
             }
             match (txn.block(&s.id)?, &s.meta) {
-                (Some(mut b), m) => {
-                    if let Some(m) = m {
-                        orphans.push(orphan_shards(&b.meta, m));
-                    }
+                (Some(mut b), _) => {
                     b.refs += 1;
                     txn.blocks.insert(s.id, Some(b));
                 }
@@ -935,7 +931,7 @@ impl Meta {
         let attr = rec.attr.clone();
         txn.put_inode(rec);
         txn.commit()?;
-        Ok((attr, orphans.into_iter().flatten().collect()))
+        Ok(attr)
     }
 
     pub fn put_node(&self, id: NodeId, rec: &NodeRecord) -> Result<(), MasterError> {
@@ -1034,26 +1030,6 @@ impl Meta {
             .flatten()
             .unwrap_or(0)
     }
-}
-
-/// The shards of `new` that are not the same (node, index) as a shard of `kept`, as a block
-/// description whose shard list holds only those (others get a zero hash marker removed).
-fn orphan_shards(kept: &BlockMeta, new: &BlockMeta) -> Option<BlockMeta> {
-    let mut m = new.clone();
-    let mut any = false;
-    for (i, s) in new.shards.iter().enumerate() {
-        let same = kept
-            .shards
-            .get(i)
-            .map(|k| k.node == s.node)
-            .unwrap_or(false);
-        if same {
-            m.shards[i].hash = [0; 32];
-        } else {
-            any = true;
-        }
-    }
-    any.then_some(m)
 }
 
 fn db_err(e: rocksdb::Error) -> MasterError {

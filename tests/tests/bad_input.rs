@@ -100,6 +100,40 @@ async fn send_raw(conn: &quinn::Connection, raw: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
+async fn connect(
+    ep: &quinn::Endpoint,
+    alpn: &[u8],
+    addr: std::net::SocketAddr,
+) -> quinn::Connection {
+    net::connect(
+        ep,
+        &net::client_config(alpn).unwrap(),
+        addr,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+/// Send each malformed frame and check the answer is a well-formed error response.
+async fn assert_each_rejected<R: serde::de::DeserializeOwned + std::fmt::Debug>(
+    conn: &quinn::Connection,
+    garbage: &[Vec<u8>],
+    is_error: impl Fn(&R) -> bool,
+) {
+    for g in garbage {
+        let resp = send_raw(conn, g)
+            .await
+            .expect("an answer to a malformed frame");
+        assert!(resp.len() >= wire::PREFIX_LEN, "answer too short");
+        let msg: R = postcard::from_bytes(&resp[wire::PREFIX_LEN..]).expect("decodable answer");
+        assert!(
+            is_error(&msg),
+            "malformed frame {g:?} answered with {msg:?}"
+        );
+    }
+}
+
 #[test]
 fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
     let c = Cluster::start(6, "4+2");
@@ -124,26 +158,11 @@ fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
             vec![1, 0, 0],                                           // ends mid-prefix
         ];
         // Master.
-        let conn = net::connect(
-            &ep,
-            &net::client_config(ALPN_MASTER).unwrap(),
-            master,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        for g in &garbage {
-            let resp = send_raw(&conn, g)
-                .await
-                .expect("an answer to a malformed frame");
-            assert!(resp.len() >= wire::PREFIX_LEN, "answer too short");
-            let msg: MasterResponse =
-                postcard::from_bytes(&resp[wire::PREFIX_LEN..]).expect("decodable answer");
-            assert!(
-                matches!(msg, MasterResponse::Err(_)),
-                "malformed frame answered with {msg:?}"
-            );
-        }
+        let conn = connect(&ep, ALPN_MASTER, master).await;
+        assert_each_rejected::<MasterResponse>(&conn, &garbage, |m| {
+            matches!(m, MasterResponse::Err(_))
+        })
+        .await;
         let (resp, _) = wire::request::<_, MasterResponse>(
             &conn,
             &MasterRequest::Cluster,
@@ -157,25 +176,11 @@ fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
             "master still serves: {resp:?}"
         );
         // Storage node.
-        let conn = net::connect(
-            &ep,
-            &net::client_config(ALPN_NODE).unwrap(),
-            node_addr,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        for g in &garbage {
-            let resp = send_raw(&conn, g)
-                .await
-                .expect("an answer to a malformed frame");
-            let msg: NodeResponse =
-                postcard::from_bytes(&resp[wire::PREFIX_LEN..]).expect("decodable answer");
-            assert!(
-                matches!(msg, NodeResponse::Err(_)),
-                "malformed frame answered with {msg:?}"
-            );
-        }
+        let conn = connect(&ep, ALPN_NODE, node_addr).await;
+        assert_each_rejected::<NodeResponse>(&conn, &garbage, |m| {
+            matches!(m, NodeResponse::Err(_))
+        })
+        .await;
         // A shard whose bytes do not match its hash is refused.
         let put = NodeRequest::Put {
             block: shardfs_common::BlockId::of(b"x"),
