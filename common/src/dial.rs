@@ -10,6 +10,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use quinn::{ClientConfig, Connection, Endpoint};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -108,6 +109,31 @@ impl Dialer {
             let conn = self.connection(addr).await?;
             wire::request(&conn, req, bulk, max_bulk).await
         };
+        self.bounded(addr, timeout, fut).await
+    }
+
+    /// Like [`Dialer::call`], with the response's bulk received into `dst`; returns the
+    /// response and how many bytes of `dst` were filled.
+    pub async fn call_into<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        req: &Req,
+        dst: &mut [MaybeUninit<u8>],
+        timeout: Duration,
+    ) -> Result<(Resp, usize)> {
+        let fut = async {
+            let conn = self.connection(addr).await?;
+            wire::request_into(&conn, req, Bytes::new(), dst).await
+        };
+        self.bounded(addr, timeout, fut).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,11 +41,12 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T, bulk: Byt
     Ok(())
 }
 
-/// Read one frame, refusing headers over [`MAX_HEADER`] and bulk over `max_bulk`.
-pub async fn read_frame<T: DeserializeOwned>(
+/// Read one frame's prefix and header, refusing headers over [`MAX_HEADER`] and bulk over
+/// `max_bulk`. Returns the header and the length of the bulk that follows.
+pub async fn read_head<T: DeserializeOwned>(
     recv: &mut RecvStream,
     max_bulk: usize,
-) -> Result<(T, Vec<u8>)> {
+) -> Result<(T, usize)> {
     let mut prefix = [0u8; PREFIX_LEN];
     recv.read_exact(&mut prefix).await.map_err(read_err)?;
     if prefix[0] != PROTOCOL_VERSION {
@@ -62,29 +64,92 @@ pub async fn read_frame<T: DeserializeOwned>(
     }
     if blen > max_bulk as u64 {
         return Err(Error::Protocol(format!(
-            "payload of {blen} bytes exceeds the limit"
+            "payload of {blen} bytes exceeds the limit of {max_bulk}"
         )));
     }
     let mut header = vec![0u8; hlen];
     recv.read_exact(&mut header).await.map_err(read_err)?;
     let msg: T = postcard::from_bytes(&header)
         .map_err(|e| Error::Protocol(format!("undecodable header: {e}")))?;
-    // Collect the bulk from quinn's own buffers without zero-filling a buffer first.
-    let blen = blen as usize;
-    let mut bulk = Vec::with_capacity(blen);
-    while bulk.len() < blen {
-        match recv.read_chunk(blen - bulk.len(), true).await {
-            Ok(Some(chunk)) => bulk.extend_from_slice(&chunk.bytes),
+    Ok((msg, blen as usize))
+}
+
+/// Read exactly `dst.len()` bulk bytes into `dst`, straight from quinn's receive buffers (one
+/// copy, and no zero-fill of `dst` first). On success every byte of `dst` is initialised.
+pub async fn read_bulk(recv: &mut RecvStream, dst: &mut [MaybeUninit<u8>]) -> Result<()> {
+    let mut at = 0usize;
+    while at < dst.len() {
+        match recv.read_chunk(dst.len() - at, true).await {
+            Ok(Some(chunk)) => {
+                let n = chunk.bytes.len().min(dst.len() - at);
+                // SAFETY: `n` bytes fit in `dst[at..]`; the source is a separate allocation.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        chunk.bytes.as_ptr(),
+                        dst[at..].as_mut_ptr() as *mut u8,
+                        n,
+                    )
+                };
+                at += n;
+            }
             Ok(None) => {
                 return Err(Error::Protocol(format!(
-                    "stream ended after {} of {blen} payload bytes",
-                    bulk.len()
+                    "stream ended after {at} of {} payload bytes",
+                    dst.len()
                 )))
             }
             Err(e) => return Err(Error::Connection(format!("receive: {e}"))),
         }
     }
+    Ok(())
+}
+
+/// A buffer a frame's bulk is received into, sized once its length is known.
+pub trait BulkBuf: Send + 'static {
+    /// A buffer for `len` bulk bytes, not yet filled.
+    fn for_len(len: usize) -> Self;
+    /// The `len` bytes to fill.
+    fn unfilled(&mut self) -> &mut [MaybeUninit<u8>];
+    /// Record that every byte of [`BulkBuf::unfilled`] has been written.
+    ///
+    /// # Safety
+    /// Only after the whole of `unfilled()` was initialised.
+    unsafe fn assume_filled(&mut self);
+}
+
+impl BulkBuf for Vec<u8> {
+    fn for_len(len: usize) -> Self {
+        Vec::with_capacity(len)
+    }
+    fn unfilled(&mut self) -> &mut [MaybeUninit<u8>] {
+        let len = self.capacity() - self.len();
+        &mut self.spare_capacity_mut()[..len]
+    }
+    unsafe fn assume_filled(&mut self) {
+        // SAFETY: the caller initialised the spare capacity.
+        unsafe { self.set_len(self.capacity()) }
+    }
+}
+
+/// Read one frame whose bulk goes into a new `B`.
+pub async fn read_frame_as<T: DeserializeOwned, B: BulkBuf>(
+    recv: &mut RecvStream,
+    max_bulk: usize,
+) -> Result<(T, B)> {
+    let (msg, blen) = read_head(recv, max_bulk).await?;
+    let mut bulk = B::for_len(blen);
+    read_bulk(recv, bulk.unfilled()).await?;
+    // SAFETY: read_bulk initialised every byte of unfilled().
+    unsafe { bulk.assume_filled() };
     Ok((msg, bulk))
+}
+
+/// Read one frame, refusing headers over [`MAX_HEADER`] and bulk over `max_bulk`.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max_bulk: usize,
+) -> Result<(T, Vec<u8>)> {
+    read_frame_as(recv, max_bulk).await
 }
 
 fn read_err(e: quinn::ReadExactError) -> Error {
@@ -111,17 +176,37 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
     read_frame(&mut recv, max_bulk).await
 }
 
+/// Like [`request`], with the response's bulk received into `dst` (at most `dst.len()` bytes).
+/// Returns the response and how many bytes of `dst` it filled.
+pub async fn request_into<Req: Serialize, Resp: DeserializeOwned>(
+    conn: &Connection,
+    req: &Req,
+    bulk: Bytes,
+    dst: &mut [MaybeUninit<u8>],
+) -> Result<(Resp, usize)> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::Connection(format!("open stream: {e}")))?;
+    write_frame(&mut send, req, bulk).await?;
+    let (resp, n) = read_head(&mut recv, dst.len()).await?;
+    read_bulk(&mut recv, &mut dst[..n]).await?;
+    Ok((resp, n))
+}
+
 /// A service: one request enum in, one response enum out.
 pub trait Service: Send + Sync + 'static {
     type Req: DeserializeOwned + Send + Sync + std::fmt::Debug;
     type Resp: Serialize + Send + Sync;
+    /// What a request's bulk payload is received into.
+    type Bulk: BulkBuf;
     /// Largest bulk payload a request may carry.
     const MAX_REQUEST_BULK: usize;
     fn error_response(e: RemoteError) -> Self::Resp;
     fn handle(
         self: Arc<Self>,
         req: Self::Req,
-        bulk: Vec<u8>,
+        bulk: Self::Bulk,
         peer: SocketAddr,
     ) -> impl Future<Output = (Self::Resp, Bytes)> + Send;
 }
@@ -153,6 +238,11 @@ pub async fn serve<S: Service>(
 
 async fn serve_connection<S: Service>(conn: Connection, service: Arc<S>) {
     let peer = conn.remote_address();
+    let probe = conn.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        debug!(%peer, mtu = probe.stats().path.current_mtu, "path MTU to client");
+    });
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -172,7 +262,8 @@ async fn serve_stream<S: Service>(
     service: Arc<S>,
     peer: SocketAddr,
 ) {
-    let (resp, bulk) = match read_frame::<S::Req>(&mut recv, S::MAX_REQUEST_BULK).await {
+    let (resp, bulk) = match read_frame_as::<S::Req, S::Bulk>(&mut recv, S::MAX_REQUEST_BULK).await
+    {
         Ok((req, bulk)) => service.handle(req, bulk, peer).await,
         Err(e) => {
             warn!(%peer, "rejected a malformed request: {e}");

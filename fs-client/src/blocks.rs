@@ -5,9 +5,13 @@
 //! parallel. A failed node is excluded and the block placed again.
 //!
 //! Read: k shards are fetched in parallel, data shards first; a failed or slow shard (past the
-//! hedge delay) brings in the parity shards. Every shard is checked against the hash the master
-//! recorded, the block is decoded and checked against its id, and kept in an LRU cache bounded
-//! in bytes. Because blocks are content-addressed, a cached block is never stale.
+//! hedge delay) brings in the parity shards. Each node verifies its shard against the blake3 in
+//! the shard's header and returns that hash, which must equal the one the master recorded; the
+//! data shards are received straight into the block's buffer, so a healthy read costs one copy
+//! and no hashing on the client. A block rebuilt from parity is checked against its id (its
+//! blake3); if that fails, the shards are checked one by one and the bad ones dropped. Blocks
+//! are kept in an LRU cache bounded in bytes; being content-addressed, a cached block is never
+//! stale.
 
 use crate::master::{unexpected, MasterClient};
 use bytes::Bytes;
@@ -23,10 +27,18 @@ use shardfs_common::proto::{
 };
 use shardfs_common::{BlockId, Error, NodeId, Result};
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
+
+/// What [`BlockStore::collect`] gathered: which data shards arrived (in the caller's buffer)
+/// and the parity shards that did.
+struct Collected {
+    data_ok: Vec<bool>,
+    parity: Vec<Option<Vec<u8>>>,
+}
 
 pub struct BlockConfig {
     pub cache_bytes: usize,
@@ -253,32 +265,36 @@ impl BlockStore {
         }
     }
 
+    /// Fetch shard `index` of a block into `dst` (exactly the shard's size). The node verifies
+    /// the shard against the blake3 in its header and returns that hash; it must be the one the
+    /// master recorded, so the bytes are the ones written (QUIC authenticates them in transit).
     async fn get_shard(
         &self,
         loc: &ShardLoc,
         block: BlockId,
         index: u8,
-        size: usize,
-    ) -> Result<Vec<u8>> {
+        dst: &mut [MaybeUninit<u8>],
+    ) -> Result<()> {
         let addr = self.addr(loc.node).await?;
         let req = NodeRequest::Get {
             block,
             index,
             range: None,
         };
+        let size = dst.len();
         let r = self
             .dialer
-            .call::<_, NodeResponse>(addr, &req, Bytes::new(), size, self.cfg.shard_timeout)
+            .call_into::<_, NodeResponse>(addr, &req, dst, self.cfg.shard_timeout)
             .await;
         match r {
-            Ok((NodeResponse::Shard { .. }, data)) => {
-                if data.len() != size || shard_hash(&data) != loc.hash {
+            Ok((NodeResponse::Shard { hash }, n)) => {
+                if n != size || hash != loc.hash {
                     return Err(Error::Corrupt(format!(
-                        "shard {block}.{index} from {} does not match its hash",
+                        "shard {block}.{index} from {} is not the one recorded ({n} of {size} bytes)",
                         loc.node
                     )));
                 }
-                Ok(data)
+                Ok(())
             }
             Ok((NodeResponse::Err(e), _)) => Err(e.into()),
             Ok((other, _)) => Err(Error::Protocol(format!("unexpected node answer {other:?}"))),
@@ -412,45 +428,49 @@ impl BlockStore {
                 meta.id
             )));
         }
-        let codec = if meta.ec == self.codec.params() {
-            self.codec.clone()
-        } else {
-            Arc::new(Codec::new(meta.ec)?)
-        };
-        // Fast path: decode and check the block against its id (one hash of the block). Only if
-        // that fails are the shards checked one by one against their recorded hashes, the bad
-        // ones dropped, and the block rebuilt from others.
+        let (k, size, len) = (
+            meta.ec.k as usize,
+            meta.shard_size as usize,
+            meta.len as usize,
+        );
+        if len > k * size {
+            return Err(Error::Corrupt(format!(
+                "block {} of {len} bytes does not fit {k} shards of {size}",
+                meta.id
+            )));
+        }
+        // Data shards are received straight into the block's buffer (one copy out of QUIC's
+        // buffers); parity shards, fetched only when a data shard fails or is slow, into
+        // their own.
+        let mut block: Vec<u8> = Vec::with_capacity(k * size);
         let mut excluded: Vec<usize> = Vec::new();
         for attempt in 0..2 {
-            let got = self.collect(meta, &excluded).await?;
-            let (codec, meta2) = (codec.clone(), meta.clone());
-            let r = tokio::task::spawn_blocking(move || {
-                let k = meta2.ec.k as usize;
-                let len = meta2.len as usize;
-                // All data shards present: check the id over them in place, then concatenate.
-                if got[..k].iter().all(|s| s.is_some()) {
-                    let mut h = blake3::Hasher::new();
-                    let mut left = len;
-                    for s in got[..k].iter().flatten() {
-                        let n = left.min(s.len());
-                        h.update(&s[..n]);
-                        left -= n;
-                    }
-                    if BlockId(*h.finalize().as_bytes()) == meta2.id {
-                        let mut data = Vec::with_capacity(len);
-                        for s in got[..k].iter().flatten() {
-                            let n = (len - data.len()).min(s.len());
-                            data.extend_from_slice(&s[..n]);
-                        }
-                        return Ok::<_, Error>(Ok(Arc::new(data)));
-                    }
-                } else {
-                    let data = codec.decode(got.clone(), len)?;
-                    if BlockId::of(&data) == meta2.id {
-                        return Ok(Ok(Arc::new(data)));
-                    }
+            let got = self
+                .collect(meta, &excluded, &mut block.spare_capacity_mut()[..k * size])
+                .await?;
+            if got.data_ok.iter().all(|ok| *ok) {
+                // SAFETY: every data shard's region of the spare capacity was filled.
+                unsafe { block.set_len(k * size) };
+                block.truncate(len);
+                return Ok(Arc::new(block));
+            }
+            // Degraded: rebuild from what arrived, and check the result against the block's id.
+            let mut shards: Vec<Option<Vec<u8>>> = got.parity;
+            for (i, ok) in got.data_ok.iter().enumerate() {
+                if *ok {
+                    // SAFETY: shard i's region was filled (data_ok).
+                    let region =
+                        unsafe { std::slice::from_raw_parts(block.as_ptr().add(i * size), size) };
+                    shards[i] = Some(region.to_vec());
                 }
-                let bad: Vec<usize> = got
+            }
+            let (codec, meta2) = (self.codec_for(meta)?, meta.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                let data = codec.decode(shards.clone(), meta2.len as usize)?;
+                if BlockId::of(&data) == meta2.id {
+                    return Ok::<_, Error>(Ok(Arc::new(data)));
+                }
+                let bad: Vec<usize> = shards
                     .iter()
                     .enumerate()
                     .filter(|(i, s)| {
@@ -480,31 +500,62 @@ impl BlockStore {
         )))
     }
 
-    /// Fetch k shards of a block (not those in `excluded`): data shards first, more on failure
-    /// or after the hedge delay.
+    fn codec_for(&self, meta: &BlockMeta) -> Result<Arc<Codec>> {
+        if meta.ec == self.codec.params() {
+            Ok(self.codec.clone())
+        } else {
+            Ok(Arc::new(Codec::new(meta.ec)?))
+        }
+    }
+
+    /// Fetch k shards of a block (not those in `excluded`): data shards first, into their
+    /// places in `data` (k shard-sized regions), more on failure or after the hedge delay.
     async fn collect(
         self: &Arc<Self>,
         meta: &BlockMeta,
         excluded: &[usize],
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+        data: &mut [MaybeUninit<u8>],
+    ) -> Result<Collected> {
         let k = meta.ec.k as usize;
         let n = meta.shards.len();
         let size = meta.shard_size as usize;
         let mut order: Vec<usize> = (0..n).filter(|i| !excluded.contains(i)).collect();
         order.sort_by_key(|&i| (self.is_suspect(meta.shards[i].node), i >= k, i));
+        let mut regions: Vec<Option<&mut [MaybeUninit<u8>]>> =
+            data.chunks_mut(size.max(1)).map(Some).collect();
         let mut next = 0usize;
         let mut running = FuturesUnordered::new();
-        let launch = |i: usize| {
+        let mut launch = |i: usize| {
             let this = self.clone();
             let loc = meta.shards[i].clone();
             let id = meta.id;
-            async move { (i, this.get_shard(&loc, id, i as u8, size).await) }
+            let region = regions.get_mut(i).and_then(Option::take);
+            async move {
+                let r = match region {
+                    Some(dst) => this.get_shard(&loc, id, i as u8, dst).await.map(|()| None),
+                    None => {
+                        let mut v = Vec::with_capacity(size);
+                        let r = this
+                            .get_shard(&loc, id, i as u8, &mut v.spare_capacity_mut()[..size])
+                            .await;
+                        r.map(|()| {
+                            // SAFETY: get_shard filled all `size` bytes.
+                            unsafe { v.set_len(size) };
+                            Some(v)
+                        })
+                    }
+                };
+                (i, r)
+            }
         };
         while next < k.min(order.len()) {
             running.push(launch(order[next]));
             next += 1;
         }
-        let mut got: Vec<Option<Vec<u8>>> = vec![None; n];
+        let mut got = Collected {
+            data_ok: vec![false; k],
+            parity: vec![None; n],
+        };
         let mut have = 0usize;
         let mut errors: Vec<String> = Vec::new();
         let hedge = tokio::time::sleep(self.cfg.hedge_delay);
@@ -515,7 +566,8 @@ impl BlockStore {
                 r = running.next() => {
                     let Some((i, r)) = r else { break };
                     match r {
-                        Ok(d) => { got[i] = Some(d); have += 1; }
+                        Ok(None) => { got.data_ok[i] = true; have += 1; }
+                        Ok(Some(v)) => { got.parity[i] = Some(v); have += 1; }
                         Err(e) => {
                             errors.push(format!("shard {i} on node {}: {e}", meta.shards[i].node));
                             if next < order.len() { running.push(launch(order[next])); next += 1; }

@@ -184,6 +184,22 @@ fn mark_written(ranges: &mut Vec<(usize, usize)>, start: usize, end: usize, full
 const RANGE_READ_MAX: usize = 128 << 10;
 
 /// Where the current content of one block comes from.
+/// The bytes of a read: owned, or a range of a block held in memory.
+pub enum ReadData {
+    Owned(Vec<u8>),
+    Slice(Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl std::ops::Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadData::Owned(v) => v,
+            ReadData::Slice(d, r) => &d[r.clone()],
+        }
+    }
+}
+
 enum Source {
     Bytes(Vec<u8>),
     Shared(Arc<Vec<u8>>),
@@ -869,7 +885,7 @@ impl Core {
         }
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadData> {
         let of = self.file(fh)?;
         let bs = self.cluster.block_size;
         let (fsize, sequential, nearby) = {
@@ -880,10 +896,13 @@ impl Core {
             (st.attr.size, st.next_read == offset, near)
         };
         if offset >= fsize || size == 0 {
-            return Ok(Vec::new());
+            return Ok(ReadData::Owned(Vec::new()));
         }
         let end = fsize.min(offset + size as u64);
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut out = Vec::new();
+        // A read inside one block that is held whole (the usual case) is answered from the
+        // block's buffer without a copy.
+        let mut whole: Option<ReadData> = None;
         let first = offset / bs;
         let last = (end - 1) / bs;
         for idx in first..=last {
@@ -906,6 +925,10 @@ impl Core {
             };
             let before = out.len();
             match src {
+                Source::Bytes(b) if first == last && b.len() == hi - lo => {
+                    whole = Some(ReadData::Owned(b));
+                    break;
+                }
                 Source::Bytes(b) => out.extend_from_slice(&b),
                 Source::Shared(d) => out.extend_from_slice(&d[lo.min(d.len())..hi.min(d.len())]),
                 Source::Stored(s) => {
@@ -923,6 +946,10 @@ impl Core {
                         None => {
                             let d = self.blocks.get(&s.block).await?;
                             let avail = d.len().min(s.used as usize);
+                            if first == last && hi <= avail {
+                                whole = Some(ReadData::Slice(d, lo..hi));
+                                break;
+                            }
                             out.extend_from_slice(&d[lo.min(avail)..hi.min(avail)]);
                         }
                     }
@@ -947,7 +974,7 @@ impl Core {
         for s in ahead {
             self.blocks.prefetch(s.block);
         }
-        Ok(out)
+        Ok(whole.unwrap_or(ReadData::Owned(out)))
     }
 
     pub async fn opendir(&self, ino: Ino) -> Result<u64> {

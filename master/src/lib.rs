@@ -101,6 +101,7 @@ struct Master {
 impl wire::Service for Master {
     type Req = MasterRequest;
     type Resp = MasterResponse;
+    type Bulk = Vec<u8>;
     const MAX_REQUEST_BULK: usize = 0;
 
     fn error_response(e: RemoteError) -> MasterResponse {

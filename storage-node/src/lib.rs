@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use store::ShardStore;
+use store::{ShardBuf, ShardStore};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -90,6 +90,7 @@ struct Node {
 impl wire::Service for Node {
     type Req = NodeRequest;
     type Resp = NodeResponse;
+    type Bulk = ShardBuf;
     const MAX_REQUEST_BULK: usize = wire::MAX_BULK;
 
     fn error_response(e: RemoteError) -> NodeResponse {
@@ -99,13 +100,13 @@ impl wire::Service for Node {
     async fn handle(
         self: Arc<Self>,
         req: NodeRequest,
-        bulk: Vec<u8>,
+        bulk: ShardBuf,
         _peer: SocketAddr,
     ) -> (NodeResponse, Bytes) {
         let store = self.store.clone();
         let result = match req {
             NodeRequest::Put { block, index, hash } => {
-                tokio::task::spawn_blocking(move || store.put(&block, index, &hash, &bulk))
+                tokio::task::spawn_blocking(move || store.put(&block, index, &hash, bulk))
                     .await
                     .map(|r| r.map(|()| (NodeResponse::Ok, Bytes::new())))
             }

@@ -7,9 +7,11 @@
 //! shard that no longer matches its hash is moved to `quarantine/` and reported as corrupt.
 
 use crate::NodeError;
+use shardfs_common::wire::BulkBuf;
 use shardfs_common::BlockId;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::mem::MaybeUninit;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,26 +30,15 @@ struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    /// A buffer of `len` bytes holding `parts` one after the other, then zeros; every byte is
-    /// written once (no zero-fill of the whole buffer first).
-    fn filled(len: usize, parts: &[&[u8]]) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len.max(PAGE), PAGE).expect("layout");
+    /// A buffer of at least `len` bytes (whole pages), not initialised: the caller must write
+    /// every byte before [`AsRef::as_ref`] is used.
+    fn uninit(len: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(len.max(PAGE).div_ceil(PAGE) * PAGE, PAGE)
+            .expect("layout");
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { std::alloc::alloc(layout) };
         let ptr =
             std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        let mut at = 0usize;
-        for p in parts {
-            assert!(
-                at + p.len() <= layout.size(),
-                "parts larger than the buffer"
-            );
-            // SAFETY: the destination range lies inside the allocation; sources do not overlap it.
-            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), ptr.as_ptr().add(at), p.len()) };
-            at += p.len();
-        }
-        // SAFETY: zero the rest of the allocation, so every byte is initialised.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr().add(at), 0, layout.size() - at) };
         AlignedBuf { ptr, layout }
     }
 
@@ -55,12 +46,8 @@ impl AlignedBuf {
     /// zeroing it first.
     fn read_from(f: &mut File, len: usize) -> std::io::Result<Self> {
         use std::os::fd::AsRawFd;
-        let layout = std::alloc::Layout::from_size_align(len.max(PAGE), PAGE).expect("layout");
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        let ptr =
-            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        let buf = AlignedBuf { ptr, layout };
+        let buf = Self::uninit(len);
+        let layout = buf.layout;
         let mut done = 0usize;
         while done < layout.size() {
             // SAFETY: writes stay within the allocation; the kernel fills the bytes it reports.
@@ -96,6 +83,82 @@ impl AsRef<[u8]> for AlignedBuf {
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
 unsafe impl Send for AlignedBuf {}
+
+/// A shard as received for storing: room for the header, the shard's bytes, then zeros up to
+/// a whole number of pages, in one page-aligned buffer written to disk as it is.
+pub struct ShardBuf {
+    buf: AlignedBuf,
+    len: usize,
+    filled: bool,
+}
+
+impl ShardBuf {
+    /// A shard holding a copy of `data`.
+    pub fn from_slice(data: &[u8]) -> Self {
+        let mut b = <Self as BulkBuf>::for_len(data.len());
+        let dst = b.unfilled();
+        // SAFETY: `dst` has exactly data.len() bytes; the buffers are distinct.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), dst.as_mut_ptr() as *mut u8, data.len())
+        };
+        // SAFETY: every payload byte was written just above.
+        unsafe { b.assume_filled() };
+        b
+    }
+
+    /// The shard's bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.all()[HEADER_LEN..HEADER_LEN + self.len]
+    }
+
+    fn all(&self) -> &[u8] {
+        assert!(self.filled, "shard buffer read before it was filled");
+        self.buf.as_ref()
+    }
+
+    fn set_header(&mut self, header: &[u8; HEADER_LEN]) {
+        // SAFETY: the buffer is at least one page, longer than the header.
+        unsafe {
+            std::ptr::copy_nonoverlapping(header.as_ptr(), self.buf.ptr.as_ptr(), HEADER_LEN)
+        };
+    }
+}
+
+impl BulkBuf for ShardBuf {
+    fn for_len(len: usize) -> Self {
+        let buf = AlignedBuf::uninit(HEADER_LEN + len);
+        let size = buf.layout.size();
+        // SAFETY: zero the header room and the padding after the payload; the payload is
+        // written by the receiver before the buffer is read.
+        unsafe {
+            std::ptr::write_bytes(buf.ptr.as_ptr(), 0, HEADER_LEN);
+            std::ptr::write_bytes(
+                buf.ptr.as_ptr().add(HEADER_LEN + len),
+                0,
+                size - HEADER_LEN - len,
+            );
+        }
+        ShardBuf {
+            buf,
+            len,
+            filled: false,
+        }
+    }
+
+    fn unfilled(&mut self) -> &mut [MaybeUninit<u8>] {
+        // SAFETY: HEADER_LEN + len bytes lie inside the allocation, owned by self.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.buf.ptr.as_ptr().add(HEADER_LEN) as *mut MaybeUninit<u8>,
+                self.len,
+            )
+        }
+    }
+
+    unsafe fn assume_filled(&mut self) {
+        self.filled = true;
+    }
+}
 
 /// A shard file's bytes, as read.
 enum Shard {
@@ -198,23 +261,24 @@ impl ShardStore {
         block: &BlockId,
         index: u8,
         hash: &[u8; 32],
-        data: &[u8],
+        mut shard: ShardBuf,
     ) -> Result<(), NodeError> {
-        if shardfs_common::ids::shard_hash(data) != *hash {
+        let len = shard.len;
+        if shardfs_common::ids::shard_hash(shard.data()) != *hash {
             return Err(NodeError::Corrupt(format!(
                 "shard {block}.{index} does not match the hash sent with it"
             )));
         }
         let path = self.path(block, index);
         if let Ok(md) = fs::metadata(&path) {
-            if md.len() >= (HEADER_LEN + data.len()) as u64 && self.get(block, index).is_ok() {
+            if md.len() >= (HEADER_LEN + len) as u64 && self.get(block, index).is_ok() {
                 return Ok(());
             }
         }
-        let need = if data.len() >= DIRECT_MIN {
-            (HEADER_LEN + data.len()).div_ceil(PAGE) as u64 * PAGE as u64
+        let need = if len >= DIRECT_MIN {
+            (HEADER_LEN + len).div_ceil(PAGE) as u64 * PAGE as u64
         } else {
-            (HEADER_LEN + data.len()) as u64
+            (HEADER_LEN + len) as u64
         };
         let usage = self.usage();
         if usage.free < need + self.reserve {
@@ -233,31 +297,31 @@ impl ShardStore {
         let mut header = [0u8; HEADER_LEN];
         header[..4].copy_from_slice(MAGIC);
         header[4] = FORMAT_VERSION;
-        header[8..16].copy_from_slice(&(data.len() as u64).to_be_bytes());
+        header[8..16].copy_from_slice(&(len as u64).to_be_bytes());
         header[16..48].copy_from_slice(hash);
+        shard.set_header(&header);
         let write = || -> std::io::Result<()> {
             // Large shards bypass the page cache (O_DIRECT, padded to whole pages): the copy
             // into the cache is the node's largest CPU cost on the write path, and the bytes
             // are not read back soon. Small shards are written plainly, without padding.
-            if data.len() >= DIRECT_MIN {
-                if let Ok(mut f) = OpenOptions::new()
+            let direct = if len >= DIRECT_MIN {
+                OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .custom_flags(libc::O_DIRECT)
                     .open(&tmp)
-                {
-                    let buf = AlignedBuf::filled(
-                        (HEADER_LEN + data.len()).div_ceil(PAGE) * PAGE,
-                        &[&header, data],
-                    );
-                    f.write_all(buf.as_ref())?;
-                    f.sync_data()?;
-                    return Ok(());
-                }
-            }
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(&header)?;
-            f.write_all(data)?;
+                    .ok()
+            } else {
+                None
+            };
+            let (mut f, bytes) = match direct {
+                Some(f) => (f, shard.all()),
+                None => (
+                    OpenOptions::new().write(true).create_new(true).open(&tmp)?,
+                    &shard.all()[..HEADER_LEN + len],
+                ),
+            };
+            f.write_all(bytes)?;
             f.sync_data()?;
             Ok(())
         };
@@ -390,11 +454,13 @@ mod tests {
         let id = BlockId::of(b"block");
         let h = shardfs_common::ids::shard_hash(&data);
         assert!(
-            store.put(&id, 0, &[0; 32], &data).is_err(),
+            store
+                .put(&id, 0, &[0; 32], ShardBuf::from_slice(&data))
+                .is_err(),
             "hash mismatch must be refused"
         );
-        store.put(&id, 0, &h, &data).unwrap();
-        store.put(&id, 0, &h, &data).unwrap();
+        store.put(&id, 0, &h, ShardBuf::from_slice(&data)).unwrap();
+        store.put(&id, 0, &h, ShardBuf::from_slice(&data)).unwrap();
         assert_eq!(store.usage().shards, 1);
         assert_eq!(store.get(&id, 0).unwrap().1, data);
         // Flip a payload byte: the read must fail and the shard be quarantined.
@@ -407,7 +473,7 @@ mod tests {
         // A large shard takes the O_DIRECT path (padded on disk) and reads back exactly.
         let big: Vec<u8> = (0..(300u32 << 10)).map(|i| (i % 251) as u8).collect();
         let hb = shardfs_common::ids::shard_hash(&big);
-        store.put(&id, 2, &hb, &big).unwrap();
+        store.put(&id, 2, &hb, ShardBuf::from_slice(&big)).unwrap();
         assert_eq!(&store.get(&id, 2).unwrap().1[..], &big[..]);
         let p = store.path(&id, 2);
         let mut raw = fs::read(&p).unwrap();
@@ -417,7 +483,7 @@ mod tests {
             matches!(store.get(&id, 2), Err(NodeError::Corrupt(_))),
             "bit flip in a large shard"
         );
-        store.put(&id, 1, &h, &data).unwrap();
+        store.put(&id, 1, &h, ShardBuf::from_slice(&data)).unwrap();
         store.delete(&id, 1).unwrap();
         assert!(store.get(&id, 1).is_err());
         let _ = fs::remove_dir_all(&dir);
