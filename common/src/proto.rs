@@ -11,11 +11,11 @@ use crate::ids::{BlockId, Ino, NodeId};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// ALPN of the master's service (clients and nodes connect to it).
-pub const ALPN_MASTER: &[u8] = b"shardfs-master/1";
+pub const ALPN_MASTER: &[u8] = b"shardfs-master/2";
 /// ALPN of a storage node's service.
-pub const ALPN_NODE: &[u8] = b"shardfs-node/1";
+pub const ALPN_NODE: &[u8] = b"shardfs-node/2";
 
 /// Longest file name, as on ext4.
 pub const NAME_MAX: usize = 255;
@@ -160,10 +160,62 @@ pub enum Placement {
     Place(Vec<NodeId>),
 }
 
+/// A storage node as the master sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NodeState {
+    /// Heartbeats arrive on time.
     Up,
+    /// Heartbeats are late, not yet past the timeout; still used.
+    Suspect,
+    /// Silent past the node timeout; its shards are rebuilt elsewhere after the repair grace.
     Down,
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeState::Up => "up",
+            NodeState::Suspect => "suspect",
+            NodeState::Down => "down",
+        })
+    }
+}
+
+/// Durability of the cluster's blocks, as of the master's last repair scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Blocks in the block map.
+    pub blocks: u64,
+    /// Blocks with at least one shard lost or on a node past the repair grace.
+    pub degraded: u64,
+    /// Blocks with fewer than k readable shards left.
+    pub unrecoverable: u64,
+    /// Shards waiting for repair.
+    pub missing_shards: u64,
+    /// Shards rebuilt since the master started.
+    pub repaired_shards: u64,
+    /// Bytes of rebuilt shards since the master started.
+    pub repaired_bytes: u64,
+    /// Shards whose repair failed since the master started (they are retried).
+    pub repair_failures: u64,
+    /// Milliseconds since the last completed scan (None: no scan yet).
+    pub scanned_ms_ago: Option<u64>,
+}
+
+/// What one node found when checking its shards.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubReport {
+    pub nodes: u32,
+    pub checked: u64,
+    /// Shards that failed their hash check (quarantined by their node).
+    pub corrupt: u64,
+    /// Shards the block map places on a node that does not have them.
+    pub missing: u64,
+    /// Shards on nodes that nothing references (deleted once old enough).
+    pub orphans: u64,
+    /// Nodes that could not be scrubbed, with the reason.
+    pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +229,8 @@ pub struct NodeInfo {
     pub shards: u64,
     /// Milliseconds since the last heartbeat (None: none since the master started).
     pub last_seen_ms: Option<u64>,
+    /// Why the node is in its state, in words.
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +347,17 @@ pub enum MasterRequest {
         used: u64,
         shards: u64,
     },
+    /// A node found shards of its own corrupt (and quarantined them): rebuild them.
+    ShardsLost {
+        node: NodeId,
+        shards: Vec<(BlockId, u8)>,
+    },
+    /// Durability and repair state.
+    Health,
+    /// Look for degraded blocks now (instead of at the next repair interval) and rebuild them.
+    Repair,
+    /// Have every live node verify all its shards now; lost shards are queued for repair.
+    Scrub,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +384,8 @@ pub enum MasterResponse {
     Placements(Vec<Placement>),
     StatFs(FsStats),
     Nodes(Vec<NodeInfo>),
+    Health(Health),
+    Scrubbed(ScrubReport),
     Err(RemoteError),
 }
 
@@ -341,6 +408,26 @@ pub enum NodeRequest {
         shards: Vec<(BlockId, u8)>,
     },
     Stat,
+    /// Rebuild shards `rebuild` (index, node address) of a block from `sources` (index, node
+    /// address of a holder of that shard): fetch k of them, re-encode, check each rebuilt shard
+    /// against its recorded hash, and store it on its node.
+    Rebuild {
+        block: BlockMeta,
+        sources: Vec<(u8, String)>,
+        rebuild: Vec<(u8, String)>,
+    },
+    /// Verify every shard after `after` (in block-id, index order), up to `limit` of them;
+    /// corrupt ones are quarantined. Answered with `Scrubbed`.
+    Scrub {
+        after: Option<(BlockId, u8)>,
+        limit: u32,
+    },
+    /// Delete shards nothing references, if they are older than `min_age_secs` (a shard just
+    /// uploaded is referenced only once its block is committed).
+    DeleteOrphans {
+        shards: Vec<(BlockId, u8)>,
+        min_age_secs: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,6 +442,13 @@ pub enum NodeResponse {
         free: u64,
         used: u64,
         shards: u64,
+    },
+    /// A page of a scrub: the intact shards checked, the corrupt ones, and where the next page
+    /// starts (None: this was the last).
+    Scrubbed {
+        intact: Vec<(BlockId, u8)>,
+        corrupt: Vec<(BlockId, u8)>,
+        next: Option<(BlockId, u8)>,
     },
     Err(RemoteError),
 }

@@ -1,9 +1,10 @@
 use anyhow::{bail, Context};
+mod admin;
+
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use shardfs_client::core::{Core, CoreConfig};
 use shardfs_client::fuse::ShardFs;
-use shardfs_common::proto::{MasterRequest, MasterResponse, NodeState};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -28,7 +29,7 @@ enum Cmd {
         /// The mounted directory.
         mountpoint: PathBuf,
     },
-    /// Show the cluster's nodes, their state and capacity.
+    /// Show the cluster's nodes (state, reason, capacity) and the durability of its blocks.
     Status {
         /// Master address HOST:PORT, or a file holding it (e.g. .shardfs/master.addr).
         #[arg(env = "SHARDFS_MASTER")]
@@ -36,6 +37,30 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Have every node verify all its shards now; lost shards are queued for repair.
+    Scrub {
+        /// Master address HOST:PORT, or a file holding it.
+        #[arg(env = "SHARDFS_MASTER")]
+        master: String,
+        /// Then wait until every repairable block is repaired.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit status 1).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look for degraded blocks now and wait, with a progress bar, until they are repaired.
+    Repair {
+        /// Master address HOST:PORT, or a file holding it.
+        #[arg(env = "SHARDFS_MASTER")]
+        master: String,
+        /// Give up after this many seconds (exit status 1).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
     },
 }
 
@@ -101,7 +126,16 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Mount(a) => mount(*a),
         Cmd::Umount { mountpoint } => umount(&mountpoint),
-        Cmd::Status { master, json } => status(&master, json),
+        Cmd::Status { master, json } => master_addr(&master).and_then(|a| admin::status(a, json)),
+        Cmd::Scrub {
+            master,
+            wait,
+            timeout,
+            json,
+        } => master_addr(&master).and_then(|a| admin::scrub(a, wait, timeout, json)),
+        Cmd::Repair { master, timeout } => {
+            master_addr(&master).and_then(|a| admin::repair(a, timeout))
+        }
     };
     shardfs_common::daemon::exit("shardfs", r.map_err(|e| format!("{e:#}")))
 }
@@ -350,75 +384,7 @@ fn umount(mountpoint: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status(master: &str, json: bool) -> anyhow::Result<()> {
-    let addr = master_addr(master)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (cluster, nodes) = rt
-        .block_on(async {
-            let mc = shardfs_client::master::MasterClient::new(
-                addr,
-                Duration::from_secs(5),
-                Duration::from_secs(5),
-            )?;
-            let c = mc.call(MasterRequest::Cluster).await?;
-            let n = mc.call(MasterRequest::Nodes).await?;
-            mc.close();
-            Ok::<_, shardfs_common::Error>((c, n))
-        })
-        .with_context(|| format!("cannot reach the master at {addr}"))?;
-    let (MasterResponse::Cluster(c), MasterResponse::Nodes(nodes)) = (cluster, nodes) else {
-        bail!("unexpected answer from the master");
-    };
-    let up = nodes.iter().filter(|n| n.state == NodeState::Up).count();
-    if json {
-        let list: Vec<String> = nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "{{\"id\":\"{}\",\"addr\":\"{}\",\"state\":\"{}\",\"capacity\":{},\"free\":{},\"used\":{},\"shards\":{}}}",
-                    n.id, n.addr, if n.state == NodeState::Up { "up" } else { "down" }, n.capacity, n.free, n.used, n.shards
-                )
-            })
-            .collect();
-        println!(
-            "{{\"master\":\"{addr}\",\"cluster\":\"{:016x}\",\"ec\":\"{}\",\"block_size\":{},\"nodes_up\":{up},\"nodes\":[{}]}}",
-            c.cluster_id, c.ec, c.block_size, list.join(",")
-        );
-        return Ok(());
-    }
-    println!(
-        "master {addr}  cluster {:016x}  code {}  block {} KiB  nodes {up}/{} up",
-        c.cluster_id,
-        c.ec,
-        c.block_size >> 10,
-        nodes.len()
-    );
-    println!(
-        "{:<18} {:<22} {:<5} {:>10} {:>10} {:>10} {:>8}",
-        "NODE", "ADDRESS", "STATE", "USED", "FREE", "CAPACITY", "SHARDS"
-    );
-    for n in &nodes {
-        println!(
-            "{:<18} {:<22} {:<5} {:>10} {:>10} {:>10} {:>8}",
-            n.id.to_string(),
-            n.addr,
-            if n.state == NodeState::Up {
-                "up"
-            } else {
-                "down"
-            },
-            human(n.used),
-            human(n.free),
-            human(n.capacity),
-            n.shards
-        );
-    }
-    Ok(())
-}
-
-fn human(b: u64) -> String {
+pub(crate) fn human(b: u64) -> String {
     const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = b as f64;
     let mut i = 0;

@@ -8,6 +8,7 @@
 
 pub mod meta;
 pub mod nodes;
+pub mod repair;
 
 use bytes::Bytes;
 use meta::{Changes, Meta};
@@ -86,6 +87,7 @@ pub struct MasterConfig {
     /// Unreferenced blocks are deleted from the nodes after this long.
     pub gc_grace: Duration,
     pub gc_interval: Duration,
+    pub repair: repair::RepairConfig,
     /// fsync the metadata log on every operation (default: on fsync requests only the WAL is
     /// written, which survives a process kill but not a power cut).
     pub sync: bool,
@@ -96,6 +98,7 @@ struct Master {
     nodes: Registry,
     /// Blocks whose shards the collector is deleting right now.
     collecting: Mutex<HashSet<BlockId>>,
+    repair: repair::Repairer,
 }
 
 impl wire::Service for Master {
@@ -115,8 +118,12 @@ impl wire::Service for Master {
         peer: SocketAddr,
     ) -> (MasterResponse, Bytes) {
         // Metadata operations are short (a RocksDB read or one batched write, no fsync by
-        // default), so they run inline rather than paying for a thread hand-off.
-        let r = self.dispatch(req, peer);
+        // default), so they run inline rather than paying for a thread hand-off. A scrub waits
+        // on every node.
+        let r = match req {
+            MasterRequest::Scrub => repair::scrub(&self).await.map(MasterResponse::Scrubbed),
+            req => self.dispatch(req, peer),
+        };
         let resp = match r {
             Ok(r) => r,
             Err(e) => {
@@ -249,6 +256,18 @@ impl Master {
                 })
             }
             R::Nodes => A::Nodes(self.nodes.list()),
+            R::Health => A::Health(self.repair.health()),
+            R::Repair => {
+                self.repair.force();
+                A::Ok
+            }
+            R::ShardsLost { node, shards } => {
+                let n = self.meta.add_lost(node, &shards)?;
+                warn!(%node, reported = shards.len(), recorded = n, "node reports corrupt shards");
+                self.repair.kick();
+                A::Ok
+            }
+            R::Scrub => return Err(Error::invalid("scrub is served asynchronously").into()),
             R::Register {
                 id,
                 addr,
@@ -337,7 +356,9 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         meta,
         nodes,
         collecting: Mutex::new(HashSet::new()),
+        repair: repair::Repairer::new(cfg.repair.clone())?,
     });
+    let repairs = tokio::spawn(repair::repair_loop(master.clone(), shutdown.clone()));
     let gc = tokio::spawn(gc_loop(
         master.clone(),
         cfg.gc_grace,
@@ -346,6 +367,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     ));
     wire::serve(endpoint, master, shutdown).await;
     gc.abort();
+    repairs.abort();
     info!("master stopped");
     Ok(())
 }

@@ -30,6 +30,20 @@ struct Args {
     /// Seconds an unreferenced block is kept before its shards are deleted.
     #[arg(long, env = "SHARDFS_GC_GRACE_SECS")]
     gc_grace_secs: Option<u64>,
+    /// Seconds a node stays down before its shards are rebuilt on other nodes (a node back
+    /// within this time just catches up).
+    #[arg(long, env = "SHARDFS_REPAIR_GRACE_SECS")]
+    repair_grace_secs: Option<u64>,
+    /// Milliseconds between repair checks.
+    #[arg(long, env = "SHARDFS_REPAIR_INTERVAL_MS")]
+    repair_interval_ms: Option<u64>,
+    /// Blocks rebuilt at once (bounds the load repair puts on the nodes).
+    #[arg(long, env = "SHARDFS_REPAIR_PARALLEL")]
+    repair_parallel: Option<usize>,
+    /// Seconds a shard nothing references must be old before a scrub deletes it (a shard just
+    /// uploaded is referenced only once its file commits).
+    #[arg(long, env = "SHARDFS_ORPHAN_GRACE_SECS")]
+    orphan_grace_secs: Option<u64>,
     /// fsync the metadata log on every operation.
     #[arg(long)]
     sync: bool,
@@ -47,6 +61,10 @@ struct FileConfig {
     block_size: Option<u64>,
     node_timeout_ms: Option<u64>,
     gc_grace_secs: Option<u64>,
+    repair_grace_secs: Option<u64>,
+    repair_interval_ms: Option<u64>,
+    repair_parallel: Option<usize>,
+    orphan_grace_secs: Option<u64>,
     sync: Option<bool>,
 }
 
@@ -83,6 +101,19 @@ fn real_main() -> anyhow::Result<()> {
         ),
         gc_grace: Duration::from_secs(a.gc_grace_secs.or(f.gc_grace_secs).unwrap_or(60)),
         gc_interval: Duration::from_secs(2),
+        repair: shardfs_master::repair::RepairConfig {
+            grace: Duration::from_secs(a.repair_grace_secs.or(f.repair_grace_secs).unwrap_or(300)),
+            interval: Duration::from_millis(
+                a.repair_interval_ms
+                    .or(f.repair_interval_ms)
+                    .unwrap_or(5000)
+                    .max(50),
+            ),
+            parallel: a.repair_parallel.or(f.repair_parallel).unwrap_or(4).max(1),
+            orphan_grace: Duration::from_secs(
+                a.orphan_grace_secs.or(f.orphan_grace_secs).unwrap_or(3600),
+            ),
+        },
         sync: a.sync || f.sync.unwrap_or(false),
     };
     // One thread: metadata requests are short, and cross-thread wake-ups cost more than they

@@ -13,6 +13,7 @@
 //! | `B` block-id                      | block: code, length, shard hashes+nodes, reference count |
 //! | `G` block-id                      | unreferenced block waiting for its shards to be deleted |
 //! | `N` node-id                       | storage node: address and last reported capacity |
+//! | `R` block-id                      | shards of the block found corrupt or missing, waiting for repair |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and
@@ -133,6 +134,18 @@ fn k_gc(id: &BlockId) -> Vec<u8> {
     let mut k = vec![b'G'];
     k.extend_from_slice(&id.0);
     k
+}
+
+fn k_lost(id: &BlockId) -> Vec<u8> {
+    let mut k = vec![b'R'];
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// Shards of one block known to be lost on nodes that are otherwise alive: (index, node).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LostRecord {
+    pub shards: Vec<(u8, NodeId)>,
 }
 
 fn k_node(id: NodeId) -> Vec<u8> {
@@ -1021,6 +1034,135 @@ impl Meta {
             return Ok(Some(g.meta));
         }
         Ok(None)
+    }
+
+    /// Record shards found corrupt or missing on `node`, for repair. Shards the block map does
+    /// not place on that node (already moved, or unknown blocks) are ignored. Returns how many
+    /// were recorded.
+    pub fn add_lost(&self, node: NodeId, shards: &[(BlockId, u8)]) -> Result<usize, MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
+        let mut per_block: HashMap<BlockId, Vec<u8>> = HashMap::new();
+        for (b, i) in shards {
+            per_block.entry(*b).or_default().push(*i);
+        }
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for (b, idx) in per_block {
+            let Some(rec) = self.get::<BlockRecord>(&k_block(&b))? else {
+                continue;
+            };
+            let mut lost = self.get::<LostRecord>(&k_lost(&b))?.unwrap_or_default();
+            let before = lost.shards.len();
+            for i in idx {
+                let here = rec
+                    .meta
+                    .shards
+                    .get(i as usize)
+                    .is_some_and(|s| s.node == node);
+                if here && !lost.shards.contains(&(i, node)) {
+                    lost.shards.push((i, node));
+                }
+            }
+            if lost.shards.len() > before {
+                n += lost.shards.len() - before;
+                batch.put(k_lost(&b), enc(&lost));
+            }
+        }
+        self.write(batch)?;
+        Ok(n)
+    }
+
+    /// Every block with shards recorded as lost.
+    pub fn lost(&self) -> Result<HashMap<BlockId, LostRecord>, MasterError> {
+        Ok(self
+            .scan::<LostRecord>(b"R", b"R", usize::MAX)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((BlockId(k[1..].try_into().ok()?), v)))
+            .collect())
+    }
+
+    /// Up to `limit` blocks of the block map after `after`, in id order.
+    pub fn blocks_page(
+        &self,
+        after: Option<&BlockId>,
+        limit: usize,
+    ) -> Result<Vec<BlockRecord>, MasterError> {
+        let start = match after {
+            Some(id) => {
+                let mut k = k_block(id);
+                k.push(0);
+                k
+            }
+            None => vec![b'B'],
+        };
+        Ok(self
+            .scan::<BlockRecord>(b"B", &start, limit)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Point shards of a block at the nodes they were rebuilt on: each move (index, old node,
+    /// new node) applies only if the shard is still where the repair found it. Clears those
+    /// shards from the lost record. Returns how many moves applied.
+    pub fn relocate(
+        &self,
+        id: &BlockId,
+        moves: &[(u8, NodeId, NodeId)],
+    ) -> Result<usize, MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
+        let Some(mut rec) = self.get::<BlockRecord>(&k_block(id))? else {
+            return Ok(0);
+        };
+        let mut lost = self.get::<LostRecord>(&k_lost(id))?.unwrap_or_default();
+        let mut applied = 0;
+        for (i, old, new) in moves {
+            if let Some(s) = rec.meta.shards.get_mut(*i as usize) {
+                if s.node == *old {
+                    s.node = *new;
+                    applied += 1;
+                }
+            }
+            lost.shards.retain(|(li, ln)| !(li == i && ln == old));
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(k_block(id), enc(&rec));
+        if lost.shards.is_empty() {
+            batch.delete(k_lost(id));
+        } else {
+            batch.put(k_lost(id), enc(&lost));
+        }
+        self.write(batch)?;
+        Ok(applied)
+    }
+
+    /// Forget lost-shard records of blocks no longer in the block map.
+    pub fn drop_lost(&self, id: &BlockId) -> Result<(), MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
+        if self.get::<BlockRecord>(&k_block(id))?.is_none() {
+            self.db.delete(k_lost(id)).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Every (block, index) the block map or the collector places on `node`.
+    pub fn shards_on(&self, node: NodeId) -> Result<HashSet<(BlockId, u8)>, MasterError> {
+        let mut out = HashSet::new();
+        for (_, b) in self.scan::<BlockRecord>(b"B", b"B", usize::MAX)? {
+            for (i, s) in b.meta.shards.iter().enumerate() {
+                if s.node == node {
+                    out.insert((b.meta.id, i as u8));
+                }
+            }
+        }
+        for (_, g) in self.scan::<GcRecord>(b"G", b"G", usize::MAX)? {
+            for (i, s) in g.meta.shards.iter().enumerate() {
+                if s.node == node {
+                    out.insert((g.meta.id, i as u8));
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn count_inodes(&self) -> u64 {

@@ -18,6 +18,8 @@ struct Entry {
 pub struct Registry {
     nodes: Mutex<HashMap<NodeId, Entry>>,
     timeout: Duration,
+    /// When this master started: a node not heard from since counts as silent from then.
+    started: Instant,
 }
 
 impl Registry {
@@ -38,6 +40,7 @@ impl Registry {
         Ok(Registry {
             nodes: Mutex::new(nodes),
             timeout,
+            started: Instant::now(),
         })
     }
 
@@ -92,6 +95,55 @@ impl Registry {
 
     fn is_up(&self, e: &Entry) -> bool {
         e.last_seen.is_some_and(|t| t.elapsed() < self.timeout)
+    }
+
+    /// How long the node has been silent (since the master started, if never heard from).
+    fn silent(&self, e: &Entry) -> Duration {
+        e.last_seen.unwrap_or(self.started).elapsed()
+    }
+
+    /// State of a node and why, in words.
+    fn state(&self, e: &Entry) -> (NodeState, String) {
+        let silent = self.silent(e);
+        if silent >= self.timeout {
+            let why = match e.last_seen {
+                Some(_) => format!("no heartbeat for {:.1} s", silent.as_secs_f64()),
+                None => format!(
+                    "not heard from since the master started {:.0} s ago",
+                    silent.as_secs_f64()
+                ),
+            };
+            (NodeState::Down, why)
+        } else if silent >= self.timeout / 3 && silent >= Duration::from_millis(1500) {
+            (
+                NodeState::Suspect,
+                format!("heartbeat late by {:.1} s", silent.as_secs_f64()),
+            )
+        } else if e.rec.free == 0 {
+            (NodeState::Up, "disk full: takes no new shards".into())
+        } else {
+            (NodeState::Up, String::new())
+        }
+    }
+
+    /// Nodes down for longer than `grace` past the node timeout: their shards need rebuilding.
+    pub fn dead(&self, grace: Duration) -> std::collections::HashSet<NodeId> {
+        let nodes = self.nodes.lock().expect("registry lock");
+        nodes
+            .iter()
+            .filter(|(_, e)| self.silent(e) >= self.timeout + grace)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Addresses of the nodes that answer heartbeats (up or suspect).
+    pub fn live(&self) -> HashMap<NodeId, SocketAddr> {
+        let nodes = self.nodes.lock().expect("registry lock");
+        nodes
+            .iter()
+            .filter(|(_, e)| self.is_up(e))
+            .filter_map(|(id, e)| e.rec.addr.parse().ok().map(|a| (*id, a)))
+            .collect()
     }
 
     /// Choose `n` distinct live nodes with at least `need` bytes free, weighted by free space.
@@ -149,19 +201,19 @@ impl Registry {
         let nodes = self.nodes.lock().expect("registry lock");
         let mut out: Vec<NodeInfo> = nodes
             .iter()
-            .map(|(id, e)| NodeInfo {
-                id: *id,
-                addr: e.rec.addr.clone(),
-                state: if self.is_up(e) {
-                    NodeState::Up
-                } else {
-                    NodeState::Down
-                },
-                capacity: e.rec.capacity,
-                free: e.rec.free,
-                used: e.rec.used,
-                shards: e.rec.shards,
-                last_seen_ms: e.last_seen.map(|t| t.elapsed().as_millis() as u64),
+            .map(|(id, e)| {
+                let (state, reason) = self.state(e);
+                NodeInfo {
+                    id: *id,
+                    addr: e.rec.addr.clone(),
+                    state,
+                    reason,
+                    capacity: e.rec.capacity,
+                    free: e.rec.free,
+                    used: e.rec.used,
+                    shards: e.rec.shards,
+                    last_seen_ms: e.last_seen.map(|t| t.elapsed().as_millis() as u64),
+                }
             })
             .collect();
         out.sort_by(|a, b| a.addr.cmp(&b.addr));

@@ -10,11 +10,15 @@
 pub mod store;
 
 use bytes::Bytes;
+use shardfs_common::dial::Dialer;
+use shardfs_common::ec::Codec;
 use shardfs_common::error::RemoteError;
+use shardfs_common::ids::shard_hash;
+use shardfs_common::proto::BlockMeta;
 use shardfs_common::proto::{
     MasterRequest, MasterResponse, NodeRequest, NodeResponse, ALPN_MASTER, ALPN_NODE,
 };
-use shardfs_common::{net, wire, Error, ErrorCode, NodeId};
+use shardfs_common::{net, wire, BlockId, Error, ErrorCode, NodeId};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,11 +84,19 @@ pub struct NodeConfig {
     pub capacity: Option<u64>,
     /// Bytes of the disk never used for shards.
     pub reserve: u64,
+    /// Background scrub: bytes verified per second (0: no background scrub).
+    pub scrub_rate: u64,
+    /// Pause between two background scrub passes.
+    pub scrub_interval: Duration,
 }
 
 struct Node {
     id: NodeId,
     store: Arc<ShardStore>,
+    /// The address other nodes and the master know this node by.
+    advertise: String,
+    /// Connections to other nodes, for rebuilding shards.
+    peers: Dialer,
 }
 
 impl wire::Service for Node {
@@ -145,6 +157,49 @@ impl wire::Service for Node {
                 })
                 .await
             }
+            NodeRequest::Rebuild {
+                block,
+                sources,
+                rebuild,
+            } => Ok(self
+                .clone()
+                .rebuild(block, sources, rebuild)
+                .await
+                .map(|()| (NodeResponse::Ok, Bytes::new()))),
+            NodeRequest::Scrub { after, limit } => {
+                tokio::task::spawn_blocking(move || {
+                    let (intact, corrupt, next) =
+                        scrub_page(&store, after, limit.clamp(1, 10_000))?;
+                    Ok((
+                        NodeResponse::Scrubbed {
+                            intact,
+                            corrupt,
+                            next,
+                        },
+                        Bytes::new(),
+                    ))
+                })
+                .await
+            }
+            NodeRequest::DeleteOrphans {
+                shards,
+                min_age_secs,
+            } => {
+                tokio::task::spawn_blocking(move || {
+                    let age = Duration::from_secs(min_age_secs);
+                    let mut n = 0usize;
+                    for (b, i) in shards {
+                        if store.delete_if_older(&b, i, age)? {
+                            n += 1;
+                        }
+                    }
+                    if n > 0 {
+                        info!(shards = n, "deleted orphan shards");
+                    }
+                    Ok((NodeResponse::Ok, Bytes::new()))
+                })
+                .await
+            }
             NodeRequest::Stat => {
                 let u = self.store.usage();
                 Ok(Ok((
@@ -176,6 +231,192 @@ impl wire::Service for Node {
             ),
         }
     }
+}
+
+impl Node {
+    /// Rebuild shards of `meta` from k of `sources` and store each on its node (here or sent
+    /// on). Every source shard and every rebuilt shard is checked against its recorded hash.
+    async fn rebuild(
+        self: Arc<Self>,
+        meta: BlockMeta,
+        mut sources: Vec<(u8, String)>,
+        rebuild: Vec<(u8, String)>,
+    ) -> Result<(), NodeError> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let (k, n, size) = (
+            meta.ec.k as usize,
+            meta.ec.total(),
+            meta.shard_size as usize,
+        );
+        if meta.shards.len() != n
+            || sources
+                .iter()
+                .chain(&rebuild)
+                .any(|(i, _)| *i as usize >= n)
+        {
+            return Err(Error::invalid("rebuild request does not match the block's code").into());
+        }
+        let codec = Codec::new(meta.ec)?;
+        // Data shards first: with all k of them, nothing needs decoding twice.
+        sources.sort_by_key(|(i, _)| *i);
+        let fetch = |i: u8, addr: String| {
+            let this = self.clone();
+            let (id, want) = (meta.id, meta.shards[i as usize].hash);
+            async move {
+                let r = async {
+                    let a = peer_addr(&addr)?;
+                    let req = NodeRequest::Get {
+                        block: id,
+                        index: i,
+                        range: None,
+                    };
+                    match this
+                        .peers
+                        .call::<_, NodeResponse>(a, &req, Bytes::new(), size, PEER_TIMEOUT)
+                        .await?
+                    {
+                        (NodeResponse::Shard { hash }, d) if hash == want && d.len() == size => {
+                            Ok(d)
+                        }
+                        (NodeResponse::Err(e), _) => Err(Error::from(e)),
+                        _ => Err(Error::Corrupt(format!(
+                            "shard {id}.{i} from {addr} is not the one recorded"
+                        ))),
+                    }
+                }
+                .await;
+                (i, addr, r)
+            }
+        };
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
+        let mut running = FuturesUnordered::new();
+        let mut queue = sources.into_iter();
+        for (i, a) in queue.by_ref().take(k) {
+            running.push(fetch(i, a));
+        }
+        let (mut have, mut errors) = (0usize, Vec::new());
+        while let Some((i, addr, r)) = running.next().await {
+            match r {
+                Ok(d) => {
+                    shards[i as usize] = Some(d);
+                    have += 1;
+                    if have == k {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    errors.push(format!("shard {i} on {addr}: {e}"));
+                    if let Some((i, a)) = queue.next() {
+                        running.push(fetch(i, a));
+                    }
+                }
+            }
+        }
+        drop(running);
+        if have < k {
+            return Err(Error::Unavailable(format!(
+                "block {}: only {have} of the {k} shards needed could be read ({})",
+                meta.id,
+                errors.join("; ")
+            ))
+            .into());
+        }
+        let (meta2, wanted) = (meta.clone(), rebuild.clone());
+        let rebuilt: Vec<(u8, String, Vec<u8>)> = tokio::task::spawn_blocking(move || {
+            codec.reconstruct(&mut shards)?;
+            let mut out = Vec::new();
+            for (i, addr) in wanted {
+                let d = shards[i as usize].take().expect("reconstructed");
+                if shard_hash(&d) != meta2.shards[i as usize].hash {
+                    return Err(Error::Corrupt(format!(
+                        "rebuilt shard {}.{i} does not match its recorded hash",
+                        meta2.id
+                    )));
+                }
+                out.push((i, addr, d));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("rebuild worker failed: {e}")))??;
+        let stores = rebuilt.into_iter().map(|(i, addr, d)| {
+            let this = self.clone();
+            let (id, hash) = (meta.id, meta.shards[i as usize].hash);
+            async move {
+                if addr == this.advertise {
+                    let store = this.store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        store.put(&id, i, &hash, ShardBuf::from_slice(&d))
+                    })
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("store worker failed: {e}")))?
+                } else {
+                    let a = peer_addr(&addr)?;
+                    let req = NodeRequest::Put {
+                        block: id,
+                        index: i,
+                        hash,
+                    };
+                    match this
+                        .peers
+                        .call::<_, NodeResponse>(a, &req, Bytes::from(d), 0, PEER_TIMEOUT)
+                        .await?
+                    {
+                        (NodeResponse::Ok, _) => Ok(()),
+                        (NodeResponse::Err(e), _) => Err(Error::from(e).into()),
+                        (other, _) => {
+                            Err(Error::Protocol(format!("unexpected answer {other:?}")).into())
+                        }
+                    }
+                }
+            }
+        });
+        for r in futures::future::join_all(stores).await {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn peer_addr(addr: &str) -> Result<SocketAddr, Error> {
+    addr.parse()
+        .map_err(|_| Error::invalid(format!("node address {addr:?} is not IP:PORT")))
+}
+
+/// Verify up to `limit` shards after `after`: (intact, corrupt and quarantined, where the
+/// next page starts).
+#[allow(clippy::type_complexity)]
+fn scrub_page(
+    store: &ShardStore,
+    after: Option<(BlockId, u8)>,
+    limit: u32,
+) -> Result<
+    (
+        Vec<(BlockId, u8)>,
+        Vec<(BlockId, u8)>,
+        Option<(BlockId, u8)>,
+    ),
+    NodeError,
+> {
+    let list = store.list(after, limit as usize)?;
+    let next = if list.len() == limit as usize {
+        list.last().copied()
+    } else {
+        None
+    };
+    let (mut intact, mut corrupt) = (Vec::new(), Vec::new());
+    for (b, i) in list {
+        match store.get(&b, i) {
+            Ok(_) => intact.push((b, i)),
+            Err(NodeError::Corrupt(_)) => corrupt.push((b, i)),
+            // Deleted meanwhile.
+            Err(NodeError::Missing(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((intact, corrupt, next))
 }
 
 /// Load this node's id from its data directory, creating one on first start.
@@ -230,19 +471,134 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let node = Arc::new(Node {
         id,
         store: store.clone(),
+        advertise: advertise.clone(),
+        peers: Dialer::new(ALPN_NODE, Duration::from_secs(3))?,
     });
     let hb = tokio::spawn(heartbeat_loop(
         id,
         advertise,
         cfg.master,
         cfg.heartbeat,
+        store.clone(),
+        shutdown.clone(),
+    ));
+    let scrub = tokio::spawn(scrub_loop(
+        id,
         store,
+        cfg.master,
+        cfg.scrub_rate,
+        cfg.scrub_interval,
         shutdown.clone(),
     ));
     wire::serve(endpoint, node, shutdown).await;
     hb.abort();
+    scrub.abort();
     info!(%id, "storage node stopped");
     Ok(())
+}
+
+/// Verify every shard in the background at about `rate` bytes per second, pass after pass
+/// (`interval` apart); corrupt shards are quarantined and reported to the master for repair.
+async fn scrub_loop(
+    id: NodeId,
+    store: Arc<ShardStore>,
+    master: SocketAddr,
+    rate: u64,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if rate == 0 {
+        return;
+    }
+    let dialer = match Dialer::new(ALPN_MASTER, Duration::from_secs(3)) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!("background scrub disabled: {e}");
+            return;
+        }
+    };
+    let mut unreported: Vec<(BlockId, u8)> = Vec::new();
+    loop {
+        let started = std::time::Instant::now();
+        let (mut after, mut bytes, mut checked, mut corrupt) = (None, 0u64, 0u64, 0u64);
+        loop {
+            let st = store.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                let list = st.list(after, 16)?;
+                let mut out = Vec::with_capacity(list.len());
+                for (b, i) in list {
+                    let r = match st.get(&b, i) {
+                        Ok((_, d)) => Some(d.len() as u64),
+                        Err(NodeError::Corrupt(_)) => None,
+                        Err(NodeError::Missing(_)) => Some(0),
+                        Err(e) => return Err(e),
+                    };
+                    out.push(((b, i), r));
+                }
+                Ok::<_, NodeError>(out)
+            })
+            .await;
+            let page = match page {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    warn!("background scrub: {e}");
+                    break;
+                }
+                Err(e) => {
+                    warn!("background scrub worker failed: {e}");
+                    break;
+                }
+            };
+            for (s, r) in &page {
+                checked += 1;
+                match r {
+                    Some(n) => bytes += n,
+                    None => {
+                        corrupt += 1;
+                        unreported.push(*s);
+                    }
+                }
+            }
+            if !unreported.is_empty() {
+                let req = MasterRequest::ShardsLost {
+                    node: id,
+                    shards: unreported.clone(),
+                };
+                match dialer
+                    .call::<_, MasterResponse>(
+                        master,
+                        &req,
+                        Bytes::new(),
+                        0,
+                        Duration::from_secs(10),
+                    )
+                    .await
+                {
+                    Ok((MasterResponse::Ok, _)) => unreported.clear(),
+                    Ok((other, _)) => warn!("master refused a scrub report: {other:?}"),
+                    Err(e) => warn!("cannot report corrupt shards yet: {e}"),
+                }
+            }
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+            let pause = due.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        info!(
+            checked,
+            corrupt,
+            secs = started.elapsed().as_secs(),
+            "background scrub pass done"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Register with the master, then report capacity every `interval`; reconnect whenever the

@@ -30,6 +30,13 @@ struct Args {
     /// Bytes of the disk to keep free.
     #[arg(long, env = "SHARDFS_NODE_RESERVE")]
     reserve: Option<u64>,
+    /// Background scrub rate in MiB/s: every shard is re-verified at about this pace, pass after
+    /// pass (0: no background scrub; `shardfs scrub` still works).
+    #[arg(long, env = "SHARDFS_SCRUB_MIB")]
+    scrub_mib: Option<u64>,
+    /// Seconds between two background scrub passes.
+    #[arg(long, env = "SHARDFS_SCRUB_INTERVAL_SECS")]
+    scrub_interval_secs: Option<u64>,
     /// Optional TOML file with the same settings (data_dir, listen, master, …).
     #[arg(long, env = "SHARDFS_NODE_CONFIG")]
     config: Option<PathBuf>,
@@ -45,6 +52,8 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     capacity: Option<u64>,
     reserve: Option<u64>,
+    scrub_mib: Option<u64>,
+    scrub_interval_secs: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +86,12 @@ fn real_main() -> anyhow::Result<()> {
         heartbeat: Duration::from_millis(a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(1000).max(10)),
         capacity: a.capacity.or(f.capacity),
         reserve: a.reserve.or(f.reserve).unwrap_or(64 << 20),
+        scrub_rate: a.scrub_mib.or(f.scrub_mib).unwrap_or(8) << 20,
+        scrub_interval: Duration::from_secs(
+            a.scrub_interval_secs
+                .or(f.scrub_interval_secs)
+                .unwrap_or(24 * 3600),
+        ),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move { run(cfg, shardfs_common::daemon::shutdown_signal()).await })?;

@@ -409,6 +409,56 @@ impl ShardStore {
         Some(AlignedBuf::read_from(&mut f, size))
     }
 
+    /// Shards held, in (block id, index) order, strictly after `after`, at most `limit`.
+    pub fn list(
+        &self,
+        after: Option<(BlockId, u8)>,
+        limit: usize,
+    ) -> Result<Vec<(BlockId, u8)>, NodeError> {
+        let first_dir = after.map(|(b, _)| b.0[0]).unwrap_or(0);
+        let mut out = Vec::new();
+        for d in first_dir..=255u8 {
+            let dir = self.root.join("shards").join(format!("{d:02x}"));
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(NodeError::io(&dir, e)),
+            };
+            let mut here: Vec<(BlockId, u8)> = rd
+                .flatten()
+                .filter_map(|e| parse_shard_name(&e.file_name().to_string_lossy()))
+                .filter(|s| after.is_none_or(|a| *s > a))
+                .collect();
+            here.sort();
+            for s in here {
+                out.push(s);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete shard `index` of `block` if its file is at least `min_age` old; true if deleted.
+    pub fn delete_if_older(
+        &self,
+        block: &BlockId,
+        index: u8,
+        min_age: std::time::Duration,
+    ) -> Result<bool, NodeError> {
+        let path = self.path(block, index);
+        let old = fs::metadata(&path)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if old {
+            self.delete(block, index)?;
+        }
+        Ok(old)
+    }
+
     pub fn delete(&self, block: &BlockId, index: u8) -> Result<(), NodeError> {
         let path = self.path(block, index);
         match fs::metadata(&path) {
@@ -422,6 +472,13 @@ impl ShardStore {
             Err(e) => Err(NodeError::io(&path, e)),
         }
     }
+}
+
+/// `<64 hex digits>.<index>` → (block, index).
+fn parse_shard_name(name: &str) -> Option<(BlockId, u8)> {
+    let (hex, index) = name.split_once('.')?;
+    let bytes = hex::decode(hex).ok()?;
+    Some((BlockId(bytes.try_into().ok()?), index.parse().ok()?))
 }
 
 /// (total, available) bytes of the filesystem holding `path`.
@@ -484,6 +541,22 @@ mod tests {
             "bit flip in a large shard"
         );
         store.put(&id, 1, &h, ShardBuf::from_slice(&data)).unwrap();
+        let other = BlockId::of(b"other block");
+        store
+            .put(&other, 3, &h, ShardBuf::from_slice(&data))
+            .unwrap();
+        // Listing is in (block, index) order and pages from `after`.
+        let mut want = vec![(id, 1u8), (other, 3u8)];
+        want.sort();
+        assert_eq!(store.list(None, 10).unwrap(), want);
+        assert_eq!(store.list(Some(want[0]), 10).unwrap(), want[1..]);
+        assert_eq!(store.list(None, 1).unwrap(), want[..1]);
+        assert!(!store
+            .delete_if_older(&other, 3, std::time::Duration::from_secs(3600))
+            .unwrap());
+        assert!(store
+            .delete_if_older(&other, 3, std::time::Duration::ZERO)
+            .unwrap());
         store.delete(&id, 1).unwrap();
         assert!(store.get(&id, 1).is_err());
         let _ = fs::remove_dir_all(&dir);

@@ -40,6 +40,7 @@ pub struct Cluster {
     nodes: Vec<Option<Child>>,
     mounts: Vec<PathBuf>,
     pub master_args: Vec<String>,
+    pub node_args: Vec<String>,
 }
 
 impl Cluster {
@@ -49,6 +50,11 @@ impl Cluster {
     }
 
     pub fn start_with(nodes: usize, ec: &str, master_args: &[&str]) -> Cluster {
+        Self::start_opts(nodes, ec, master_args, &[])
+    }
+
+    /// Like [`Cluster::start_with`], with extra arguments for every storage node too.
+    pub fn start_opts(nodes: usize, ec: &str, master_args: &[&str], node_args: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("shardfs-test-")
             .tempdir()
@@ -61,6 +67,7 @@ impl Cluster {
             nodes: (0..nodes).map(|_| None).collect(),
             mounts: Vec::new(),
             master_args: master_args.iter().map(|s| s.to_string()).collect(),
+            node_args: node_args.iter().map(|s| s.to_string()).collect(),
         };
         c.start_master();
         for i in 0..nodes {
@@ -134,6 +141,7 @@ impl Cluster {
                 "--master",
                 &self.master_addr(),
             ])
+            .args(&self.node_args)
             .stdout(Stdio::null())
             .stderr(self.log(&format!("node{i}")))
             .spawn()
@@ -165,6 +173,20 @@ impl Cluster {
             .output()
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Run `shardfs ARGS… MASTER` and return (success, stdout, stderr).
+    pub fn admin(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("shardfs"))
+            .args(args)
+            .arg(self.addr_file())
+            .output()
+            .expect("run shardfs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     }
 
     pub fn wait_nodes_up(&self, n: usize) {
@@ -216,6 +238,20 @@ impl Cluster {
             .expect("run umount");
         assert!(st.success(), "umount {} failed", mp.display());
         self.mounts.retain(|m| m != mp);
+    }
+
+    /// Shard files stored by node `i`.
+    pub fn shard_files(&self, i: usize) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.node_dir(i).join("shards")) {
+            for d in rd.flatten() {
+                if let Ok(files) = fs::read_dir(d.path()) {
+                    out.extend(files.flatten().map(|f| f.path()));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Bytes of shard files stored by each node.

@@ -1,0 +1,202 @@
+//! Cluster administration from the command line: status, scrub, repair.
+
+use anyhow::{bail, Context};
+use shardfs_client::master::MasterClient;
+use shardfs_common::proto::{Health, MasterRequest, MasterResponse, NodeInfo, NodeState};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::human;
+
+fn client(addr: SocketAddr, timeout: Duration) -> anyhow::Result<MasterClient> {
+    Ok(MasterClient::new(addr, Duration::from_secs(5), timeout)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn health(mc: &MasterClient) -> anyhow::Result<Health> {
+    match mc.call(MasterRequest::Health).await? {
+        MasterResponse::Health(h) => Ok(h),
+        other => bail!("unexpected answer from the master: {other:?}"),
+    }
+}
+
+pub fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let (c, nodes, h) = runtime()?
+        .block_on(async {
+            let mc = client(addr, Duration::from_secs(5))?;
+            let c = mc.call(MasterRequest::Cluster).await?;
+            let n = mc.call(MasterRequest::Nodes).await?;
+            let h = health(&mc).await?;
+            mc.close();
+            anyhow::Ok((c, n, h))
+        })
+        .with_context(|| format!("cannot reach the master at {addr}"))?;
+    let (MasterResponse::Cluster(c), MasterResponse::Nodes(nodes)) = (c, nodes) else {
+        bail!("unexpected answer from the master");
+    };
+    let up = nodes.iter().filter(|n| n.state != NodeState::Down).count();
+    if json {
+        let v = serde_json::json!({
+            "master": addr.to_string(),
+            "cluster": format!("{:016x}", c.cluster_id),
+            "ec": c.ec.to_string(),
+            "block_size": c.block_size,
+            "nodes_up": up,
+            "nodes": nodes,
+            "health": h,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "master {addr}  cluster {:016x}  code {}  block {} KiB  nodes {up}/{} up",
+        c.cluster_id,
+        c.ec,
+        c.block_size >> 10,
+        nodes.len()
+    );
+    println!(
+        "{:<18} {:<22} {:<8} {:>10} {:>10} {:>10} {:>8}  REASON",
+        "NODE", "ADDRESS", "STATE", "USED", "FREE", "CAPACITY", "SHARDS"
+    );
+    for n in &nodes {
+        print_node(n);
+    }
+    println!("{}", describe(&h));
+    Ok(())
+}
+
+fn print_node(n: &NodeInfo) {
+    println!(
+        "{:<18} {:<22} {:<8} {:>10} {:>10} {:>10} {:>8}  {}",
+        n.id.to_string(),
+        n.addr,
+        n.state.to_string(),
+        human(n.used),
+        human(n.free),
+        human(n.capacity),
+        n.shards,
+        n.reason
+    );
+}
+
+fn describe(h: &Health) -> String {
+    let scanned = match h.scanned_ms_ago {
+        Some(ms) => format!("checked {:.0} s ago", ms as f64 / 1000.0),
+        None => "not checked yet".into(),
+    };
+    let mut s = format!(
+        "blocks {}: {} degraded ({} shards to rebuild), {} unrecoverable; {scanned}",
+        h.blocks, h.degraded, h.missing_shards, h.unrecoverable
+    );
+    if h.repaired_shards > 0 || h.repair_failures > 0 {
+        s.push_str(&format!(
+            "\nrepaired {} shards ({}) since the master started, {} attempts failed and retried",
+            h.repaired_shards,
+            human(h.repaired_bytes),
+            h.repair_failures
+        ));
+    }
+    s
+}
+
+pub fn scrub(addr: SocketAddr, wait: bool, timeout: u64, json: bool) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let report = rt
+        .block_on(async {
+            // A scrub reads every shard of every node: allow it the whole timeout.
+            let mc = client(addr, Duration::from_secs(timeout.max(1)))?;
+            let r = mc.call(MasterRequest::Scrub).await?;
+            mc.close();
+            anyhow::Ok(r)
+        })
+        .with_context(|| format!("scrub through the master at {addr} failed"))?;
+    let MasterResponse::Scrubbed(r) = report else {
+        bail!("unexpected answer from the master: {report:?}");
+    };
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "scrubbed {} nodes: {} shards checked, {} corrupt, {} missing, {} orphans",
+            r.nodes, r.checked, r.corrupt, r.missing, r.orphans
+        );
+        for e in &r.errors {
+            println!("  not scrubbed: {e}");
+        }
+    }
+    if wait && r.corrupt + r.missing > 0 {
+        repair(addr, timeout)?;
+    }
+    if !r.errors.is_empty() {
+        bail!("{} nodes could not be scrubbed", r.errors.len());
+    }
+    Ok(())
+}
+
+/// Ask for a repair pass and wait until no repairable block is left, drawing progress.
+pub fn repair(addr: SocketAddr, timeout: u64) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mc = client(addr, Duration::from_secs(10))?;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(timeout);
+        mc.call(MasterRequest::Repair).await?;
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut first: Option<u64> = None;
+        let mut last_line = String::new();
+        loop {
+            let h = health(&mc).await?;
+            // Only a scan that ran after the request counts.
+            let fresh = h
+                .scanned_ms_ago
+                .is_some_and(|ms| Duration::from_millis(ms) < started.elapsed());
+            if fresh {
+                let todo = h.missing_shards;
+                let total = *first.get_or_insert(todo.max(1));
+                let done = total.saturating_sub(todo);
+                let width = 30usize;
+                let fill = (done as usize * width / total as usize).min(width);
+                let line = format!(
+                    "repair [{}{}] {done}/{total} shards, {} degraded blocks left, {} repaired",
+                    "#".repeat(fill),
+                    "-".repeat(width - fill),
+                    h.degraded,
+                    human(h.repaired_bytes)
+                );
+                if tty {
+                    eprint!("\r{line}");
+                } else if line != last_line {
+                    eprintln!("{line}");
+                }
+                last_line = line;
+                if h.degraded == h.unrecoverable {
+                    if tty {
+                        eprintln!();
+                    }
+                    mc.close();
+                    if h.unrecoverable > 0 {
+                        bail!(
+                            "{} blocks cannot be repaired now: fewer than k of their shards are readable",
+                            h.unrecoverable
+                        );
+                    }
+                    println!("{}", describe(&h));
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                mc.close();
+                bail!("repair not finished after {timeout} s: {}", describe(&h));
+            }
+            let _ = std::io::stderr().flush();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}

@@ -1,0 +1,402 @@
+//! Keeping every block at full strength: repair and scrub.
+//!
+//! **Repair.** A shard needs rebuilding when its node has been down for longer than the repair
+//! grace (a node back sooner simply catches up), or when a scrub or a node's background check
+//! found it corrupt or missing (`R` records in the metadata store, so a restarted master
+//! resumes). The repair loop scans the block map when something changed (a node passed the
+//! grace, shards were reported lost, a repair failed) and at least every ten minutes. For each
+//! degraded block it chooses a target per lost shard — the same node for a shard lost on a live
+//! node, otherwise a live node holding no other shard of the block, so shards stay on distinct
+//! nodes — and asks the first target to rebuild: that node reads k surviving shards, re-encodes
+//! the missing ones, checks each against its recorded hash, stores its own and sends the others
+//! to their targets. Only then does the master point the block's shards at their new nodes. A
+//! bounded number of blocks are rebuilt at once so user I/O still gets through.
+//!
+//! **Scrub.** On demand, every live node verifies all its shards. The master compares what each
+//! node holds intact with what the block map places there: corrupt and missing shards are
+//! recorded for repair; shards nothing references (left by a node that came back after its
+//! shards were rebuilt elsewhere, or by uploads that never committed) are deleted once older
+//! than the orphan grace.
+
+use crate::{Master, MasterError};
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use shardfs_common::dial::Dialer;
+use shardfs_common::proto::{BlockMeta, Health, NodeRequest, NodeResponse, ScrubReport, ALPN_NODE};
+use shardfs_common::{BlockId, NodeId};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, warn};
+
+#[derive(Clone, Debug)]
+pub struct RepairConfig {
+    /// How long a node must be down before its shards are rebuilt elsewhere.
+    pub grace: Duration,
+    /// How often the repair loop checks whether anything needs rebuilding.
+    pub interval: Duration,
+    /// Blocks rebuilt at once.
+    pub parallel: usize,
+    /// Minimum age of an unreferenced shard before a scrub deletes it.
+    pub orphan_grace: Duration,
+}
+
+/// Repair state shared by the repair loop and the request handlers.
+pub struct Repairer {
+    cfg: RepairConfig,
+    health: Mutex<(Health, Option<Instant>)>,
+    kick: Notify,
+    /// Scan on the next wake-up even if nothing changed.
+    forced: AtomicBool,
+    dialer: Dialer,
+}
+
+impl Repairer {
+    pub fn new(cfg: RepairConfig) -> Result<Self, MasterError> {
+        Ok(Repairer {
+            cfg,
+            health: Mutex::new((Health::default(), None)),
+            kick: Notify::new(),
+            forced: AtomicBool::new(false),
+            dialer: Dialer::new(ALPN_NODE, Duration::from_secs(3))?,
+        })
+    }
+
+    /// Durability as of the last scan, with the repair counters.
+    pub fn health(&self) -> Health {
+        let (h, at) = &*self.health.lock().expect("health lock");
+        let mut h = h.clone();
+        h.scanned_ms_ago = at.map(|t| t.elapsed().as_millis() as u64);
+        h
+    }
+
+    /// Check for work now instead of at the next interval.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Scan the whole block map now, whether or not anything changed.
+    pub fn force(&self) {
+        self.forced.store(true, Ordering::SeqCst);
+        self.kick();
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Health)) {
+        f(&mut self.health.lock().expect("health lock").0);
+    }
+}
+
+/// One degraded block and what to do about it.
+struct Task {
+    meta: BlockMeta,
+    /// (index, node it was on, lost on a live node: rebuild it in place).
+    missing: Vec<(u8, NodeId, bool)>,
+    /// (index, address) of intact shards on live nodes.
+    sources: Vec<(u8, String)>,
+}
+
+/// Rebuild lost shards until the shutdown signal.
+pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiver<bool>) {
+    let cfg = master.repair.cfg.clone();
+    let mut last_dead: HashSet<NodeId> = HashSet::new();
+    let mut last_scan: Option<Instant> = None;
+    let mut retry = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.interval) => {}
+            _ = master.repair.kick.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        let dead = master.nodes.dead(cfg.grace);
+        let lost = match master.meta.lost() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("repair: cannot read lost shards: {e}");
+                continue;
+            }
+        };
+        let forced = master.repair.forced.swap(false, Ordering::SeqCst);
+        let due = retry
+            || forced
+            || dead != last_dead
+            || !lost.is_empty()
+            || last_scan.is_none_or(|t| t.elapsed() > Duration::from_secs(600));
+        if !due {
+            continue;
+        }
+        if dead != last_dead {
+            for n in dead.difference(&last_dead) {
+                warn!(node = %n, grace_s = cfg.grace.as_secs(), "node down past the repair grace: rebuilding its shards elsewhere");
+            }
+        }
+        last_dead = dead.clone();
+        last_scan = Some(Instant::now());
+        let live = master.nodes.live();
+        let tasks = match scan(&master, &dead, &live, &lost) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("repair scan failed: {e}");
+                retry = true;
+                continue;
+            }
+        };
+        retry = false;
+        if tasks.is_empty() {
+            continue;
+        }
+        info!(blocks = tasks.len(), "repairing degraded blocks");
+        let mut running = FuturesUnordered::new();
+        let mut queue = tasks.into_iter();
+        loop {
+            while running.len() < cfg.parallel {
+                match queue.next() {
+                    Some(t) => running.push(repair_block(&master, &live, t)),
+                    None => break,
+                }
+            }
+            let Some(r) = running.next().await else { break };
+            match r {
+                Ok((shards, bytes)) => master.repair.update(|h| {
+                    h.repaired_shards += shards as u64;
+                    h.repaired_bytes += bytes;
+                    h.missing_shards = h.missing_shards.saturating_sub(shards as u64);
+                    h.degraded = h.degraded.saturating_sub(1);
+                }),
+                Err(e) => {
+                    warn!("repair: {e}");
+                    retry = true;
+                    master.repair.update(|h| h.repair_failures += 1);
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+        info!(health = ?master.repair.health(), "repair pass done");
+    }
+}
+
+/// Walk the block map: count what is degraded and list what can be repaired now.
+fn scan(
+    master: &Master,
+    dead: &HashSet<NodeId>,
+    live: &HashMap<NodeId, SocketAddr>,
+    lost: &HashMap<BlockId, crate::meta::LostRecord>,
+) -> Result<Vec<Task>, MasterError> {
+    let mut h = Health::default();
+    let mut tasks = Vec::new();
+    let mut after: Option<BlockId> = None;
+    let mut seen_lost: HashSet<BlockId> = HashSet::new();
+    loop {
+        let page = master.meta.blocks_page(after.as_ref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.meta.id);
+        for rec in page {
+            if rec.refs == 0 {
+                // Unreferenced: the collector deletes it soon.
+                continue;
+            }
+            h.blocks += 1;
+            let meta = rec.meta;
+            let k = meta.ec.k as usize;
+            let lost_here = lost.get(&meta.id);
+            if lost_here.is_some() {
+                seen_lost.insert(meta.id);
+            }
+            let mut missing = Vec::new();
+            let mut sources = Vec::new();
+            for (i, s) in meta.shards.iter().enumerate() {
+                let i = i as u8;
+                let lost_live = lost_here.is_some_and(|l| l.shards.contains(&(i, s.node)))
+                    && live.contains_key(&s.node);
+                if lost_live || dead.contains(&s.node) {
+                    missing.push((i, s.node, lost_live));
+                } else if let Some(a) = live.get(&s.node) {
+                    sources.push((i, a.to_string()));
+                }
+            }
+            if missing.is_empty() {
+                continue;
+            }
+            h.degraded += 1;
+            h.missing_shards += missing.len() as u64;
+            if sources.len() < k {
+                h.unrecoverable += 1;
+                error!(block = %meta.id, readable = sources.len(), k, missing = ?missing.iter().map(|m| m.0).collect::<Vec<_>>(), "block cannot be repaired now: too few shards readable");
+                continue;
+            }
+            tasks.push(Task {
+                meta,
+                missing,
+                sources,
+            });
+        }
+    }
+    // Lost records of blocks that are gone (deleted files) are dropped.
+    for id in lost.keys().filter(|id| !seen_lost.contains(id)) {
+        master.meta.drop_lost(id)?;
+    }
+    let mut g = master.repair.health.lock().expect("health lock");
+    let counters = (g.0.repaired_shards, g.0.repaired_bytes, g.0.repair_failures);
+    g.0 = Health {
+        repaired_shards: counters.0,
+        repaired_bytes: counters.1,
+        repair_failures: counters.2,
+        ..h
+    };
+    g.1 = Some(Instant::now());
+    Ok(tasks)
+}
+
+/// Rebuild one block's missing shards; returns (shards rebuilt, bytes).
+async fn repair_block(
+    master: &Master,
+    live: &HashMap<NodeId, SocketAddr>,
+    t: Task,
+) -> Result<(usize, u64), String> {
+    let id = t.meta.id;
+    let need = t.meta.shard_size as u64 + 4096;
+    // Distinct nodes: no target may hold another shard of this block.
+    let mut exclude: Vec<NodeId> = t.meta.shards.iter().map(|s| s.node).collect();
+    let mut moves: Vec<(u8, NodeId, NodeId)> = Vec::new();
+    let mut targets: Vec<(u8, String)> = Vec::new();
+    for (i, old, in_place) in &t.missing {
+        let new = if *in_place {
+            *old
+        } else {
+            match master.nodes.place(1, need, &exclude) {
+                Ok(n) => n[0],
+                Err(e) => return Err(format!("block {id}: no node to rebuild shard {i} on: {e}")),
+            }
+        };
+        exclude.push(new);
+        let addr = live
+            .get(&new)
+            .map(|a| a.to_string())
+            .ok_or_else(|| format!("block {id}: target node {new} is not live"))?;
+        moves.push((*i, *old, new));
+        targets.push((*i, addr));
+    }
+    let rebuilder: SocketAddr = targets[0]
+        .1
+        .parse()
+        .map_err(|_| format!("bad node address {}", targets[0].1))?;
+    let req = NodeRequest::Rebuild {
+        block: t.meta.clone(),
+        sources: t.sources,
+        rebuild: targets,
+    };
+    let timeout = Duration::from_secs(30) + Duration::from_millis(need / 1024);
+    match master
+        .repair
+        .dialer
+        .call::<_, NodeResponse>(rebuilder, &req, Bytes::new(), 0, timeout)
+        .await
+    {
+        Ok((NodeResponse::Ok, _)) => {}
+        Ok((NodeResponse::Err(e), _)) => {
+            return Err(format!(
+                "block {id}: rebuild on {rebuilder} failed: {}",
+                e.message
+            ))
+        }
+        Ok((other, _)) => return Err(format!("block {id}: unexpected answer {other:?}")),
+        Err(e) => return Err(format!("block {id}: rebuild on {rebuilder} failed: {e}")),
+    }
+    let applied = master
+        .meta
+        .relocate(&id, &moves)
+        .map_err(|e| format!("block {id}: recording the new shard places failed: {e}"))?;
+    info!(block = %id, shards = ?moves.iter().map(|m| (m.0, m.2.to_string())).collect::<Vec<_>>(), "block repaired");
+    Ok((applied, applied as u64 * t.meta.shard_size as u64))
+}
+
+/// Have every live node verify its shards; record corrupt and missing ones for repair and
+/// delete old shards nothing references.
+pub(crate) async fn scrub(master: &Arc<Master>) -> Result<ScrubReport, MasterError> {
+    let mut report = ScrubReport::default();
+    let live = master.nodes.live();
+    let dialer = &master.repair.dialer;
+    for (node, addr) in live {
+        let mut intact: HashSet<(BlockId, u8)> = HashSet::new();
+        let mut corrupt: Vec<(BlockId, u8)> = Vec::new();
+        let mut after = None;
+        let mut failed = None;
+        loop {
+            let req = NodeRequest::Scrub { after, limit: 1000 };
+            match dialer
+                .call::<_, NodeResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(600))
+                .await
+            {
+                Ok((
+                    NodeResponse::Scrubbed {
+                        intact: i,
+                        corrupt: c,
+                        next,
+                    },
+                    _,
+                )) => {
+                    intact.extend(i);
+                    corrupt.extend(c);
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                Ok((other, _)) => {
+                    failed = Some(format!("unexpected answer {other:?}"));
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            report.errors.push(format!("node {node} ({addr}): {e}"));
+            continue;
+        }
+        report.nodes += 1;
+        report.checked += (intact.len() + corrupt.len()) as u64;
+        report.corrupt += corrupt.len() as u64;
+        let expected = master.meta.shards_on(node)?;
+        let corrupt_set: HashSet<(BlockId, u8)> = corrupt.iter().copied().collect();
+        let missing: Vec<(BlockId, u8)> = expected
+            .iter()
+            .filter(|s| !intact.contains(s) && !corrupt_set.contains(s))
+            .copied()
+            .collect();
+        report.missing += missing.len() as u64;
+        let bad: Vec<(BlockId, u8)> = corrupt.into_iter().chain(missing).collect();
+        if !bad.is_empty() {
+            let n = master.meta.add_lost(node, &bad)?;
+            warn!(%node, lost = bad.len(), recorded = n, "scrub found lost shards");
+        }
+        let orphans: Vec<(BlockId, u8)> = intact
+            .into_iter()
+            .filter(|s| !expected.contains(s))
+            .collect();
+        report.orphans += orphans.len() as u64;
+        if !orphans.is_empty() {
+            let req = NodeRequest::DeleteOrphans {
+                shards: orphans,
+                min_age_secs: master.repair.cfg.orphan_grace.as_secs(),
+            };
+            if let Err(e) = dialer
+                .call::<_, NodeResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(60))
+                .await
+            {
+                report
+                    .errors
+                    .push(format!("node {node}: deleting orphans failed: {e}"));
+            }
+        }
+    }
+    info!(?report, "scrub done");
+    master.repair.kick();
+    Ok(report)
+}
