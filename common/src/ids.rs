@@ -16,6 +16,15 @@ impl fmt::Display for NodeId {
     }
 }
 
+impl std::str::FromStr for NodeId {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        u64::from_str_radix(s.trim(), 16)
+            .map(NodeId)
+            .map_err(|_| crate::Error::invalid(format!("{s:?} is not a node id (16 hex digits)")))
+    }
+}
+
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "node:{self}")

@@ -170,6 +170,8 @@ pub enum NodeState {
     Suspect,
     /// Silent past the node timeout; its shards are rebuilt elsewhere after the repair grace.
     Down,
+    /// Alive, taking no new shards, its shards being moved to other nodes.
+    Draining,
 }
 
 impl std::fmt::Display for NodeState {
@@ -178,6 +180,7 @@ impl std::fmt::Display for NodeState {
             NodeState::Up => "up",
             NodeState::Suspect => "suspect",
             NodeState::Down => "down",
+            NodeState::Draining => "draining",
         })
     }
 }
@@ -193,6 +196,10 @@ pub struct Health {
     pub unrecoverable: u64,
     /// Shards waiting for repair.
     pub missing_shards: u64,
+    /// Shards still on draining nodes.
+    pub draining_shards: u64,
+    /// Shards moved to even out node use since the master started.
+    pub rebalanced_shards: u64,
     /// Shards rebuilt since the master started.
     pub repaired_shards: u64,
     /// Bytes of rebuilt shards since the master started.
@@ -321,6 +328,7 @@ pub enum MasterRequest {
     /// Where to store new blocks (or that they exist already).
     Place {
         blocks: Vec<(BlockId, u64)>,
+        /// Nodes the client just failed to write to: used only if there are not enough others.
         exclude: Vec<NodeId>,
     },
     /// Make written blocks part of a file, atomically with its new size and mtime.
@@ -356,6 +364,11 @@ pub enum MasterRequest {
     Health,
     /// Look for degraded blocks now (instead of at the next repair interval) and rebuild them.
     Repair,
+    /// Start (or with `cancel`, stop) moving every shard off a node; it takes no new shards.
+    Drain {
+        node: NodeId,
+        cancel: bool,
+    },
     /// Have every live node verify all its shards now; lost shards are queued for repair.
     Scrub,
 }

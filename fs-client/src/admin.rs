@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use shardfs_client::master::MasterClient;
 use shardfs_common::proto::{Health, MasterRequest, MasterResponse, NodeInfo, NodeState};
+use shardfs_common::NodeId;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -17,6 +18,51 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
+}
+
+/// A progress bar on stderr: redrawn in place on a terminal, one line per change otherwise.
+struct Progress {
+    label: &'static str,
+    tty: bool,
+    first: Option<u64>,
+    last: String,
+}
+
+impl Progress {
+    fn new(label: &'static str) -> Self {
+        Progress {
+            label,
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            first: None,
+            last: String::new(),
+        }
+    }
+
+    /// Draw with `left` units still to do (the first call sets the total) and a detail text.
+    fn draw(&mut self, left: u64, detail: &str) {
+        let total = *self.first.get_or_insert(left.max(1));
+        let done = total.saturating_sub(left);
+        let fill = (done as usize * 30 / total as usize).min(30);
+        let line = format!(
+            "{} [{}{}] {done}/{total} shards, {detail}",
+            self.label,
+            "#".repeat(fill),
+            "-".repeat(30 - fill)
+        );
+        if self.tty {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+        } else if line != self.last {
+            eprintln!("{line}");
+        }
+        self.last = line;
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
 }
 
 async fn health(mc: &MasterClient) -> anyhow::Result<Health> {
@@ -42,6 +88,15 @@ pub fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
     };
     let up = nodes.iter().filter(|n| n.state != NodeState::Down).count();
     if json {
+        // Node ids as users see them (16 hex digits), not as numbers.
+        let nodes: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                let mut v = serde_json::to_value(n).unwrap_or_default();
+                v["id"] = serde_json::Value::String(n.id.to_string());
+                v
+            })
+            .collect();
         let v = serde_json::json!({
             "master": addr.to_string(),
             "cluster": format!("{:016x}", c.cluster_id),
@@ -148,9 +203,7 @@ pub fn repair(addr: SocketAddr, timeout: u64) -> anyhow::Result<()> {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(timeout);
         mc.call(MasterRequest::Repair).await?;
-        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let mut first: Option<u64> = None;
-        let mut last_line = String::new();
+        let mut bar = Progress::new("repair");
         loop {
             let h = health(&mc).await?;
             // Only a scan that ran after the request counts.
@@ -158,28 +211,16 @@ pub fn repair(addr: SocketAddr, timeout: u64) -> anyhow::Result<()> {
                 .scanned_ms_ago
                 .is_some_and(|ms| Duration::from_millis(ms) < started.elapsed());
             if fresh {
-                let todo = h.missing_shards;
-                let total = *first.get_or_insert(todo.max(1));
-                let done = total.saturating_sub(todo);
-                let width = 30usize;
-                let fill = (done as usize * width / total as usize).min(width);
-                let line = format!(
-                    "repair [{}{}] {done}/{total} shards, {} degraded blocks left, {} repaired",
-                    "#".repeat(fill),
-                    "-".repeat(width - fill),
-                    h.degraded,
-                    human(h.repaired_bytes)
+                bar.draw(
+                    h.missing_shards,
+                    &format!(
+                        "{} degraded blocks left, {} rebuilt",
+                        h.degraded,
+                        human(h.repaired_bytes)
+                    ),
                 );
-                if tty {
-                    eprint!("\r{line}");
-                } else if line != last_line {
-                    eprintln!("{line}");
-                }
-                last_line = line;
                 if h.degraded == h.unrecoverable {
-                    if tty {
-                        eprintln!();
-                    }
+                    bar.finish();
                     mc.close();
                     if h.unrecoverable > 0 {
                         bail!(
@@ -195,7 +236,54 @@ pub fn repair(addr: SocketAddr, timeout: u64) -> anyhow::Result<()> {
                 mc.close();
                 bail!("repair not finished after {timeout} s: {}", describe(&h));
             }
-            let _ = std::io::stderr().flush();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}
+
+/// Start (or cancel) draining a node; with `wait`, until it holds no shards.
+pub fn drain(
+    addr: SocketAddr,
+    id: &str,
+    wait: bool,
+    timeout: u64,
+    cancel: bool,
+) -> anyhow::Result<()> {
+    let node: NodeId = id.parse()?;
+    runtime()?.block_on(async {
+        let mc = client(addr, Duration::from_secs(10))?;
+        match mc.call(MasterRequest::Drain { node, cancel }).await? {
+            MasterResponse::Ok => {}
+            other => bail!("unexpected answer from the master: {other:?}"),
+        }
+        if cancel {
+            println!("node {node}: drain cancelled");
+            return Ok(());
+        }
+        println!("node {node}: draining");
+        if !wait {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(timeout);
+        let mut bar = Progress::new("drain");
+        loop {
+            let n = match mc.call(MasterRequest::Nodes).await? {
+                MasterResponse::Nodes(list) => list.into_iter().find(|n| n.id == node),
+                other => bail!("unexpected answer from the master: {other:?}"),
+            };
+            let Some(n) = n else { bail!("node {node} is no longer known") };
+            if n.state == NodeState::Down {
+                bail!("node {node} went down while draining ({}); its shards will be rebuilt after the repair grace", n.reason);
+            }
+            bar.draw(n.shards, &format!("{} left to move", human(n.used)));
+            if n.shards == 0 {
+                bar.finish();
+                println!("node {node} holds no shards: it can be stopped");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("drain of {node} not finished after {timeout} s: {} shards left", n.shards);
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })

@@ -176,7 +176,11 @@ impl BlockStore {
         let mut encoded: Option<(Vec<Bytes>, Vec<[u8; 32]>)> = None;
         let mut exclude: Vec<NodeId> = Vec::new();
         let mut last_err = None;
-        for _attempt in 0..4 {
+        for attempt in 0..6u32 {
+            if attempt > 0 {
+                // Give the master time to notice a node that died.
+                tokio::time::sleep(Duration::from_millis(250 * attempt as u64)).await;
+            }
             let req = MasterRequest::Place {
                 blocks: vec![(id, data.len() as u64)],
                 exclude: exclude.clone(),

@@ -370,7 +370,16 @@ impl Core {
 
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
         let of = self.open_file(ino);
-        if let (Some(of), Some(_)) = (&of, set.size) {
+        if let (Some(of), Some(size)) = (&of, set.size) {
+            {
+                // Data past the new size need not be stored first; if that was all that
+                // failed to upload, the file is healthy again.
+                let mut st = of.st.lock().expect("file lock");
+                st.truncate(size, self.cluster.block_size);
+                if st.dirty.is_empty() && st.running == 0 {
+                    st.error = None;
+                }
+            }
             self.flush_file(of).await?;
         }
         let size = set.size;
@@ -785,14 +794,18 @@ impl Core {
                     Err(e) => {
                         warn!(ino = of.ino, block = idx, "could not store block: {e}");
                         // Keep the data: a later flush tries again.
-                        if current && !st.dirty.contains_key(&idx) {
-                            st.dirty_bytes += data.len();
-                            st.dirty.insert(idx, data.to_vec());
+                        // Only the newest version of a block matters: a failed upload of an
+                        // older one is moot once a newer one is on its way.
+                        if current {
+                            if !st.dirty.contains_key(&idx) {
+                                st.dirty_bytes += data.len();
+                                st.dirty.insert(idx, data.to_vec());
+                            }
+                            st.error = Some(format!(
+                                "could not store block {idx} of inode {}: {e}",
+                                of.ino
+                            ));
                         }
-                        st.error = Some(format!(
-                            "could not store block {idx} of inode {}: {e}",
-                            of.ino
-                        ));
                     }
                 }
             }
@@ -803,29 +816,51 @@ impl Core {
 
     /// Upload everything dirty, wait for it, and commit the new block list to the master.
     async fn flush_file(&self, of: &Arc<OpenFile>) -> Result<()> {
-        let taken: Vec<(u64, u64, Arc<Vec<u8>>)> = {
-            let mut st = of.st.lock().expect("file lock");
-            let idxs: Vec<u64> = st.dirty.keys().copied().collect();
-            idxs.into_iter()
-                .filter_map(|i| st.take_for_upload(i).map(|(s, d)| (i, s, d)))
-                .collect()
-        };
-        for (i, seq, d) in taken {
-            self.start_upload(of, i, seq, d).await;
-        }
-        loop {
-            let notified = of.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if of.st.lock().expect("file lock").running == 0 {
+        // Upload every dirty block (again, for one whose upload failed) and wait for all
+        // uploads. Nothing is committed while a block of the file is not stored: the size the
+        // master would publish must never cover bytes that are not in the cluster. A failure
+        // stays recorded (later writes and flushes see it) until a retry succeeds or a
+        // truncate drops the data.
+        for round in 0..3 {
+            let taken: Vec<(u64, u64, Arc<Vec<u8>>)> = {
+                let mut st = of.st.lock().expect("file lock");
+                if !st.dirty.is_empty() {
+                    st.error = None;
+                }
+                let idxs: Vec<u64> = st.dirty.keys().copied().collect();
+                idxs.into_iter()
+                    .filter_map(|i| st.take_for_upload(i).map(|(s, d)| (i, s, d)))
+                    .collect()
+            };
+            for (i, seq, d) in taken {
+                self.start_upload(of, i, seq, d).await;
+            }
+            loop {
+                let notified = of.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if of.st.lock().expect("file lock").running == 0 {
+                    break;
+                }
+                notified.await;
+            }
+            let st = of.st.lock().expect("file lock");
+            if let Some(e) = &st.error {
+                return Err(Error::Unavailable(e.clone()));
+            }
+            if st.dirty.is_empty() {
                 break;
             }
-            notified.await;
+            // Written to meanwhile (another thread of this mount): upload those blocks too,
+            // a few rounds at most; what is still being written is committed by its own flush.
+            if round == 2 {
+                break;
+            }
         }
         let (slots, size, mtime) = {
             let mut st = of.st.lock().expect("file lock");
-            if let Some(e) = st.error.take() {
-                return Err(Error::Unavailable(e));
+            if let Some(e) = &st.error {
+                return Err(Error::Unavailable(e.clone()));
             }
             if st.pending.is_empty() && st.superseded.is_empty() && !st.meta_dirty {
                 return Ok(());

@@ -53,6 +53,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Manage storage nodes: drain one (move all its shards away) or cancel a drain.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Look for degraded blocks now and wait, with a progress bar, until they are repaired.
     Repair {
         /// Master address HOST:PORT, or a file holding it.
@@ -61,6 +66,26 @@ enum Cmd {
         /// Give up after this many seconds (exit status 1).
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Move every shard off node ID (it takes no new ones); then it can be stopped and removed.
+    Drain {
+        /// Master address HOST:PORT, or a file holding it.
+        master: String,
+        /// Node id, as `shardfs status` shows it.
+        id: String,
+        /// Wait until the node holds no shards, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit status 1).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Stop draining: the node takes shards again.
+        #[arg(long)]
+        cancel: bool,
     },
 }
 
@@ -133,6 +158,16 @@ fn main() -> ExitCode {
             timeout,
             json,
         } => master_addr(&master).and_then(|a| admin::scrub(a, wait, timeout, json)),
+        Cmd::Node {
+            cmd:
+                NodeCmd::Drain {
+                    master,
+                    id,
+                    wait,
+                    timeout,
+                    cancel,
+                },
+        } => master_addr(&master).and_then(|a| admin::drain(a, &id, wait, timeout, cancel)),
         Cmd::Repair { master, timeout } => {
             master_addr(&master).and_then(|a| admin::repair(a, timeout))
         }

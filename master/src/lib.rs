@@ -233,6 +233,7 @@ impl Master {
                         out.push(Placement::Place(self.nodes.place(
                             ec.total(),
                             need,
+                            &[],
                             &exclude,
                         )?));
                     }
@@ -258,6 +259,12 @@ impl Master {
             R::Nodes => A::Nodes(self.nodes.list()),
             R::Health => A::Health(self.repair.health()),
             R::Repair => {
+                self.repair.force();
+                A::Ok
+            }
+            R::Drain { node, cancel } => {
+                self.nodes.set_draining(&self.meta, node, !cancel)?;
+                info!(%node, drain = !cancel, "drain {}", if cancel { "cancelled" } else { "started" });
                 self.repair.force();
                 A::Ok
             }

@@ -44,6 +44,10 @@ struct Args {
     /// uploaded is referenced only once its file commits).
     #[arg(long, env = "SHARDFS_ORPHAN_GRACE_SECS")]
     orphan_grace_secs: Option<u64>,
+    /// Move shards between nodes when the fullest node's fill (used / capacity) exceeds the
+    /// emptiest one's by more than this percentage of the mean fill (0: never).
+    #[arg(long, env = "SHARDFS_REBALANCE_PCT")]
+    rebalance_pct: Option<f64>,
     /// fsync the metadata log on every operation.
     #[arg(long)]
     sync: bool,
@@ -65,6 +69,7 @@ struct FileConfig {
     repair_interval_ms: Option<u64>,
     repair_parallel: Option<usize>,
     orphan_grace_secs: Option<u64>,
+    rebalance_pct: Option<f64>,
     sync: Option<bool>,
 }
 
@@ -113,6 +118,8 @@ fn real_main() -> anyhow::Result<()> {
             orphan_grace: Duration::from_secs(
                 a.orphan_grace_secs.or(f.orphan_grace_secs).unwrap_or(3600),
             ),
+            rebalance_threshold: a.rebalance_pct.or(f.rebalance_pct).unwrap_or(10.0).max(0.0)
+                / 100.0,
         },
         sync: a.sync || f.sync.unwrap_or(false),
     };

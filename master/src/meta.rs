@@ -14,6 +14,7 @@
 //! | `G` block-id                      | unreferenced block waiting for its shards to be deleted |
 //! | `N` node-id                       | storage node: address and last reported capacity |
 //! | `R` block-id                      | shards of the block found corrupt or missing, waiting for repair |
+//! | `X` node-id                       | the node is being drained (value: unix seconds since) |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and
@@ -938,6 +939,14 @@ impl Meta {
                 }
             }
         }
+        // Blocks written in this commit entirely past the new size (a truncate raced the
+        // upload) are not kept: they would reappear if the file grew again.
+        for (index, id) in &written {
+            if index * bs >= size {
+                txn.batch.delete(k_slot(ino, *index));
+                txn.unref(id)?;
+            }
+        }
         rec.attr.size = size;
         rec.attr.mtime = mtime;
         rec.attr.ctime = mtime;
@@ -1143,6 +1152,26 @@ impl Meta {
             self.db.delete(k_lost(id)).map_err(db_err)?;
         }
         Ok(())
+    }
+
+    /// Mark a node as draining, or clear the mark.
+    pub fn set_draining(&self, node: NodeId, on: bool) -> Result<(), MasterError> {
+        let mut k = vec![b'X'];
+        k.extend_from_slice(&node.0.to_be_bytes());
+        if on {
+            self.db.put(k, enc(&unix_now())).map_err(db_err)
+        } else {
+            self.db.delete(k).map_err(db_err)
+        }
+    }
+
+    /// Nodes being drained.
+    pub fn draining(&self) -> Result<HashSet<NodeId>, MasterError> {
+        Ok(self
+            .scan::<u64>(b"X", b"X", usize::MAX)?
+            .into_iter()
+            .filter_map(|(k, _)| Some(NodeId(u64::from_be_bytes(k[1..9].try_into().ok()?))))
+            .collect())
     }
 
     /// Every (block, index) the block map or the collector places on `node`.

@@ -17,6 +17,8 @@ struct Entry {
 
 pub struct Registry {
     nodes: Mutex<HashMap<NodeId, Entry>>,
+    /// Nodes being drained: alive, but given no new shards.
+    draining: Mutex<std::collections::HashSet<NodeId>>,
     timeout: Duration,
     /// When this master started: a node not heard from since counts as silent from then.
     started: Instant,
@@ -39,6 +41,7 @@ impl Registry {
             .collect();
         Ok(Registry {
             nodes: Mutex::new(nodes),
+            draining: Mutex::new(meta.draining()?),
             timeout,
             started: Instant::now(),
         })
@@ -126,6 +129,47 @@ impl Registry {
         }
     }
 
+    /// Start or stop draining a node (kept in the metadata store across restarts).
+    pub fn set_draining(&self, meta: &Meta, id: NodeId, on: bool) -> Result<(), MasterError> {
+        if !self.nodes.lock().expect("registry lock").contains_key(&id) {
+            return Err(Error::not_found(format!("no node {id} in this cluster")).into());
+        }
+        meta.set_draining(id, on)?;
+        let mut d = self.draining.lock().expect("draining lock");
+        if on {
+            d.insert(id);
+        } else {
+            d.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Whether a live draining node still reports shards.
+    pub fn draining_with_shards(&self) -> bool {
+        let draining = self.draining();
+        let nodes = self.nodes.lock().expect("registry lock");
+        draining.iter().any(|id| {
+            nodes
+                .get(id)
+                .is_some_and(|e| self.is_up(e) && e.rec.shards > 0)
+        })
+    }
+
+    pub fn draining(&self) -> std::collections::HashSet<NodeId> {
+        self.draining.lock().expect("draining lock").clone()
+    }
+
+    /// (node, bytes of shards it holds, capacity) of every live node that is not draining.
+    pub fn usage(&self) -> Vec<(NodeId, u64, u64)> {
+        let draining = self.draining();
+        let nodes = self.nodes.lock().expect("registry lock");
+        nodes
+            .iter()
+            .filter(|(id, e)| self.is_up(e) && !draining.contains(id))
+            .map(|(id, e)| (*id, e.rec.used, e.rec.capacity))
+            .collect()
+    }
+
     /// Nodes down for longer than `grace` past the node timeout: their shards need rebuilding.
     pub fn dead(&self, grace: Duration) -> std::collections::HashSet<NodeId> {
         let nodes = self.nodes.lock().expect("registry lock");
@@ -146,38 +190,52 @@ impl Registry {
             .collect()
     }
 
-    /// Choose `n` distinct live nodes with at least `need` bytes free, weighted by free space.
+    /// Choose `n` distinct live nodes with at least `need` bytes free, weighted by free space,
+    /// never one in `exclude`. Nodes in `avoid` (a client could not write to them) are used
+    /// only if there are not enough others: a node alive by its heartbeats may have been
+    /// restarted since.
     pub fn place(
         &self,
         n: usize,
         need: u64,
         exclude: &[NodeId],
+        avoid: &[NodeId],
     ) -> Result<Vec<NodeId>, MasterError> {
+        let draining = self.draining();
         let nodes = self.nodes.lock().expect("registry lock");
-        let candidates: Vec<(NodeId, u64)> = nodes
+        let usable: Vec<(NodeId, u64)> = nodes
             .iter()
-            .filter(|(id, e)| self.is_up(e) && e.rec.free >= need && !exclude.contains(id))
+            .filter(|(id, e)| {
+                self.is_up(e)
+                    && e.rec.free >= need
+                    && !draining.contains(id)
+                    && !exclude.contains(id)
+            })
             .map(|(id, e)| (*id, e.rec.free))
             .collect();
-        if candidates.len() < n {
+        if usable.len() < n {
             let live = nodes.values().filter(|e| self.is_up(e)).count();
             return Err(Error::Unavailable(format!(
                 "cannot place a block on {n} distinct nodes: {} usable of {live} live nodes",
-                candidates.len()
+                usable.len()
             ))
             .into());
         }
         // Weighted sampling without replacement (Efraimidis–Spirakis): key = u^(1/w).
-        let mut keyed: Vec<(f64, NodeId)> = candidates
+        let mut keyed: Vec<(bool, f64, NodeId)> = usable
             .into_iter()
             .map(|(id, free)| {
                 let w = (free as f64).max(1.0);
                 let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
-                (u.ln() / w, id)
+                (avoid.contains(&id), u.ln() / w, id)
             })
             .collect();
-        keyed.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
-        Ok(keyed.into_iter().take(n).map(|(_, id)| id).collect())
+        // Nodes not to avoid first, then by key.
+        keyed.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal))
+        });
+        Ok(keyed.into_iter().take(n).map(|(_, _, id)| id).collect())
     }
 
     /// Raw capacity and free space of the live nodes.
@@ -198,11 +256,16 @@ impl Registry {
     }
 
     pub fn list(&self) -> Vec<NodeInfo> {
+        let draining = self.draining();
         let nodes = self.nodes.lock().expect("registry lock");
         let mut out: Vec<NodeInfo> = nodes
             .iter()
             .map(|(id, e)| {
-                let (state, reason) = self.state(e);
+                let (mut state, mut reason) = self.state(e);
+                if draining.contains(id) && state != NodeState::Down {
+                    state = NodeState::Draining;
+                    reason = format!("{} shards left to move", e.rec.shards);
+                }
                 NodeInfo {
                     id: *id,
                     addr: e.rec.addr.clone(),

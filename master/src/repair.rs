@@ -42,6 +42,9 @@ pub struct RepairConfig {
     pub parallel: usize,
     /// Minimum age of an unreferenced shard before a scrub deletes it.
     pub orphan_grace: Duration,
+    /// Move shards when the fullest node's fill exceeds the emptiest one's by more than this
+    /// fraction of the mean fill (0: never rebalance).
+    pub rebalance_threshold: f64,
 }
 
 /// Repair state shared by the repair loop and the request handlers.
@@ -89,11 +92,22 @@ impl Repairer {
     }
 }
 
-/// One degraded block and what to do about it.
+/// Where a shard that must be (re)written goes.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// Back on the node it was lost on (that node is alive).
+    InPlace,
+    /// On a live node chosen by placement.
+    Place,
+    /// On this node (rebalancing).
+    Node(NodeId),
+}
+
+/// One block and the shards of it to rebuild or move.
 struct Task {
     meta: BlockMeta,
-    /// (index, node it was on, lost on a live node: rebuild it in place).
-    missing: Vec<(u8, NodeId, bool)>,
+    /// (index, node it is or was on, where it goes).
+    missing: Vec<(u8, NodeId, Target)>,
     /// (index, address) of intact shards on live nodes.
     sources: Vec<(u8, String)>,
 }
@@ -104,6 +118,9 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
     let mut last_dead: HashSet<NodeId> = HashSet::new();
     let mut last_scan: Option<Instant> = None;
     let mut retry = false;
+    // After a rebalance scan that found nothing it could move, wait before trying again.
+    let mut rebalance_idle_until: Option<Instant> = None;
+    let mut last_live: HashSet<NodeId> = HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cfg.interval) => {}
@@ -119,8 +136,17 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
             }
         };
         let forced = master.repair.forced.swap(false, Ordering::SeqCst);
+        let live_now: HashSet<NodeId> = master.nodes.live().into_keys().collect();
+        if live_now != last_live {
+            // A node joined or left: rebalancing may be possible again.
+            rebalance_idle_until = None;
+            last_live = live_now;
+        }
         let due = retry
             || forced
+            || master.nodes.draining_with_shards()
+            || (rebalance_idle_until.is_none_or(|t| Instant::now() >= t)
+                && imbalanced(&master.nodes.usage(), cfg.rebalance_threshold).is_some())
             || dead != last_dead
             || !lost.is_empty()
             || last_scan.is_none_or(|t| t.elapsed() > Duration::from_secs(600));
@@ -135,7 +161,8 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
         last_dead = dead.clone();
         last_scan = Some(Instant::now());
         let live = master.nodes.live();
-        let tasks = match scan(&master, &dead, &live, &lost) {
+        let draining = master.nodes.draining();
+        let tasks = match scan(&master, &dead, &live, &lost, &draining) {
             Ok(t) => t,
             Err(e) => {
                 warn!("repair scan failed: {e}");
@@ -144,10 +171,31 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
             }
         };
         retry = false;
+        let tasks = if tasks.is_empty() {
+            // Nothing to repair: even out node use instead.
+            match rebalance_tasks(&master, &live, cfg.rebalance_threshold, cfg.parallel * 8) {
+                Ok(t) => {
+                    if t.is_empty() {
+                        rebalance_idle_until = Some(Instant::now() + Duration::from_secs(600));
+                    }
+                    t
+                }
+                Err(e) => {
+                    warn!("rebalance scan failed: {e}");
+                    Vec::new()
+                }
+            }
+        } else {
+            info!(blocks = tasks.len(), "repairing degraded blocks");
+            tasks
+        };
         if tasks.is_empty() {
             continue;
         }
-        info!(blocks = tasks.len(), "repairing degraded blocks");
+        // Rebalancing works in rounds: look again after this one.
+        retry = tasks
+            .iter()
+            .any(|t| t.missing.iter().any(|m| matches!(m.2, Target::Node(_))));
         let mut running = FuturesUnordered::new();
         let mut queue = tasks.into_iter();
         loop {
@@ -159,12 +207,18 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
             }
             let Some(r) = running.next().await else { break };
             match r {
-                Ok((shards, bytes)) => master.repair.update(|h| {
+                Ok(Done::Repaired(shards, bytes)) => master.repair.update(|h| {
                     h.repaired_shards += shards as u64;
                     h.repaired_bytes += bytes;
                     h.missing_shards = h.missing_shards.saturating_sub(shards as u64);
                     h.degraded = h.degraded.saturating_sub(1);
                 }),
+                Ok(Done::Moved(shards)) => master.repair.update(|h| {
+                    h.draining_shards = h.draining_shards.saturating_sub(shards as u64);
+                }),
+                Ok(Done::Rebalanced(shards)) => master
+                    .repair
+                    .update(|h| h.rebalanced_shards += shards as u64),
                 Err(e) => {
                     warn!("repair: {e}");
                     retry = true;
@@ -185,6 +239,7 @@ fn scan(
     dead: &HashSet<NodeId>,
     live: &HashMap<NodeId, SocketAddr>,
     lost: &HashMap<BlockId, crate::meta::LostRecord>,
+    draining: &HashSet<NodeId>,
 ) -> Result<Vec<Task>, MasterError> {
     let mut h = Health::default();
     let mut tasks = Vec::new();
@@ -208,21 +263,35 @@ fn scan(
             }
             let mut missing = Vec::new();
             let mut sources = Vec::new();
+            let mut lost_count = 0;
             for (i, s) in meta.shards.iter().enumerate() {
                 let i = i as u8;
                 let lost_live = lost_here.is_some_and(|l| l.shards.contains(&(i, s.node)))
                     && live.contains_key(&s.node);
                 if lost_live || dead.contains(&s.node) {
-                    missing.push((i, s.node, lost_live));
+                    let target = if lost_live && !draining.contains(&s.node) {
+                        Target::InPlace
+                    } else {
+                        Target::Place
+                    };
+                    missing.push((i, s.node, target));
+                    lost_count += 1;
                 } else if let Some(a) = live.get(&s.node) {
                     sources.push((i, a.to_string()));
+                    if draining.contains(&s.node) {
+                        // Intact, but it has to move.
+                        missing.push((i, s.node, Target::Place));
+                        h.draining_shards += 1;
+                    }
                 }
             }
             if missing.is_empty() {
                 continue;
             }
-            h.degraded += 1;
-            h.missing_shards += missing.len() as u64;
+            if lost_count > 0 {
+                h.degraded += 1;
+                h.missing_shards += lost_count;
+            }
             if sources.len() < k {
                 h.unrecoverable += 1;
                 error!(block = %meta.id, readable = sources.len(), k, missing = ?missing.iter().map(|m| m.0).collect::<Vec<_>>(), "block cannot be repaired now: too few shards readable");
@@ -240,37 +309,130 @@ fn scan(
         master.meta.drop_lost(id)?;
     }
     let mut g = master.repair.health.lock().expect("health lock");
-    let counters = (g.0.repaired_shards, g.0.repaired_bytes, g.0.repair_failures);
+    // Counters run since the master started; the rest is this scan's picture.
     g.0 = Health {
-        repaired_shards: counters.0,
-        repaired_bytes: counters.1,
-        repair_failures: counters.2,
+        repaired_shards: g.0.repaired_shards,
+        repaired_bytes: g.0.repaired_bytes,
+        repair_failures: g.0.repair_failures,
+        rebalanced_shards: g.0.rebalanced_shards,
         ..h
     };
     g.1 = Some(Instant::now());
     Ok(tasks)
 }
 
-/// Rebuild one block's missing shards; returns (shards rebuilt, bytes).
+/// Moves that even out node use: shards from the fullest live node to the emptiest, for
+/// blocks the emptiest node holds no shard of, at most `limit` of them.
+fn rebalance_tasks(
+    master: &Master,
+    live: &HashMap<NodeId, SocketAddr>,
+    threshold: f64,
+    limit: usize,
+) -> Result<Vec<Task>, MasterError> {
+    if threshold <= 0.0 {
+        return Ok(Vec::new());
+    }
+    let Some((hi, lo)) = imbalanced(&master.nodes.usage(), threshold) else {
+        return Ok(Vec::new());
+    };
+    let fill = |u: &(NodeId, u64, u64)| u.1 as f64 / u.2.max(1) as f64;
+    // Move about half the gap (in bytes of the emptier node's capacity scale), in `limit`
+    // shards at most per round.
+    let gap_bytes = ((fill(&hi) - fill(&lo)) / 2.0 * lo.2.max(1) as f64) as u64;
+    let mut moved_bytes = 0u64;
+    let mut tasks = Vec::new();
+    let mut after: Option<BlockId> = None;
+    'outer: loop {
+        let page = master.meta.blocks_page(after.as_ref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.meta.id);
+        for rec in page {
+            if rec.refs == 0 || rec.meta.shards.iter().any(|s| s.node == lo.0) {
+                continue;
+            }
+            let Some(i) = rec.meta.shards.iter().position(|s| s.node == hi.0) else {
+                continue;
+            };
+            let sources: Vec<(u8, String)> = rec
+                .meta
+                .shards
+                .iter()
+                .enumerate()
+                .filter_map(|(j, s)| live.get(&s.node).map(|a| (j as u8, a.to_string())))
+                .collect();
+            moved_bytes += rec.meta.shard_size as u64;
+            tasks.push(Task {
+                missing: vec![(i as u8, hi.0, Target::Node(lo.0))],
+                sources,
+                meta: rec.meta,
+            });
+            if tasks.len() >= limit || moved_bytes >= gap_bytes {
+                break 'outer;
+            }
+        }
+    }
+    if !tasks.is_empty() {
+        info!(from = %hi.0, to = %lo.0, shards = tasks.len(), "rebalancing");
+    }
+    Ok(tasks)
+}
+
+type Usage = (NodeId, u64, u64);
+
+/// The fullest and the emptiest node, if their fill differs by more than `threshold` of the
+/// mean fill (used bytes / capacity).
+fn imbalanced(usage: &[Usage], threshold: f64) -> Option<(Usage, Usage)> {
+    if threshold <= 0.0 || usage.len() < 2 {
+        return None;
+    }
+    let fill = |u: &Usage| u.1 as f64 / u.2.max(1) as f64;
+    let mean = usage.iter().map(fill).sum::<f64>() / usage.len() as f64;
+    let (mut hi, mut lo) = (usage[0], usage[0]);
+    for u in usage {
+        if fill(u) > fill(&hi) {
+            hi = *u;
+        }
+        if fill(u) < fill(&lo) {
+            lo = *u;
+        }
+    }
+    // Less than a few MiB apart is noise, whatever the ratio.
+    if mean <= 0.0 || fill(&hi) - fill(&lo) <= threshold * mean || hi.1 < lo.1 + (8 << 20) {
+        return None;
+    }
+    Some((hi, lo))
+}
+
+/// What one task achieved.
+enum Done {
+    /// Lost shards rebuilt: (shards, bytes).
+    Repaired(usize, u64),
+    /// Shards moved off draining nodes.
+    Moved(usize),
+    /// Shards moved to even out node use.
+    Rebalanced(usize),
+}
+
+/// Rebuild or move one block's shards.
 async fn repair_block(
     master: &Master,
     live: &HashMap<NodeId, SocketAddr>,
     t: Task,
-) -> Result<(usize, u64), String> {
+) -> Result<Done, String> {
     let id = t.meta.id;
     let need = t.meta.shard_size as u64 + 4096;
     // Distinct nodes: no target may hold another shard of this block.
     let mut exclude: Vec<NodeId> = t.meta.shards.iter().map(|s| s.node).collect();
     let mut moves: Vec<(u8, NodeId, NodeId)> = Vec::new();
     let mut targets: Vec<(u8, String)> = Vec::new();
-    for (i, old, in_place) in &t.missing {
-        let new = if *in_place {
-            *old
-        } else {
-            match master.nodes.place(1, need, &exclude) {
+    for (i, old, target) in &t.missing {
+        let new = match target {
+            Target::InPlace => *old,
+            Target::Node(n) => *n,
+            Target::Place => match master.nodes.place(1, need, &exclude, &[]) {
                 Ok(n) => n[0],
                 Err(e) => return Err(format!("block {id}: no node to rebuild shard {i} on: {e}")),
-            }
+            },
         };
         exclude.push(new);
         let addr = live
@@ -310,8 +472,42 @@ async fn repair_block(
         .meta
         .relocate(&id, &moves)
         .map_err(|e| format!("block {id}: recording the new shard places failed: {e}"))?;
-    info!(block = %id, shards = ?moves.iter().map(|m| (m.0, m.2.to_string())).collect::<Vec<_>>(), "block repaired");
-    Ok((applied, applied as u64 * t.meta.shard_size as u64))
+    // Shards that moved off a live node (drain, rebalance) are deleted there.
+    let mut stale: HashMap<SocketAddr, Vec<(BlockId, u8)>> = HashMap::new();
+    let mut lost = 0usize;
+    for ((i, old, new), (_, _, target)) in moves.iter().zip(&t.missing) {
+        if old == new {
+            lost += 1;
+            continue;
+        }
+        match live.get(old) {
+            Some(a) if !matches!(target, Target::InPlace) => {
+                stale.entry(*a).or_default().push((id, *i))
+            }
+            _ => lost += 1,
+        }
+    }
+    for (addr, shards) in stale {
+        let req = NodeRequest::Delete { shards };
+        if let Err(e) = master
+            .repair
+            .dialer
+            .call::<_, NodeResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(30))
+            .await
+        {
+            warn!(%addr, "could not delete moved shards (a scrub will): {e}");
+        }
+    }
+    info!(block = %id, shards = ?moves.iter().map(|m| (m.0, m.2.to_string())).collect::<Vec<_>>(), "block shards rebuilt or moved");
+    Ok(
+        if t.missing.iter().any(|m| matches!(m.2, Target::Node(_))) {
+            Done::Rebalanced(applied)
+        } else if lost > 0 {
+            Done::Repaired(applied, applied as u64 * t.meta.shard_size as u64)
+        } else {
+            Done::Moved(applied)
+        },
+    )
 }
 
 /// Have every live node verify its shards; record corrupt and missing ones for repair and

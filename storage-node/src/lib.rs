@@ -242,12 +242,7 @@ impl Node {
         mut sources: Vec<(u8, String)>,
         rebuild: Vec<(u8, String)>,
     ) -> Result<(), NodeError> {
-        use futures::stream::{FuturesUnordered, StreamExt};
-        let (k, n, size) = (
-            meta.ec.k as usize,
-            meta.ec.total(),
-            meta.shard_size as usize,
-        );
+        let (n, size) = (meta.ec.total(), meta.shard_size as usize);
         if meta.shards.len() != n
             || sources
                 .iter()
@@ -256,7 +251,6 @@ impl Node {
         {
             return Err(Error::invalid("rebuild request does not match the block's code").into());
         }
-        let codec = Codec::new(meta.ec)?;
         // Data shards first: with all k of them, nothing needs decoding twice.
         sources.sort_by_key(|(i, _)| *i);
         let fetch = |i: u8, addr: String| {
@@ -288,58 +282,25 @@ impl Node {
                 (i, addr, r)
             }
         };
-        let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
-        let mut running = FuturesUnordered::new();
-        let mut queue = sources.into_iter();
-        for (i, a) in queue.by_ref().take(k) {
-            running.push(fetch(i, a));
-        }
-        let (mut have, mut errors) = (0usize, Vec::new());
-        while let Some((i, addr, r)) = running.next().await {
-            match r {
-                Ok(d) => {
-                    shards[i as usize] = Some(d);
-                    have += 1;
-                    if have == k {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    errors.push(format!("shard {i} on {addr}: {e}"));
-                    if let Some((i, a)) = queue.next() {
-                        running.push(fetch(i, a));
-                    }
-                }
+        // A shard still readable somewhere (a move: drain, rebalance) is copied as it is.
+        let mut copied: Vec<(u8, String, Vec<u8>)> = Vec::new();
+        let mut rest: Vec<(u8, String)> = Vec::new();
+        for (i, target) in rebuild {
+            let direct = match sources.iter().find(|(j, _)| *j == i) {
+                Some((_, a)) => fetch(i, a.clone()).await.2.ok(),
+                None => None,
+            };
+            match direct {
+                Some(d) => copied.push((i, target, d)),
+                None => rest.push((i, target)),
             }
         }
-        drop(running);
-        if have < k {
-            return Err(Error::Unavailable(format!(
-                "block {}: only {have} of the {k} shards needed could be read ({})",
-                meta.id,
-                errors.join("; ")
-            ))
-            .into());
-        }
-        let (meta2, wanted) = (meta.clone(), rebuild.clone());
-        let rebuilt: Vec<(u8, String, Vec<u8>)> = tokio::task::spawn_blocking(move || {
-            codec.reconstruct(&mut shards)?;
-            let mut out = Vec::new();
-            for (i, addr) in wanted {
-                let d = shards[i as usize].take().expect("reconstructed");
-                if shard_hash(&d) != meta2.shards[i as usize].hash {
-                    return Err(Error::Corrupt(format!(
-                        "rebuilt shard {}.{i} does not match its recorded hash",
-                        meta2.id
-                    )));
-                }
-                out.push((i, addr, d));
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| Error::Unavailable(format!("rebuild worker failed: {e}")))??;
-        let stores = rebuilt.into_iter().map(|(i, addr, d)| {
+        let rebuilt = if rest.is_empty() {
+            Vec::new()
+        } else {
+            self.reconstruct(&meta, &sources, rest, &fetch).await?
+        };
+        let stores = copied.into_iter().chain(rebuilt).map(|(i, addr, d)| {
             let this = self.clone();
             let (id, hash) = (meta.id, meta.shards[i as usize].hash);
             async move {
@@ -375,6 +336,81 @@ impl Node {
             r?;
         }
         Ok(())
+    }
+
+    /// Fetch k of `sources` and reconstruct the shards `wanted` from them, each checked
+    /// against its recorded hash.
+    async fn reconstruct<F, Fut>(
+        &self,
+        meta: &BlockMeta,
+        sources: &[(u8, String)],
+        wanted: Vec<(u8, String)>,
+        fetch: &F,
+    ) -> Result<Vec<(u8, String, Vec<u8>)>, NodeError>
+    where
+        F: Fn(u8, String) -> Fut,
+        Fut: std::future::Future<Output = (u8, String, Result<Vec<u8>, Error>)>,
+    {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let (k, n) = (meta.ec.k as usize, meta.ec.total());
+        let codec = Codec::new(meta.ec)?;
+        let sources: Vec<(u8, String)> = sources
+            .iter()
+            .filter(|(i, _)| !wanted.iter().any(|(w, _)| w == i))
+            .cloned()
+            .collect();
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
+        let mut running = FuturesUnordered::new();
+        let mut queue = sources.into_iter();
+        for (i, a) in queue.by_ref().take(k) {
+            running.push(fetch(i, a));
+        }
+        let (mut have, mut errors) = (0usize, Vec::new());
+        while let Some((i, addr, r)) = running.next().await {
+            match r {
+                Ok(d) => {
+                    shards[i as usize] = Some(d);
+                    have += 1;
+                    if have == k {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    errors.push(format!("shard {i} on {addr}: {e}"));
+                    if let Some((i, a)) = queue.next() {
+                        running.push(fetch(i, a));
+                    }
+                }
+            }
+        }
+        drop(running);
+        if have < k {
+            return Err(Error::Unavailable(format!(
+                "block {}: only {have} of the {k} shards needed could be read ({})",
+                meta.id,
+                errors.join("; ")
+            ))
+            .into());
+        }
+        let meta2 = meta.clone();
+        let rebuilt: Vec<(u8, String, Vec<u8>)> = tokio::task::spawn_blocking(move || {
+            codec.reconstruct(&mut shards)?;
+            let mut out = Vec::new();
+            for (i, addr) in wanted {
+                let d = shards[i as usize].take().expect("reconstructed");
+                if shard_hash(&d) != meta2.shards[i as usize].hash {
+                    return Err(Error::Corrupt(format!(
+                        "rebuilt shard {}.{i} does not match its recorded hash",
+                        meta2.id
+                    )));
+                }
+                out.push((i, addr, d));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("rebuild worker failed: {e}")))??;
+        Ok(rebuilt)
     }
 }
 

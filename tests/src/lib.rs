@@ -149,6 +149,14 @@ impl Cluster {
         self.nodes[i] = Some(child);
     }
 
+    /// Start one more storage node (joining the running cluster); returns its index.
+    pub fn add_node(&mut self) -> usize {
+        self.nodes.push(None);
+        let i = self.nodes.len() - 1;
+        self.start_node(i);
+        i
+    }
+
     /// kill -9 storage node `i`.
     pub fn kill_node(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].take() {
@@ -177,9 +185,15 @@ impl Cluster {
 
     /// Run `shardfs ARGS… MASTER` and return (success, stdout, stderr).
     pub fn admin(&self, args: &[&str]) -> (bool, String, String) {
+        self.admin_around(args, &[])
+    }
+
+    /// Run `shardfs BEFORE… MASTER AFTER…` and return (success, stdout, stderr).
+    pub fn admin_around(&self, before: &[&str], after: &[&str]) -> (bool, String, String) {
         let out = Command::new(bin("shardfs"))
-            .args(args)
+            .args(before)
             .arg(self.addr_file())
+            .args(after)
             .output()
             .expect("run shardfs");
         (
@@ -268,7 +282,11 @@ impl Cluster {
                 if let Ok(mut f) = fs::File::open(e.path()) {
                     let _ = f.read_to_string(&mut s);
                 }
-                let tail: Vec<&str> = s.lines().rev().take(30).collect();
+                let lines = std::env::var("SHARDFS_TEST_LOG_LINES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(30);
+                let tail: Vec<&str> = s.lines().rev().take(lines).collect();
                 eprintln!("==== {} ====", e.path().display());
                 for l in tail.into_iter().rev() {
                     eprintln!("{l}");

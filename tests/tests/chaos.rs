@@ -1,0 +1,165 @@
+//! Durability while things break: storage nodes killed and restarted at random during a 1 GiB
+//! write, and the master killed during a tree extraction. Every byte is checked afterwards.
+
+use shardfs_tests::*;
+use std::fs;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn writes_survive_nodes_killed_and_restarted_at_random() {
+    // 8 nodes, 4+2: with at most 2 down there are always 6 live nodes to place a block on.
+    let mut c = Cluster::start_with(
+        8,
+        "4+2",
+        &["--node-timeout-ms", "1500", "--repair-grace-secs", "3600"],
+    );
+    let mp = c.mount_with("w", &["--timeout", "10"]);
+    let files: usize = std::env::var("SHARDFS_CHAOS_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let size = 16usize << 20; // 64 × 16 MiB = 1 GiB
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mp, done) = (mp.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut hashes = Vec::new();
+            let mut retries = 0;
+            for i in 0..files {
+                let data = random_bytes(1000 + i as u64, size);
+                let path = mp.join(format!("big{i:02}"));
+                // A user whose write fails writes the file again; count how often.
+                let mut attempt = 0;
+                loop {
+                    let r = fs::File::create(&path).and_then(|mut f| {
+                        f.write_all(&data)?;
+                        f.sync_all()
+                    });
+                    match r {
+                        Ok(()) => break,
+                        Err(e) => {
+                            attempt += 1;
+                            retries += 1;
+                            eprintln!("write of big{i:02} failed ({e}); again");
+                            assert!(attempt < 5, "big{i:02}: five failed attempts in a row");
+                        }
+                    }
+                }
+                hashes.push(blake3::hash(&data).to_hex().to_string());
+            }
+            done.store(true, Ordering::SeqCst);
+            (hashes, retries)
+        })
+    };
+    // Kill a random node, or restart one, every 1 to 2.5 s; never more than 2 down.
+    let mut rng_state = 42u64;
+    let mut next = || {
+        rng_state = rng_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng_state >> 33) as usize
+    };
+    let mut down: Vec<usize> = Vec::new();
+    let (mut kills, started) = (0, Instant::now());
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1000 + (next() % 1500) as u64));
+        if down.len() < 2 && (down.is_empty() || next() % 2 == 0) {
+            let n = loop {
+                let n = next() % 8;
+                if !down.contains(&n) {
+                    break n;
+                }
+            };
+            c.kill_node(n);
+            down.push(n);
+            kills += 1;
+        } else {
+            let n = down.remove(next() % down.len());
+            c.start_node(n);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "writing 1 GiB took over 15 minutes"
+        );
+    }
+    let (hashes, retries) = writer.join().expect("writer");
+    eprintln!(
+        "1 GiB written in {:?} with {kills} node kills, {retries} file rewrites",
+        started.elapsed()
+    );
+    assert!(kills >= 3, "nodes were killed during the write ({kills})");
+    for n in down {
+        c.start_node(n);
+    }
+    c.wait_nodes_up(8);
+    c.umount(&mp);
+    let r = c.mount_with("r", &["--cache-mib", "0"]);
+    for (i, h) in hashes.iter().enumerate() {
+        let p = r.join(format!("big{i:02}"));
+        if &hash_file(&p) != h {
+            // Say where: size, and which MiB differ.
+            let got = fs::read(&p).unwrap();
+            let want = random_bytes(1000 + i as u64, size);
+            let bad: Vec<usize> = (0..size >> 20)
+                .filter(|m| got.get(m << 20..(m + 1) << 20) != Some(&want[m << 20..(m + 1) << 20]))
+                .collect();
+            panic!(
+                "big{i:02} differs: {} bytes (want {size}), MiB {bad:?} differ",
+                got.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn master_killed_during_tar_extraction_loses_nothing() {
+    let mut c = Cluster::start(6, "4+2");
+    let src = c.path("src");
+    let (nfiles, _) = make_tree(&src, 1500, 77);
+    let tarball = c.path("tree.tar");
+    sh_ok(&format!(
+        "tar -C {} -cf {} .",
+        src.display(),
+        tarball.display()
+    ));
+    // A timeout longer than the outage: operations in flight wait for the master to return.
+    let mp = c.mount_with("m", &["--timeout", "60"]);
+    let dst = mp.join("x");
+    fs::create_dir(&dst).unwrap();
+    let mut tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&dst)
+        .arg("-xf")
+        .arg(&tarball)
+        .spawn()
+        .expect("start tar");
+    // Kill the master once about a third of the files are out.
+    wait_until(
+        Duration::from_secs(120),
+        "a third of the tree extracted",
+        || {
+            sh_ok(&format!("find {} -type f | wc -l", dst.display()))
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0)
+                >= nfiles / 3
+        },
+    );
+    c.kill_master();
+    std::thread::sleep(Duration::from_millis(1500));
+    c.start_master();
+    let st = tar.wait().expect("tar");
+    assert!(st.success(), "tar failed across the master restart: {st}");
+    // Everything, including files closed before the kill, is there and identical.
+    sh_ok(&format!("diff -r {} {}", src.display(), dst.display()));
+    c.umount(&mp);
+    let m2 = c.mount_with("m2", &["--cache-mib", "0"]);
+    sh_ok(&format!(
+        "diff -r {} {}",
+        src.display(),
+        m2.join("x").display()
+    ));
+}
