@@ -1174,6 +1174,12 @@ impl Meta {
             .collect())
     }
 
+    /// Whether the block map or the collector knows block `id`.
+    pub fn knows_block(&self, id: &BlockId) -> Result<bool, MasterError> {
+        Ok(self.get::<BlockRecord>(&k_block(id))?.is_some()
+            || self.get::<GcRecord>(&k_gc(id))?.is_some())
+    }
+
     /// Every (block, index) the block map or the collector places on `node`.
     pub fn shards_on(&self, node: NodeId) -> Result<HashSet<(BlockId, u8)>, MasterError> {
         let mut out = HashSet::new();

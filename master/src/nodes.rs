@@ -146,13 +146,24 @@ impl Registry {
 
     /// Whether a live draining node still reports shards.
     pub fn draining_with_shards(&self) -> bool {
+        !self.draining_holding().is_empty()
+    }
+
+    /// Live draining nodes that still report shards, with their addresses.
+    pub fn draining_holding(&self) -> Vec<(NodeId, SocketAddr)> {
         let draining = self.draining();
         let nodes = self.nodes.lock().expect("registry lock");
-        draining.iter().any(|id| {
-            nodes
-                .get(id)
-                .is_some_and(|e| self.is_up(e) && e.rec.shards > 0)
-        })
+        draining
+            .iter()
+            .filter_map(|id| {
+                let e = nodes.get(id)?;
+                if self.is_up(e) && e.rec.shards > 0 {
+                    e.rec.addr.parse().ok().map(|a| (*id, a))
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     pub fn draining(&self) -> std::collections::HashSet<NodeId> {

@@ -121,6 +121,7 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
     // After a rebalance scan that found nothing it could move, wait before trying again.
     let mut rebalance_idle_until: Option<Instant> = None;
     let mut last_live: HashSet<NodeId> = HashSet::new();
+    let mut last_drain_scrub: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cfg.interval) => {}
@@ -157,6 +158,22 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
             for n in dead.difference(&last_dead) {
                 warn!(node = %n, grace_s = cfg.grace.as_secs(), "node down past the repair grace: rebuilding its shards elsewhere");
             }
+            // A node back after its shards were rebuilt elsewhere: check what it holds and
+            // delete the stale copies.
+            let live = master.nodes.live();
+            for n in last_dead.difference(&dead) {
+                if let Some(addr) = live.get(n).copied() {
+                    let (m, n) = (master.clone(), *n);
+                    tokio::spawn(async move {
+                        let mut r = ScrubReport::default();
+                        match scrub_node(&m, n, addr, &mut r).await {
+                            Ok(()) => info!(node = %n, report = ?r, "returning node scrubbed"),
+                            Err(e) => warn!(node = %n, "scrub of returning node failed: {e}"),
+                        }
+                        m.repair.kick();
+                    });
+                }
+            }
         }
         last_dead = dead.clone();
         last_scan = Some(Instant::now());
@@ -171,6 +188,31 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
             }
         };
         retry = false;
+        // A draining node that still holds shards although none of its shards is left to
+        // move holds leftovers (copies from an interrupted move, uploads that never
+        // committed): have it checked, which deletes them.
+        if tasks
+            .iter()
+            .all(|t| t.missing.iter().all(|m| !draining.contains(&m.1)))
+            && last_drain_scrub.is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+        {
+            let holding = master.nodes.draining_holding();
+            if !holding.is_empty() {
+                last_drain_scrub = Some(Instant::now());
+                for (n, addr) in holding {
+                    let m = master.clone();
+                    tokio::spawn(async move {
+                        let mut r = ScrubReport::default();
+                        match scrub_node(&m, n, addr, &mut r).await {
+                            Ok(()) => {
+                                info!(node = %n, report = ?r, "draining node checked for leftovers")
+                            }
+                            Err(e) => warn!(node = %n, "check of draining node failed: {e}"),
+                        }
+                    });
+                }
+            }
+        }
         let tasks = if tasks.is_empty() {
             // Nothing to repair: even out node use instead.
             match rebalance_tasks(&master, &live, cfg.rebalance_threshold, cfg.parallel * 8) {
@@ -511,88 +553,110 @@ async fn repair_block(
 }
 
 /// Have every live node verify its shards; record corrupt and missing ones for repair and
-/// delete old shards nothing references.
+/// delete shards nothing references.
 pub(crate) async fn scrub(master: &Arc<Master>) -> Result<ScrubReport, MasterError> {
     let mut report = ScrubReport::default();
-    let live = master.nodes.live();
-    let dialer = &master.repair.dialer;
-    for (node, addr) in live {
-        let mut intact: HashSet<(BlockId, u8)> = HashSet::new();
-        let mut corrupt: Vec<(BlockId, u8)> = Vec::new();
-        let mut after = None;
-        let mut failed = None;
-        loop {
-            let req = NodeRequest::Scrub { after, limit: 1000 };
-            match dialer
-                .call::<_, NodeResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(600))
-                .await
-            {
-                Ok((
-                    NodeResponse::Scrubbed {
-                        intact: i,
-                        corrupt: c,
-                        next,
-                    },
-                    _,
-                )) => {
-                    intact.extend(i);
-                    corrupt.extend(c);
-                    match next {
-                        Some(n) => after = Some(n),
-                        None => break,
-                    }
-                }
-                Ok((other, _)) => {
-                    failed = Some(format!("unexpected answer {other:?}"));
-                    break;
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        if let Some(e) = failed {
-            report.errors.push(format!("node {node} ({addr}): {e}"));
-            continue;
-        }
-        report.nodes += 1;
-        report.checked += (intact.len() + corrupt.len()) as u64;
-        report.corrupt += corrupt.len() as u64;
-        let expected = master.meta.shards_on(node)?;
-        let corrupt_set: HashSet<(BlockId, u8)> = corrupt.iter().copied().collect();
-        let missing: Vec<(BlockId, u8)> = expected
-            .iter()
-            .filter(|s| !intact.contains(s) && !corrupt_set.contains(s))
-            .copied()
-            .collect();
-        report.missing += missing.len() as u64;
-        let bad: Vec<(BlockId, u8)> = corrupt.into_iter().chain(missing).collect();
-        if !bad.is_empty() {
-            let n = master.meta.add_lost(node, &bad)?;
-            warn!(%node, lost = bad.len(), recorded = n, "scrub found lost shards");
-        }
-        let orphans: Vec<(BlockId, u8)> = intact
-            .into_iter()
-            .filter(|s| !expected.contains(s))
-            .collect();
-        report.orphans += orphans.len() as u64;
-        if !orphans.is_empty() {
-            let req = NodeRequest::DeleteOrphans {
-                shards: orphans,
-                min_age_secs: master.repair.cfg.orphan_grace.as_secs(),
-            };
-            if let Err(e) = dialer
-                .call::<_, NodeResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(60))
-                .await
-            {
-                report
-                    .errors
-                    .push(format!("node {node}: deleting orphans failed: {e}"));
-            }
-        }
+    for (node, addr) in master.nodes.live() {
+        scrub_node(master, node, addr, &mut report).await?;
     }
     info!(?report, "scrub done");
     master.repair.kick();
     Ok(report)
+}
+
+/// Scrub one node into `report`.
+async fn scrub_node(
+    master: &Arc<Master>,
+    node: NodeId,
+    addr: SocketAddr,
+    report: &mut ScrubReport,
+) -> Result<(), MasterError> {
+    let dialer = &master.repair.dialer;
+    let mut intact: HashSet<(BlockId, u8)> = HashSet::new();
+    let mut corrupt: Vec<(BlockId, u8)> = Vec::new();
+    let mut after = None;
+    let mut failed = None;
+    loop {
+        let req = NodeRequest::Scrub { after, limit: 1000 };
+        match dialer
+            .call::<_, NodeResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(600))
+            .await
+        {
+            Ok((
+                NodeResponse::Scrubbed {
+                    intact: i,
+                    corrupt: c,
+                    next,
+                },
+                _,
+            )) => {
+                intact.extend(i);
+                corrupt.extend(c);
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            Ok((other, _)) => {
+                failed = Some(format!("unexpected answer {other:?}"));
+                break;
+            }
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        report.errors.push(format!("node {node} ({addr}): {e}"));
+        return Ok(());
+    }
+    report.nodes += 1;
+    report.checked += (intact.len() + corrupt.len()) as u64;
+    report.corrupt += corrupt.len() as u64;
+    let expected = master.meta.shards_on(node)?;
+    let corrupt_set: HashSet<(BlockId, u8)> = corrupt.iter().copied().collect();
+    let missing: Vec<(BlockId, u8)> = expected
+        .iter()
+        .filter(|s| !intact.contains(s) && !corrupt_set.contains(s))
+        .copied()
+        .collect();
+    report.missing += missing.len() as u64;
+    let bad: Vec<(BlockId, u8)> = corrupt.into_iter().chain(missing).collect();
+    if !bad.is_empty() {
+        let n = master.meta.add_lost(node, &bad)?;
+        warn!(%node, lost = bad.len(), recorded = n, "scrub found lost shards");
+    }
+    let orphans: Vec<(BlockId, u8)> = intact
+        .into_iter()
+        .filter(|s| !expected.contains(s))
+        .collect();
+    report.orphans += orphans.len() as u64;
+    // A copy of a shard the block map now places elsewhere (left by a node that came back
+    // after repair, or by a move) goes at once; a shard of a block the master does not
+    // know may be an upload not committed yet, so it must be older than the orphan grace.
+    let (stale, unknown): (Vec<_>, Vec<_>) = orphans
+        .into_iter()
+        .partition(|(b, _)| master.meta.knows_block(b).unwrap_or(false));
+    for (shards, age) in [
+        (stale, Duration::ZERO),
+        (unknown, master.repair.cfg.orphan_grace),
+    ] {
+        if shards.is_empty() {
+            continue;
+        }
+        let req = NodeRequest::DeleteOrphans {
+            shards,
+            min_age_secs: age.as_secs(),
+        };
+        if let Err(e) = dialer
+            .call::<_, NodeResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(60))
+            .await
+        {
+            report
+                .errors
+                .push(format!("node {node}: deleting orphans failed: {e}"));
+        }
+    }
+    Ok(())
 }
