@@ -120,3 +120,34 @@ fn syscalls_fail_in_bounded_time_when_the_master_is_down() {
     fs::write(mp.join("new-file"), b"data").unwrap();
     assert_eq!(fs::read(mp.join("new-file")).unwrap(), b"data");
 }
+
+#[test]
+fn a_block_with_more_than_m_shards_gone_fails_quickly_and_the_log_names_it() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount("w");
+    let data = random_bytes(5, 4 << 20);
+    fs::write(mp.join("one-block"), &data).unwrap();
+    c.umount(&mp);
+    // Three of six nodes gone: every block has lost 3 shards, one more than the code survives.
+    c.kill_node(0);
+    c.kill_node(1);
+    c.kill_node(2);
+    let r = c.mount_with("r", &["--cache-mib", "0", "--timeout", "5"]);
+    let t = Instant::now();
+    let e = fs::read(r.join("one-block")).expect_err("a block with 3 of 6 shards gone");
+    let took = t.elapsed();
+    assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
+    assert!(took < Duration::from_secs(20), "read failed after {took:?}");
+    let log = fs::read_to_string(c.path("logs/mount-r.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("unreadable"))
+        .unwrap_or_else(|| panic!("no log line names the unreadable block:\n{log}"));
+    assert!(
+        line.contains("of the 4 shards needed") && line.contains("shard "),
+        "the log names the block and its missing shards: {line}"
+    );
+    eprintln!("read failed in {took:?}: {line}");
+}
+
+const EIO: i32 = 5;
