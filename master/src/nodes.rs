@@ -15,6 +15,9 @@ struct Entry {
     last_seen: Option<Instant>,
 }
 
+/// A node with less free space than this is reported as full.
+const FULL_BELOW: u64 = 8 << 20;
+
 pub struct Registry {
     nodes: Mutex<HashMap<NodeId, Entry>>,
     /// Nodes being drained: alive, but given no new shards.
@@ -122,8 +125,14 @@ impl Registry {
                 NodeState::Suspect,
                 format!("heartbeat late by {:.1} s", silent.as_secs_f64()),
             )
-        } else if e.rec.free == 0 {
-            (NodeState::Up, "disk full: takes no new shards".into())
+        } else if e.rec.free < FULL_BELOW {
+            (
+                NodeState::Up,
+                format!(
+                    "full ({} KiB free): takes no shards larger than that",
+                    e.rec.free >> 10
+                ),
+            )
         } else {
             (NodeState::Up, String::new())
         }

@@ -151,9 +151,17 @@ impl Cluster {
 
     /// Start one more storage node (joining the running cluster); returns its index.
     pub fn add_node(&mut self) -> usize {
+        self.add_node_with(&[])
+    }
+
+    /// Like [`Cluster::add_node`], with extra arguments for that node.
+    pub fn add_node_with(&mut self, extra: &[&str]) -> usize {
         self.nodes.push(None);
         let i = self.nodes.len() - 1;
+        let saved = self.node_args.clone();
+        self.node_args.extend(extra.iter().map(|s| s.to_string()));
         self.start_node(i);
+        self.node_args = saved;
         i
     }
 

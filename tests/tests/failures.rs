@@ -151,3 +151,28 @@ fn a_block_with_more_than_m_shards_gone_fails_quickly_and_the_log_names_it() {
 }
 
 const EIO: i32 = 5;
+
+#[test]
+fn a_full_node_takes_no_shards_says_so_and_writes_go_elsewhere() {
+    let mut c = Cluster::start(6, "4+2");
+    // A seventh node offering 1 MiB: too little for a shard of a 4 MiB block.
+    let full = c.add_node_with(&["--capacity", "1048576"]);
+    c.wait_nodes_up(7);
+    let mp = c.mount("m");
+    let set = write_set(&mp);
+    c.umount(&mp);
+    assert!(
+        c.node_usage()[full] < 1 << 20,
+        "the full node got shards: {:?}",
+        c.node_usage()
+    );
+    let st = c.status().unwrap();
+    let nodes = st["nodes"].as_array().unwrap();
+    let reasons: Vec<&str> = nodes.iter().filter_map(|n| n["reason"].as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("full")),
+        "status says which node is full: {reasons:?}"
+    );
+    let r = c.mount_with("r", &["--cache-mib", "0"]);
+    verify(&r, &set);
+}
