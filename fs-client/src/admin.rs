@@ -272,6 +272,12 @@ pub fn drain(
                 other => bail!("unexpected answer from the master: {other:?}"),
             };
             let Some(n) = n else { bail!("node {node} is no longer known") };
+            if n.last_seen_ms.is_none() {
+                // The master restarted and has not heard from the node yet: its shard count
+                // is from before.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
             if n.state == NodeState::Down {
                 bail!("node {node} went down while draining ({}); its shards will be rebuilt after the repair grace", n.reason);
             }
