@@ -147,7 +147,10 @@ struct FileConfig {
 
 fn main() -> ExitCode {
     shardfs_common::daemon::init("warn,shardfs_client=info,shardfs=info");
-    let cli = Cli::parse();
+    let cli = match fstab_helper_args() {
+        Some(args) => Cli::parse_from(args),
+        None => Cli::parse(),
+    };
     let r = match cli.cmd {
         Cmd::Mount(a) => mount(*a),
         Cmd::Umount { mountpoint } => umount(&mountpoint),
@@ -176,6 +179,39 @@ fn main() -> ExitCode {
 }
 
 /// A master address, or a file that holds one.
+/// Called as `mount.fuse.shardfs` (a link to this binary, the helper mount(8) runs for
+/// `fuse.shardfs` entries in /etc/fstab): `mount.fuse.shardfs MASTER DIR [-o OPTS] [-n] [-v]…`
+/// becomes `shardfs mount MASTER DIR -o OPTS`.
+fn fstab_helper_args() -> Option<Vec<String>> {
+    let mut args = std::env::args();
+    let prog = args.next()?;
+    if !Path::new(&prog)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("mount.fuse.shardfs"))
+    {
+        return None;
+    }
+    let mut out = vec!["shardfs".to_string(), "mount".to_string()];
+    let mut rest = args.peekable();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            // mount(8) flags that mean nothing here: no mtab, verbose, fake, sloppy.
+            "-n" | "-v" | "-f" | "-s" => {}
+            "-o" => {
+                if let Some(o) = rest.next() {
+                    out.push("-o".into());
+                    out.push(o);
+                }
+            }
+            "-t" => {
+                rest.next();
+            }
+            _ => out.push(a),
+        }
+    }
+    Some(out)
+}
+
 fn master_addr(s: &str) -> anyhow::Result<SocketAddr> {
     let p = Path::new(s);
     let text = if !s.contains(':') || p.is_file() {
@@ -332,7 +368,12 @@ fn spawn_background(a: &MountArgs, mountpoint: &Path) -> anyhow::Result<()> {
         .append(true)
         .open(&log)
         .with_context(|| format!("cannot open log file {}", log.display()))?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The same command line (as `shardfs mount …` when called as the fstab helper).
+    let mut args: Vec<String> = fstab_helper_args()
+        .unwrap_or_else(|| std::env::args().collect())
+        .into_iter()
+        .skip(1)
+        .collect();
     args.push("--foreground".into());
     args.push("--notify-ready".into());
     let mut cmd = Command::new(exe);

@@ -41,3 +41,39 @@ fn two_mounts_see_each_others_closed_files() {
         b"changed by a, longer than before"
     );
 }
+
+#[test]
+fn fstab_helper_mounts_with_fstab_options() {
+    // mount(8) runs `mount.fuse.shardfs MASTER DIR -o OPTS` for a `fuse.shardfs` fstab entry;
+    // the helper is a link to the shardfs binary.
+    let mut c = Cluster::start(6, "4+2");
+    let helper = c.path("mount.fuse.shardfs");
+    std::os::unix::fs::symlink(bin("shardfs"), &helper).unwrap();
+    let mp = c.path("fstab-mnt");
+    fs::create_dir_all(&mp).unwrap();
+    let out = std::process::Command::new(&helper)
+        .arg(c.master_addr())
+        .arg(&mp)
+        .args(["-o", "rw,defaults,_netdev,nofail", "-n"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helper failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&mp), "mounted through the fstab helper");
+    fs::write(mp.join("via-fstab"), b"ok").unwrap();
+    assert_eq!(fs::read(mp.join("via-fstab")).unwrap(), b"ok");
+    c.umount(&mp);
+    // An option it does not know is refused with a clear message, not ignored.
+    let out = std::process::Command::new(&helper)
+        .arg(c.master_addr())
+        .arg(&mp)
+        .args(["-o", "frobnicate"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mount option"));
+}
