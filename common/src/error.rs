@@ -26,6 +26,12 @@ pub enum ErrorCode {
     TooBig,
     Timeout,
     Internal,
+    /// No such extended attribute (ENODATA).
+    NoData,
+    /// A value or name past a limit of the call (E2BIG).
+    ArgTooBig,
+    /// The caller's buffer is too small (ERANGE).
+    Range,
 }
 
 /// An error as it travels in a response frame.
@@ -102,6 +108,9 @@ impl Error {
             ErrorCode::TooBig => libc::EFBIG,
             ErrorCode::Timeout => libc::ETIMEDOUT,
             ErrorCode::Unavailable => libc::EIO,
+            ErrorCode::NoData => libc::ENODATA,
+            ErrorCode::ArgTooBig => libc::E2BIG,
+            ErrorCode::Range => libc::ERANGE,
             ErrorCode::Io | ErrorCode::Protocol | ErrorCode::Corrupt | ErrorCode::Internal => {
                 libc::EIO
             }

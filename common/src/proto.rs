@@ -360,6 +360,24 @@ pub enum MasterRequest {
         node: NodeId,
         shards: Vec<(BlockId, u8)>,
     },
+    /// Set extended attribute `name` (flags: XATTR_CREATE 1, XATTR_REPLACE 2).
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: i32,
+    },
+    GetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
+    ListXattr {
+        ino: Ino,
+    },
+    RemoveXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
     /// Durability and repair state.
     Health,
     /// Look for degraded blocks now (instead of at the next repair interval) and rebuild them.
@@ -399,6 +417,8 @@ pub enum MasterResponse {
     Nodes(Vec<NodeInfo>),
     Health(Health),
     Scrubbed(ScrubReport),
+    Xattr(Vec<u8>),
+    XattrNames(Vec<Vec<u8>>),
     Err(RemoteError),
 }
 

@@ -406,6 +406,50 @@ impl Core {
         Ok(a)
     }
 
+    pub async fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        let req = MasterRequest::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+        };
+        self.call_attr(req).await.map(drop)
+    }
+
+    pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let req = MasterRequest::GetXattr {
+            ino,
+            name: name.to_vec(),
+        };
+        match self.call(req).await? {
+            MasterResponse::Xattr(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Attribute names, each followed by a NUL, as listxattr(2) returns them.
+    pub async fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        match self.call(MasterRequest::ListXattr { ino }).await? {
+            MasterResponse::XattrNames(names) => {
+                let mut out = Vec::new();
+                for n in names {
+                    out.extend_from_slice(&n);
+                    out.push(0);
+                }
+                Ok(out)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        let req = MasterRequest::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        };
+        self.call_attr(req).await.map(drop)
+    }
+
     pub async fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         match self.call(MasterRequest::ReadLink { ino }).await? {
             MasterResponse::Link(t) => Ok(t),

@@ -7,7 +7,7 @@ use crate::core::Core;
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, TimeOrNow,
+    ReplyXattr, Request, TimeOrNow,
 };
 use shardfs_common::proto::{Attr, FileKind, SetAttr, Timespec};
 use shardfs_common::Error;
@@ -46,6 +46,18 @@ fn kind(k: FileKind) -> FileType {
         FileKind::Socket => FileType::Socket,
         FileKind::CharDevice => FileType::CharDevice,
         FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+/// Answer a getxattr/listxattr: a size probe (size 0) gets the length, a buffer too small
+/// gets ERANGE, otherwise the bytes.
+fn reply_xattr(reply: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if (size as usize) < v.len() {
+        reply.error(libc::ERANGE);
+    } else {
+        reply.data(v);
     }
 }
 
@@ -146,6 +158,61 @@ impl Filesystem for ShardFs {
         self.spawn(|core, ttl| async move {
             match core.setattr(ino, set).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
+        self.spawn(|core, _| async move {
+            match core.setxattr(ino, &name, &value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(|core, _| async move {
+            match core.getxattr(ino, &name).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        self.spawn(|core, _| async move {
+            match core.listxattr(ino).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(|core, _| async move {
+            match core.removexattr(ino, &name).await {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -127,7 +127,7 @@ impl wire::Service for Master {
         let resp = match r {
             Ok(r) => r,
             Err(e) => {
-                if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Exists | ErrorCode::NotEmpty))
+                if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Exists | ErrorCode::NotEmpty | ErrorCode::NoData))
                 {
                     debug!(%peer, "request refused: {e}");
                 }
@@ -257,6 +257,25 @@ impl Master {
                 })
             }
             R::Nodes => A::Nodes(self.nodes.list()),
+            R::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+            } => A::Attr(self.meta.setxattr(
+                ino,
+                &name,
+                &value,
+                flags,
+                shardfs_common::proto::Timespec::now(),
+            )?),
+            R::GetXattr { ino, name } => A::Xattr(self.meta.getxattr(ino, &name)?),
+            R::ListXattr { ino } => A::XattrNames(self.meta.listxattr(ino)?),
+            R::RemoveXattr { ino, name } => A::Attr(self.meta.removexattr(
+                ino,
+                &name,
+                shardfs_common::proto::Timespec::now(),
+            )?),
             R::Health => A::Health(self.repair.health()),
             R::Repair => {
                 self.repair.force();

@@ -15,6 +15,7 @@
 //! | `N` node-id                       | storage node: address and last reported capacity |
 //! | `R` block-id                      | shards of the block found corrupt or missing, waiting for repair |
 //! | `X` node-id                       | the node is being drained (value: unix seconds since) |
+//! | `A` ino name                      | extended attribute value                |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and
@@ -95,52 +96,57 @@ fn dec<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T, MasterError> {
     }
 }
 
-fn k_inode(ino: Ino) -> Vec<u8> {
-    let mut k = vec![b'I'];
-    k.extend_from_slice(&ino.to_be_bytes());
+/// A key: the family byte, then the parts.
+fn key(family: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![family];
+    for p in parts {
+        k.extend_from_slice(p);
+    }
     k
+}
+
+fn k_inode(ino: Ino) -> Vec<u8> {
+    key(b'I', &[&ino.to_be_bytes()])
 }
 
 fn k_dentry_prefix(parent: Ino) -> Vec<u8> {
-    let mut k = vec![b'D'];
-    k.extend_from_slice(&parent.to_be_bytes());
-    k
+    key(b'D', &[&parent.to_be_bytes()])
 }
 
 fn k_dentry(parent: Ino, name: &[u8]) -> Vec<u8> {
-    let mut k = k_dentry_prefix(parent);
-    k.extend_from_slice(name);
-    k
+    key(b'D', &[&parent.to_be_bytes(), name])
 }
 
 fn k_slot_prefix(ino: Ino) -> Vec<u8> {
-    let mut k = vec![b'S'];
-    k.extend_from_slice(&ino.to_be_bytes());
-    k
+    key(b'S', &[&ino.to_be_bytes()])
 }
 
 fn k_slot(ino: Ino, index: u64) -> Vec<u8> {
-    let mut k = k_slot_prefix(ino);
-    k.extend_from_slice(&index.to_be_bytes());
-    k
+    key(b'S', &[&ino.to_be_bytes(), &index.to_be_bytes()])
 }
 
 fn k_block(id: &BlockId) -> Vec<u8> {
-    let mut k = vec![b'B'];
-    k.extend_from_slice(&id.0);
-    k
+    key(b'B', &[&id.0])
 }
 
 fn k_gc(id: &BlockId) -> Vec<u8> {
-    let mut k = vec![b'G'];
-    k.extend_from_slice(&id.0);
-    k
+    key(b'G', &[&id.0])
 }
 
+fn k_xattr_prefix(ino: Ino) -> Vec<u8> {
+    key(b'A', &[&ino.to_be_bytes()])
+}
+
+fn k_xattr(ino: Ino, name: &[u8]) -> Vec<u8> {
+    key(b'A', &[&ino.to_be_bytes(), name])
+}
+
+/// Linux's limits: XATTR_NAME_MAX and XATTR_SIZE_MAX.
+const XATTR_NAME_MAX: usize = 255;
+const XATTR_SIZE_MAX: usize = 65536;
+
 fn k_lost(id: &BlockId) -> Vec<u8> {
-    let mut k = vec![b'R'];
-    k.extend_from_slice(&id.0);
-    k
+    key(b'R', &[&id.0])
 }
 
 /// Shards of one block known to be lost on nodes that are otherwise alive: (index, node).
@@ -150,9 +156,7 @@ pub struct LostRecord {
 }
 
 fn k_node(id: NodeId) -> Vec<u8> {
-    let mut k = vec![b'N'];
-    k.extend_from_slice(&id.0.to_be_bytes());
-    k
+    key(b'N', &[&id.0.to_be_bytes()])
 }
 
 const K_CLUSTER: &[u8] = b"C";
@@ -198,6 +202,10 @@ impl<'a> Txn<'a> {
 
     fn delete_inode(&mut self, ino: Ino) -> Result<(), MasterError> {
         self.inodes.insert(ino, None);
+        let p = k_xattr_prefix(ino);
+        for (k, _) in self.meta.scan::<Vec<u8>>(&p, &p, usize::MAX)? {
+            self.batch.delete(k);
+        }
         // Release the file's blocks.
         let slots = self.meta.slot_records(ino)?;
         for (index, s) in slots {
@@ -1045,6 +1053,70 @@ impl Meta {
         Ok(None)
     }
 
+    /// Set extended attribute `name` of `ino`; the inode's ctime changes.
+    pub fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+        now: Timespec,
+    ) -> Result<Attr, MasterError> {
+        check_xattr_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(fs_err(ErrorCode::ArgTooBig, "attribute value over 64 KiB"));
+        }
+        let _w = self.writer.lock().expect("writer lock");
+        let mut txn = Txn::new(self);
+        let mut rec = txn.inode(ino)?;
+        let exists = self.get::<Vec<u8>>(&k_xattr(ino, name))?.is_some();
+        if flags & 1 != 0 && exists {
+            return Err(fs_err(ErrorCode::Exists, "attribute exists"));
+        }
+        if flags & 2 != 0 && !exists {
+            return Err(fs_err(ErrorCode::NoData, "no such attribute"));
+        }
+        txn.batch.put(k_xattr(ino, name), enc(&value.to_vec()));
+        rec.attr.ctime = now;
+        let attr = rec.attr.clone();
+        txn.put_inode(rec);
+        txn.commit()?;
+        Ok(attr)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, MasterError> {
+        check_xattr_name(name)?;
+        self.inode(ino)?;
+        self.get::<Vec<u8>>(&k_xattr(ino, name))?
+            .ok_or_else(|| fs_err(ErrorCode::NoData, "no such attribute"))
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>, MasterError> {
+        self.inode(ino)?;
+        let p = k_xattr_prefix(ino);
+        Ok(self
+            .scan::<Vec<u8>>(&p, &p, usize::MAX)?
+            .into_iter()
+            .map(|(k, _)| k[p.len()..].to_vec())
+            .collect())
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8], now: Timespec) -> Result<Attr, MasterError> {
+        check_xattr_name(name)?;
+        let _w = self.writer.lock().expect("writer lock");
+        let mut txn = Txn::new(self);
+        let mut rec = txn.inode(ino)?;
+        if self.get::<Vec<u8>>(&k_xattr(ino, name))?.is_none() {
+            return Err(fs_err(ErrorCode::NoData, "no such attribute"));
+        }
+        txn.batch.delete(k_xattr(ino, name));
+        rec.attr.ctime = now;
+        let attr = rec.attr.clone();
+        txn.put_inode(rec);
+        txn.commit()?;
+        Ok(attr)
+    }
+
     /// Record shards found corrupt or missing on `node`, for repair. Shards the block map does
     /// not place on that node (already moved, or unknown blocks) are ignored. Returns how many
     /// were recorded.
@@ -1156,8 +1228,7 @@ impl Meta {
 
     /// Mark a node as draining, or clear the mark.
     pub fn set_draining(&self, node: NodeId, on: bool) -> Result<(), MasterError> {
-        let mut k = vec![b'X'];
-        k.extend_from_slice(&node.0.to_be_bytes());
+        let k = key(b'X', &[&node.0.to_be_bytes()]);
         if on {
             self.db.put(k, enc(&unix_now())).map_err(db_err)
         } else {
@@ -1209,6 +1280,16 @@ impl Meta {
     }
 }
 
+fn check_xattr_name(name: &[u8]) -> Result<(), MasterError> {
+    if name.is_empty() || name.contains(&0) {
+        return Err(fs_err(ErrorCode::Invalid, "invalid attribute name"));
+    }
+    if name.len() > XATTR_NAME_MAX {
+        return Err(fs_err(ErrorCode::Range, "attribute name over 255 bytes"));
+    }
+    Ok(())
+}
+
 fn db_err(e: rocksdb::Error) -> MasterError {
     MasterError::Db(e.to_string())
 }
@@ -1246,14 +1327,40 @@ mod tests {
         m.get::<BlockRecord>(&k_block(id)).unwrap().map(|b| b.refs)
     }
 
-    #[test]
-    fn one_commit_replacing_a_slot_twice_counts_references_once() {
+    /// A fresh store with one empty file `name` in the root.
+    fn store_with_file(name: &[u8]) -> (tempfile::TempDir, Meta, Attr, Timespec) {
         let dir = tempfile::tempdir().unwrap();
         let (m, _) = Meta::open(dir.path(), EcParams::DEFAULT, 4096, false).unwrap();
         let now = Timespec::now();
         let (f, _) = m
-            .create(ROOT_INO, b"f", FileKind::File, 0o644, 0, 0, 0, None, now)
+            .create(ROOT_INO, name, FileKind::File, 0o644, 0, 0, 0, None, now)
             .unwrap();
+        (dir, m, f, now)
+    }
+
+    #[test]
+    fn attributes_go_with_the_last_link_and_slots_past_the_size_are_dropped() {
+        let (_dir, m, f, now) = store_with_file(b"f");
+        m.setxattr(f.ino, b"user.x", b"v", 0, now).unwrap();
+        m.link(f.ino, ROOT_INO, b"g", now).unwrap();
+        m.unlink(ROOT_INO, b"f", now).unwrap();
+        assert_eq!(m.getxattr(f.ino, b"user.x").unwrap(), b"v", "one link left");
+        m.unlink(ROOT_INO, b"g", now).unwrap();
+        let p = k_xattr_prefix(f.ino);
+        assert!(m.scan::<Vec<u8>>(&p, &p, 10).unwrap().is_empty());
+        // A commit whose size leaves one of its own new blocks past the end keeps no slot for it.
+        let (h, _) = m
+            .create(ROOT_INO, b"h", FileKind::File, 0o644, 0, 0, 0, None, now)
+            .unwrap();
+        let (a, b) = (BlockId::of(b"a"), BlockId::of(b"b"));
+        m.commit(h.ino, &[slot(0, a), slot(1, b)], 10, now).unwrap();
+        assert_eq!(m.slot_records(h.ino).unwrap().len(), 1);
+        assert_eq!(refs(&m, &b), None, "the dropped block is unreferenced");
+    }
+
+    #[test]
+    fn one_commit_replacing_a_slot_twice_counts_references_once() {
+        let (_dir, m, f, now) = store_with_file(b"f");
         let (o, p, n) = (
             BlockId::of(b"old"),
             BlockId::of(b"partial"),

@@ -1,0 +1,66 @@
+//! Extended attributes on the mount, driven through the system calls (Python's os module).
+
+use shardfs_tests::*;
+use std::fs;
+
+const SCRIPT: &str = r#"
+import errno, os, sys
+p, d = sys.argv[1], sys.argv[2]
+def fails(code, f, *a):
+    try:
+        f(*a)
+    except OSError as e:
+        assert e.errno == code, (f.__name__, a[1:2], e)
+        return
+    raise AssertionError(f"{f.__name__}{a[1:2]} should fail with {errno.errorcode[code]}")
+os.setxattr(p, "user.a", b"1")
+assert os.getxattr(p, "user.a") == b"1"
+fails(errno.ENODATA, os.getxattr, p, "user.missing")
+fails(errno.EEXIST, os.setxattr, p, "user.a", b"2", os.XATTR_CREATE)
+os.setxattr(p, "user.a", b"22", os.XATTR_REPLACE)
+fails(errno.ENODATA, os.setxattr, p, "user.b", b"x", os.XATTR_REPLACE)
+big = bytes(range(256)) * 256  # 64 KiB, past Python's first 128-byte probe: ERANGE then size
+os.setxattr(p, "user.big", big)
+assert os.getxattr(p, "user.big") == big
+os.setxattr(p, "user.empty", b"")
+assert os.getxattr(p, "user.empty") == b""
+assert sorted(os.listxattr(p)) == ["user.a", "user.big", "user.empty"], os.listxattr(p)
+os.removexattr(p, "user.empty")
+fails(errno.ENODATA, os.removexattr, p, "user.empty")
+os.setxattr(d, "user.on-dir", b"dir")
+assert os.getxattr(d, "user.on-dir") == b"dir"
+print("ok")
+"#;
+
+#[test]
+fn extended_attributes_set_get_list_remove_with_linux_errors() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount("m");
+    fs::write(mp.join("f"), b"content").unwrap();
+    fs::create_dir(mp.join("d")).unwrap();
+    let script = c.path("xattr.py");
+    fs::write(&script, SCRIPT).unwrap();
+    let out = sh_ok(&format!(
+        "python3 {} {} {}",
+        script.display(),
+        mp.join("f").display(),
+        mp.join("d").display()
+    ));
+    assert_eq!(out.trim(), "ok");
+    // Kept by the master: another mount sees them.
+    let m2 = c.mount("m2");
+    let check = sh_ok(&format!(
+        "python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], \"user.a\").decode(), sorted(os.listxattr(sys.argv[1])))' {}",
+        m2.join("f").display()
+    ));
+    assert_eq!(check.trim(), "22 ['user.a', 'user.big']");
+    // A new file under the same name starts with none (the master's unit tests check that
+    // removing the last link deletes the attributes).
+    fs::remove_file(m2.join("f")).unwrap();
+    fs::write(m2.join("f"), b"again").unwrap();
+    let list = sh_ok(&format!(
+        "python3 -c 'import os,sys; print(os.listxattr(sys.argv[1]))' {}",
+        m2.join("f").display()
+    ));
+    assert_eq!(list.trim(), "[]");
+}
