@@ -3,8 +3,9 @@
 //! Clients ask the master to resolve names, create and remove entries, and to place and commit
 //! blocks; storage nodes register and heartbeat. All state lives in RocksDB ([`meta`]), each POSIX
 //! operation one atomic batch. The node registry ([`nodes`]) tracks which nodes are alive and
-//! chooses k + m distinct nodes for each new block, weighted by free space. A background task
-//! deletes the shards of blocks nothing references any more, after a grace period.
+//! chooses k + m distinct nodes for each new block, weighted by free space. Background tasks
+//! delete the shards of blocks nothing references any more, after a grace period, and keep
+//! every block at full strength ([`repair`]: rebuild lost shards, scrub, drain, rebalance).
 
 pub mod meta;
 pub mod nodes;

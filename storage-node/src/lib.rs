@@ -5,7 +5,9 @@
 //! shards of blocks nothing references any more. The node registers with the master on start and
 //! then heartbeats with its capacity, free space and shard count, so the master knows it is alive
 //! and how much it can take. Many requests are served at once: each QUIC stream is its own task
-//! and disk work runs on the blocking pool.
+//! and disk work runs on the blocking pool. At the master's request a node rebuilds lost shards
+//! of a block from its peers, verifies all its shards (scrub) and deletes leftovers; in the
+//! background it re-verifies its shards at a bounded rate and reports corrupt ones.
 
 pub mod store;
 
