@@ -190,6 +190,16 @@ impl Registry {
             .collect()
     }
 
+    /// Whether some node is late or down but not yet past the repair grace: membership is in
+    /// flux, and moving data around now would only be undone.
+    pub fn unsettled(&self, grace: Duration) -> bool {
+        let nodes = self.nodes.lock().expect("registry lock");
+        nodes.values().any(|e| {
+            let s = self.silent(e);
+            s >= (self.timeout / 3).max(Duration::from_millis(1500)) && s < self.timeout + grace
+        })
+    }
+
     /// Nodes down for longer than `grace` past the node timeout: their shards need rebuilding.
     pub fn dead(&self, grace: Duration) -> std::collections::HashSet<NodeId> {
         let nodes = self.nodes.lock().expect("registry lock");

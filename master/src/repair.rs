@@ -213,7 +213,10 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
                 }
             }
         }
-        let tasks = if tasks.is_empty() {
+        let tasks = if tasks.is_empty() && master.nodes.unsettled(cfg.grace) {
+            // A node is late or briefly down: wait for it before moving data around.
+            Vec::new()
+        } else if tasks.is_empty() {
             // Nothing to repair: even out node use instead.
             match rebalance_tasks(&master, &live, cfg.rebalance_threshold, cfg.parallel * 8) {
                 Ok(t) => {

@@ -306,7 +306,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("SHARDFS_TEST_DUMP_LOGS").is_some() {
             self.dump_logs();
         }
         for mp in self.mounts.drain(..) {

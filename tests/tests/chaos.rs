@@ -14,7 +14,7 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
     let mut c = Cluster::start_with(
         8,
         "4+2",
-        &["--node-timeout-ms", "1500", "--repair-grace-secs", "3600"],
+        &["--node-timeout-ms", "3000", "--repair-grace-secs", "3600"],
     );
     let mp = c.mount_with("w", &["--timeout", "10"]);
     let files: usize = std::env::var("SHARDFS_CHAOS_FILES")
