@@ -103,16 +103,11 @@ impl Codec {
         Ok(shards)
     }
 
-    /// Rebuild a block of `len` bytes from any k present shards (index = shard number).
-    pub fn decode(&self, mut shards: Vec<Option<Vec<u8>>>, len: usize) -> Result<Vec<u8>> {
+    /// Rebuild a block of `len` bytes from any k present shards (index = shard number). Missing
+    /// data shards are filled in, in place.
+    pub fn decode(&self, shards: &mut [Option<Vec<u8>>], len: usize) -> Result<Vec<u8>> {
         let k = self.params.k as usize;
-        if shards.len() != self.params.total() {
-            return Err(Error::Corrupt(format!(
-                "expected {} shards, got {}",
-                self.params.total(),
-                shards.len()
-            )));
-        }
+        self.check_count(shards)?;
         let present = shards.iter().filter(|s| s.is_some()).count();
         if present < k {
             return Err(Error::Unavailable(format!(
@@ -125,12 +120,12 @@ impl Codec {
         }
         if shards[..k].iter().any(|s| s.is_none()) {
             self.rs
-                .reconstruct_data(&mut shards)
+                .reconstruct_data(shards)
                 .map_err(|e| Error::Corrupt(format!("erasure decode failed: {e:?}")))?;
         }
         let mut out = Vec::with_capacity(size * k);
-        for s in shards.into_iter().take(k) {
-            out.extend_from_slice(&s.expect("data shard present after reconstruction"));
+        for s in &shards[..k] {
+            out.extend_from_slice(s.as_ref().expect("data shard present after reconstruction"));
         }
         out.truncate(len);
         Ok(out)
@@ -139,6 +134,13 @@ impl Codec {
     /// Fill in every missing shard (data and parity) from any k present ones, all of `size`
     /// bytes.
     pub fn reconstruct(&self, shards: &mut [Option<Vec<u8>>]) -> Result<()> {
+        self.check_count(shards)?;
+        self.rs
+            .reconstruct(shards)
+            .map_err(|e| Error::Corrupt(format!("erasure reconstruct failed: {e:?}")))
+    }
+
+    fn check_count(&self, shards: &[Option<Vec<u8>>]) -> Result<()> {
         if shards.len() != self.params.total() {
             return Err(Error::Corrupt(format!(
                 "expected {} shards, got {}",
@@ -146,9 +148,7 @@ impl Codec {
                 shards.len()
             )));
         }
-        self.rs
-            .reconstruct(shards)
-            .map_err(|e| Error::Corrupt(format!("erasure reconstruct failed: {e:?}")))
+        Ok(())
     }
 }
 
@@ -167,14 +167,18 @@ mod tests {
                 let mut v: Vec<Option<Vec<u8>>> = shards.iter().cloned().map(Some).collect();
                 v[a] = None;
                 v[b] = None;
-                assert_eq!(codec.decode(v, block.len()).unwrap(), block, "lost {a},{b}");
+                assert_eq!(
+                    codec.decode(&mut v, block.len()).unwrap(),
+                    block,
+                    "lost {a},{b}"
+                );
             }
         }
         let mut v: Vec<Option<Vec<u8>>> = shards.iter().cloned().map(Some).collect();
         v[0] = None;
         v[1] = None;
         v[2] = None;
-        assert!(codec.decode(v, block.len()).is_err());
+        assert!(codec.decode(&mut v, block.len()).is_err());
         // Rebuilding lost shards (a data and a parity one) gives them back exactly.
         let mut v: Vec<Option<Vec<u8>>> = shards.iter().cloned().map(Some).collect();
         v[1] = None;
@@ -190,8 +194,8 @@ mod tests {
         for len in [0usize, 1, 3, 4, 5] {
             let block = vec![7u8; len];
             let shards = codec.encode(&block).unwrap();
-            let v = shards.into_iter().map(Some).collect();
-            assert_eq!(codec.decode(v, len).unwrap(), block);
+            let mut v: Vec<Option<Vec<u8>>> = shards.into_iter().map(Some).collect();
+            assert_eq!(codec.decode(&mut v, len).unwrap(), block);
         }
     }
 

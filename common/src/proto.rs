@@ -210,7 +210,7 @@ pub struct Health {
     pub scanned_ms_ago: Option<u64>,
 }
 
-/// What one node found when checking its shards.
+/// What a scrub found on the nodes it checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScrubReport {
     pub nodes: u32,

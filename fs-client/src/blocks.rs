@@ -470,18 +470,20 @@ impl BlockStore {
             }
             let (codec, meta2) = (self.codec_for(meta)?, meta.clone());
             let r = tokio::task::spawn_blocking(move || {
-                let data = codec.decode(shards.clone(), meta2.len as usize)?;
+                let arrived: Vec<usize> =
+                    (0..shards.len()).filter(|i| shards[*i].is_some()).collect();
+                let data = codec.decode(&mut shards, meta2.len as usize)?;
                 if BlockId::of(&data) == meta2.id {
                     return Ok::<_, Error>(Ok(Arc::new(data)));
                 }
-                let bad: Vec<usize> = shards
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, s)| {
-                        s.as_ref()
+                // Which of the shards that arrived are not what was written?
+                let bad: Vec<usize> = arrived
+                    .into_iter()
+                    .filter(|i| {
+                        shards[*i]
+                            .as_ref()
                             .is_some_and(|s| shard_hash(s) != meta2.shards[*i].hash)
                     })
-                    .map(|(i, _)| i)
                     .collect();
                 Ok(Err(bad))
             })

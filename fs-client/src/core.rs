@@ -183,7 +183,6 @@ fn mark_written(ranges: &mut Vec<(usize, usize)>, start: usize, end: usize, full
 /// Random reads up to this size fetch only the bytes asked for, not the whole block.
 const RANGE_READ_MAX: usize = 128 << 10;
 
-/// Where the current content of one block comes from.
 /// The bytes of a read: owned, or a range of a block held in memory.
 pub enum ReadData {
     Owned(Vec<u8>),
@@ -200,6 +199,7 @@ impl std::ops::Deref for ReadData {
     }
 }
 
+/// Where the current content of one block comes from.
 enum Source {
     Bytes(Vec<u8>),
     Shared(Arc<Vec<u8>>),

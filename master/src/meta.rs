@@ -202,8 +202,7 @@ impl<'a> Txn<'a> {
 
     fn delete_inode(&mut self, ino: Ino) -> Result<(), MasterError> {
         self.inodes.insert(ino, None);
-        let p = k_xattr_prefix(ino);
-        for (k, _) in self.meta.scan::<Vec<u8>>(&p, &p, usize::MAX)? {
+        for k in self.meta.keys(&k_xattr_prefix(ino))? {
             self.batch.delete(k);
         }
         // Release the file's blocks.
@@ -403,6 +402,19 @@ impl Meta {
                 break;
             }
             out.push((k.to_vec(), dec(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every key starting with `prefix`, values not decoded.
+    fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, MasterError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(prefix) {
+            let (k, _) = item.map_err(db_err)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(k.to_vec());
         }
         Ok(out)
     }
@@ -1095,9 +1107,9 @@ impl Meta {
         self.inode(ino)?;
         let p = k_xattr_prefix(ino);
         Ok(self
-            .scan::<Vec<u8>>(&p, &p, usize::MAX)?
+            .keys(&p)?
             .into_iter()
-            .map(|(k, _)| k[p.len()..].to_vec())
+            .map(|k| k[p.len()..].to_vec())
             .collect())
     }
 
@@ -1346,8 +1358,7 @@ mod tests {
         m.unlink(ROOT_INO, b"f", now).unwrap();
         assert_eq!(m.getxattr(f.ino, b"user.x").unwrap(), b"v", "one link left");
         m.unlink(ROOT_INO, b"g", now).unwrap();
-        let p = k_xattr_prefix(f.ino);
-        assert!(m.scan::<Vec<u8>>(&p, &p, 10).unwrap().is_empty());
+        assert!(m.keys(&k_xattr_prefix(f.ino)).unwrap().is_empty());
         // A commit whose size leaves one of its own new blocks past the end keeps no slot for it.
         let (h, _) = m
             .create(ROOT_INO, b"h", FileKind::File, 0o644, 0, 0, 0, None, now)

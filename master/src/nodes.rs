@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 struct Entry {
     rec: NodeRecord,
     last_seen: Option<Instant>,
+    /// Being drained: alive, but given no new shards.
+    draining: bool,
 }
 
 /// A node with less free space than this is reported as full.
@@ -20,8 +22,6 @@ const FULL_BELOW: u64 = 8 << 20;
 
 pub struct Registry {
     nodes: Mutex<HashMap<NodeId, Entry>>,
-    /// Nodes being drained: alive, but given no new shards.
-    draining: Mutex<std::collections::HashSet<NodeId>>,
     timeout: Duration,
     /// When this master started: a node not heard from since counts as silent from then.
     started: Instant,
@@ -29,6 +29,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn load(meta: &Meta, timeout: Duration) -> Result<Self, MasterError> {
+        let draining = meta.draining()?;
         let nodes = meta
             .nodes()?
             .into_iter()
@@ -38,13 +39,13 @@ impl Registry {
                     Entry {
                         rec,
                         last_seen: None,
+                        draining: draining.contains(&id),
                     },
                 )
             })
             .collect();
         Ok(Registry {
             nodes: Mutex::new(nodes),
-            draining: Mutex::new(meta.draining()?),
             timeout,
             started: Instant::now(),
         })
@@ -73,11 +74,13 @@ impl Registry {
         meta.put_node(id, &rec)?;
         let mut nodes = self.nodes.lock().expect("registry lock");
         tracing::info!(%id, addr = %rec.addr, "node registered");
+        let draining = nodes.get(&id).is_some_and(|e| e.draining);
         nodes.insert(
             id,
             Entry {
                 rec,
                 last_seen: Some(Instant::now()),
+                draining,
             },
         );
         Ok(())
@@ -103,6 +106,11 @@ impl Registry {
         e.last_seen.is_some_and(|t| t.elapsed() < self.timeout)
     }
 
+    /// Silence after which a node is suspect (late, not yet down).
+    fn suspect_after(&self) -> Duration {
+        (self.timeout / 3).max(Duration::from_millis(1500))
+    }
+
     /// How long the node has been silent (since the master started, if never heard from).
     fn silent(&self, e: &Entry) -> Duration {
         e.last_seen.unwrap_or(self.started).elapsed()
@@ -120,7 +128,7 @@ impl Registry {
                 ),
             };
             (NodeState::Down, why)
-        } else if silent >= self.timeout / 3 && silent >= Duration::from_millis(1500) {
+        } else if silent >= self.suspect_after() {
             (
                 NodeState::Suspect,
                 format!("heartbeat late by {:.1} s", silent.as_secs_f64()),
@@ -140,16 +148,12 @@ impl Registry {
 
     /// Start or stop draining a node (kept in the metadata store across restarts).
     pub fn set_draining(&self, meta: &Meta, id: NodeId, on: bool) -> Result<(), MasterError> {
-        if !self.nodes.lock().expect("registry lock").contains_key(&id) {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        let Some(e) = nodes.get_mut(&id) else {
             return Err(Error::not_found(format!("no node {id} in this cluster")).into());
-        }
+        };
         meta.set_draining(id, on)?;
-        let mut d = self.draining.lock().expect("draining lock");
-        if on {
-            d.insert(id);
-        } else {
-            d.remove(&id);
-        }
+        e.draining = on;
         Ok(())
     }
 
@@ -160,32 +164,29 @@ impl Registry {
 
     /// Live draining nodes that still report shards, with their addresses.
     pub fn draining_holding(&self) -> Vec<(NodeId, SocketAddr)> {
-        let draining = self.draining();
         let nodes = self.nodes.lock().expect("registry lock");
-        draining
+        nodes
             .iter()
-            .filter_map(|id| {
-                let e = nodes.get(id)?;
-                if self.is_up(e) && e.rec.shards > 0 {
-                    e.rec.addr.parse().ok().map(|a| (*id, a))
-                } else {
-                    None
-                }
-            })
+            .filter(|(_, e)| e.draining && self.is_up(e) && e.rec.shards > 0)
+            .filter_map(|(id, e)| e.rec.addr.parse().ok().map(|a| (*id, a)))
             .collect()
     }
 
     pub fn draining(&self) -> std::collections::HashSet<NodeId> {
-        self.draining.lock().expect("draining lock").clone()
+        let nodes = self.nodes.lock().expect("registry lock");
+        nodes
+            .iter()
+            .filter(|(_, e)| e.draining)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// (node, bytes of shards it holds, capacity) of every live node that is not draining.
     pub fn usage(&self) -> Vec<(NodeId, u64, u64)> {
-        let draining = self.draining();
         let nodes = self.nodes.lock().expect("registry lock");
         nodes
             .iter()
-            .filter(|(id, e)| self.is_up(e) && !draining.contains(id))
+            .filter(|(_, e)| self.is_up(e) && !e.draining)
             .map(|(id, e)| (*id, e.rec.used, e.rec.capacity))
             .collect()
     }
@@ -196,7 +197,7 @@ impl Registry {
         let nodes = self.nodes.lock().expect("registry lock");
         nodes.values().any(|e| {
             let s = self.silent(e);
-            s >= (self.timeout / 3).max(Duration::from_millis(1500)) && s < self.timeout + grace
+            s >= self.suspect_after() && s < self.timeout + grace
         })
     }
 
@@ -231,15 +232,11 @@ impl Registry {
         exclude: &[NodeId],
         avoid: &[NodeId],
     ) -> Result<Vec<NodeId>, MasterError> {
-        let draining = self.draining();
         let nodes = self.nodes.lock().expect("registry lock");
         let usable: Vec<(NodeId, u64)> = nodes
             .iter()
             .filter(|(id, e)| {
-                self.is_up(e)
-                    && e.rec.free >= need
-                    && !draining.contains(id)
-                    && !exclude.contains(id)
+                self.is_up(e) && e.rec.free >= need && !e.draining && !exclude.contains(id)
             })
             .map(|(id, e)| (*id, e.rec.free))
             .collect();
@@ -286,13 +283,12 @@ impl Registry {
     }
 
     pub fn list(&self) -> Vec<NodeInfo> {
-        let draining = self.draining();
         let nodes = self.nodes.lock().expect("registry lock");
         let mut out: Vec<NodeInfo> = nodes
             .iter()
             .map(|(id, e)| {
                 let (mut state, mut reason) = self.state(e);
-                if draining.contains(id) && state != NodeState::Down {
+                if e.draining && state != NodeState::Down {
                     state = NodeState::Draining;
                     reason = format!("{} shards left to move", e.rec.shards);
                 }

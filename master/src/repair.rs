@@ -137,7 +137,8 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
             }
         };
         let forced = master.repair.forced.swap(false, Ordering::SeqCst);
-        let live_now: HashSet<NodeId> = master.nodes.live().into_keys().collect();
+        let live = master.nodes.live();
+        let live_now: HashSet<NodeId> = live.keys().copied().collect();
         if live_now != last_live {
             // A node joined or left: rebalancing may be possible again.
             rebalance_idle_until = None;
@@ -160,24 +161,14 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
             }
             // A node back after its shards were rebuilt elsewhere: check what it holds and
             // delete the stale copies.
-            let live = master.nodes.live();
             for n in last_dead.difference(&dead) {
-                if let Some(addr) = live.get(n).copied() {
-                    let (m, n) = (master.clone(), *n);
-                    tokio::spawn(async move {
-                        let mut r = ScrubReport::default();
-                        match scrub_node(&m, n, addr, &mut r).await {
-                            Ok(()) => info!(node = %n, report = ?r, "returning node scrubbed"),
-                            Err(e) => warn!(node = %n, "scrub of returning node failed: {e}"),
-                        }
-                        m.repair.kick();
-                    });
+                if let Some(addr) = live.get(n) {
+                    spawn_node_check(&master, *n, *addr, "returning node");
                 }
             }
         }
         last_dead = dead.clone();
         last_scan = Some(Instant::now());
-        let live = master.nodes.live();
         let draining = master.nodes.draining();
         let tasks = match scan(&master, &dead, &live, &lost, &draining) {
             Ok(t) => t,
@@ -200,16 +191,7 @@ pub(crate) async fn repair_loop(master: Arc<Master>, mut shutdown: watch::Receiv
             if !holding.is_empty() {
                 last_drain_scrub = Some(Instant::now());
                 for (n, addr) in holding {
-                    let m = master.clone();
-                    tokio::spawn(async move {
-                        let mut r = ScrubReport::default();
-                        match scrub_node(&m, n, addr, &mut r).await {
-                            Ok(()) => {
-                                info!(node = %n, report = ?r, "draining node checked for leftovers")
-                            }
-                            Err(e) => warn!(node = %n, "check of draining node failed: {e}"),
-                        }
-                    });
+                    spawn_node_check(&master, n, addr, "draining node with leftovers");
                 }
             }
         }
@@ -567,6 +549,19 @@ pub(crate) async fn scrub(master: &Arc<Master>) -> Result<ScrubReport, MasterErr
     Ok(report)
 }
 
+/// Scrub one node in the background (`why` goes to the log), then look for repair work.
+fn spawn_node_check(master: &Arc<Master>, node: NodeId, addr: SocketAddr, why: &'static str) {
+    let m = master.clone();
+    tokio::spawn(async move {
+        let mut r = ScrubReport::default();
+        match scrub_node(&m, node, addr, &mut r).await {
+            Ok(()) => info!(%node, report = ?r, "{why} checked"),
+            Err(e) => warn!(%node, "check of {why} failed: {e}"),
+        }
+        m.repair.kick();
+    });
+}
+
 /// Scrub one node into `report`.
 async fn scrub_node(
     master: &Arc<Master>,
@@ -617,6 +612,9 @@ async fn scrub_node(
     report.nodes += 1;
     report.checked += (intact.len() + corrupt.len()) as u64;
     report.corrupt += corrupt.len() as u64;
+    // What the master places on the node, read after the node's listing and with no await
+    // until the leftovers are classified below: commits that happened during the listing are
+    // included, and none can slip in between.
     let expected = master.meta.shards_on(node)?;
     let corrupt_set: HashSet<(BlockId, u8)> = corrupt.iter().copied().collect();
     let missing: Vec<(BlockId, u8)> = expected

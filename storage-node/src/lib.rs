@@ -170,13 +170,12 @@ impl wire::Service for Node {
                 .map(|()| (NodeResponse::Ok, Bytes::new()))),
             NodeRequest::Scrub { after, limit } => {
                 tokio::task::spawn_blocking(move || {
-                    let (intact, corrupt, next) =
-                        scrub_page(&store, after, limit.clamp(1, 10_000))?;
+                    let p = scrub_page(&store, after, limit.clamp(1, 10_000))?;
                     Ok((
                         NodeResponse::Scrubbed {
-                            intact,
-                            corrupt,
-                            next,
+                            intact: p.intact,
+                            corrupt: p.corrupt,
+                            next: p.next,
                         },
                         Bytes::new(),
                     ))
@@ -423,38 +422,47 @@ fn peer_addr(addr: &str) -> Result<SocketAddr, Error> {
         .map_err(|_| Error::invalid(format!("node address {addr:?} is not IP:PORT")))
 }
 
-/// Verify up to `limit` shards after `after`: (intact, corrupt and quarantined, where the
-/// next page starts).
-#[allow(clippy::type_complexity)]
+/// One page of a scrub.
+struct ScrubPage {
+    intact: Vec<(BlockId, u8)>,
+    /// Found corrupt, and quarantined.
+    corrupt: Vec<(BlockId, u8)>,
+    /// Bytes of the intact shards.
+    bytes: u64,
+    /// Where the next page starts (None: this was the last).
+    next: Option<(BlockId, u8)>,
+}
+
+/// Verify up to `limit` shards after `after`.
 fn scrub_page(
     store: &ShardStore,
     after: Option<(BlockId, u8)>,
     limit: u32,
-) -> Result<
-    (
-        Vec<(BlockId, u8)>,
-        Vec<(BlockId, u8)>,
-        Option<(BlockId, u8)>,
-    ),
-    NodeError,
-> {
+) -> Result<ScrubPage, NodeError> {
     let list = store.list(after, limit as usize)?;
-    let next = if list.len() == limit as usize {
-        list.last().copied()
-    } else {
-        None
+    let mut page = ScrubPage {
+        intact: Vec::new(),
+        corrupt: Vec::new(),
+        bytes: 0,
+        next: if list.len() == limit as usize {
+            list.last().copied()
+        } else {
+            None
+        },
     };
-    let (mut intact, mut corrupt) = (Vec::new(), Vec::new());
     for (b, i) in list {
         match store.get(&b, i) {
-            Ok(_) => intact.push((b, i)),
-            Err(NodeError::Corrupt(_)) => corrupt.push((b, i)),
+            Ok((_, d)) => {
+                page.bytes += d.len() as u64;
+                page.intact.push((b, i));
+            }
+            Err(NodeError::Corrupt(_)) => page.corrupt.push((b, i)),
             // Deleted meanwhile.
             Err(NodeError::Missing(_)) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok((intact, corrupt, next))
+    Ok(page)
 }
 
 /// Load this node's id from its data directory, creating one on first start.
@@ -561,21 +569,7 @@ async fn scrub_loop(
         let (mut after, mut bytes, mut checked, mut corrupt) = (None, 0u64, 0u64, 0u64);
         loop {
             let st = store.clone();
-            let page = tokio::task::spawn_blocking(move || {
-                let list = st.list(after, 16)?;
-                let mut out = Vec::with_capacity(list.len());
-                for (b, i) in list {
-                    let r = match st.get(&b, i) {
-                        Ok((_, d)) => Some(d.len() as u64),
-                        Err(NodeError::Corrupt(_)) => None,
-                        Err(NodeError::Missing(_)) => Some(0),
-                        Err(e) => return Err(e),
-                    };
-                    out.push(((b, i), r));
-                }
-                Ok::<_, NodeError>(out)
-            })
-            .await;
+            let page = tokio::task::spawn_blocking(move || scrub_page(&st, after, 16)).await;
             let page = match page {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
@@ -587,16 +581,10 @@ async fn scrub_loop(
                     break;
                 }
             };
-            for (s, r) in &page {
-                checked += 1;
-                match r {
-                    Some(n) => bytes += n,
-                    None => {
-                        corrupt += 1;
-                        unreported.push(*s);
-                    }
-                }
-            }
+            checked += (page.intact.len() + page.corrupt.len()) as u64;
+            corrupt += page.corrupt.len() as u64;
+            bytes += page.bytes;
+            unreported.extend(&page.corrupt);
             if !unreported.is_empty() {
                 let req = MasterRequest::ShardsLost {
                     node: id,
@@ -617,8 +605,8 @@ async fn scrub_loop(
                     Err(e) => warn!("cannot report corrupt shards yet: {e}"),
                 }
             }
-            let Some(last) = page.last() else { break };
-            after = Some(last.0);
+            let Some(next) = page.next else { break };
+            after = Some(next);
             let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
             let pause = due.saturating_sub(started.elapsed());
             tokio::select! {

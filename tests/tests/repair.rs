@@ -38,6 +38,14 @@ fn check_files(mp: &Path, want: &BTreeMap<String, String>) {
     }
 }
 
+/// `shardfs scrub --json [EXTRA…]`, which must succeed; its report.
+fn scrub(c: &Cluster, extra: &[&str]) -> serde_json::Value {
+    let args: Vec<&str> = ["scrub", "--json"].iter().chain(extra).copied().collect();
+    let (ok, out, err) = c.admin(&args);
+    assert!(ok, "scrub failed: {out}{err}");
+    serde_json::from_str(out.lines().next().unwrap()).unwrap()
+}
+
 fn health(c: &Cluster) -> serde_json::Value {
     c.status().expect("status")["health"].clone()
 }
@@ -108,9 +116,7 @@ fn repair_keeps_every_file_through_two_rounds_of_two_failures() {
         || c.shard_files(0).len() + c.shard_files(1).len() == before[0] + before[1] - rebuilt,
     );
     // A full scrub then finds nothing wrong and nothing left over.
-    let (ok, out, err) = c.admin(&["scrub", "--json"]);
-    assert!(ok, "scrub failed: {out}{err}");
-    let r: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let r = scrub(&c, &[]);
     assert_eq!(r["corrupt"], 0, "{r}");
     assert_eq!(r["missing"], 0, "{r}");
 
@@ -164,9 +170,7 @@ fn scrub_finds_corrupted_shards_and_repair_rewrites_them() {
     check_files(&mp2, &want);
     c.umount(&mp2);
 
-    let (ok, out, err) = c.admin(&["scrub", "--wait", "--timeout", "180", "--json"]);
-    assert!(ok, "scrub failed: {out}{err}");
-    let r: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let r = scrub(&c, &["--wait", "--timeout", "180"]);
     // Damaged parity shards are found by the scrub's hash check; damaged data shards were
     // already refused (and quarantined) by their nodes during the reads, so they are missing.
     assert_eq!(r["corrupt"], 3, "damaged parity shards: {r}");
@@ -182,9 +186,7 @@ fn scrub_finds_corrupted_shards_and_repair_rewrites_them() {
     for f in &flipped {
         assert!(f.exists(), "{} rebuilt", f.display());
     }
-    let (ok, out, err) = c.admin(&["scrub", "--json"]);
-    assert!(ok, "second scrub failed: {out}{err}");
-    let r: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let r = scrub(&c, &[]);
     assert_eq!(r["corrupt"], 0, "second scrub: {r}");
     assert_eq!(r["missing"], 0, "second scrub: {r}");
     assert!(r["checked"].as_u64().unwrap() > 0);
