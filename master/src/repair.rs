@@ -54,6 +54,11 @@ pub struct Repairer {
     kick: Notify,
     /// Scan on the next wake-up even if nothing changed.
     forced: AtomicBool,
+    /// Held shared while a shard is rebuilt or moved (from the first write to the new place
+    /// until the block map points at it), and exclusively while a scrub decides which shard
+    /// files are leftovers and deletes them, so a scrub never deletes a shard a repair is
+    /// putting in place.
+    moves: tokio::sync::RwLock<()>,
     dialer: Dialer,
 }
 
@@ -64,6 +69,7 @@ impl Repairer {
             health: Mutex::new((Health::default(), None)),
             kick: Notify::new(),
             forced: AtomicBool::new(false),
+            moves: tokio::sync::RwLock::new(()),
             dialer: Dialer::new(ALPN_NODE, Duration::from_secs(3))?,
         })
     }
@@ -446,6 +452,7 @@ async fn repair_block(
     live: &HashMap<NodeId, SocketAddr>,
     t: Task,
 ) -> Result<Done, String> {
+    let _moving = master.repair.moves.read().await;
     let id = t.meta.id;
     let need = t.meta.shard_size as u64 + 4096;
     // Distinct nodes: no target may hold another shard of this block.
@@ -614,7 +621,8 @@ async fn scrub_node(
     report.corrupt += corrupt.len() as u64;
     // What the master places on the node, read after the node's listing and with no await
     // until the leftovers are classified below: commits that happened during the listing are
-    // included, and none can slip in between.
+    // included, and none can slip in between. No shard moves until the leftovers are gone.
+    let _no_moves = master.repair.moves.write().await;
     let expected = master.meta.shards_on(node)?;
     let corrupt_set: HashSet<(BlockId, u8)> = corrupt.iter().copied().collect();
     let missing: Vec<(BlockId, u8)> = expected
