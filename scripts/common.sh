@@ -14,7 +14,7 @@ as_root() {
 # System packages: FUSE 3, and clang/libclang for building RocksDB.
 ensure_packages() {
   local missing=() p
-  for p in fuse3 libfuse3-dev clang libclang-dev pkg-config build-essential; do
+  for p in fuse3 libfuse3-dev clang libclang-dev pkg-config build-essential python3; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then

@@ -264,3 +264,38 @@ fn a_joining_node_gets_shards_and_a_drained_node_ends_empty() {
     let r = c.mount_with("r", &["--cache-mib", "0"]);
     check_files(&r, &want);
 }
+
+#[test]
+fn background_scrub_finds_a_corrupt_shard_and_it_is_rebuilt() {
+    // Nodes re-verify everything every second at a high rate; the master rebuilds what they
+    // report, with no scrub command.
+    let mut c = Cluster::start_opts(
+        6,
+        "4+2",
+        &["--repair-interval-ms", "300", "--gc-grace-secs", "1"],
+        &["--scrub-mib", "1000", "--scrub-interval-secs", "1"],
+    );
+    let mp = c.mount("m");
+    let want = write_files(&mp, 500);
+    c.umount(&mp);
+    std::thread::sleep(Duration::from_secs(5));
+    // Damage one parity shard (no read would touch it).
+    let f = (0..6)
+        .flat_map(|i| c.shard_files(i))
+        .find(|p| p.to_string_lossy().ends_with(".5"))
+        .expect("a parity shard");
+    let mut raw = fs::read(&f).unwrap();
+    let at = 48 + (raw.len() - 48) / 2;
+    raw[at] ^= 0x5a;
+    fs::write(&f, &raw).unwrap();
+    wait_until(Duration::from_secs(60), "the corrupt shard rebuilt", || {
+        health(&c)["repaired_shards"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(fs::read(&f).unwrap().len(), raw.len(), "rebuilt in place");
+    assert_ne!(fs::read(&f).unwrap(), raw, "the damaged bytes are gone");
+    let r = scrub(&c, &[]);
+    assert_eq!(r["corrupt"], 0, "{r}");
+    assert_eq!(r["missing"], 0, "{r}");
+    let r2 = c.mount_with("r", &["--cache-mib", "0"]);
+    check_files(&r2, &want);
+}
