@@ -32,6 +32,12 @@ pub enum ErrorCode {
     ArgTooBig,
     /// The caller's buffer is too small (ERANGE).
     Range,
+    /// Held by someone else; try again (EAGAIN, e.g. a lock taken with F_SETLK or LOCK_NB).
+    Again,
+    /// The caller was interrupted by a signal while waiting (EINTR).
+    Interrupted,
+    /// The operation or this mode of it is not offered (EOPNOTSUPP).
+    NotSupported,
 }
 
 /// An error as it travels in a response frame.
@@ -111,6 +117,9 @@ impl Error {
             ErrorCode::NoData => libc::ENODATA,
             ErrorCode::ArgTooBig => libc::E2BIG,
             ErrorCode::Range => libc::ERANGE,
+            ErrorCode::Again => libc::EAGAIN,
+            ErrorCode::Interrupted => libc::EINTR,
+            ErrorCode::NotSupported => libc::EOPNOTSUPP,
             ErrorCode::Io | ErrorCode::Protocol | ErrorCode::Corrupt | ErrorCode::Internal => {
                 libc::EIO
             }

@@ -14,6 +14,7 @@ pub mod dial;
 pub mod ec;
 pub mod error;
 pub mod ids;
+pub mod locks;
 pub mod net;
 pub mod proto;
 pub mod wire;

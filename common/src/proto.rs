@@ -8,14 +8,15 @@
 use crate::ec::EcParams;
 use crate::error::RemoteError;
 use crate::ids::{BlockId, Ino, NodeId};
+use crate::locks::{LockOwner, LockRange};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// ALPN of the master's service (clients and nodes connect to it).
-pub const ALPN_MASTER: &[u8] = b"shardfs-master/2";
+pub const ALPN_MASTER: &[u8] = b"shardfs-master/3";
 /// ALPN of a storage node's service.
-pub const ALPN_NODE: &[u8] = b"shardfs-node/2";
+pub const ALPN_NODE: &[u8] = b"shardfs-node/3";
 
 /// Longest file name, as on ext4.
 pub const NAME_MAX: usize = 255;
@@ -279,6 +280,8 @@ pub enum MasterRequest {
         gid: u32,
         rdev: u32,
         now: Timespec,
+        /// The creating mount's session (0: none): a new regular file is open on it.
+        session: u64,
     },
     Symlink {
         parent: Ino,
@@ -321,9 +324,50 @@ pub enum MasterRequest {
         after: Option<Vec<u8>>,
         limit: u32,
     },
-    /// Attributes and block map of a file.
+    /// Attributes and block map of a file, which stays open on `session` (0: none) until
+    /// `Close`: an open file unlinked everywhere lives on until its last holder closes it.
     Open {
         ino: Ino,
+        session: u64,
+    },
+    /// The mount closed its last handle of `ino`.
+    Close {
+        session: u64,
+        ino: Ino,
+    },
+    /// Start a mount's session (id 0: a new one), or take up an existing id again after a
+    /// master restart with the files it has open and the locks it holds. Answered with
+    /// `Session`.
+    SessionOpen {
+        id: u64,
+        host: String,
+        user: String,
+        mountpoint: String,
+        opens: Vec<Ino>,
+        locks: Vec<LockRange>,
+    },
+    /// The mount is alive; refused with NotFound if the master does not know the session.
+    SessionRenew {
+        id: u64,
+    },
+    /// The mount is going away: close its files and drop its locks now.
+    SessionClose {
+        id: u64,
+    },
+    /// Set or unlock an advisory lock. A conflicting lock makes it fail with Again, after
+    /// waiting up to `wait_ms` for the holder to let go.
+    SetLock {
+        lock: LockRange,
+        wait_ms: u32,
+    },
+    /// The first lock that would conflict with `lock` (F_GETLK). Answered with `Lock`.
+    GetLock {
+        lock: LockRange,
+    },
+    /// Drop every lock of `owner` on `ino` (a close by that owner).
+    ReleaseLocks {
+        ino: Ino,
+        owner: LockOwner,
     },
     /// Where to store new blocks (or that they exist already).
     Place {
@@ -419,6 +463,11 @@ pub enum MasterResponse {
     Scrubbed(ScrubReport),
     Xattr(Vec<u8>),
     XattrNames(Vec<Vec<u8>>),
+    Session {
+        id: u64,
+        lease_ms: u64,
+    },
+    Lock(Option<LockRange>),
     Err(RemoteError),
 }
 

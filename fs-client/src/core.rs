@@ -12,6 +12,7 @@
 use crate::blocks::{BlockConfig, BlockStore};
 use crate::master::{unexpected, MasterClient};
 use shardfs_common::ec::Codec;
+use shardfs_common::locks::LockTable;
 use shardfs_common::proto::{
     Attr, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest, MasterResponse, NewSlot,
     SetAttr, Slot, Timespec,
@@ -48,7 +49,7 @@ pub struct CoreConfig {
 
 pub struct Core {
     cfg: CoreConfig,
-    master: Arc<MasterClient>,
+    pub(crate) master: Arc<MasterClient>,
     blocks: Arc<BlockStore>,
     cluster: ClusterInfo,
     files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
@@ -58,6 +59,11 @@ pub struct Core {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     uploads: Arc<Semaphore>,
+    /// This mount's session with the master (0 until opened), see [`crate::session`].
+    pub(crate) session: AtomicU64,
+    /// Advisory locks this mount holds, to claim them again after a master restart.
+    pub(crate) locks: Mutex<LockTable>,
+    pub(crate) rt: tokio::runtime::Handle,
 }
 
 #[derive(Clone)]
@@ -255,6 +261,9 @@ impl Core {
             attrs: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            session: AtomicU64::new(0),
+            locks: Mutex::new(LockTable::default()),
+            rt: tokio::runtime::Handle::current(),
         }))
     }
 
@@ -329,6 +338,11 @@ impl Core {
             .map(|(a, _)| a.clone())
     }
 
+    /// Inodes this mount has open (claimed again when the session is re-opened).
+    pub(crate) fn open_inos(&self) -> Vec<Ino> {
+        self.files.lock().expect("files lock").keys().copied().collect()
+    }
+
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
         self.files.lock().expect("files lock").get(&ino).cloned()
     }
@@ -340,14 +354,19 @@ impl Core {
             if st.has_local_changes() {
                 a.size = st.attr.size;
                 a.mtime = st.attr.mtime;
-            } else {
-                st.attr = a.clone();
             }
+            st.attr = a.clone();
         }
         a
     }
 
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        if name.len() > shardfs_common::proto::NAME_MAX {
+            return Err(Error::fs(
+                shardfs_common::ErrorCode::NameTooLong,
+                "file name longer than 255 bytes",
+            ));
+        }
         self.call_attr(MasterRequest::Lookup {
             parent,
             name: name.to_vec(),
@@ -468,6 +487,22 @@ impl Core {
         gid: u32,
         rdev: u32,
     ) -> Result<Attr> {
+        self.create_inode(parent, name, kind, mode, uid, gid, rdev, 0)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_inode(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        session: u64,
+    ) -> Result<Attr> {
         let req = MasterRequest::Create {
             parent,
             name: name.to_vec(),
@@ -477,6 +512,7 @@ impl Core {
             gid,
             rdev,
             now: Timespec::now(),
+            session,
         };
         self.new_inode(req).await
     }
@@ -603,7 +639,12 @@ impl Core {
 
     /// Open a file: fetch its attributes and block map (close-to-open consistency).
     pub async fn open(&self, ino: Ino) -> Result<u64> {
-        let (attr, slots) = match self.call(MasterRequest::Open { ino }).await? {
+        let (attr, slots) = match self
+            .call(MasterRequest::Open {
+                ino,
+                session: self.session.load(Ordering::Relaxed),
+            })
+            .await? {
             MasterResponse::Opened { attr, slots } => (attr, slots),
             other => return Err(unexpected(other)),
         };
@@ -625,8 +666,9 @@ impl Core {
         uid: u32,
         gid: u32,
     ) -> Result<(Attr, u64)> {
+        let session = self.session.load(Ordering::Relaxed);
         let attr = self
-            .mknod(parent, name, FileKind::File, mode, uid, gid, 0)
+            .create_inode(parent, name, FileKind::File, mode, uid, gid, 0, session)
             .await?;
         let of = self.register_open(attr.ino, attr.clone(), vec![]);
         Ok((attr, self.add_handle(Handle::File(of))))
@@ -657,6 +699,7 @@ impl Core {
                     && of.opens.load(Ordering::SeqCst) == 0
                 {
                     files.remove(&of.ino);
+                    self.closed(of.ino);
                 }
             }
         }
@@ -677,6 +720,7 @@ impl Core {
                     && of.opens.load(Ordering::SeqCst) == 0
                 {
                     files.remove(&of.ino);
+                    self.closed(of.ino);
                 }
             }
         }
@@ -1146,6 +1190,61 @@ impl Core {
             }
         }
         Ok(out)
+    }
+
+    /// fallocate(2): extend the size (mode 0), zero a range (FALLOC_FL_ZERO_RANGE) or punch a
+    /// hole (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE). Space is not reserved ahead (blocks
+    /// are placed when written); zeroed ranges read back as zeros and cost one shared
+    /// all-zero block each, as content-addressed blocks dedupe.
+    pub async fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        use shardfs_common::ErrorCode;
+        let (keep, punch, zero) = (
+            mode & libc::FALLOC_FL_KEEP_SIZE != 0,
+            mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
+            mode & libc::FALLOC_FL_ZERO_RANGE != 0,
+        );
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE)
+            != 0
+        {
+            return Err(Error::fs(
+                ErrorCode::NotSupported,
+                format!("fallocate mode {mode:#x} is not supported"),
+            ));
+        }
+        if (punch && (!keep || zero)) || len == 0 {
+            return Err(Error::invalid("invalid fallocate mode or length"));
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= i64::MAX as u64)
+            .ok_or_else(|| Error::fs(ErrorCode::TooBig, "range past the largest file size"))?;
+        let of = self.file(fh)?;
+        let size = of.st.lock().expect("file lock").attr.size;
+        if punch || zero {
+            let zero_end = if keep { end.min(size) } else { end };
+            let chunk = (self.cluster.block_size as usize).min(1 << 20);
+            let zeros = vec![0u8; chunk];
+            let mut pos = offset;
+            while pos < zero_end {
+                let n = ((zero_end - pos) as usize).min(chunk);
+                self.write(fh, pos, &zeros[..n]).await?;
+                pos += n as u64;
+            }
+        }
+        if !keep && end > of.st.lock().expect("file lock").attr.size {
+            let now = Timespec::now();
+            let set = SetAttr {
+                mode: None,
+                uid: None,
+                gid: None,
+                size: Some(end),
+                atime: None,
+                mtime: Some(now),
+                now,
+            };
+            self.setattr(of.ino, set).await?;
+        }
+        Ok(())
     }
 
     pub async fn fsync(&self, fh: u64) -> Result<()> {

@@ -106,6 +106,8 @@ impl Filesystem for ShardFs {
             fuser::consts::FUSE_DO_READDIRPLUS | fuser::consts::FUSE_READDIRPLUS_AUTO,
         );
         let _ = config.add_capabilities(fuser::consts::FUSE_PARALLEL_DIROPS);
+        let _ = config
+            .add_capabilities(fuser::consts::FUSE_POSIX_LOCKS | fuser::consts::FUSE_FLOCK_LOCKS);
         Ok(())
     }
 
@@ -416,16 +418,72 @@ impl Filesystem for ShardFs {
     fn flush(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
+        ino: u64,
         fh: u64,
-        _lock_owner: u64,
+        lock_owner: u64,
         reply: ReplyEmpty,
     ) {
-        if self.core.is_clean(fh) {
+        // A close by a process drops its POSIX locks on the file.
+        let unlock = self.core.holds_locks(ino, lock_owner);
+        if !unlock && self.core.is_clean(fh) {
             return reply.ok();
         }
         self.spawn(|core, _| async move {
-            match core.flush(fh).await {
+            let unlocked = match unlock {
+                true => core.release_locks(ino, lock_owner).await,
+                false => Ok(()),
+            };
+            match core.flush(fh).await.and(unlocked) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        self.spawn(|core, _| async move {
+            match core.getlk(ino, lock_owner, start, end, typ, pid).await {
+                Ok(Some(l)) => reply.locked(
+                    l.start,
+                    l.end,
+                    crate::session::lock_type(l.kind),
+                    l.pid,
+                ),
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|core, _| async move {
+            match core
+                .setlk(ino, lock_owner, start, end, typ, pid, sleep)
+                .await
+            {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -435,18 +493,24 @@ impl Filesystem for ShardFs {
     fn release(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         _flags: i32,
-        _lock: Option<u64>,
+        lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if self.core.release_if_clean(fh) {
+        // The last close of an open file drops its flock.
+        let unlock = lock_owner.filter(|&o| self.core.holds_locks(ino, o));
+        if unlock.is_none() && self.core.release_if_clean(fh) {
             return reply.ok();
         }
         self.spawn(|core, _| async move {
-            match core.release(fh).await {
+            let unlocked = match unlock {
+                Some(o) => core.release_locks(ino, o).await,
+                None => Ok(()),
+            };
+            match core.release(fh).await.and(unlocked) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -608,12 +672,23 @@ impl Filesystem for ShardFs {
         &mut self,
         _req: &Request<'_>,
         _ino: u64,
-        _fh: u64,
-        _offset: i64,
-        _length: i64,
-        _mode: i32,
+        fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(libc::EOPNOTSUPP);
+        if offset < 0 || length <= 0 {
+            return reply.error(libc::EINVAL);
+        }
+        self.spawn(|core, _| async move {
+            match core
+                .fallocate(fh, offset as u64, length as u64, mode)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 }

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use shardfs_client::core::{Core, CoreConfig};
 use shardfs_client::fuse::ShardFs;
+use shardfs_client::kmount;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -240,6 +241,25 @@ fn is_mounted(mountpoint: &Path) -> bool {
 
 fn mount(a: MountArgs) -> anyhow::Result<()> {
     let f: FileConfig = shardfs_common::config::load(a.config.as_deref())?;
+    let mut opts: Vec<String> = f.options.unwrap_or_default();
+    for o in &a.options {
+        opts.extend(o.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+    }
+    if opts.iter().any(|o| o == "remount") {
+        // `mount -o remount,ro DIR` (through the mount.fuse.shardfs helper).
+        let mountpoint = std::fs::canonicalize(&a.mountpoint)
+            .with_context(|| format!("{} does not exist", a.mountpoint.display()))?;
+        if !is_mounted(&mountpoint) {
+            bail!("{} is not a ShardFS mount", mountpoint.display());
+        }
+        let ro = opts
+            .iter()
+            .rev()
+            .find(|o| *o == "ro" || *o == "rw")
+            .is_some_and(|o| o == "ro");
+        return kmount::remount(&mountpoint, ro)
+            .with_context(|| format!("cannot remount {}", mountpoint.display()));
+    }
     let master = master_addr(&a.master)?;
     let md = std::fs::metadata(&a.mountpoint)
         .with_context(|| format!("mountpoint {} does not exist", a.mountpoint.display()))?;
@@ -268,10 +288,6 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
         shard_timeout: Duration::from_secs_f64(timeout.min(10.0)),
     };
 
-    let mut opts: Vec<String> = f.options.unwrap_or_default();
-    for o in &a.options {
-        opts.extend(o.split(',').filter(|s| !s.is_empty()).map(str::to_string));
-    }
     let mut mount_opts = vec![
         fuser::MountOption::FSName(format!("shardfs@{master}")),
         fuser::MountOption::Subtype("shardfs".into()),
@@ -315,9 +331,30 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     let core = rt
         .block_on(Core::connect(cfg))
         .with_context(|| format!("cannot reach the master at {master}"))?;
+    rt.block_on(core.start_session(mountpoint.display().to_string()))
+        .with_context(|| format!("cannot open a session with the master at {master}"))?;
     let fs = ShardFs::new(core.clone(), rt.handle().clone(), ttl);
-    let mut session = fuser::Session::new(fs, &mountpoint, &mount_opts)
-        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    // As root the mount is made here, typed fuse.shardfs (see kmount); otherwise the FUSE
+    // library mounts through fusermount3.
+    let own_mount = unsafe { libc::geteuid() } == 0;
+    let mut session = if own_mount {
+        let ko = kmount::KernelOptions {
+            read_only: mount_opts.contains(&fuser::MountOption::RO),
+            allow_other: mount_opts.contains(&fuser::MountOption::AllowOther),
+            default_permissions: true,
+        };
+        let fd = kmount::mount(&mountpoint, &format!("shardfs@{master}"), &ko)
+            .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+        let acl = if ko.allow_other {
+            fuser::SessionACL::All
+        } else {
+            fuser::SessionACL::RootAndOwner
+        };
+        fuser::Session::from_fd(fs, fd, acl)
+    } else {
+        fuser::Session::new(fs, &mountpoint, &mount_opts)
+            .with_context(|| format!("cannot mount on {}", mountpoint.display()))?
+    };
     tracing::info!(mountpoint = %mountpoint.display(), %master, "mounted");
     if let Some(p) = &a.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))
@@ -344,13 +381,19 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("signal received, unmounting {}", mp.display());
-        if let Err(e) = unmounter.unmount() {
+        let r = if own_mount {
+            kmount::unmount(&mp, false)
+        } else {
+            unmounter.unmount()
+        };
+        if let Err(e) = r {
             tracing::warn!("unmount failed: {e}; trying lazy unmount");
             let _ = Command::new("umount").arg("-l").arg(&mp).status();
         }
     });
     session.run().context("FUSE session failed")?;
     drop(session);
+    rt.block_on(core.end_session());
     core.shutdown();
     tracing::info!("unmounted");
     rt.shutdown_timeout(Duration::from_secs(2));

@@ -10,6 +10,7 @@
 pub mod meta;
 pub mod nodes;
 pub mod repair;
+pub mod sessions;
 
 use bytes::Bytes;
 use meta::{Changes, Meta};
@@ -89,6 +90,8 @@ pub struct MasterConfig {
     pub gc_grace: Duration,
     pub gc_interval: Duration,
     pub repair: repair::RepairConfig,
+    /// A mount session not renewed for this long is over (its locks and open files released).
+    pub session_lease: Duration,
     /// fsync the metadata log on every operation (default: on fsync requests only the WAL is
     /// written, which survives a process kill but not a power cut).
     pub sync: bool,
@@ -100,6 +103,7 @@ struct Master {
     /// Blocks whose shards the collector is deleting right now.
     collecting: Mutex<HashSet<BlockId>>,
     repair: repair::Repairer,
+    sessions: sessions::Sessions,
 }
 
 impl wire::Service for Master {
@@ -123,12 +127,17 @@ impl wire::Service for Master {
         // on every node.
         let r = match req {
             MasterRequest::Scrub => repair::scrub(&self).await.map(MasterResponse::Scrubbed),
+            MasterRequest::SetLock { lock, wait_ms } => self
+                .sessions
+                .set_lock(lock, Duration::from_millis(wait_ms.min(10_000).into()))
+                .await
+                .map(|()| MasterResponse::Ok),
             req => self.dispatch(req, peer),
         };
         let resp = match r {
             Ok(r) => r,
             Err(e) => {
-                if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Exists | ErrorCode::NotEmpty | ErrorCode::NoData))
+                if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Exists | ErrorCode::NotEmpty | ErrorCode::NoData | ErrorCode::Again))
                 {
                     debug!(%peer, "request refused: {e}");
                 }
@@ -161,14 +170,18 @@ impl Master {
                 gid,
                 rdev,
                 now,
+                session,
             } => {
                 if kind == FileKind::Symlink {
                     return Err(Error::invalid("use Symlink to create symbolic links").into());
                 }
-                changed(
-                    self.meta
-                        .create(parent, &name, kind, mode, uid, gid, rdev, None, now)?,
-                )
+                let created = self
+                    .meta
+                    .create(parent, &name, kind, mode, uid, gid, rdev, None, now)?;
+                if kind == FileKind::File {
+                    self.sessions.opened(&self.meta, session, created.0.ino);
+                }
+                changed(created)
             }
             R::Symlink {
                 parent,
@@ -219,9 +232,43 @@ impl Master {
                         .readdir(ino, after.as_deref(), limit.clamp(1, 10_000) as usize)?;
                 A::Entries { entries, more }
             }
-            R::Open { ino } => {
+            R::Open { ino, session } => {
                 let (attr, slots) = self.meta.open_file(ino)?;
+                self.sessions.opened(&self.meta, session, ino);
                 A::Opened { attr, slots }
+            }
+            R::Close { session, ino } => {
+                self.sessions.closed(&self.meta, session, ino)?;
+                A::Ok
+            }
+            R::SessionOpen {
+                id,
+                host,
+                user,
+                mountpoint,
+                opens,
+                locks,
+            } => A::Session {
+                id: self
+                    .sessions
+                    .open(&self.meta, id, host, user, mountpoint, opens, locks),
+                lease_ms: self.sessions.lease().as_millis() as u64,
+            },
+            R::SessionRenew { id } => {
+                self.sessions.renew(id)?;
+                A::Ok
+            }
+            R::SessionClose { id } => {
+                self.sessions.close(&self.meta, id, "unmounted");
+                A::Ok
+            }
+            R::SetLock { .. } => {
+                return Err(Error::invalid("lock requests are served asynchronously").into())
+            }
+            R::GetLock { lock } => A::Lock(self.sessions.get_lock(&lock)),
+            R::ReleaseLocks { ino, owner } => {
+                self.sessions.release_locks(ino, owner);
+                A::Ok
             }
             R::Place { blocks, exclude } => {
                 let ec = self.meta.cluster.ec;
@@ -384,7 +431,9 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         nodes,
         collecting: Mutex::new(HashSet::new()),
         repair: repair::Repairer::new(cfg.repair.clone())?,
+        sessions: sessions::Sessions::new(cfg.session_lease),
     });
+    let session_loop = tokio::spawn(session_loop(master.clone(), cfg.session_lease));
     let repairs = tokio::spawn(repair::repair_loop(master.clone(), shutdown.clone()));
     let gc = tokio::spawn(gc_loop(
         master.clone(),
@@ -395,8 +444,34 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     wire::serve(endpoint, master, shutdown).await;
     gc.abort();
     repairs.abort();
+    session_loop.abort();
     info!("master stopped");
     Ok(())
+}
+
+/// End sessions whose mounts stopped renewing them; after a restart, delete the orphans that no
+/// mount claimed back within two leases.
+async fn session_loop(master: Arc<Master>, lease: Duration) {
+    let mut orphans = match master.meta.orphans() {
+        Ok(o) => o,
+        Err(e) => {
+            warn!("cannot list orphaned files: {e}");
+            Vec::new()
+        }
+    };
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        master.sessions.expire(&master.meta);
+        if !orphans.is_empty() && start.elapsed() > lease * 2 {
+            for ino in orphans.drain(..) {
+                if let Err(e) = master.meta.collect_orphan(ino) {
+                    warn!(ino, "cannot delete an orphaned file: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// Delete the shards of unreferenced blocks once their grace period is over.

@@ -48,6 +48,10 @@ struct Args {
     /// emptiest one's by more than this percentage of the mean fill (0: never).
     #[arg(long, env = "SHARDFS_REBALANCE_PCT")]
     rebalance_pct: Option<f64>,
+    /// Seconds a mount may go without renewing its session before its locks are released and
+    /// its open files closed.
+    #[arg(long, env = "SHARDFS_SESSION_LEASE_SECS")]
+    session_lease_secs: Option<f64>,
     /// fsync the metadata log on every operation.
     #[arg(long)]
     sync: bool,
@@ -70,6 +74,7 @@ struct FileConfig {
     repair_parallel: Option<usize>,
     orphan_grace_secs: Option<u64>,
     rebalance_pct: Option<f64>,
+    session_lease_secs: Option<f64>,
     sync: Option<bool>,
 }
 
@@ -120,6 +125,13 @@ fn real_main() -> anyhow::Result<()> {
             ),
             rebalance_threshold: a.rebalance_pct.or(f.rebalance_pct).unwrap_or(10.0).max(0.0)
                 / 100.0,
+        },
+        session_lease: {
+            let secs = a.session_lease_secs.or(f.session_lease_secs).unwrap_or(10.0);
+            if !(1.0..=3600.0).contains(&secs) {
+                anyhow::bail!("--session-lease-secs must be between 1 and 3600");
+            }
+            Duration::from_secs_f64(secs)
         },
         sync: a.sync || f.sync.unwrap_or(false),
     };

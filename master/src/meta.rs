@@ -16,6 +16,7 @@
 //! | `R` block-id                      | shards of the block found corrupt or missing, waiting for repair |
 //! | `X` node-id                       | the node is being drained (value: unix seconds since) |
 //! | `A` ino name                      | extended attribute value                |
+//! | `O` ino                           | unlinked file still open on some mount (an orphan) |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and
@@ -141,6 +142,10 @@ fn k_xattr(ino: Ino, name: &[u8]) -> Vec<u8> {
     key(b'A', &[&ino.to_be_bytes(), name])
 }
 
+fn k_orphan(ino: Ino) -> Vec<u8> {
+    key(b'O', &[&ino.to_be_bytes()])
+}
+
 /// Linux's limits: XATTR_NAME_MAX and XATTR_SIZE_MAX.
 const XATTR_NAME_MAX: usize = 255;
 const XATTR_SIZE_MAX: usize = 65536;
@@ -202,6 +207,7 @@ impl<'a> Txn<'a> {
 
     fn delete_inode(&mut self, ino: Ino) -> Result<(), MasterError> {
         self.inodes.insert(ino, None);
+        self.batch.delete(k_orphan(ino));
         for k in self.meta.keys(&k_xattr_prefix(ino))? {
             self.batch.delete(k);
         }
@@ -294,6 +300,8 @@ pub struct Meta {
     db: DB,
     /// Serializes mutations so each operation's checks and writes see one state.
     writer: Mutex<()>,
+    /// Files open on some mount: how many sessions hold each.
+    held: Mutex<HashMap<Ino, usize>>,
     next_ino: Mutex<u64>,
     pub cluster: ClusterInfo,
     sync: bool,
@@ -361,6 +369,7 @@ impl Meta {
             Meta {
                 db,
                 writer: Mutex::new(()),
+                held: Mutex::new(HashMap::new()),
                 next_ino: Mutex::new(next),
                 cluster,
                 sync,
@@ -556,10 +565,19 @@ impl Meta {
         }
         let ino = self.alloc_ino(&mut txn.batch);
         let is_dir = kind == FileKind::Dir;
+        // In a set-group-ID directory, new entries take the directory's group, and new
+        // directories inherit the bit (as ext4 does).
+        let (mut mode, mut gid) = (mode & 0o7777, gid);
+        if p.attr.perm as u32 & libc::S_ISGID != 0 {
+            gid = p.attr.gid;
+            if is_dir {
+                mode |= libc::S_ISGID;
+            }
+        }
         let attr = Attr {
             ino,
             kind,
-            perm: (mode & 0o7777) as u16,
+            perm: mode as u16,
             nlink: if is_dir { 2 } else { 1 },
             uid,
             gid,
@@ -629,9 +647,16 @@ impl Meta {
     }
 
     /// Drop one link to `ino` (its entry already removed by the caller).
+    /// The last link of a file some mount has open leaves an orphan: no name, nlink 0, content
+    /// kept until its last holder closes it ([`Meta::unhold`]).
     fn drop_link(&self, txn: &mut Txn, ino: Ino, now: Timespec) -> Result<(), MasterError> {
         let mut rec = txn.inode(ino)?;
-        if rec.attr.kind == FileKind::Dir || rec.attr.nlink <= 1 {
+        if rec.attr.kind != FileKind::Dir && rec.attr.nlink <= 1 && self.is_held(ino) {
+            rec.attr.nlink = 0;
+            rec.attr.ctime = now;
+            txn.put_inode(rec);
+            txn.batch.put(k_orphan(ino), [VERSION]);
+        } else if rec.attr.kind == FileKind::Dir || rec.attr.nlink <= 1 {
             txn.delete_inode(ino)?;
         } else {
             rec.attr.nlink -= 1;
@@ -1281,6 +1306,57 @@ impl Meta {
             }
         }
         Ok(out)
+    }
+
+    fn is_held(&self, ino: Ino) -> bool {
+        self.held.lock().expect("held lock").contains_key(&ino)
+    }
+
+    /// One more session has `ino` open.
+    pub fn hold(&self, ino: Ino) {
+        *self.held.lock().expect("held lock").entry(ino).or_insert(0) += 1;
+    }
+
+    /// A session closed `ino`: if it was the last holder of an orphan, the orphan goes.
+    pub fn unhold(&self, ino: Ino) -> Result<(), MasterError> {
+        {
+            let mut held = self.held.lock().expect("held lock");
+            match held.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return Ok(());
+                }
+                Some(_) => {
+                    held.remove(&ino);
+                }
+                None => return Ok(()),
+            }
+        }
+        self.collect_orphan(ino)
+    }
+
+    /// Delete orphan `ino` unless a session holds it again.
+    pub fn collect_orphan(&self, ino: Ino) -> Result<(), MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
+        if self.is_held(ino) || self.get::<()>(&k_orphan(ino))?.is_none() {
+            return Ok(());
+        }
+        let mut txn = Txn::new(self);
+        match txn.inode(ino) {
+            Ok(rec) if rec.attr.nlink == 0 => txn.delete_inode(ino)?,
+            Ok(_) => txn.batch.delete(k_orphan(ino)),
+            Err(_) => txn.batch.delete(k_orphan(ino)),
+        }
+        txn.commit().map(drop)
+    }
+
+    /// Every orphan on record (after a restart: kept until their mounts had time to come back).
+    pub fn orphans(&self) -> Result<Vec<Ino>, MasterError> {
+        Ok(self
+            .keys(&[b'O'])?
+            .iter()
+            .filter_map(|k| Some(Ino::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+            .collect())
     }
 
     pub fn count_inodes(&self) -> u64 {

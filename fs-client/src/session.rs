@@ -1,0 +1,245 @@
+//! The mount's session with the master, and advisory locks.
+//!
+//! The session tells the master this mount is alive (renewed every quarter lease), which files
+//! it has open (an unlinked file stays readable while open here) and which locks it holds.
+//! When the master forgets the session (it restarted, or the mount was cut off past the lease),
+//! the next renewal opens it again under the same id with the open files and held locks.
+//!
+//! Locks are the master's: F_SETLK / LOCK_NB ask once; F_SETLKW / a blocking flock ask in
+//! rounds of one second (the master answers as soon as the holder lets go) until granted, or
+//! until the waiting process has a signal pending (EINTR), so Ctrl-C and kill work on a
+//! process stuck waiting for a lock.
+
+use crate::core::Core;
+use crate::master::unexpected;
+use shardfs_common::locks::{LockKind, LockOwner, LockRange};
+use shardfs_common::proto::{MasterRequest, MasterResponse};
+use shardfs_common::{Error, ErrorCode, Ino, Result};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+fn user_name() -> String {
+    // SAFETY: getpwuid returns a pointer into static storage or null; read at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return format!("uid{}", libc::geteuid());
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The lock kind of a `struct flock` type.
+pub fn lock_kind(typ: i32) -> Result<LockKind> {
+    match typ {
+        libc::F_RDLCK => Ok(LockKind::Read),
+        libc::F_WRLCK => Ok(LockKind::Write),
+        libc::F_UNLCK => Ok(LockKind::Unlock),
+        t => Err(Error::invalid(format!("unknown lock type {t}"))),
+    }
+}
+
+pub fn lock_type(k: LockKind) -> i32 {
+    match k {
+        LockKind::Read => libc::F_RDLCK,
+        LockKind::Write => libc::F_WRLCK,
+        LockKind::Unlock => libc::F_UNLCK,
+    }
+}
+
+/// True if thread `pid` has a signal pending that it neither blocks nor ignores.
+fn signal_pending(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true; // gone: nobody is waiting any more
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = field("SigPnd:") | field("ShdPnd:");
+    pending & !field("SigBlk:") & !field("SigIgn:") != 0
+}
+
+impl Core {
+    /// Open the session and keep it renewed until [`Core::end_session`].
+    pub async fn start_session(self: &Arc<Self>, mountpoint: String) -> Result<()> {
+        let lease = self.open_session(&mountpoint).await?;
+        let core = Arc::downgrade(self);
+        self.rt.spawn(async move {
+            let every = (lease / 4).max(Duration::from_millis(200));
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(core) = core.upgrade() else { return };
+                let id = core.session.load(Ordering::Relaxed);
+                if id == 0 {
+                    return; // ended
+                }
+                match core.master.call(MasterRequest::SessionRenew { id }).await {
+                    Ok(_) => {}
+                    Err(e) if e.code() == ErrorCode::NotFound => {
+                        info!("the master lost this mount's session (restart?); opening it again");
+                        if let Err(e) = core.open_session(&mountpoint).await {
+                            warn!("cannot open the session again: {e}");
+                        }
+                    }
+                    Err(e) => debug!("session renewal failed: {e}"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn open_session(&self, mountpoint: &str) -> Result<Duration> {
+        let id = self.session.load(Ordering::Relaxed);
+        let locks: Vec<LockRange> = self
+            .locks
+            .lock()
+            .expect("locks lock")
+            .all()
+            .cloned()
+            .collect();
+        let req = MasterRequest::SessionOpen {
+            id,
+            host: host_name(),
+            user: user_name(),
+            mountpoint: mountpoint.to_string(),
+            opens: self.open_inos(),
+            locks,
+        };
+        match self.master.call(req).await? {
+            MasterResponse::Session { id, lease_ms } => {
+                self.session.store(id, Ordering::Relaxed);
+                Ok(Duration::from_millis(lease_ms))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Tell the master this mount is going: its locks and open files are released at once.
+    pub async fn end_session(&self) {
+        let id = self.session.swap(0, Ordering::Relaxed);
+        if id != 0 {
+            let _ = self.master.call(MasterRequest::SessionClose { id }).await;
+        }
+    }
+
+    /// This mount closed its last handle of `ino`.
+    pub(crate) fn closed(&self, ino: Ino) {
+        let session = self.session.load(Ordering::Relaxed);
+        if session == 0 {
+            return;
+        }
+        let master = self.master.clone();
+        self.rt.spawn(async move {
+            if let Err(e) = master.call(MasterRequest::Close { session, ino }).await {
+                debug!(ino, "close not delivered to the master: {e}");
+            }
+        });
+    }
+
+    fn lock_range(&self, ino: Ino, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32) -> LockRange {
+        LockRange {
+            ino,
+            owner: LockOwner {
+                session: self.session.load(Ordering::Relaxed),
+                owner,
+            },
+            start,
+            end,
+            kind,
+            pid,
+        }
+    }
+
+    /// fcntl F_SETLK/F_SETLKW and flock.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setlk(
+        &self,
+        ino: Ino,
+        owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        wait: bool,
+    ) -> Result<()> {
+        let lock = self.lock_range(ino, owner, start, end, lock_kind(typ)?, pid);
+        loop {
+            let req = MasterRequest::SetLock {
+                lock: lock.clone(),
+                wait_ms: if wait && lock.kind != LockKind::Unlock {
+                    1000
+                } else {
+                    0
+                },
+            };
+            match self.master.call(req).await {
+                Ok(MasterResponse::Ok) => {
+                    self.locks.lock().expect("locks lock").apply(lock);
+                    return Ok(());
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) if e.code() == ErrorCode::Again && wait => {
+                    if signal_pending(pid) {
+                        return Err(Error::fs(ErrorCode::Interrupted, "interrupted while waiting for a lock"));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// fcntl F_GETLK: the lock that would block `typ` on this range, if any.
+    pub async fn getlk(
+        &self,
+        ino: Ino,
+        owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+    ) -> Result<Option<LockRange>> {
+        let lock = self.lock_range(ino, owner, start, end, lock_kind(typ)?, pid);
+        match self.master.call(MasterRequest::GetLock { lock }).await? {
+            MasterResponse::Lock(l) => Ok(l),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// True if `owner` holds a lock on `ino` through this mount.
+    pub fn holds_locks(&self, ino: Ino, owner: u64) -> bool {
+        let owner = LockOwner {
+            session: self.session.load(Ordering::Relaxed),
+            owner,
+        };
+        self.locks.lock().expect("locks lock").holds(ino, owner)
+    }
+
+    /// A close by `owner`: drop its locks on `ino`.
+    pub async fn release_locks(&self, ino: Ino, owner: u64) -> Result<()> {
+        let owner = LockOwner {
+            session: self.session.load(Ordering::Relaxed),
+            owner,
+        };
+        if !self.locks.lock().expect("locks lock").release_owner(ino, owner) {
+            return Ok(());
+        }
+        match self.master.call(MasterRequest::ReleaseLocks { ino, owner }).await? {
+            MasterResponse::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Mount sessions: which mounts are alive, which files each has open, and the advisory locks
+//! they hold.
+//!
+//! A mount opens a session when it starts and renews it every few seconds; a session not renewed
+//! for the lease (default 10 s) is over: its mount died or lost the master. Its locks are
+//! released (waiters are woken) and its open files closed, so an unlinked file that only it kept
+//! open (an orphan) is deleted. Sessions and locks live in memory: after a master restart every
+//! mount finds its session unknown at the next renewal and opens it again under the same id,
+//! claiming its open files and locks; for one lease after the start, new lock requests wait so
+//! that a lock held before the restart cannot be taken by someone else first.
+
+use crate::meta::Meta;
+use crate::MasterError;
+use shardfs_common::locks::{LockKind, LockOwner, LockRange, LockTable};
+use shardfs_common::{Error, ErrorCode, Ino};
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+struct Session {
+    host: String,
+    user: String,
+    mountpoint: String,
+    last_seen: Instant,
+    opens: HashSet<Ino>,
+}
+
+struct Inner {
+    sessions: HashMap<u64, Session>,
+    locks: LockTable,
+}
+
+pub struct Sessions {
+    lease: Duration,
+    started: Instant,
+    inner: Mutex<Inner>,
+    /// Woken whenever a lock is released, so waiting lock requests look again.
+    released: Notify,
+}
+
+impl Sessions {
+    pub fn new(lease: Duration) -> Self {
+        Sessions {
+            lease,
+            started: Instant::now(),
+            inner: Mutex::new(Inner {
+                sessions: HashMap::new(),
+                locks: LockTable::default(),
+            }),
+            released: Notify::new(),
+        }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn unknown(id: u64) -> MasterError {
+        MasterError::Fs(Error::not_found(format!("no session {id:016x}")))
+    }
+
+    /// Open session `id` (0: pick a new id), claiming `opens` and `locks` (after a restart).
+    pub fn open(
+        &self,
+        meta: &Meta,
+        mut id: u64,
+        host: String,
+        user: String,
+        mountpoint: String,
+        opens: Vec<Ino>,
+        locks: Vec<LockRange>,
+    ) -> u64 {
+        let mut g = self.inner.lock().expect("sessions lock");
+        while id == 0 {
+            id = rand::random::<u64>();
+        }
+        let old = g.sessions.remove(&id);
+        let mut s = Session {
+            host,
+            user,
+            mountpoint,
+            last_seen: Instant::now(),
+            opens: HashSet::new(),
+        };
+        for ino in opens {
+            if s.opens.insert(ino) && !old.as_ref().is_some_and(|o| o.opens.contains(&ino)) {
+                meta.hold(ino);
+            }
+        }
+        let mut lost = 0;
+        g.locks.release_session(id);
+        for mut l in locks {
+            l.owner.session = id;
+            if let Err(c) = g.locks.try_set(l) {
+                lost += 1;
+                warn!(session = %format!("{id:016x}"), ino = c.ino, "a lock claimed after a restart is held by another mount");
+            }
+        }
+        info!(
+            session = %format!("{id:016x}"),
+            host = %s.host,
+            user = %s.user,
+            mountpoint = %s.mountpoint,
+            files = s.opens.len(),
+            lost_locks = lost,
+            "mount session opened"
+        );
+        let stale: Vec<Ino> = old
+            .map(|o| o.opens.difference(&s.opens).copied().collect())
+            .unwrap_or_default();
+        g.sessions.insert(id, s);
+        drop(g);
+        for ino in stale {
+            let _ = meta.unhold(ino);
+        }
+        id
+    }
+
+    pub fn renew(&self, id: u64) -> Result<(), MasterError> {
+        let mut g = self.inner.lock().expect("sessions lock");
+        let s = g.sessions.get_mut(&id).ok_or_else(|| Self::unknown(id))?;
+        s.last_seen = Instant::now();
+        Ok(())
+    }
+
+    /// The session's mount has `ino` open.
+    pub fn opened(&self, meta: &Meta, id: u64, ino: Ino) {
+        if id == 0 {
+            return;
+        }
+        let mut g = self.inner.lock().expect("sessions lock");
+        if let Some(s) = g.sessions.get_mut(&id) {
+            if s.opens.insert(ino) {
+                meta.hold(ino);
+            }
+        }
+    }
+
+    pub fn closed(&self, meta: &Meta, id: u64, ino: Ino) -> Result<(), MasterError> {
+        let was_open = {
+            let mut g = self.inner.lock().expect("sessions lock");
+            g.sessions
+                .get_mut(&id)
+                .is_some_and(|s| s.opens.remove(&ino))
+        };
+        if was_open {
+            meta.unhold(ino)?;
+        }
+        Ok(())
+    }
+
+    /// End a session: release its locks and close its files.
+    pub fn close(&self, meta: &Meta, id: u64, why: &str) {
+        let (s, released) = {
+            let mut g = self.inner.lock().expect("sessions lock");
+            let s = g.sessions.remove(&id);
+            let released = g.locks.release_session(id);
+            (s, released)
+        };
+        if released {
+            self.released.notify_waiters();
+        }
+        if let Some(s) = s {
+            info!(session = %format!("{id:016x}"), host = %s.host, mountpoint = %s.mountpoint, files = s.opens.len(), "mount session ended: {why}");
+            for ino in s.opens {
+                if let Err(e) = meta.unhold(ino) {
+                    warn!(ino, "cannot delete an orphaned file: {e}");
+                }
+            }
+        }
+    }
+
+    /// End every session not renewed within the lease.
+    pub fn expire(&self, meta: &Meta) {
+        let expired: Vec<u64> = {
+            let g = self.inner.lock().expect("sessions lock");
+            g.sessions
+                .iter()
+                .filter(|(_, s)| s.last_seen.elapsed() > self.lease)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in expired {
+            self.close(meta, id, "not renewed within the lease");
+        }
+    }
+
+    /// Mounts known now: (host, user, mountpoint).
+    pub fn list(&self) -> Vec<(String, String, String)> {
+        let g = self.inner.lock().expect("sessions lock");
+        g.sessions
+            .values()
+            .map(|s| (s.host.clone(), s.user.clone(), s.mountpoint.clone()))
+            .collect()
+    }
+
+    fn check_owner(g: &Inner, owner: LockOwner) -> Result<(), MasterError> {
+        if g.sessions.contains_key(&owner.session) {
+            Ok(())
+        } else {
+            Err(Self::unknown(owner.session))
+        }
+    }
+
+    /// Set or unlock `lock`, waiting up to `wait` for a conflicting lock to go.
+    pub async fn set_lock(&self, lock: LockRange, wait: Duration) -> Result<(), MasterError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let holder = {
+                let mut g = self.inner.lock().expect("sessions lock");
+                Self::check_owner(&g, lock.owner)?;
+                let grace = lock.kind != LockKind::Unlock && self.started.elapsed() < self.lease;
+                if grace {
+                    None
+                } else {
+                    match g.locks.try_set(lock.clone()) {
+                        Ok(()) => {
+                            drop(g);
+                            if lock.kind != LockKind::Write {
+                                // An unlock, or a write lock turned into a read lock.
+                                self.released.notify_waiters();
+                            }
+                            return Ok(());
+                        }
+                        Err(c) => Some(
+                            g.sessions
+                                .get(&c.owner.session)
+                                .map(|s| format!("{} ({}), pid {}", s.host, s.mountpoint, c.pid))
+                                .unwrap_or_default(),
+                        ),
+                    }
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(MasterError::Fs(Error::fs(
+                    ErrorCode::Again,
+                    match holder {
+                        Some(h) => format!("locked by {h}"),
+                        None => "locks are being reclaimed after a master restart".into(),
+                    },
+                )));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(500)), released).await;
+        }
+    }
+
+    pub fn get_lock(&self, lock: &LockRange) -> Option<LockRange> {
+        let g = self.inner.lock().expect("sessions lock");
+        g.locks.conflict(lock).cloned()
+    }
+
+    pub fn release_locks(&self, ino: Ino, owner: LockOwner) {
+        let released = {
+            let mut g = self.inner.lock().expect("sessions lock");
+            g.locks.release_owner(ino, owner)
+        };
+        if released {
+            self.released.notify_waiters();
+        }
+    }
+}
