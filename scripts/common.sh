@@ -11,10 +11,11 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# System packages: FUSE 3, and clang/libclang for building RocksDB.
+# System packages: FUSE 3, clang/libclang for building RocksDB, and the programs the tests run
+# on the mount (python3, git, sqlite3, rsync, cc).
 ensure_packages() {
   local missing=() p
-  for p in fuse3 libfuse3-dev clang libclang-dev pkg-config build-essential python3; do
+  for p in fuse3 libfuse3-dev clang libclang-dev pkg-config build-essential python3 git sqlite3 rsync; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -33,4 +34,24 @@ build() {
   if [ "${SHARDFS_SKIP_BUILD:-0}" = 1 ]; then return 0; fi
   say "building (release) into $CARGO_TARGET_DIR ..."
   (cd "$ROOT" && cargo build --release --bins --quiet) || die "build failed"
+}
+
+# The POSIX suite and the exerciser the conformance tests run (pinned versions, built once into
+# ~/.cache/shardfs-tools; about a minute each on first use).
+TOOLS=${SHARDFS_TOOLS_DIR:-$HOME/.cache/shardfs-tools}
+ensure_tools() {
+  local spec
+  for spec in pjdfstest@0.2.2 fsx@0.3.2; do
+    [ -x "$TOOLS/bin/${spec%@*}" ] && continue
+    say "installing $spec into $TOOLS ..."
+    cargo install --quiet --locked --root "$TOOLS" "$spec" || die "cargo install $spec failed"
+  done
+  export PATH="$TOOLS/bin:$PATH"
+  # pjdfstest switches to these users; its erofs tests remount through the mount helper.
+  getent group tests >/dev/null || as_root groupadd tests
+  getent passwd tests >/dev/null || as_root useradd -M -g tests -s /usr/sbin/nologin tests
+  local helper=/sbin/mount.fuse.shardfs
+  if [ ! -e "$helper" ] || { [ -L "$helper" ] && [ "$(basename "$(readlink "$helper")")" = shardfs ]; }; then
+    as_root ln -sf "$BIN/shardfs" "$helper"
+  fi
 }

@@ -6,5 +6,6 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ensure_packages
 build
+ensure_tools
 cd "$ROOT"
 cargo test --release --workspace -- --test-threads="${SHARDFS_TEST_THREADS:-2}" "$@"

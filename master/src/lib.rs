@@ -426,12 +426,13 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     }
     info!(%bound, cluster = format!("{:016x}", meta.cluster.cluster_id), ec = %meta.cluster.ec,
         block_size = meta.cluster.block_size, new = created, "master listening");
+    let sessions = sessions::Sessions::new(&meta, cfg.session_lease);
     let master = Arc::new(Master {
         meta,
         nodes,
         collecting: Mutex::new(HashSet::new()),
         repair: repair::Repairer::new(cfg.repair.clone())?,
-        sessions: sessions::Sessions::new(cfg.session_lease),
+        sessions,
     });
     let session_loop = tokio::spawn(session_loop(master.clone(), cfg.session_lease));
     let repairs = tokio::spawn(repair::repair_loop(master.clone(), shutdown.clone()));
@@ -460,10 +461,15 @@ async fn session_loop(master: Arc<Master>, lease: Duration) {
         }
     };
     let start = tokio::time::Instant::now();
+    let mut forgot = false;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
         master.sessions.expire(&master.meta);
+        if start.elapsed() > lease * 2 && !forgot {
+            master.sessions.forget_missing(&master.meta);
+            forgot = true;
+        }
         if !orphans.is_empty() && start.elapsed() > lease * 2 {
             for ino in orphans.drain(..) {
                 if let Err(e) = master.meta.collect_orphan(ino) {

@@ -17,6 +17,7 @@
 //! | `X` node-id                       | the node is being drained (value: unix seconds since) |
 //! | `A` ino name                      | extended attribute value                |
 //! | `O` ino                           | unlinked file still open on some mount (an orphan) |
+//! | `M` session-id                    | a mount session was open (claims its locks after a restart) |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and
@@ -144,6 +145,10 @@ fn k_xattr(ino: Ino, name: &[u8]) -> Vec<u8> {
 
 fn k_orphan(ino: Ino) -> Vec<u8> {
     key(b'O', &[&ino.to_be_bytes()])
+}
+
+fn k_session(id: u64) -> Vec<u8> {
+    key(b'M', &[&id.to_be_bytes()])
 }
 
 /// Linux's limits: XATTR_NAME_MAX and XATTR_SIZE_MAX.
@@ -1348,6 +1353,26 @@ impl Meta {
             Err(_) => txn.batch.delete(k_orphan(ino)),
         }
         txn.commit().map(drop)
+    }
+
+    /// Record that mount session `id` is open (`open`) or over.
+    pub fn record_session(&self, id: u64, open: bool) -> Result<(), MasterError> {
+        let mut b = WriteBatch::default();
+        if open {
+            b.put(k_session(id), [VERSION]);
+        } else {
+            b.delete(k_session(id));
+        }
+        self.write(b)
+    }
+
+    /// Sessions open when the master last stopped.
+    pub fn recorded_sessions(&self) -> Result<Vec<u64>, MasterError> {
+        Ok(self
+            .keys(&[b'M'])?
+            .iter()
+            .filter_map(|k| Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+            .collect())
     }
 
     /// Every orphan on record (after a restart: kept until their mounts had time to come back).

@@ -6,8 +6,10 @@
 //! released (waiters are woken) and its open files closed, so an unlinked file that only it kept
 //! open (an orphan) is deleted. Sessions and locks live in memory: after a master restart every
 //! mount finds its session unknown at the next renewal and opens it again under the same id,
-//! claiming its open files and locks; for one lease after the start, new lock requests wait so
-//! that a lock held before the restart cannot be taken by someone else first.
+//! claiming its open files and locks. Open sessions are recorded in the metadata store, so
+//! after a restart new lock requests wait (for at most one lease) until every session open
+//! before has come back, and a lock held before the restart cannot be taken by someone else
+//! first.
 
 use crate::meta::Meta;
 use crate::MasterError;
@@ -35,16 +37,26 @@ struct Inner {
 pub struct Sessions {
     lease: Duration,
     started: Instant,
+    /// Sessions open before a restart that have not come back yet.
+    returning: Mutex<HashSet<u64>>,
     inner: Mutex<Inner>,
     /// Woken whenever a lock is released, so waiting lock requests look again.
     released: Notify,
 }
 
 impl Sessions {
-    pub fn new(lease: Duration) -> Self {
+    pub fn new(meta: &Meta, lease: Duration) -> Self {
+        let returning = meta.recorded_sessions().unwrap_or_else(|e| {
+            warn!("cannot read the recorded sessions: {e}");
+            Vec::new()
+        });
+        if !returning.is_empty() {
+            info!(sessions = returning.len(), "waiting up to one lease for mounts to claim their locks");
+        }
         Sessions {
             lease,
             started: Instant::now(),
+            returning: Mutex::new(returning.into_iter().collect()),
             inner: Mutex::new(Inner {
                 sessions: HashMap::new(),
                 locks: LockTable::default(),
@@ -112,10 +124,23 @@ impl Sessions {
             .unwrap_or_default();
         g.sessions.insert(id, s);
         drop(g);
+        self.returning.lock().expect("returning lock").remove(&id);
+        if let Err(e) = meta.record_session(id, true) {
+            warn!("cannot record session: {e}");
+        }
         for ino in stale {
             let _ = meta.unhold(ino);
         }
         id
+    }
+
+    /// Forget the sessions open before a restart that never came back.
+    pub fn forget_missing(&self, meta: &Meta) {
+        let gone: Vec<u64> = self.returning.lock().expect("returning lock").drain().collect();
+        for id in gone {
+            info!(session = %format!("{id:016x}"), "mount session did not come back after the restart");
+            let _ = meta.record_session(id, false);
+        }
     }
 
     pub fn renew(&self, id: u64) -> Result<(), MasterError> {
@@ -161,6 +186,10 @@ impl Sessions {
         };
         if released {
             self.released.notify_waiters();
+        }
+        self.returning.lock().expect("returning lock").remove(&id);
+        if let Err(e) = meta.record_session(id, false) {
+            warn!("cannot record the end of a session: {e}");
         }
         if let Some(s) = s {
             info!(session = %format!("{id:016x}"), host = %s.host, mountpoint = %s.mountpoint, files = s.opens.len(), "mount session ended: {why}");
@@ -214,7 +243,9 @@ impl Sessions {
             let holder = {
                 let mut g = self.inner.lock().expect("sessions lock");
                 Self::check_owner(&g, lock.owner)?;
-                let grace = lock.kind != LockKind::Unlock && self.started.elapsed() < self.lease;
+                let grace = lock.kind != LockKind::Unlock
+                    && self.started.elapsed() < self.lease
+                    && !self.returning.lock().expect("returning lock").is_empty();
                 if grace {
                     None
                 } else {
