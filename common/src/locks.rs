@@ -207,7 +207,13 @@ mod tests {
         assert!(t.try_set(l(2, 40, 59, LockKind::Write)).is_ok());
         assert!(t.try_set(l(2, 39, 39, LockKind::Read)).is_err());
         t.apply(l(1, 40, 59, LockKind::Unlock));
-        t.release_owner(7, LockOwner { session: 1, owner: 2 });
+        t.release_owner(
+            7,
+            LockOwner {
+                session: 1,
+                owner: 2,
+            },
+        );
         t.apply(l(1, 40, 59, LockKind::Write));
         let r: Vec<(u64, u64)> = t.all().map(|h| (h.start, h.end)).collect();
         assert_eq!(r, vec![(0, 99)], "adjacent ranges of one owner merge");

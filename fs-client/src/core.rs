@@ -72,9 +72,15 @@ enum Handle {
     Dir(Arc<Mutex<Listing>>),
 }
 
+/// An open directory: a window of its entries in name order. Entry `i` (0-based, in the order
+/// this handle lists them) has offset `i + 3` (1 and 2 are "." and ".."). Listing continues
+/// after the last name fetched, so a huge directory streams through a bounded window; a seek
+/// back before the window lists again from the start.
 struct Listing {
     ino: Ino,
-    entries: Vec<DirEntry>,
+    /// Index of `entries[0]` in the listing.
+    first: usize,
+    entries: std::collections::VecDeque<DirEntry>,
     more: bool,
 }
 
@@ -324,8 +330,13 @@ impl Core {
             return;
         }
         let mut attrs = self.attrs.lock().expect("attrs lock");
-        if attrs.len() > 100_000 {
-            attrs.clear();
+        if attrs.len() >= 16_384 {
+            // Bounded: drop what expired, and everything if that is not enough.
+            let ttl = self.cfg.attr_ttl;
+            attrs.retain(|_, (_, t)| t.elapsed() < ttl);
+            if attrs.len() >= 12_288 {
+                attrs.clear();
+            }
         }
         attrs.insert(a.ino, (a.clone(), Instant::now()));
     }
@@ -340,7 +351,12 @@ impl Core {
 
     /// Inodes this mount has open (claimed again when the session is re-opened).
     pub(crate) fn open_inos(&self) -> Vec<Ino> {
-        self.files.lock().expect("files lock").keys().copied().collect()
+        self.files
+            .lock()
+            .expect("files lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
@@ -644,7 +660,8 @@ impl Core {
                 ino,
                 session: self.session.load(Ordering::Relaxed),
             })
-            .await? {
+            .await?
+        {
             MasterResponse::Opened { attr, slots } => (attr, slots),
             other => return Err(unexpected(other)),
         };
@@ -1103,7 +1120,8 @@ impl Core {
     pub async fn opendir(&self, ino: Ino) -> Result<u64> {
         Ok(self.add_handle(Handle::Dir(Arc::new(Mutex::new(Listing {
             ino,
-            entries: Vec::new(),
+            first: 0,
+            entries: std::collections::VecDeque::new(),
             more: true,
         })))))
     }
@@ -1145,22 +1163,36 @@ impl Core {
             }
         }
         let from = offset.saturating_sub(2);
+        // Entries kept behind the reader, so a short seek back needs no new listing.
+        const KEEP_BEHIND: usize = 1024;
         loop {
-            let (have, more, after, dir) = {
-                let l = listing.lock().expect("listing lock");
+            let (have_end, more, after, dir) = {
+                let mut l = listing.lock().expect("listing lock");
+                if from < l.first {
+                    // Before the window: list again from the start.
+                    l.first = 0;
+                    l.entries.clear();
+                    l.more = true;
+                }
+                // Drop what lies well behind the reader.
+                // (The last entry stays: the listing continues after its name.)
+                while l.first + KEEP_BEHIND < from && l.entries.len() > 1 {
+                    l.entries.pop_front();
+                    l.first += 1;
+                }
                 (
-                    l.entries.len(),
+                    l.first + l.entries.len(),
                     l.more,
-                    l.entries.last().map(|e| e.name.clone()),
+                    l.entries.back().map(|e| e.name.clone()),
                     l.ino,
                 )
             };
-            if have >= from + want || !more {
+            if have_end >= from + want || !more {
                 break;
             }
             let req = MasterRequest::ReadDir {
                 ino: dir,
-                after,
+                after: after.clone(),
                 limit: 1024,
             };
             match self.call(req).await? {
@@ -1169,16 +1201,19 @@ impl Core {
                         self.remember(&e.attr);
                     }
                     let mut l = listing.lock().expect("listing lock");
-                    l.entries.extend(entries);
-                    l.more = more;
+                    if l.entries.back().map(|e| &e.name) == after.as_ref() {
+                        l.entries.extend(entries);
+                        l.more = more;
+                    }
                 }
                 other => return Err(unexpected(other)),
             }
         }
         let l = listing.lock().expect("listing lock");
-        for (i, e) in l.entries.iter().enumerate().skip(from).take(want) {
+        let skip = from.saturating_sub(l.first);
+        for (i, e) in l.entries.iter().enumerate().skip(skip).take(want) {
             out.push(ListEntry {
-                offset: (i + 3) as i64,
+                offset: (l.first + i + 3) as i64,
                 name: e.name.clone(),
                 attr: e.attr.clone(),
             });
@@ -1203,7 +1238,8 @@ impl Core {
             mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
             mode & libc::FALLOC_FL_ZERO_RANGE != 0,
         );
-        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE)
+        if mode
+            & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE)
             != 0
         {
             return Err(Error::fs(

@@ -415,14 +415,7 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn flush(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        lock_owner: u64,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&mut self, _req: &Request<'_>, ino: u64, fh: u64, lock_owner: u64, reply: ReplyEmpty) {
         // A close by a process drops its POSIX locks on the file.
         let unlock = self.core.holds_locks(ino, lock_owner);
         if !unlock && self.core.is_clean(fh) {
@@ -454,12 +447,9 @@ impl Filesystem for ShardFs {
     ) {
         self.spawn(|core, _| async move {
             match core.getlk(ino, lock_owner, start, end, typ, pid).await {
-                Ok(Some(l)) => reply.locked(
-                    l.start,
-                    l.end,
-                    crate::session::lock_type(l.kind),
-                    l.pid,
-                ),
+                Ok(Some(l)) => {
+                    reply.locked(l.start, l.end, crate::session::lock_type(l.kind), l.pid)
+                }
                 Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -682,10 +672,7 @@ impl Filesystem for ShardFs {
             return reply.error(libc::EINVAL);
         }
         self.spawn(|core, _| async move {
-            match core
-                .fallocate(fh, offset as u64, length as u64, mode)
-                .await
-            {
+            match core.fallocate(fh, offset as u64, length as u64, mode).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }

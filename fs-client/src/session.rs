@@ -150,7 +150,15 @@ impl Core {
         });
     }
 
-    fn lock_range(&self, ino: Ino, owner: u64, start: u64, end: u64, kind: LockKind, pid: u32) -> LockRange {
+    fn lock_range(
+        &self,
+        ino: Ino,
+        owner: u64,
+        start: u64,
+        end: u64,
+        kind: LockKind,
+        pid: u32,
+    ) -> LockRange {
         LockRange {
             ino,
             owner: LockOwner {
@@ -194,7 +202,10 @@ impl Core {
                 Ok(other) => return Err(unexpected(other)),
                 Err(e) if e.code() == ErrorCode::Again && wait => {
                     if signal_pending(pid) {
-                        return Err(Error::fs(ErrorCode::Interrupted, "interrupted while waiting for a lock"));
+                        return Err(Error::fs(
+                            ErrorCode::Interrupted,
+                            "interrupted while waiting for a lock",
+                        ));
                     }
                 }
                 Err(e) => return Err(e),
@@ -234,10 +245,19 @@ impl Core {
             session: self.session.load(Ordering::Relaxed),
             owner,
         };
-        if !self.locks.lock().expect("locks lock").release_owner(ino, owner) {
+        if !self
+            .locks
+            .lock()
+            .expect("locks lock")
+            .release_owner(ino, owner)
+        {
             return Ok(());
         }
-        match self.master.call(MasterRequest::ReleaseLocks { ino, owner }).await? {
+        match self
+            .master
+            .call(MasterRequest::ReleaseLocks { ino, owner })
+            .await?
+        {
             MasterResponse::Ok => Ok(()),
             other => Err(unexpected(other)),
         }

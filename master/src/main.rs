@@ -127,7 +127,10 @@ fn real_main() -> anyhow::Result<()> {
                 / 100.0,
         },
         session_lease: {
-            let secs = a.session_lease_secs.or(f.session_lease_secs).unwrap_or(10.0);
+            let secs = a
+                .session_lease_secs
+                .or(f.session_lease_secs)
+                .unwrap_or(10.0);
             if !(1.0..=3600.0).contains(&secs) {
                 anyhow::bail!("--session-lease-secs must be between 1 and 3600");
             }

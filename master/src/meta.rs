@@ -1369,7 +1369,7 @@ impl Meta {
     /// Sessions open when the master last stopped.
     pub fn recorded_sessions(&self) -> Result<Vec<u64>, MasterError> {
         Ok(self
-            .keys(&[b'M'])?
+            .keys(b"M")?
             .iter()
             .filter_map(|k| Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
             .collect())
@@ -1378,7 +1378,7 @@ impl Meta {
     /// Every orphan on record (after a restart: kept until their mounts had time to come back).
     pub fn orphans(&self) -> Result<Vec<Ino>, MasterError> {
         Ok(self
-            .keys(&[b'O'])?
+            .keys(b"O")?
             .iter()
             .filter_map(|k| Some(Ino::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
             .collect())

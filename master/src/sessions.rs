@@ -51,7 +51,10 @@ impl Sessions {
             Vec::new()
         });
         if !returning.is_empty() {
-            info!(sessions = returning.len(), "waiting up to one lease for mounts to claim their locks");
+            info!(
+                sessions = returning.len(),
+                "waiting up to one lease for mounts to claim their locks"
+            );
         }
         Sessions {
             lease,
@@ -74,6 +77,7 @@ impl Sessions {
     }
 
     /// Open session `id` (0: pick a new id), claiming `opens` and `locks` (after a restart).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         &self,
         meta: &Meta,
@@ -136,7 +140,12 @@ impl Sessions {
 
     /// Forget the sessions open before a restart that never came back.
     pub fn forget_missing(&self, meta: &Meta) {
-        let gone: Vec<u64> = self.returning.lock().expect("returning lock").drain().collect();
+        let gone: Vec<u64> = self
+            .returning
+            .lock()
+            .expect("returning lock")
+            .drain()
+            .collect();
         for id in gone {
             info!(session = %format!("{id:016x}"), "mount session did not come back after the restart");
             let _ = meta.record_session(id, false);

@@ -47,7 +47,13 @@ fn pjdfstest_passes_and_fsx_finds_no_miscompare() {
     );
     // The one skip: glibc reports LINK_MAX 127 ("unknown") for every FUSE filesystem.
     assert!(pjd.contains(" 1 skipped"), "unexpected skips: {stdout}");
-    assert!(stdout.contains(&format!("fsx core: PASS {ops} ops")), "{stdout}");
-    assert!(stdout.contains(&format!("fsx full: PASS {ops} ops")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("fsx core: PASS {ops} ops")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("fsx full: PASS {ops} ops")),
+        "{stdout}"
+    );
     assert!(out.status.success());
 }

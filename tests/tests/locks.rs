@@ -99,7 +99,10 @@ fn flock_and_fcntl_locks_are_coherent_across_mounts() {
 
     // flock: held on m1, the same lock on m2 is refused (LOCK_NB) or waits.
     let holder = Proc::start(&script, &["flock", "hold", &f1]);
-    assert_eq!(holder.line(Duration::from_secs(30)).as_deref(), Some("locked"));
+    assert_eq!(
+        holder.line(Duration::from_secs(30)).as_deref(),
+        Some("locked")
+    );
     assert_eq!(run(&script, &["flock", "try", &f2]), "busy");
     let waiter = Proc::start(&script, &["flock", "wait", &f2]);
     assert_eq!(
@@ -119,7 +122,10 @@ fn flock_and_fcntl_locks_are_coherent_across_mounts() {
 
     // fcntl byte ranges: bytes 0..100 write-locked on m1.
     let holder = Proc::start(&script, &["fcntl", "hold", &f1, "0", "100"]);
-    assert_eq!(holder.line(Duration::from_secs(30)).as_deref(), Some("locked"));
+    assert_eq!(
+        holder.line(Duration::from_secs(30)).as_deref(),
+        Some("locked")
+    );
     assert_eq!(run(&script, &["fcntl", "try", &f2, "50", "10"]), "busy");
     assert_eq!(
         run(&script, &["fcntl", "try", &f2, "100", "100"]),
@@ -127,7 +133,10 @@ fn flock_and_fcntl_locks_are_coherent_across_mounts() {
         "a range past the held one is free"
     );
     let g = run(&script, &["fcntl", "getlk", &f2, "10", "1"]);
-    assert!(g.starts_with("write 0 100 "), "F_GETLK on the other mount: {g}");
+    assert!(
+        g.starts_with("write 0 100 "),
+        "F_GETLK on the other mount: {g}"
+    );
     holder.release();
     assert_eq!(run(&script, &["fcntl", "try", &f2, "50", "10"]), "locked");
 }
@@ -144,7 +153,10 @@ fn locks_of_a_dead_mount_are_released() {
     let f1 = m1.join("f").display().to_string();
     let f2 = m2.join("f").display().to_string();
     let holder = Proc::start(&script, &["flock", "hold", &f1]);
-    assert_eq!(holder.line(Duration::from_secs(30)).as_deref(), Some("locked"));
+    assert_eq!(
+        holder.line(Duration::from_secs(30)).as_deref(),
+        Some("locked")
+    );
     assert_eq!(run(&script, &["flock", "try", &f2]), "busy");
     let waiter = Proc::start(&script, &["flock", "wait", &f2]);
 
@@ -174,7 +186,10 @@ fn a_process_waiting_for_a_lock_can_be_interrupted() {
     fs::write(m1.join("f"), b"x").unwrap();
     let f = m1.join("f").display().to_string();
     let holder = Proc::start(&script, &["fcntl", "hold", &f, "0", "0"]);
-    assert_eq!(holder.line(Duration::from_secs(30)).as_deref(), Some("locked"));
+    assert_eq!(
+        holder.line(Duration::from_secs(30)).as_deref(),
+        Some("locked")
+    );
     let mut waiter = Proc::start(&script, &["fcntl", "wait", &f, "0", "0"]);
     assert_eq!(waiter.line(Duration::from_secs(2)), None);
     let t = Instant::now();
@@ -203,21 +218,27 @@ fn an_open_file_unlinked_elsewhere_stays_readable_until_closed() {
     fs::write(m1.join("f"), &data).unwrap();
     let mut f = fs::File::open(m1.join("f")).unwrap();
     fs::remove_file(m2.join("f")).unwrap();
-    assert!(!m1.join("f").exists() || {
-        // m1's entry cache may need its TTL (1 s) to notice.
-        std::thread::sleep(Duration::from_millis(1500));
-        !m1.join("f").exists()
-    });
+    assert!(
+        !m1.join("f").exists() || {
+            // m1's entry cache may need its TTL (1 s) to notice.
+            std::thread::sleep(Duration::from_millis(1500));
+            !m1.join("f").exists()
+        }
+    );
     use std::io::Read;
     let mut back = Vec::new();
     f.read_to_end(&mut back).unwrap();
-    assert!(back == data, "an open file unlinked on another mount reads back whole");
+    assert!(
+        back == data,
+        "an open file unlinked on another mount reads back whole"
+    );
     drop(f);
 
     // Same mount: fstat says nlink 0, and the file still takes writes and reads.
     let path = m1.join("g");
     let mut g = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)

@@ -39,7 +39,10 @@ fn git_init_add_commit_log_status_checkout() {
     assert_eq!(git("status --porcelain"), "", "clean after commit");
     assert_eq!(git("log --oneline").lines().count(), 2);
     git("checkout -q main");
-    assert!(!repo.join("new-file.txt").exists(), "checkout removed the branch's file");
+    assert!(
+        !repo.join("new-file.txt").exists(),
+        "checkout removed the branch's file"
+    );
     assert_ne!(fs::read(&first).unwrap(), b"changed\n");
     assert_eq!(git("status --porcelain"), "");
     git("checkout -q feature");
@@ -86,7 +89,11 @@ fn sqlite_rollback_journal_and_wal_keep_integrity() {
             script.display(),
             db.display()
         ));
-        assert_eq!(out.trim(), "ok 9000", "{mode}: integrity_check and row count");
+        assert_eq!(
+            out.trim(),
+            "ok 9000",
+            "{mode}: integrity_check and row count"
+        );
     }
     // The databases as a second mount reads them (the sqlite3 CLI this time).
     let m2 = c.mount("m2");
@@ -105,7 +112,10 @@ fn editor_save_by_rename_is_atomic_and_seen_by_other_mounts() {
     let (m1, m2) = (c.mount("m1"), c.mount("m2"));
     let doc = m1.join("notes.txt");
     fs::write(&doc, "version 1\n").unwrap();
-    assert_eq!(fs::read_to_string(m2.join("notes.txt")).unwrap(), "version 1\n");
+    assert_eq!(
+        fs::read_to_string(m2.join("notes.txt")).unwrap(),
+        "version 1\n"
+    );
     let ino_before = fs::metadata(&doc).unwrap().ino();
     for v in 2..=5 {
         let tmp = m1.join(format!(".notes.txt.swp{v}"));
@@ -118,9 +128,11 @@ fn editor_save_by_rename_is_atomic_and_seen_by_other_mounts() {
         let want = format!("version {v}\n").repeat(1000);
         assert_eq!(fs::read_to_string(&doc).unwrap(), want);
         // The other mount sees the new content once its entry cache (1 s) expires.
-        wait_until(std::time::Duration::from_secs(5), "other mount sees save", || {
-            fs::read_to_string(m2.join("notes.txt")).ok().as_deref() == Some(want.as_str())
-        });
+        wait_until(
+            std::time::Duration::from_secs(5),
+            "other mount sees save",
+            || fs::read_to_string(m2.join("notes.txt")).ok().as_deref() == Some(want.as_str()),
+        );
     }
     assert_ne!(fs::metadata(&doc).unwrap().ino(), ino_before);
     let names: Vec<String> = fs::read_dir(&m1)
@@ -147,7 +159,11 @@ fn rsync_archive_preserves_modes_times_and_links() {
     ));
     // (rsync skips setting a time that is within the same second as the copy's own, so the
     // source's times are set well in the past above, as they would be for real data.)
-    sh_ok(&format!("rsync -aH {}/ {}/copy/", src.display(), mp.display()));
+    sh_ok(&format!(
+        "rsync -aH {}/ {}/copy/",
+        src.display(),
+        mp.display()
+    ));
     // A second rsync in dry-run mode finds nothing to do: sizes, times, modes and links agree.
     let changes = sh_ok(&format!(
         "rsync -aHn --itemize-changes {}/ {}/copy/",
@@ -176,7 +192,10 @@ fn rsync_archive_preserves_modes_times_and_links() {
         assert_eq!(strip(x), strip(y));
     }
     assert_eq!(
-        sh_ok(&format!("cd {} && sha256sum $(find . -type f | sort)", src.display())),
+        sh_ok(&format!(
+            "cd {} && sha256sum $(find . -type f | sort)",
+            src.display()
+        )),
         sh_ok(&format!(
             "cd {} && sha256sum $(find . -type f | sort)",
             mp.join("copy").display()
@@ -216,12 +235,19 @@ fn c_and_rust_projects_build_inside_the_mount() {
     .unwrap();
     sh_ok(&format!("make -s -j2 -C {}", p.display()));
     let want: i32 = (0..20).map(|i| i * i + 1).sum();
-    assert_eq!(sh_ok(&p.join("app").display().to_string()).trim(), want.to_string());
+    assert_eq!(
+        sh_ok(&p.join("app").display().to_string()).trim(),
+        want.to_string()
+    );
     // An incremental rebuild after touching one source rebuilds just that (make sees mtimes).
     std::thread::sleep(std::time::Duration::from_millis(1100));
     fs::write(p.join("src/f3.c"), "int f3(int x) { return 1000; }\n").unwrap();
     let out = sh_ok(&format!("make -C {} 2>&1", p.display()));
-    assert_eq!(out.matches("cc -O1").count(), 1, "make rebuilt only f3.c: {out}");
+    assert_eq!(
+        out.matches("cc -O1").count(),
+        1,
+        "make rebuilt only f3.c: {out}"
+    );
     assert_eq!(
         sh_ok(&p.join("app").display().to_string()).trim(),
         (want - (3 * 3 + 1) + 1000).to_string()
