@@ -77,3 +77,49 @@ fn fstab_helper_mounts_with_fstab_options() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mount option"));
 }
+
+/// `-o ro` mounts refuse changes with EROFS, and `mount -o remount,rw` (mount(8) runs the
+/// helper with `-o remount,rw`) makes the same mount writable without unmounting.
+#[test]
+fn read_only_mount_and_remount() {
+    let mut c = Cluster::start(3, "2+1");
+    let w = c.mount("w");
+    fs::write(w.join("f"), b"data").unwrap();
+    let mp = c.mount_with("ro", &["-o", "ro"]);
+    assert_eq!(fs::read(mp.join("f")).unwrap(), b"data");
+    let err = fs::write(mp.join("g"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(
+        fs::remove_file(mp.join("f")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    let helper = c.path("mount.fuse.shardfs");
+    std::os::unix::fs::symlink(bin("shardfs"), &helper).unwrap();
+    let source = format!("shardfs@{}", c.master_addr());
+    let out = std::process::Command::new(&helper)
+        .arg(&source)
+        .arg(&mp)
+        .args(["-o", "remount,rw"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(mp.join("g"), b"now writable").unwrap();
+    assert_eq!(fs::read(w.join("g")).unwrap(), b"now writable");
+    let out = std::process::Command::new(&helper)
+        .arg(&source)
+        .arg(&mp)
+        .args(["-o", "remount,ro"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        fs::write(mp.join("h"), b"x").unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    let fstype = sh_ok(&format!("findmnt -n -o FSTYPE {}", mp.display()));
+    assert_eq!(fstype.trim(), "fuse.shardfs");
+}
