@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark ShardFS side by side with reference mounts, with the lab's fsbench workload:
 # sequential write/read of 1 GiB, 4 KiB random read/write, create/stat/rename/unlink of 10,000
-# files, and extracting a 5,000-file tree.
+# files, and extracting a 5,000-file tree; then scripts/bench-apps.sh (git clone, SQLite inserts).
 #
 #   scripts/bench.sh [TARGET...]      TARGETs: shardfs bindfs moosefs (default: all three)
 #
@@ -15,6 +15,7 @@ LAB=${SHARDFS_LAB:-$ROOT/../shared/lab}
 [ -x "$LAB/bench/fsbench.sh" ] || die "measurement lab not found at $LAB (set SHARDFS_LAB)"
 ROUNDS=${BENCH_ROUNDS:-1}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/results/bench.jsonl}
+APPS=$(dirname "$RESULTS")/apps.jsonl
 mkdir -p "$(dirname "$RESULTS")"
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(shardfs bindfs moosefs)
@@ -57,9 +58,24 @@ for r in $(seq 1 "$ROUNDS"); do
     CUR=$t
     if mnt=$(up "$t"); then
       FSB_RESULTS=$RESULTS "$LAB/bench/fsbench.sh" "$mnt" "$t#$r" >/dev/null || say "fsbench on $t failed"
+      "$ROOT/scripts/bench-apps.sh" "$mnt" "$t#$r" "$APPS" >/dev/null || say "application workloads on $t failed"
     fi
     down "$t"
     CUR=""
   done
 done
 python3 "$LAB/bench/summarize.py" "$RESULTS"
+# Application workloads: median per target over the rounds.
+python3 - "$APPS" <<'PY'
+import json, statistics, sys
+rows = {}
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    rows.setdefault(r["label"].split("#")[0], []).append(r)
+cols = [("git_clone_s", "git clone (s)"), ("sqlite_journal_rows_s", "SQLite rows/s (journal)"),
+        ("sqlite_wal_rows_s", "SQLite rows/s (WAL)")]
+print("\n| target | " + " | ".join(c[1] for c in cols) + " |")
+print("|---|" + "---|" * len(cols))
+for t, rs in rows.items():
+    print(f"| {t} | " + " | ".join(f"{statistics.median(r[c] for r in rs):g}" for c, _ in cols) + " |")
+PY
