@@ -95,6 +95,10 @@ pub struct Attr {
     pub mtime: Timespec,
     pub ctime: Timespec,
     pub rdev: u32,
+    /// Content version: raised by every commit of new content and every size change. A mount
+    /// commits against the version it read (its base); a different current version means
+    /// someone else changed the file meanwhile.
+    pub version: u64,
 }
 
 /// Which attributes a setattr changes.
@@ -256,6 +260,22 @@ pub struct FsStats {
     pub files: u64,
 }
 
+/// Something other mounts may have cached that changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Attributes or content of an inode.
+    Inode(Ino),
+    /// The entry `name` in directory `parent` (created, removed or replaced).
+    Entry { parent: Ino, name: Vec<u8> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    /// The session whose request made the change (0: unknown).
+    pub origin: u64,
+    pub change: Change,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasterRequest {
     Cluster,
@@ -369,6 +389,11 @@ pub enum MasterRequest {
         ino: Ino,
         owner: LockOwner,
     },
+    /// Changes made after event `after` (long poll: answered at once if there are some,
+    /// otherwise as soon as one happens or after a few seconds). Answered with `Changes`.
+    Watch {
+        after: u64,
+    },
     /// Where to store new blocks (or that they exist already).
     Place {
         blocks: Vec<(BlockId, u64)>,
@@ -381,6 +406,12 @@ pub enum MasterRequest {
         slots: Vec<NewSlot>,
         size: u64,
         mtime: Timespec,
+        /// The content version the writer started from (None: no check). If the file has
+        /// moved on since, the master merges (text) or keeps the writer's content as a
+        /// conflicted copy beside the file (everything else).
+        base: Option<u64>,
+        /// The writer's session (names the host in a conflicted copy's name).
+        session: u64,
     },
     StatFs,
     Nodes,
@@ -468,6 +499,20 @@ pub enum MasterResponse {
         lease_ms: u64,
     },
     Lock(Option<LockRange>),
+    /// Namespace and content changes: `next` is the `after` of the next Watch; `lost` says
+    /// events were dropped before the watcher asked (it should forget everything it caches).
+    Changes {
+        next: u64,
+        lost: bool,
+        events: Vec<ChangeEvent>,
+    },
+    /// A commit whose base was stale, of content that cannot be merged: it went to a new file
+    /// `copy` beside the original, which keeps its current content (`attr`).
+    Conflicted {
+        attr: Attr,
+        copy: Vec<u8>,
+        copy_attr: Attr,
+    },
     Err(RemoteError),
 }
 

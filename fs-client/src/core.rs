@@ -20,6 +20,7 @@ use shardfs_common::proto::{
 use shardfs_common::{Error, Ino, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +65,8 @@ pub struct Core {
     /// Advisory locks this mount holds, to claim them again after a master restart.
     pub(crate) locks: Mutex<LockTable>,
     pub(crate) rt: tokio::runtime::Handle,
+    /// Tells the kernel to drop cached pages, attributes and names (set once mounted).
+    notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 #[derive(Clone)]
@@ -109,11 +112,14 @@ struct FileState {
     error: Option<String>,
     meta_dirty: bool,
     next_read: u64,
+    /// The content version this mount's changes start from (see `Attr::version`).
+    base: u64,
 }
 
 impl FileState {
     fn new(attr: Attr, slots: Vec<Slot>) -> Self {
         FileState {
+            base: attr.version,
             attr,
             slots: slots.into_iter().map(|s| (s.index, s)).collect(),
             dirty: BTreeMap::new(),
@@ -270,6 +276,7 @@ impl Core {
             session: AtomicU64::new(0),
             locks: Mutex::new(LockTable::default()),
             rt: tokio::runtime::Handle::current(),
+            notifier: std::sync::OnceLock::new(),
         }))
     }
 
@@ -347,6 +354,41 @@ impl Core {
             .get(&ino)
             .filter(|(_, t)| t.elapsed() < self.cfg.attr_ttl)
             .map(|(a, _)| a.clone())
+    }
+
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// Drop the kernel's cached pages and attributes of `ino` (from a task of its own: the
+    /// kernel may need a FUSE request answered before the invalidation completes).
+    pub(crate) fn invalidate(&self, ino: Ino) {
+        self.attrs.lock().expect("attrs lock").remove(&ino);
+        if let Some(n) = self.notifier.get().cloned() {
+            self.rt.spawn_blocking(move || {
+                if let Err(e) = n.inval_inode(ino, 0, 0) {
+                    debug!(ino, "kernel cache invalidation: {e}");
+                }
+            });
+        }
+    }
+
+    /// Forget every attribute this mount caches (the change log was lost).
+    pub(crate) fn forget_cached(&self) {
+        self.attrs.lock().expect("attrs lock").clear();
+    }
+
+    /// Drop the kernel's cached entry `parent/name`.
+    pub(crate) fn invalidate_entry(&self, parent: Ino, name: Vec<u8>) {
+        self.attrs.lock().expect("attrs lock").remove(&parent);
+        if let Some(n) = self.notifier.get().cloned() {
+            self.rt.spawn_blocking(move || {
+                let name = std::ffi::OsStr::from_bytes(&name);
+                if let Err(e) = n.inval_entry(parent, name) {
+                    debug!(parent, "kernel entry invalidation: {e}");
+                }
+            });
+        }
     }
 
     /// Inodes this mount has open (claimed again when the session is re-opened).
@@ -432,6 +474,7 @@ impl Core {
             }
             let (local_size, local_mtime) = (st.attr.size, st.attr.mtime);
             st.attr = a.clone();
+            st.base = a.version;
             if st.has_local_changes() {
                 st.attr.size = local_size;
                 st.attr.mtime = local_mtime;
@@ -962,7 +1005,7 @@ impl Core {
                 break;
             }
         }
-        let (slots, size, mtime) = {
+        let (slots, size, mtime, base) = {
             let mut st = of.st.lock().expect("file lock");
             if let Some(e) = &st.error {
                 return Err(Error::Unavailable(e.clone()));
@@ -975,7 +1018,7 @@ impl Core {
             let mut slots: Vec<(u64, Slot)> = st.superseded.clone();
             slots.sort_by_key(|(seq, _)| *seq);
             slots.extend(st.pending.values().cloned());
-            (slots, st.attr.size, st.attr.mtime)
+            (slots, st.attr.size, st.attr.mtime, st.base)
         };
         let new: Vec<NewSlot> = slots
             .iter()
@@ -993,36 +1036,94 @@ impl Core {
                 slots: new,
                 size,
                 mtime,
+                base: Some(base),
+                session: self.session.load(Ordering::Relaxed),
             })
             .await;
-        let mut st = of.st.lock().expect("file lock");
-        match r {
-            Ok(MasterResponse::Attr(a)) => {
-                self.remember(&a);
-                let committed: Vec<u64> = slots.iter().map(|(seq, _)| *seq).collect();
-                st.superseded.retain(|(seq, _)| !committed.contains(seq));
-                for (seq, s) in slots {
-                    if st.pending.get(&s.index).is_some_and(|(p, _)| *p == seq) {
-                        st.pending.remove(&s.index);
+        let reload = {
+            let mut st = of.st.lock().expect("file lock");
+            match r {
+                Ok(MasterResponse::Attr(a)) => {
+                    self.remember(&a);
+                    let committed: Vec<u64> = slots.iter().map(|(seq, _)| *seq).collect();
+                    st.superseded.retain(|(seq, _)| !committed.contains(seq));
+                    for (seq, s) in slots {
+                        if st.pending.get(&s.index).is_some_and(|(p, _)| *p == seq) {
+                            st.pending.remove(&s.index);
+                        }
+                        st.slots.insert(s.index, s);
                     }
-                    st.slots.insert(s.index, s);
+                    let bs = self.cluster.block_size;
+                    st.slots.retain(|&i, _| i * bs < size.max(1));
+                    st.base = a.version;
+                    if !st.has_local_changes() {
+                        st.attr = a;
+                    }
+                    return Ok(());
                 }
-                let bs = self.cluster.block_size;
-                st.slots.retain(|&i, _| i * bs < size.max(1));
-                if !st.has_local_changes() {
-                    st.attr = a;
+                Ok(MasterResponse::Conflicted {
+                    attr,
+                    copy,
+                    copy_attr,
+                }) => {
+                    // Someone else changed the file since this mount read it, and the change
+                    // cannot be merged: what was written here is safe in the copy; the file
+                    // itself shows the other writer's content again.
+                    warn!(
+                        ino = of.ino,
+                        copy = %String::from_utf8_lossy(&copy),
+                        "the file changed elsewhere; this mount's version was saved as a conflicted copy"
+                    );
+                    self.remember(&copy_attr);
+                    let committed: Vec<u64> = slots.iter().map(|(seq, _)| *seq).collect();
+                    st.superseded.retain(|(seq, _)| !committed.contains(seq));
+                    for (seq, s) in &slots {
+                        if st.pending.get(&s.index).is_some_and(|(p, _)| p == seq) {
+                            st.pending.remove(&s.index);
+                        }
+                    }
+                    attr
                 }
-                Ok(())
+                Ok(other) => {
+                    st.meta_dirty = true;
+                    return Err(unexpected(other));
+                }
+                Err(e) => {
+                    st.meta_dirty = true;
+                    return Err(e);
+                }
             }
-            Ok(other) => {
-                st.meta_dirty = true;
-                Err(unexpected(other))
-            }
-            Err(e) => {
-                st.meta_dirty = true;
-                Err(e)
+        };
+        self.reload(of, reload).await;
+        Ok(())
+    }
+
+    /// Show the master's current content of an open file again (after its content changed
+    /// under this mount), unless this mount has written more since.
+    async fn reload(&self, of: &OpenFile, attr: Attr) {
+        let fresh = match self
+            .call(MasterRequest::Open {
+                ino: of.ino,
+                session: self.session.load(Ordering::Relaxed),
+            })
+            .await
+        {
+            Ok(MasterResponse::Opened { attr, slots }) => Some((attr, slots)),
+            _ => None,
+        };
+        {
+            let mut st = of.st.lock().expect("file lock");
+            if !st.has_local_changes() {
+                *st = match fresh {
+                    Some((a, slots)) => FileState::new(a, slots),
+                    None => FileState::new(attr.clone(), Vec::new()),
+                };
+            } else {
+                st.base = attr.version;
             }
         }
+        self.remember(&attr);
+        self.invalidate(of.ino);
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadData> {

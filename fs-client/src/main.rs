@@ -355,6 +355,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
         fuser::Session::new(fs, &mountpoint, &mount_opts)
             .with_context(|| format!("cannot mount on {}", mountpoint.display()))?
     };
+    core.set_notifier(session.notifier());
     tracing::info!(mountpoint = %mountpoint.display(), %master, "mounted");
     if let Some(p) = &a.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))

@@ -13,7 +13,7 @@
 use crate::core::Core;
 use crate::master::unexpected;
 use shardfs_common::locks::{LockKind, LockOwner, LockRange};
-use shardfs_common::proto::{MasterRequest, MasterResponse};
+use shardfs_common::proto::{Change, MasterRequest, MasterResponse};
 use shardfs_common::{Error, ErrorCode, Ino, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -77,6 +77,7 @@ impl Core {
     /// Open the session and keep it renewed until [`Core::end_session`].
     pub async fn start_session(self: &Arc<Self>, mountpoint: String) -> Result<()> {
         let lease = self.open_session(&mountpoint).await?;
+        self.watch_changes();
         let core = Arc::downgrade(self);
         self.rt.spawn(async move {
             let every = (lease / 4).max(Duration::from_millis(200));
@@ -100,6 +101,51 @@ impl Core {
             }
         });
         Ok(())
+    }
+
+    /// Follow the master's change log and drop the kernel's (and this mount's) cached
+    /// attributes, pages and names of whatever other mounts change.
+    fn watch_changes(self: &Arc<Self>) {
+        let core = Arc::downgrade(self);
+        self.rt.spawn(async move {
+            let mut after = u64::MAX;
+            loop {
+                let (master, me) = {
+                    let Some(c) = core.upgrade() else { return };
+                    (c.master.clone(), c.session.load(Ordering::Relaxed))
+                };
+                if me == 0 {
+                    return;
+                }
+                match master.call(MasterRequest::Watch { after }).await {
+                    Ok(MasterResponse::Changes { next, lost, events }) => {
+                        let Some(c) = core.upgrade() else { return };
+                        if lost {
+                            c.forget_cached();
+                        }
+                        for e in events {
+                            if e.origin != me || e.origin == 0 {
+                                match e.change {
+                                    Change::Inode(ino) => c.invalidate(ino),
+                                    Change::Entry { parent, name } => {
+                                        c.invalidate_entry(parent, name)
+                                    }
+                                }
+                            }
+                        }
+                        after = next;
+                    }
+                    Ok(other) => {
+                        warn!("unexpected answer to a watch: {other:?}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        debug!("watching changes: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
     }
 
     async fn open_session(&self, mountpoint: &str) -> Result<Duration> {

@@ -7,6 +7,7 @@
 //! delete the shards of blocks nothing references any more, after a grace period, and keep
 //! every block at full strength ([`repair`]: rebuild lost shards, scrub, drain, rebalance).
 
+pub mod events;
 pub mod meta;
 pub mod nodes;
 pub mod repair;
@@ -104,6 +105,7 @@ struct Master {
     collecting: Mutex<HashSet<BlockId>>,
     repair: repair::Repairer,
     sessions: sessions::Sessions,
+    events: events::Events,
 }
 
 impl wire::Service for Master {
@@ -125,7 +127,11 @@ impl wire::Service for Master {
         // Metadata operations are short (a RocksDB read or one batched write, no fsync by
         // default), so they run inline rather than paying for a thread hand-off. A scrub waits
         // on every node.
+        let touched = events::touched(&req);
         let r = match req {
+            MasterRequest::Watch { after } => {
+                Ok(self.events.watch(after, Duration::from_secs(10)).await)
+            }
             MasterRequest::Scrub => repair::scrub(&self).await.map(MasterResponse::Scrubbed),
             MasterRequest::SetLock { lock, wait_ms } => self
                 .sessions
@@ -135,7 +141,14 @@ impl wire::Service for Master {
             req => self.dispatch(req, peer),
         };
         let resp = match r {
-            Ok(r) => r,
+            Ok(r) => {
+                if !touched.is_empty() {
+                    let mut changes = touched;
+                    changes.extend(events::reported(&r));
+                    self.events.push(self.sessions.of_peer(peer), changes);
+                }
+                r
+            }
             Err(e) => {
                 if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Exists | ErrorCode::NotEmpty | ErrorCode::NoData | ErrorCode::Again))
                 {
@@ -152,7 +165,7 @@ impl Master {
     fn dispatch(
         &self,
         req: MasterRequest,
-        _peer: SocketAddr,
+        peer: SocketAddr,
     ) -> Result<MasterResponse, MasterError> {
         use MasterRequest as R;
         use MasterResponse as A;
@@ -251,7 +264,7 @@ impl Master {
             } => A::Session {
                 id: self
                     .sessions
-                    .open(&self.meta, id, host, user, mountpoint, opens, locks),
+                    .open(&self.meta, id, peer, host, user, mountpoint, opens, locks),
                 lease_ms: self.sessions.lease().as_millis() as u64,
             },
             R::SessionRenew { id } => {
@@ -261,6 +274,9 @@ impl Master {
             R::SessionClose { id } => {
                 self.sessions.close(&self.meta, id, "unmounted");
                 A::Ok
+            }
+            R::Watch { .. } => {
+                return Err(Error::invalid("watch requests are served asynchronously").into())
             }
             R::SetLock { .. } => {
                 return Err(Error::invalid("lock requests are served asynchronously").into())
@@ -293,7 +309,31 @@ impl Master {
                 slots,
                 size,
                 mtime,
-            } => A::Attr(self.meta.commit(ino, &slots, size, mtime)?),
+                base,
+                session,
+            } => {
+                let host = self
+                    .sessions
+                    .host(session)
+                    .unwrap_or_else(|| "another mount".into());
+                match self.meta.commit(ino, &slots, size, mtime, base, &host)? {
+                    meta::Committed::Done(a) => A::Attr(a),
+                    meta::Committed::Copy {
+                        original,
+                        name,
+                        copy,
+                        changes: _,
+                    } => {
+                        info!(ino, copy = copy.ino, name = %String::from_utf8_lossy(&name), %host,
+                            "concurrent change: the late writer's content kept as a conflicted copy");
+                        A::Conflicted {
+                            attr: original,
+                            copy: name,
+                            copy_attr: copy,
+                        }
+                    }
+                }
+            }
             R::StatFs => {
                 let (capacity, free) = self.nodes.capacity();
                 let ec = self.meta.cluster.ec;
@@ -433,6 +473,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         collecting: Mutex::new(HashSet::new()),
         repair: repair::Repairer::new(cfg.repair.clone())?,
         sessions,
+        events: events::Events::default(),
     });
     let session_loop = tokio::spawn(session_loop(master.clone(), cfg.session_lease));
     let repairs = tokio::spawn(repair::repair_loop(master.clone(), shutdown.clone()));

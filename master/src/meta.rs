@@ -88,13 +88,76 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn dec<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T, MasterError> {
+    dec_as(key, VERSION, raw)
+}
+
+fn dec_as<T: DeserializeOwned>(key: &[u8], version: u8, raw: &[u8]) -> Result<T, MasterError> {
     match raw.split_first() {
-        Some((&VERSION, rest)) => postcard::from_bytes(rest)
+        Some((v, rest)) if *v == version => postcard::from_bytes(rest)
             .map_err(|e| MasterError::Corrupt(format!("record {key:02x?}: {e}"))),
         Some((v, _)) => Err(MasterError::Corrupt(format!(
-            "record {key:02x?} has format version {v}, this master reads {VERSION}"
+            "record {key:02x?} has format version {v}, this master reads {version}"
         ))),
         None => Err(MasterError::Corrupt(format!("record {key:02x?} is empty"))),
+    }
+}
+
+/// Inode records carry their own format version: 2 added the content version to the
+/// attributes; records of format 1 read as version 0.
+const INODE_VERSION: u8 = 2;
+
+fn enc_inode(r: &InodeRecord) -> Vec<u8> {
+    let mut out = vec![INODE_VERSION];
+    out.extend(postcard::to_stdvec(r).expect("encoding a record cannot fail"));
+    out
+}
+
+fn dec_inode(key: &[u8], raw: &[u8]) -> Result<InodeRecord, MasterError> {
+    #[derive(Deserialize)]
+    struct AttrV1 {
+        ino: Ino,
+        kind: FileKind,
+        perm: u16,
+        nlink: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+        atime: Timespec,
+        mtime: Timespec,
+        ctime: Timespec,
+        rdev: u32,
+    }
+    #[derive(Deserialize)]
+    struct InodeRecordV1 {
+        attr: AttrV1,
+        parent: Ino,
+        target: Option<Vec<u8>>,
+    }
+    match raw.first() {
+        Some(&INODE_VERSION) => dec_as(key, INODE_VERSION, raw),
+        Some(&1) => {
+            let r: InodeRecordV1 = dec(key, raw)?;
+            let a = r.attr;
+            Ok(InodeRecord {
+                attr: Attr {
+                    ino: a.ino,
+                    kind: a.kind,
+                    perm: a.perm,
+                    nlink: a.nlink,
+                    uid: a.uid,
+                    gid: a.gid,
+                    size: a.size,
+                    atime: a.atime,
+                    mtime: a.mtime,
+                    ctime: a.ctime,
+                    rdev: a.rdev,
+                    version: 0,
+                },
+                parent: r.parent,
+                target: r.target,
+            })
+        }
+        _ => dec_as(key, INODE_VERSION, raw),
     }
 }
 
@@ -247,7 +310,7 @@ impl<'a> Txn<'a> {
         for (ino, rec) in self.inodes.drain() {
             match rec {
                 Some(r) => {
-                    self.batch.put(k_inode(ino), enc(&r));
+                    self.batch.put(k_inode(ino), enc_inode(&r));
                     changes.attrs.push(r.attr);
                 }
                 None => {
@@ -278,6 +341,33 @@ impl<'a> Txn<'a> {
         self.meta.write(self.batch)?;
         Ok(changes)
     }
+}
+
+/// What a commit did.
+pub enum Committed {
+    Done(Attr),
+    /// The content went to a conflicted copy named `name`; the original is unchanged.
+    Copy {
+        original: Attr,
+        name: Vec<u8>,
+        copy: Attr,
+        changes: Changes,
+    },
+}
+
+/// The date (UTC, YYYY-MM-DD) of a Unix time.
+pub fn civil_date(secs: i64) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The inodes an operation changed (their new attributes) and removed.
@@ -351,12 +441,13 @@ impl Meta {
                         mtime: now,
                         ctime: now,
                         rdev: 0,
+                        version: 0,
                     },
                     parent: ROOT_INO,
                     target: None,
                 };
                 let mut b = WriteBatch::default();
-                b.put(k_inode(ROOT_INO), enc(&root));
+                b.put(k_inode(ROOT_INO), enc_inode(&root));
                 b.put(K_NEXT_INO, (ROOT_INO + 1).to_be_bytes());
                 b.put(K_CLUSTER, enc(&info));
                 let mut wo = WriteOptions::default();
@@ -397,7 +488,11 @@ impl Meta {
     }
 
     pub fn inode(&self, ino: Ino) -> Result<InodeRecord, MasterError> {
-        self.get(&k_inode(ino))?.ok_or_else(|| not_found_ino(ino))
+        let key = k_inode(ino);
+        match self.db.get_pinned(&key).map_err(db_err)? {
+            Some(raw) => dec_inode(&key, &raw),
+            None => Err(not_found_ino(ino)),
+        }
     }
 
     fn scan<T: DeserializeOwned>(
@@ -526,6 +621,7 @@ impl Meta {
             }
             if size != a.size {
                 a.mtime = set.now;
+                a.version += 1;
             }
             a.size = size;
             if set.mtime.is_none() {
@@ -591,6 +687,7 @@ impl Meta {
             mtime: now,
             ctime: now,
             rdev,
+            version: 0,
         };
         txn.batch
             .put(k_dentry(parent, name), enc(&DentryRecord { ino, kind }));
@@ -883,7 +980,7 @@ impl Meta {
             let Some(raw) = raw.map_err(db_err)? else {
                 continue;
             };
-            let r: InodeRecord = dec(k, &raw)?;
+            let r = dec_inode(k, &raw)?;
             entries.push(DirEntry {
                 name: k[9..].to_vec(),
                 attr: r.attr,
@@ -915,13 +1012,19 @@ impl Meta {
     }
 
     /// Make `slots` part of file `ino` with its new size and mtime, in one batch.
+    /// Make written blocks part of file `ino`. If `base` is given and the file's content
+    /// version has moved past it, the blocks go to a new file beside it instead (a conflicted
+    /// copy named after `host` and the date), and the original keeps its content.
+    #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &self,
         ino: Ino,
         slots: &[NewSlot],
         size: u64,
         mtime: Timespec,
-    ) -> Result<Attr, MasterError> {
+        base: Option<u64>,
+        host: &str,
+    ) -> Result<Committed, MasterError> {
         let bs = self.cluster.block_size;
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
@@ -929,6 +1032,14 @@ impl Meta {
         if rec.attr.kind != FileKind::File {
             return Err(fs_err(ErrorCode::Invalid, "not a regular file"));
         }
+        let mut copy = None;
+        if base.is_some_and(|b| b != rec.attr.version) && rec.attr.nlink > 0 {
+            let original = rec.attr.clone();
+            let (name, new_rec) = self.conflict_copy(&mut txn, &rec, host, mtime)?;
+            copy = Some((original, name));
+            rec = new_rec;
+        }
+        let ino = rec.attr.ino;
         // A block uploaded again while another client committed the same content keeps the
         // first description; the second copy's shards on other nodes are left for the scrubber.
         let mut written: HashMap<u64, BlockId> = HashMap::new();
@@ -1000,10 +1111,95 @@ impl Meta {
         rec.attr.size = size;
         rec.attr.mtime = mtime;
         rec.attr.ctime = mtime;
+        rec.attr.version += 1;
         let attr = rec.attr.clone();
         txn.put_inode(rec);
-        txn.commit()?;
-        Ok(attr)
+        let changes = txn.commit()?;
+        Ok(match copy {
+            None => Committed::Done(attr),
+            Some((original, name)) => Committed::Copy {
+                original,
+                name,
+                copy: attr,
+                changes,
+            },
+        })
+    }
+
+    /// A new file beside `rec` (same directory, owner and mode) for a writer whose change
+    /// could not be merged: "NAME (conflicted copy from HOST YYYY-MM-DD).EXT".
+    fn conflict_copy(
+        &self,
+        txn: &mut Txn,
+        rec: &InodeRecord,
+        host: &str,
+        now: Timespec,
+    ) -> Result<(Vec<u8>, InodeRecord), MasterError> {
+        let parent = rec.parent;
+        let name = self
+            .dentry_name(parent, rec.attr.ino)?
+            .unwrap_or_else(|| format!("inode {}", rec.attr.ino).into_bytes());
+        let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
+            Some(i) if i > 0 => (&name[..i], &name[i..]),
+            _ => (&name[..], &b""[..]),
+        };
+        let day = civil_date(now.secs);
+        let mut copy_name = Vec::new();
+        for n in 1.. {
+            let suffix = if n == 1 {
+                format!(" (conflicted copy from {host} {day})")
+            } else {
+                format!(" (conflicted copy {n} from {host} {day})")
+            };
+            let keep = 255usize
+                .saturating_sub(suffix.len() + ext.len())
+                .min(stem.len());
+            copy_name = [&stem[..keep], suffix.as_bytes(), ext].concat();
+            if self.dentry(parent, &copy_name)?.is_none() {
+                break;
+            }
+        }
+        let ino = self.alloc_ino(&mut txn.batch);
+        let attr = Attr {
+            ino,
+            nlink: 1,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            version: 0,
+            ..rec.attr.clone()
+        };
+        txn.batch.put(
+            k_dentry(parent, &copy_name),
+            enc(&DentryRecord {
+                ino,
+                kind: FileKind::File,
+            }),
+        );
+        let mut p = txn.inode(parent)?;
+        p.attr.mtime = now;
+        p.attr.ctime = now;
+        txn.put_inode(p);
+        Ok((
+            copy_name,
+            InodeRecord {
+                attr,
+                parent,
+                target: None,
+            },
+        ))
+    }
+
+    /// The name under which `ino` is linked in `parent` (a scan of the directory).
+    fn dentry_name(&self, parent: Ino, ino: Ino) -> Result<Option<Vec<u8>>, MasterError> {
+        let prefix = k_dentry_prefix(parent);
+        for (k, d) in self.scan::<DentryRecord>(&prefix, &prefix, usize::MAX)? {
+            if d.ino == ino {
+                return Ok(Some(k[prefix.len()..].to_vec()));
+            }
+        }
+        Ok(None)
     }
 
     pub fn put_node(&self, id: NodeId, rec: &NodeRecord) -> Result<(), MasterError> {

@@ -16,6 +16,7 @@ use crate::MasterError;
 use shardfs_common::locks::{LockKind, LockOwner, LockRange, LockTable};
 use shardfs_common::{Error, ErrorCode, Ino};
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -31,6 +32,8 @@ struct Session {
 
 struct Inner {
     sessions: HashMap<u64, Session>,
+    /// The address each mount's requests come from (one QUIC connection per mount).
+    peers: HashMap<SocketAddr, u64>,
     locks: LockTable,
 }
 
@@ -62,6 +65,7 @@ impl Sessions {
             returning: Mutex::new(returning.into_iter().collect()),
             inner: Mutex::new(Inner {
                 sessions: HashMap::new(),
+                peers: HashMap::new(),
                 locks: LockTable::default(),
             }),
             released: Notify::new(),
@@ -82,6 +86,7 @@ impl Sessions {
         &self,
         meta: &Meta,
         mut id: u64,
+        peer: SocketAddr,
         host: String,
         user: String,
         mountpoint: String,
@@ -127,6 +132,8 @@ impl Sessions {
             .map(|o| o.opens.difference(&s.opens).copied().collect())
             .unwrap_or_default();
         g.sessions.insert(id, s);
+        g.peers.retain(|_, s| *s != id);
+        g.peers.insert(peer, id);
         drop(g);
         self.returning.lock().expect("returning lock").remove(&id);
         if let Err(e) = meta.record_session(id, true) {
@@ -150,6 +157,18 @@ impl Sessions {
             info!(session = %format!("{id:016x}"), "mount session did not come back after the restart");
             let _ = meta.record_session(id, false);
         }
+    }
+
+    /// The session whose mount sends from `peer` (0: none).
+    pub fn of_peer(&self, peer: SocketAddr) -> u64 {
+        let g = self.inner.lock().expect("sessions lock");
+        g.peers.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// The host name of session `id`'s mount.
+    pub fn host(&self, id: u64) -> Option<String> {
+        let g = self.inner.lock().expect("sessions lock");
+        g.sessions.get(&id).map(|s| s.host.clone())
     }
 
     pub fn renew(&self, id: u64) -> Result<(), MasterError> {
@@ -190,6 +209,7 @@ impl Sessions {
         let (s, released) = {
             let mut g = self.inner.lock().expect("sessions lock");
             let s = g.sessions.remove(&id);
+            g.peers.retain(|_, s| *s != id);
             let released = g.locks.release_session(id);
             (s, released)
         };
