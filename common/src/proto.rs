@@ -412,6 +412,9 @@ pub enum MasterRequest {
         base: Option<u64>,
         /// The writer's session (names the host in a conflicted copy's name).
         session: u64,
+        /// The writer can merge (a text file within its merge limit): if the base is stale,
+        /// answer `Stale` and commit nothing, instead of making a conflicted copy.
+        mergeable: bool,
     },
     StatFs,
     Nodes,
@@ -512,6 +515,11 @@ pub enum MasterResponse {
         attr: Attr,
         copy: Vec<u8>,
         copy_attr: Attr,
+    },
+    /// A mergeable commit whose base was stale: nothing was committed; the file is now at
+    /// `attr` (merge with it and commit again).
+    Stale {
+        attr: Attr,
     },
     Err(RemoteError),
 }

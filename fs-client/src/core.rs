@@ -1038,6 +1038,7 @@ impl Core {
                 mtime,
                 base: Some(base),
                 session: self.session.load(Ordering::Relaxed),
+                mergeable: false,
             })
             .await;
         let reload = {

@@ -173,7 +173,9 @@ impl Master {
             R::Cluster => A::Cluster(self.meta.cluster.clone()),
             R::Lookup { parent, name } => A::Attr(self.meta.lookup(parent, &name)?),
             R::GetAttr { ino } => A::Attr(self.meta.getattr(ino)?),
-            R::SetAttr { ino, set } => A::Attr(self.meta.setattr(ino, &set)?),
+            R::SetAttr { ino, set } => {
+                A::Attr(self.meta.setattr(ino, &set, self.sessions.of_peer(peer))?)
+            }
             R::Create {
                 parent,
                 name,
@@ -311,13 +313,18 @@ impl Master {
                 mtime,
                 base,
                 session,
+                mergeable,
             } => {
                 let host = self
                     .sessions
                     .host(session)
                     .unwrap_or_else(|| "another mount".into());
-                match self.meta.commit(ino, &slots, size, mtime, base, &host)? {
+                match self
+                    .meta
+                    .commit(ino, &slots, size, mtime, base, mergeable, session, &host)?
+                {
                     meta::Committed::Done(a) => A::Attr(a),
+                    meta::Committed::Stale(attr) => A::Stale { attr },
                     meta::Committed::Copy {
                         original,
                         name,

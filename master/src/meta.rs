@@ -346,6 +346,8 @@ impl<'a> Txn<'a> {
 /// What a commit did.
 pub enum Committed {
     Done(Attr),
+    /// The writer's base is stale and it can merge: nothing committed; the current state.
+    Stale(Attr),
     /// The content went to a conflicted copy named `name`; the original is unchanged.
     Copy {
         original: Attr,
@@ -397,6 +399,9 @@ pub struct Meta {
     writer: Mutex<()>,
     /// Files open on some mount: how many sessions hold each.
     held: Mutex<HashMap<Ino, usize>>,
+    /// The session that made each file's current content version (recent changes only): a
+    /// mount's own commits racing each other are not conflicts.
+    writers: Mutex<HashMap<Ino, (u64, u64)>>,
     next_ino: Mutex<u64>,
     pub cluster: ClusterInfo,
     sync: bool,
@@ -466,6 +471,7 @@ impl Meta {
                 db,
                 writer: Mutex::new(()),
                 held: Mutex::new(HashMap::new()),
+                writers: Mutex::new(HashMap::new()),
                 next_ino: Mutex::new(next),
                 cluster,
                 sync,
@@ -585,7 +591,22 @@ impl Meta {
             .ok_or_else(|| fs_err(ErrorCode::Invalid, format!("inode {ino} is not a symlink")))
     }
 
-    pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr, MasterError> {
+    /// Record that `session` made version `version` of `ino`.
+    fn wrote(&self, ino: Ino, version: u64, session: u64) {
+        let mut w = self.writers.lock().expect("writers lock");
+        if w.len() >= 100_000 {
+            w.clear();
+        }
+        w.insert(ino, (version, session));
+    }
+
+    /// True if `session` made the current version of `ino`.
+    fn made_by(&self, ino: Ino, version: u64, session: u64) -> bool {
+        session != 0
+            && self.writers.lock().expect("writers lock").get(&ino) == Some(&(version, session))
+    }
+
+    pub fn setattr(&self, ino: Ino, set: &SetAttr, session: u64) -> Result<Attr, MasterError> {
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
         let mut rec = txn.inode(ino)?;
@@ -638,6 +659,9 @@ impl Meta {
         let attr = a.clone();
         txn.put_inode(rec);
         txn.commit()?;
+        if set.size.is_some() {
+            self.wrote(ino, attr.version, session);
+        }
         Ok(attr)
     }
 
@@ -1023,6 +1047,8 @@ impl Meta {
         size: u64,
         mtime: Timespec,
         base: Option<u64>,
+        mergeable: bool,
+        session: u64,
         host: &str,
     ) -> Result<Committed, MasterError> {
         let bs = self.cluster.block_size;
@@ -1033,7 +1059,13 @@ impl Meta {
             return Err(fs_err(ErrorCode::Invalid, "not a regular file"));
         }
         let mut copy = None;
-        if base.is_some_and(|b| b != rec.attr.version) && rec.attr.nlink > 0 {
+        let stale = base.is_some_and(|b| b != rec.attr.version)
+            && rec.attr.nlink > 0
+            && !self.made_by(ino, rec.attr.version, session);
+        if stale && mergeable {
+            return Ok(Committed::Stale(rec.attr));
+        }
+        if stale {
             let original = rec.attr.clone();
             let (name, new_rec) = self.conflict_copy(&mut txn, &rec, host, mtime)?;
             copy = Some((original, name));
@@ -1115,6 +1147,9 @@ impl Meta {
         let attr = rec.attr.clone();
         txn.put_inode(rec);
         let changes = txn.commit()?;
+        if copy.is_none() {
+            self.wrote(ino, attr.version, session);
+        }
         Ok(match copy {
             None => Committed::Done(attr),
             Some((original, name)) => Committed::Copy {
