@@ -289,6 +289,9 @@ pub enum MasterRequest {
     SetAttr {
         ino: Ino,
         set: SetAttr,
+        /// For a size change by a mount that has the file open: the content version its
+        /// changes start from (see `Commit::base`).
+        base: Option<u64>,
     },
     /// mknod, mkdir and create: a new inode of `kind` linked as `parent/name`.
     Create {

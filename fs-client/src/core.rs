@@ -30,6 +30,8 @@ use tracing::{debug, warn};
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub master: SocketAddr,
+    /// Text files up to this size are merged when changed on two mounts at once.
+    pub merge_max_bytes: u64,
     /// Bound on every operation that needs the master.
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -112,14 +114,22 @@ struct FileState {
     error: Option<String>,
     meta_dirty: bool,
     next_read: u64,
-    /// The content version this mount's changes start from (see `Attr::version`).
+    /// The content version this mount's changes start from (see `Attr::version`), and its
+    /// size (`slots` holds its blocks until the next commit).
     base: u64,
+    base_size: u64,
+    base_slots: Vec<Slot>,
+    /// The content cannot be merged (not UTF-8, or merging is off for the file).
+    no_merge: bool,
 }
 
 impl FileState {
     fn new(attr: Attr, slots: Vec<Slot>) -> Self {
         FileState {
             base: attr.version,
+            base_size: attr.size,
+            base_slots: slots.clone(),
+            no_merge: false,
             attr,
             slots: slots.into_iter().map(|s| (s.index, s)).collect(),
             dirty: BTreeMap::new(),
@@ -445,22 +455,33 @@ impl Core {
         self.call_attr(MasterRequest::GetAttr { ino }).await
     }
 
-    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+    pub async fn setattr(&self, ino: Ino, mut set: SetAttr) -> Result<Attr> {
         let of = self.open_file(ino);
         if let (Some(of), Some(size)) = (&of, set.size) {
-            {
-                // Data past the new size need not be stored first; if that was all that
-                // failed to upload, the file is healthy again.
-                let mut st = of.st.lock().expect("file lock");
-                st.truncate(size, self.cluster.block_size);
-                if st.dirty.is_empty() && st.running == 0 {
-                    st.error = None;
-                }
+            // A file open here changes size locally, like a write: the new size is committed
+            // with the content (so a truncate-and-rewrite is one change, merged as one).
+            let mut st = of.st.lock().expect("file lock");
+            st.truncate(size, self.cluster.block_size);
+            // Data past the new size need not be stored first; if that was all that failed
+            // to upload, the file is healthy again.
+            if st.dirty.is_empty() && st.running == 0 {
+                st.error = None;
             }
-            self.flush_file(of).await?;
+            st.meta_dirty = true;
+            st.attr.mtime = set.mtime.unwrap_or(set.now);
+            st.attr.ctime = set.now;
+            set.size = None;
+            set.mtime = None;
+            if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.atime.is_none() {
+                return Ok(st.attr.clone());
+            }
         }
         let size = set.size;
-        let a = match self.call(MasterRequest::SetAttr { ino, set }).await? {
+        let base = of
+            .as_ref()
+            .filter(|_| size.is_some())
+            .map(|of| of.st.lock().expect("file lock").base);
+        let a = match self.call(MasterRequest::SetAttr { ino, set, base }).await? {
             MasterResponse::Attr(a) => {
                 self.remember(&a);
                 a
@@ -474,7 +495,13 @@ impl Core {
             }
             let (local_size, local_mtime) = (st.attr.size, st.attr.mtime);
             st.attr = a.clone();
-            st.base = a.version;
+            if base.is_some_and(|b| a.version == b + 1) {
+                // Our own size change on top of our base: the new base. (If someone else
+                // changed the file before it, the base stays, and the next commit merges.)
+                st.base = a.version;
+                st.base_size = a.size;
+                st.base_slots = st.slots.values().cloned().collect();
+            }
             if st.has_local_changes() {
                 st.attr.size = local_size;
                 st.attr.mtime = local_mtime;
@@ -964,6 +991,129 @@ impl Core {
 
     /// Upload everything dirty, wait for it, and commit the new block list to the master.
     async fn flush_file(&self, of: &Arc<OpenFile>) -> Result<()> {
+        for _ in 0..8 {
+            match self.flush_once(of).await? {
+                None => return Ok(()),
+                Some(_) => self.merge_with(of).await?,
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "inode {}: the file kept changing elsewhere while merging; try again",
+            of.ino
+        )))
+    }
+
+    /// The whole content of a file as `of` describes it (a small file: the merge limit).
+    async fn read_all(&self, of: Arc<OpenFile>, size: u64) -> Result<Vec<u8>> {
+        let fh = self.add_handle(Handle::File(of));
+        let mut out = Vec::with_capacity(size as usize);
+        let r = async {
+            while (out.len() as u64) < size {
+                let want = (size - out.len() as u64).min(1 << 20) as u32;
+                let d = self.read(fh, out.len() as u64, want).await?;
+                if d.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(&d);
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        self.handles.lock().expect("handles lock").remove(&fh);
+        r.map(|()| out)
+    }
+
+    fn snapshot(&self, ino: Ino, attr: Attr, slots: Vec<Slot>) -> Arc<OpenFile> {
+        Arc::new(OpenFile {
+            ino,
+            st: Mutex::new(FileState::new(attr, slots)),
+            changed: Notify::new(),
+            opens: AtomicUsize::new(0),
+        })
+    }
+
+    /// Another mount committed since this mount's base: merge this mount's text with the
+    /// current content (three-way, from the base) and make the result the local content, to be
+    /// committed on top of `current`. Content that cannot be merged is marked so, and the next
+    /// commit keeps it as a conflicted copy.
+    async fn merge_with(&self, of: &Arc<OpenFile>) -> Result<()> {
+        let (base_attr, base_slots, size) = {
+            let st = of.st.lock().expect("file lock");
+            let mut a = st.attr.clone();
+            a.size = st.base_size;
+            (a, st.base_slots.clone(), st.attr.size)
+        };
+        let off = matches!(
+            self.getxattr(of.ino, b"user.shardfs.merge")
+                .await
+                .as_deref(),
+            Ok(b"off")
+        );
+        let (theirs_attr, theirs_slots) = match self
+            .call(MasterRequest::Open {
+                ino: of.ino,
+                session: 0,
+            })
+            .await?
+        {
+            MasterResponse::Opened { attr, slots } => (attr, slots),
+            other => return Err(unexpected(other)),
+        };
+        let limit = self.cfg.merge_max_bytes;
+        let texts = if off || theirs_attr.size > limit || base_attr.size > limit {
+            None
+        } else {
+            let mine = self.read_all(of.clone(), size).await?;
+            let base_size = base_attr.size;
+            let base = self
+                .read_all(self.snapshot(of.ino, base_attr, base_slots), base_size)
+                .await?;
+            let theirs = self
+                .read_all(
+                    self.snapshot(of.ino, theirs_attr.clone(), theirs_slots.clone()),
+                    theirs_attr.size,
+                )
+                .await?;
+            match (
+                String::from_utf8(base),
+                String::from_utf8(theirs),
+                String::from_utf8(mine),
+            ) {
+                (Ok(b), Ok(t), Ok(m)) => Some((b, t, m)),
+                _ => None,
+            }
+        };
+        let Some((base, theirs, mine)) = texts else {
+            of.st.lock().expect("file lock").no_merge = true;
+            return Ok(());
+        };
+        let merged = crate::merge::merge_text(&base, &theirs, &mine).map_err(Error::Protocol)?;
+        tracing::info!(
+            ino = of.ino,
+            base = base.len(),
+            theirs = theirs.len(),
+            mine = mine.len(),
+            merged = merged.len(),
+            "merged concurrent edits of a text file"
+        );
+        {
+            let mut st = of.st.lock().expect("file lock");
+            let bs = self.cluster.block_size;
+            *st = FileState::new(theirs_attr, theirs_slots);
+            st.truncate(0, bs);
+            st.meta_dirty = true;
+        }
+        let fh = self.add_handle(Handle::File(of.clone()));
+        let r = self.write(fh, 0, merged.as_bytes()).await;
+        self.handles.lock().expect("handles lock").remove(&fh);
+        r?;
+        self.invalidate(of.ino);
+        Ok(())
+    }
+
+    /// Upload and commit once; `Some(current)` if another mount committed since this mount's
+    /// base and the content is to be merged with `current` first.
+    async fn flush_once(&self, of: &Arc<OpenFile>) -> Result<Option<Attr>> {
         // Upload every dirty block (again, for one whose upload failed) and wait for all
         // uploads. Nothing is committed while a block of the file is not stored: the size the
         // master would publish must never cover bytes that are not in the cluster. A failure
@@ -1005,20 +1155,21 @@ impl Core {
                 break;
             }
         }
-        let (slots, size, mtime, base) = {
+        let (slots, size, mtime, base, mergeable) = {
             let mut st = of.st.lock().expect("file lock");
             if let Some(e) = &st.error {
                 return Err(Error::Unavailable(e.clone()));
             }
             if st.pending.is_empty() && st.superseded.is_empty() && !st.meta_dirty {
-                return Ok(());
+                return Ok(None);
             }
             st.meta_dirty = false;
             // Superseded uploads first, so the newest upload of each index is what stays.
             let mut slots: Vec<(u64, Slot)> = st.superseded.clone();
             slots.sort_by_key(|(seq, _)| *seq);
             slots.extend(st.pending.values().cloned());
-            (slots, st.attr.size, st.attr.mtime, st.base)
+            let mergeable = !st.no_merge && st.attr.size <= self.cfg.merge_max_bytes;
+            (slots, st.attr.size, st.attr.mtime, st.base, mergeable)
         };
         let new: Vec<NewSlot> = slots
             .iter()
@@ -1038,7 +1189,7 @@ impl Core {
                 mtime,
                 base: Some(base),
                 session: self.session.load(Ordering::Relaxed),
-                mergeable: false,
+                mergeable,
             })
             .await;
         let reload = {
@@ -1057,10 +1208,16 @@ impl Core {
                     let bs = self.cluster.block_size;
                     st.slots.retain(|&i, _| i * bs < size.max(1));
                     st.base = a.version;
+                    st.base_size = size;
+                    st.base_slots = st.slots.values().cloned().collect();
                     if !st.has_local_changes() {
                         st.attr = a;
                     }
-                    return Ok(());
+                    return Ok(None);
+                }
+                Ok(MasterResponse::Stale { attr }) => {
+                    st.meta_dirty = true;
+                    return Ok(Some(attr));
                 }
                 Ok(MasterResponse::Conflicted {
                     attr,
@@ -1096,7 +1253,7 @@ impl Core {
             }
         };
         self.reload(of, reload).await;
-        Ok(())
+        Ok(None)
     }
 
     /// Show the master's current content of an open file again (after its content changed

@@ -117,6 +117,11 @@ struct MountArgs {
     /// Milliseconds to wait for data shards before also asking parity nodes.
     #[arg(long)]
     hedge_ms: Option<u64>,
+    /// Text files (UTF-8) up to this size changed on two mounts at once are merged; larger
+    /// ones, other files, and files with the attribute user.shardfs.merge=off get a
+    /// conflicted copy instead (0: never merge).
+    #[arg(long, env = "SHARDFS_MERGE_MAX_BYTES")]
+    merge_max_bytes: Option<u64>,
     /// Log file of the background mount (default: /tmp/shardfs-mount-<pid>.log).
     #[arg(long, env = "SHARDFS_LOG_FILE")]
     log_file: Option<PathBuf>,
@@ -143,6 +148,7 @@ struct FileConfig {
     readahead_blocks: Option<usize>,
     upload_window: Option<usize>,
     hedge_ms: Option<u64>,
+    merge_max_bytes: Option<u64>,
     options: Option<Vec<String>>,
 }
 
@@ -283,6 +289,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
         cache_bytes: a.cache_mib.or(f.cache_mib).unwrap_or(256) << 20,
         readahead_blocks: a.readahead_blocks.or(f.readahead_blocks).unwrap_or(4),
         upload_window: a.upload_window.or(f.upload_window).unwrap_or(8),
+        merge_max_bytes: a.merge_max_bytes.or(f.merge_max_bytes).unwrap_or(4 << 20),
         dirty_limit: 64 << 20,
         hedge_delay: Duration::from_millis(a.hedge_ms.or(f.hedge_ms).unwrap_or(500)),
         shard_timeout: Duration::from_secs_f64(timeout.min(10.0)),

@@ -173,8 +173,11 @@ impl Master {
             R::Cluster => A::Cluster(self.meta.cluster.clone()),
             R::Lookup { parent, name } => A::Attr(self.meta.lookup(parent, &name)?),
             R::GetAttr { ino } => A::Attr(self.meta.getattr(ino)?),
-            R::SetAttr { ino, set } => {
-                A::Attr(self.meta.setattr(ino, &set, self.sessions.of_peer(peer))?)
+            R::SetAttr { ino, set, base } => {
+                A::Attr(
+                    self.meta
+                        .setattr(ino, &set, self.sessions.of_peer(peer), base)?,
+                )
             }
             R::Create {
                 parent,

@@ -606,10 +606,20 @@ impl Meta {
             && self.writers.lock().expect("writers lock").get(&ino) == Some(&(version, session))
     }
 
-    pub fn setattr(&self, ino: Ino, set: &SetAttr, session: u64) -> Result<Attr, MasterError> {
+    /// Change attributes. A size change makes a new content version; it counts as made by
+    /// `session` on top of its own changes only if the writer's `base` was current.
+    pub fn setattr(
+        &self,
+        ino: Ino,
+        set: &SetAttr,
+        session: u64,
+        base: Option<u64>,
+    ) -> Result<Attr, MasterError> {
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
         let mut rec = txn.inode(ino)?;
+        let before = rec.attr.version;
+        let on_top = base.is_none_or(|b| b == before || self.made_by(ino, before, session));
         let a = &mut rec.attr;
         if let Some(mode) = set.mode {
             a.perm = (mode & 0o7777) as u16;
@@ -659,7 +669,7 @@ impl Meta {
         let attr = a.clone();
         txn.put_inode(rec);
         txn.commit()?;
-        if set.size.is_some() {
+        if set.size.is_some() && on_top {
             self.wrote(ino, attr.version, session);
         }
         Ok(attr)
