@@ -591,6 +591,21 @@ pub enum NodeResponse {
     Err(RemoteError),
 }
 
+/// The date (UTC, YYYY-MM-DD) of a Unix time.
+pub fn civil_date(secs: i64) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// Check a name from a request: not empty, no '/', no NUL, not "." or "..", at most NAME_MAX.
 pub fn check_name(name: &[u8]) -> crate::Result<()> {
     use crate::{Error, ErrorCode};
@@ -635,5 +650,8 @@ mod tests {
         assert!(check_name(b"a/b").is_err());
         assert!(check_name(&[b'x'; 256]).is_err());
         assert!(check_name(&[b'x'; 255]).is_ok());
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(1_795_298_352), "2026-11-21");
+        assert_eq!(civil_date(951_782_400), "2000-02-29");
     }
 }

@@ -13,6 +13,7 @@ use crate::blocks::{BlockConfig, BlockStore};
 use crate::master::{unexpected, MasterClient};
 use shardfs_common::ec::Codec;
 use shardfs_common::locks::LockTable;
+use shardfs_common::proto::civil_date;
 use shardfs_common::proto::{
     Attr, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest, MasterResponse, NewSlot,
     SetAttr, Slot, Timespec,
@@ -50,6 +51,9 @@ pub struct CoreConfig {
     pub attr_ttl: Duration,
 }
 
+/// A file's attributes and block map as this mount read them.
+type ReadBase = (Attr, Vec<Slot>);
+
 pub struct Core {
     cfg: CoreConfig,
     pub(crate) master: Arc<MasterClient>,
@@ -69,6 +73,11 @@ pub struct Core {
     pub(crate) rt: tokio::runtime::Handle,
     /// Tells the kernel to drop cached pages, attributes and names (set once mounted).
     notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// The last name each inode was looked up or created under.
+    names: Mutex<HashMap<Ino, (Ino, Vec<u8>)>>,
+    /// What this mount last read under each name (inode, attributes at open, block map): the
+    /// base of an editor's save that renames a new file over the name.
+    read_bases: Mutex<HashMap<(Ino, Vec<u8>), ReadBase>>,
 }
 
 #[derive(Clone)]
@@ -287,6 +296,8 @@ impl Core {
             locks: Mutex::new(LockTable::default()),
             rt: tokio::runtime::Handle::current(),
             notifier: std::sync::OnceLock::new(),
+            names: Mutex::new(HashMap::new()),
+            read_bases: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -435,11 +446,144 @@ impl Core {
                 "file name longer than 255 bytes",
             ));
         }
-        self.call_attr(MasterRequest::Lookup {
-            parent,
-            name: name.to_vec(),
-        })
-        .await
+        let a = self
+            .call_attr(MasterRequest::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?;
+        if a.kind == FileKind::File {
+            self.name_of(a.ino, parent, name);
+        }
+        Ok(a)
+    }
+
+    fn name_of(&self, ino: Ino, parent: Ino, name: &[u8]) {
+        let mut names = self.names.lock().expect("names lock");
+        if names.len() >= 65_536 {
+            names.clear();
+        }
+        names.insert(ino, (parent, name.to_vec()));
+    }
+
+    /// Remember what this mount read under the name of `attr.ino`.
+    fn remember_read(&self, attr: &Attr, slots: &[Slot]) {
+        let Some(key) = self
+            .names
+            .lock()
+            .expect("names lock")
+            .get(&attr.ino)
+            .cloned()
+        else {
+            return;
+        };
+        let mut b = self.read_bases.lock().expect("bases lock");
+        if b.len() >= 16_384 {
+            b.clear();
+        }
+        b.insert(key, (attr.clone(), slots.to_vec()));
+    }
+
+    /// An editor's save: `parent/name` (a new file) is about to replace `new_parent/new_name`.
+    /// If the replaced file changed elsewhere since this mount read it, merge the saved text
+    /// with it first (three-way, from what this mount read), or, for content that cannot be
+    /// merged, save under a conflicted-copy name instead. Returns the name to rename to.
+    async fn merge_before_replace(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+    ) -> Result<Vec<u8>> {
+        let key = (new_parent, new_name.to_vec());
+        let Some((base_attr, base_slots)) = self
+            .read_bases
+            .lock()
+            .expect("bases lock")
+            .get(&key)
+            .cloned()
+        else {
+            return Ok(new_name.to_vec());
+        };
+        let (Ok(src), Ok(cur)) = (
+            self.call_attr(MasterRequest::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await,
+            self.call_attr(MasterRequest::Lookup {
+                parent: new_parent,
+                name: new_name.to_vec(),
+            })
+            .await,
+        ) else {
+            return Ok(new_name.to_vec());
+        };
+        if src.kind != FileKind::File
+            || cur.kind != FileKind::File
+            || (cur.ino == base_attr.ino && cur.version == base_attr.version)
+            || src.ino == cur.ino
+        {
+            return Ok(new_name.to_vec());
+        }
+        let open = |ino| async move {
+            match self.call(MasterRequest::Open { ino, session: 0 }).await? {
+                MasterResponse::Opened { attr, slots } => Ok((attr, slots)),
+                other => Err(unexpected(other)),
+            }
+        };
+        let (src_attr, src_slots) = open(src.ino).await?;
+        let (cur_attr, cur_slots) = open(cur.ino).await?;
+        let limit = self.cfg.merge_max_bytes;
+        let mut texts = None;
+        if src_attr.size <= limit && cur_attr.size <= limit && base_attr.size <= limit {
+            let (bs, ss, cs) = (base_attr.size, src_attr.size, cur_attr.size);
+            let base = self
+                .read_all(self.snapshot(base_attr.ino, base_attr, base_slots), bs)
+                .await?;
+            let mine = self
+                .read_all(self.snapshot(src.ino, src_attr, src_slots), ss)
+                .await?;
+            let theirs = self
+                .read_all(self.snapshot(cur.ino, cur_attr, cur_slots), cs)
+                .await?;
+            if let (Ok(b), Ok(m), Ok(t)) = (
+                String::from_utf8(base),
+                String::from_utf8(mine),
+                String::from_utf8(theirs),
+            ) {
+                texts = Some((b, t, m));
+            }
+        }
+        let Some((base, theirs, mine)) = texts else {
+            // Not mergeable: the save keeps its own name beside the other change.
+            let copy = conflicted_name(new_name, &crate::session::host_name());
+            warn!(name = %String::from_utf8_lossy(new_name), copy = %String::from_utf8_lossy(&copy),
+                "the file changed elsewhere since it was read; the save is kept as a conflicted copy");
+            return Ok(copy);
+        };
+        let merged = crate::merge::merge_text(&base, &theirs, &mine).map_err(Error::Protocol)?;
+        tracing::info!(name = %String::from_utf8_lossy(new_name), merged = merged.len(),
+            "merged an editor's save with changes made elsewhere");
+        let fh = self.open(src.ino).await?;
+        let now = Timespec::now();
+        let r = async {
+            self.setattr(
+                src.ino,
+                SetAttr {
+                    size: Some(0),
+                    now,
+                    ..SetAttr::default()
+                },
+            )
+            .await?;
+            self.write(fh, 0, merged.as_bytes()).await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        let released = self.release(fh).await;
+        r.and(released)?;
+        Ok(new_name.to_vec())
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
@@ -660,15 +804,42 @@ impl Core {
         new_name: &[u8],
         flags: u32,
     ) -> Result<()> {
+        let target = if flags == 0 {
+            self.merge_before_replace(parent, name, new_parent, new_name)
+                .await?
+        } else {
+            new_name.to_vec()
+        };
         let req = MasterRequest::Rename {
             parent,
             name: name.to_vec(),
             new_parent,
-            new_name: new_name.to_vec(),
+            new_name: target.clone(),
             flags,
             now: Timespec::now(),
         };
-        self.call_changed(req).await.map(drop)
+        let moved = self.call_changed(req).await?;
+        let _ = moved;
+        // The saved file is what this mount now has read under the name.
+        if let Ok(MasterResponse::Opened { attr, slots }) = async {
+            let a = self
+                .call_attr(MasterRequest::Lookup {
+                    parent: new_parent,
+                    name: target.clone(),
+                })
+                .await?;
+            self.name_of(a.ino, new_parent, &target);
+            self.call(MasterRequest::Open {
+                ino: a.ino,
+                session: 0,
+            })
+            .await
+        }
+        .await
+        {
+            self.remember_read(&attr, &slots);
+        }
+        Ok(())
     }
 
     pub async fn statfs(&self) -> Result<FsStats> {
@@ -741,6 +912,7 @@ impl Core {
                 "is a directory",
             ));
         }
+        self.remember_read(&attr, &slots);
         let of = self.register_open(ino, attr, slots);
         Ok(self.add_handle(Handle::File(of)))
     }
@@ -757,6 +929,7 @@ impl Core {
         let attr = self
             .create_inode(parent, name, FileKind::File, mode, uid, gid, 0, session)
             .await?;
+        self.name_of(attr.ino, parent, name);
         let of = self.register_open(attr.ino, attr.clone(), vec![]);
         Ok((attr, self.add_handle(Handle::File(of))))
     }
@@ -1545,6 +1718,20 @@ impl Core {
     pub async fn fsync(&self, fh: u64) -> Result<()> {
         self.flush(fh).await
     }
+}
+
+/// "NAME (conflicted copy from HOST YYYY-MM-DD).EXT"
+fn conflicted_name(name: &[u8], host: &str) -> Vec<u8> {
+    let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, &b""[..]),
+    };
+    let secs = Timespec::now().secs;
+    let suffix = format!(" (conflicted copy from {host} {})", civil_date(secs));
+    let keep = 255usize
+        .saturating_sub(suffix.len() + ext.len())
+        .min(stem.len());
+    [&stem[..keep], suffix.as_bytes(), ext].concat()
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use shardfs_common::ec::EcParams;
 use shardfs_common::proto::{
-    check_name, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, NewSlot, SetAttr, Slot, Timespec,
-    RENAME_EXCHANGE, RENAME_NOREPLACE,
+    check_name, civil_date, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, NewSlot, SetAttr,
+    Slot, Timespec, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use shardfs_common::{BlockId, Error, ErrorCode, Ino, NodeId, ROOT_INO};
 use std::collections::{HashMap, HashSet};
@@ -355,21 +355,6 @@ pub enum Committed {
         copy: Attr,
         changes: Changes,
     },
-}
-
-/// The date (UTC, YYYY-MM-DD) of a Unix time.
-pub fn civil_date(secs: i64) -> String {
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The inodes an operation changed (their new attributes) and removed.
@@ -1706,7 +1691,17 @@ mod tests {
             .create(ROOT_INO, b"h", FileKind::File, 0o644, 0, 0, 0, None, now)
             .unwrap();
         let (a, b) = (BlockId::of(b"a"), BlockId::of(b"b"));
-        m.commit(h.ino, &[slot(0, a), slot(1, b)], 10, now).unwrap();
+        m.commit(
+            h.ino,
+            &[slot(0, a), slot(1, b)],
+            10,
+            now,
+            None,
+            false,
+            0,
+            "",
+        )
+        .unwrap();
         assert_eq!(m.slot_records(h.ino).unwrap().len(), 1);
         assert_eq!(refs(&m, &b), None, "the dropped block is unreferenced");
     }
@@ -1719,10 +1714,21 @@ mod tests {
             BlockId::of(b"partial"),
             BlockId::of(b"new"),
         );
-        m.commit(f.ino, &[slot(0, o)], 10, now).unwrap();
+        m.commit(f.ino, &[slot(0, o)], 10, now, None, false, 0, "")
+            .unwrap();
         assert_eq!(refs(&m, &o), Some(1));
         // A superseded upload and its replacement for the same slot, in one commit.
-        m.commit(f.ino, &[slot(0, p), slot(0, n)], 10, now).unwrap();
+        m.commit(
+            f.ino,
+            &[slot(0, p), slot(0, n)],
+            10,
+            now,
+            None,
+            false,
+            0,
+            "",
+        )
+        .unwrap();
         assert_eq!(refs(&m, &n), Some(1));
         assert_eq!(
             refs(&m, &o),
@@ -1755,11 +1761,85 @@ mod tests {
             }],
             10,
             now,
+            None,
+            false,
+            0,
+            "",
         )
         .unwrap();
         assert_eq!(refs(&m, &n), Some(2));
         m.unlink(ROOT_INO, b"f", now).unwrap();
         assert_eq!(refs(&m, &n), Some(1));
         assert!(m.gc_claim(0, 100, &collecting).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_stale_commit_becomes_a_conflicted_copy_or_asks_for_a_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, _) = Meta::open(dir.path(), EcParams::DEFAULT, 4096, false).unwrap();
+        let now = Timespec {
+            secs: 1_795_298_352,
+            nsecs: 0,
+        };
+        let (f, _) = m
+            .create(
+                ROOT_INO,
+                b"report.pdf",
+                FileKind::File,
+                0o640,
+                7,
+                8,
+                0,
+                None,
+                now,
+            )
+            .unwrap();
+        assert_eq!(f.version, 0);
+        let Committed::Done(a) = m
+            .commit(f.ino, &[], 0, now, Some(0), false, 1, "a")
+            .unwrap()
+        else {
+            panic!("a commit on the current version goes through")
+        };
+        assert_eq!(a.version, 1);
+        // Session 1 racing itself is not a conflict.
+        assert!(matches!(
+            m.commit(f.ino, &[], 0, now, Some(0), false, 1, "a")
+                .unwrap(),
+            Committed::Done(_)
+        ));
+        // Session 2 read version 0: a mergeable writer is told to merge, others get a copy.
+        assert!(matches!(
+            m.commit(f.ino, &[], 0, now, Some(0), true, 2, "b").unwrap(),
+            Committed::Stale(_)
+        ));
+        let Committed::Copy {
+            original,
+            name,
+            copy,
+            ..
+        } = m
+            .commit(f.ino, &[], 0, now, Some(0), false, 2, "hostb")
+            .unwrap()
+        else {
+            panic!("expected a conflicted copy")
+        };
+        assert_eq!(original.version, 2);
+        assert_eq!(
+            name,
+            b"report (conflicted copy from hostb 2026-11-21).pdf".to_vec()
+        );
+        assert_eq!((copy.uid, copy.gid, copy.perm), (7, 8, 0o640));
+        assert_eq!(m.lookup(ROOT_INO, &name).unwrap().ino, copy.ino);
+        let Committed::Copy { name, .. } = m
+            .commit(f.ino, &[], 0, now, Some(0), false, 2, "hostb")
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            name,
+            b"report (conflicted copy 2 from hostb 2026-11-21).pdf".to_vec()
+        );
     }
 }

@@ -227,8 +227,7 @@ fn three_mounts_editing_different_lines_in_50_rounds_keep_every_edit() {
             // A later round may edit the same line again; the latest edit of it must win.
             let last = (0..rounds)
                 .flat_map(|r2| (0..3).map(move |i2| (r2, i2)))
-                .filter(|(r2, i2)| (r2 * 3 + i2) * 6 % 1000 == line)
-                .last()
+                .rfind(|(r2, i2)| (r2 * 3 + i2) * 6 % 1000 == line)
                 .unwrap();
             let want = format!(
                 "line {line:04} edited by mount {} in round {}",
