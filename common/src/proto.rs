@@ -415,6 +415,9 @@ pub enum MasterRequest {
         base: Option<u64>,
         /// The writer's session (names the host in a conflicted copy's name).
         session: u64,
+        /// The file was cut to this size since the last commit (a truncate of the open file):
+        /// bytes past it are gone before the new blocks and size apply.
+        cut: Option<u64>,
         /// The writer can merge (a text file within its merge limit): if the base is stale,
         /// answer `Stale` and commit nothing, instead of making a conflicted copy.
         mergeable: bool,

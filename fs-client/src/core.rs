@@ -33,6 +33,10 @@ pub struct CoreConfig {
     pub master: SocketAddr,
     /// Text files up to this size are merged when changed on two mounts at once.
     pub merge_max_bytes: u64,
+    /// Where changes made while the master is unreachable wait (None: no offline writes),
+    /// and how many bytes they may take.
+    pub journal_dir: Option<std::path::PathBuf>,
+    pub journal_bytes: u64,
     /// Bound on every operation that needs the master.
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -52,10 +56,10 @@ pub struct CoreConfig {
 }
 
 /// A file's attributes and block map as this mount read them.
-type ReadBase = (Attr, Vec<Slot>);
+pub(crate) type ReadBase = (Attr, Vec<Slot>);
 
 pub struct Core {
-    cfg: CoreConfig,
+    pub(crate) cfg: CoreConfig,
     pub(crate) master: Arc<MasterClient>,
     blocks: Arc<BlockStore>,
     cluster: ClusterInfo,
@@ -75,6 +79,10 @@ pub struct Core {
     notifier: std::sync::OnceLock<fuser::Notifier>,
     /// The last name each inode was looked up or created under.
     names: Mutex<HashMap<Ino, (Ino, Vec<u8>)>>,
+    /// Names looked up recently (any kind), to answer lookups while the master is away.
+    dentries: Mutex<HashMap<(Ino, Vec<u8>), Ino>>,
+    /// The master did not answer lately: serve from caches without waiting for it.
+    pub(crate) offline: std::sync::atomic::AtomicBool,
     /// What this mount last read under each name (inode, attributes at open, block map): the
     /// base of an editor's save that renames a new file over the name.
     read_bases: Mutex<HashMap<(Ino, Vec<u8>), ReadBase>>,
@@ -98,8 +106,8 @@ struct Listing {
     more: bool,
 }
 
-struct OpenFile {
-    ino: Ino,
+pub(crate) struct OpenFile {
+    pub(crate) ino: Ino,
     st: Mutex<FileState>,
     changed: Notify,
     opens: AtomicUsize,
@@ -130,6 +138,44 @@ struct FileState {
     base_slots: Vec<Slot>,
     /// The content cannot be merged (not UTF-8, or merging is off for the file).
     no_merge: bool,
+    /// What the last commit had to do about changes made elsewhere (for the replay log).
+    outcome: Option<String>,
+    /// The smallest size a truncate of the open file set since the last commit.
+    cut: Option<u64>,
+    /// The current content is in the offline journal (nothing written since).
+    journaled: bool,
+}
+
+impl OpenFile {
+    /// Wait until no upload of this file is running.
+    async fn uploads_settled(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.st.lock().expect("file lock").running == 0 {
+                break;
+            }
+            notified.await;
+        }
+    }
+
+    /// The base (attributes with the base's size and version), its block map, and the
+    /// current size: what a journal entry records.
+    pub(crate) fn journal_view(&self) -> (Attr, Vec<Slot>, u64) {
+        let st = self.st.lock().expect("file lock");
+        let mut base = st.attr.clone();
+        base.size = st.base_size;
+        base.version = st.base;
+        (base, st.base_slots.clone(), st.attr.size)
+    }
+
+    /// The content is safe in the journal: no error to report, data kept in memory.
+    pub(crate) fn journaled(&self) {
+        let mut st = self.st.lock().expect("file lock");
+        st.error = None;
+        st.journaled = true;
+    }
 }
 
 impl FileState {
@@ -139,6 +185,9 @@ impl FileState {
             base_size: attr.size,
             base_slots: slots.clone(),
             no_merge: false,
+            outcome: None,
+            cut: None,
+            journaled: false,
             attr,
             slots: slots.into_iter().map(|s| (s.index, s)).collect(),
             dirty: BTreeMap::new(),
@@ -180,6 +229,22 @@ impl FileState {
         self.slots.retain(|&i, _| i * bs < size);
         for (&i, s) in self.slots.iter_mut() {
             s.used = s.used.min(size - i * bs);
+        }
+        // Uploaded blocks not committed yet: what lies past the new end goes too.
+        self.pending.retain(|&i, _| i * bs < size);
+        for (&i, (_, s)) in self.pending.iter_mut() {
+            s.used = s.used.min(size - i * bs);
+        }
+        self.superseded.retain(|(_, s)| s.index * bs < size);
+        for (_, s) in self.superseded.iter_mut() {
+            s.used = s.used.min(size - s.index * bs);
+        }
+        self.inflight.retain(|&i, _| i * bs < size);
+        for (&i, (_, d)) in self.inflight.iter_mut() {
+            let keep = (size - i * bs) as usize;
+            if d.len() > keep {
+                *d = Arc::new(d[..keep].to_vec());
+            }
         }
         let last = size.div_ceil(bs);
         let cut: Vec<u64> = self.dirty.range(last..).map(|(i, _)| *i).collect();
@@ -272,6 +337,10 @@ impl Core {
             cfg.connect_timeout,
             cfg.timeout,
         )?);
+        let mut cfg = cfg;
+        cfg.journal_dir = cfg
+            .journal_dir
+            .map(|d| d.join(format!("{:016x}", cluster.cluster_id)));
         let codec = Arc::new(Codec::new(cluster.ec)?);
         let blocks = BlockStore::new(
             master.clone(),
@@ -297,6 +366,8 @@ impl Core {
             rt: tokio::runtime::Handle::current(),
             notifier: std::sync::OnceLock::new(),
             names: Mutex::new(HashMap::new()),
+            dentries: Mutex::new(HashMap::new()),
+            offline: std::sync::atomic::AtomicBool::new(false),
             read_bases: Mutex::new(HashMap::new()),
         }))
     }
@@ -446,16 +517,121 @@ impl Core {
                 "file name longer than 255 bytes",
             ));
         }
-        let a = self
+        let key = (parent, name.to_vec());
+        if self.is_offline() {
+            if let Some(ino) = self
+                .dentries
+                .lock()
+                .expect("dentries lock")
+                .get(&key)
+                .copied()
+            {
+                if let Some(a) = self.stale_attr(ino) {
+                    return Ok(a);
+                }
+            }
+        }
+        let a = match self
             .call_attr(MasterRequest::Lookup {
                 parent,
                 name: name.to_vec(),
             })
-            .await?;
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let known = self
+                    .dentries
+                    .lock()
+                    .expect("dentries lock")
+                    .get(&key)
+                    .copied();
+                return match known {
+                    Some(ino) => self.offline_attr(ino, e),
+                    None => Err(e),
+                };
+            }
+        };
+        {
+            let mut d = self.dentries.lock().expect("dentries lock");
+            if d.len() >= 65_536 {
+                d.clear();
+            }
+            d.insert(key, a.ino);
+        }
         if a.kind == FileKind::File {
             self.name_of(a.ino, parent, name);
         }
         Ok(a)
+    }
+
+    /// The last attributes seen for `ino`, however old (for working offline).
+    pub(crate) fn stale_attr(&self, ino: Ino) -> Option<Attr> {
+        if let Some(of) = self.open_file(ino) {
+            return Some(of.st.lock().expect("file lock").attr.clone());
+        }
+        self.attrs
+            .lock()
+            .expect("attrs lock")
+            .get(&ino)
+            .map(|(a, _)| a.clone())
+    }
+
+    /// What this mount last read of `ino` (attributes and block map), if it still knows.
+    pub(crate) fn known_read(&self, ino: Ino) -> Option<ReadBase> {
+        let key = self.names.lock().expect("names lock").get(&ino).cloned()?;
+        let b = self
+            .read_bases
+            .lock()
+            .expect("bases lock")
+            .get(&key)
+            .cloned()?;
+        (b.0.ino == ino).then_some(b)
+    }
+
+    pub(crate) fn name_of_ino(&self, ino: Ino) -> Option<(Ino, Vec<u8>)> {
+        self.names.lock().expect("names lock").get(&ino).cloned()
+    }
+
+    /// Commit `content` as the new content of `ino`, made from `base` (a replayed offline
+    /// change): merged or kept as a conflicted copy if the file changed meanwhile.
+    pub(crate) async fn replay_into(
+        &self,
+        ino: Ino,
+        base: Attr,
+        base_slots: Vec<Slot>,
+        content: &[u8],
+    ) -> Result<String> {
+        let of = self.snapshot(ino, base, base_slots);
+        {
+            let mut st = of.st.lock().expect("file lock");
+            st.truncate(0, self.cluster.block_size);
+            st.cut = Some(0);
+            st.meta_dirty = true;
+        }
+        let fh = self.add_handle(Handle::File(of.clone()));
+        let r = self.write(fh, 0, content).await;
+        self.handles.lock().expect("handles lock").remove(&fh);
+        r?;
+        self.flush_file(&of).await?;
+        let outcome = of.st.lock().expect("file lock").outcome.take();
+        Ok(outcome.unwrap_or_else(|| "committed".into()))
+    }
+
+    /// After a replay: an open file of this mount shows the committed content.
+    pub(crate) async fn offline_replayed(&self, ino: Ino) {
+        if let Some(of) = self.open_file(ino) {
+            if let Ok(MasterResponse::Opened { attr, slots }) = self
+                .call(MasterRequest::Open {
+                    ino,
+                    session: self.session.load(Ordering::Relaxed),
+                })
+                .await
+            {
+                *of.st.lock().expect("file lock") = FileState::new(attr, slots);
+            }
+        }
+        self.invalidate(ino);
     }
 
     fn name_of(&self, ino: Ino, parent: Ino, name: &[u8]) {
@@ -596,7 +772,15 @@ impl Core {
         if let Some(a) = self.cached_attr(ino) {
             return Ok(self.patch(a));
         }
-        self.call_attr(MasterRequest::GetAttr { ino }).await
+        if self.is_offline() {
+            if let Some(a) = self.stale_attr(ino) {
+                return Ok(a);
+            }
+        }
+        match self.call_attr(MasterRequest::GetAttr { ino }).await {
+            Ok(a) => Ok(a),
+            Err(e) => self.offline_attr(ino, e),
+        }
     }
 
     pub async fn setattr(&self, ino: Ino, mut set: SetAttr) -> Result<Attr> {
@@ -604,7 +788,12 @@ impl Core {
         if let (Some(of), Some(size)) = (&of, set.size) {
             // A file open here changes size locally, like a write: the new size is committed
             // with the content (so a truncate-and-rewrite is one change, merged as one).
+            // Uploads under way finish first, so none lands past the new end afterwards.
+            of.uploads_settled().await;
             let mut st = of.st.lock().expect("file lock");
+            if size < st.attr.size {
+                st.cut = Some(st.cut.map_or(size, |c| c.min(size)));
+            }
             st.truncate(size, self.cluster.block_size);
             // Data past the new size need not be stored first; if that was all that failed
             // to upload, the file is healthy again.
@@ -896,15 +1085,23 @@ impl Core {
 
     /// Open a file: fetch its attributes and block map (close-to-open consistency).
     pub async fn open(&self, ino: Ino) -> Result<u64> {
-        let (attr, slots) = match self
-            .call(MasterRequest::Open {
-                ino,
-                session: self.session.load(Ordering::Relaxed),
-            })
-            .await?
-        {
-            MasterResponse::Opened { attr, slots } => (attr, slots),
-            other => return Err(unexpected(other)),
+        let offline = match self.is_offline() {
+            true => self.known_read(ino),
+            false => None,
+        };
+        let (attr, slots) = match offline {
+            Some(b) => b,
+            None => match self
+                .call(MasterRequest::Open {
+                    ino,
+                    session: self.session.load(Ordering::Relaxed),
+                })
+                .await
+            {
+                Ok(MasterResponse::Opened { attr, slots }) => (attr, slots),
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => self.offline_open(ino, e)?,
+            },
         };
         if attr.kind == FileKind::Dir {
             return Err(Error::fs(
@@ -1048,6 +1245,7 @@ impl Core {
                     self.stored_block(&of, idx).await?
                 };
                 let mut st = of.st.lock().expect("file lock");
+                st.journaled = false;
                 if !st.dirty.contains_key(&idx) {
                     // Room for the whole block up front: no reallocation while it fills.
                     let mut v = Vec::with_capacity(bs as usize);
@@ -1164,8 +1362,29 @@ impl Core {
 
     /// Upload everything dirty, wait for it, and commit the new block list to the master.
     async fn flush_file(&self, of: &Arc<OpenFile>) -> Result<()> {
+        if self.is_offline() && self.cfg.journal_dir.is_some() {
+            let done = {
+                let st = of.st.lock().expect("file lock");
+                !st.has_local_changes() || st.journaled
+            };
+            if done {
+                return Ok(());
+            }
+            return self.journal_file(of).await;
+        }
         for _ in 0..8 {
-            match self.flush_once(of).await? {
+            let r = match self.flush_once(of).await {
+                Err(e)
+                    if crate::offline::unreachable(&e)
+                        && self.cfg.journal_dir.is_some()
+                        && !self.master_answers().await =>
+                {
+                    self.went_offline(&e);
+                    return self.journal_file(of).await;
+                }
+                r => r?,
+            };
+            match r {
                 None => return Ok(()),
                 Some(_) => self.merge_with(of).await?,
             }
@@ -1177,7 +1396,7 @@ impl Core {
     }
 
     /// The whole content of a file as `of` describes it (a small file: the merge limit).
-    async fn read_all(&self, of: Arc<OpenFile>, size: u64) -> Result<Vec<u8>> {
+    pub(crate) async fn read_all(&self, of: Arc<OpenFile>, size: u64) -> Result<Vec<u8>> {
         let fh = self.add_handle(Handle::File(of));
         let mut out = Vec::with_capacity(size as usize);
         let r = async {
@@ -1274,7 +1493,9 @@ impl Core {
             let bs = self.cluster.block_size;
             *st = FileState::new(theirs_attr, theirs_slots);
             st.truncate(0, bs);
+            st.cut = Some(0);
             st.meta_dirty = true;
+            st.outcome = Some("merged with changes made elsewhere".into());
         }
         let fh = self.add_handle(Handle::File(of.clone()));
         let r = self.write(fh, 0, merged.as_bytes()).await;
@@ -1306,15 +1527,7 @@ impl Core {
             for (i, seq, d) in taken {
                 self.start_upload(of, i, seq, d).await;
             }
-            loop {
-                let notified = of.changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if of.st.lock().expect("file lock").running == 0 {
-                    break;
-                }
-                notified.await;
-            }
+            of.uploads_settled().await;
             let st = of.st.lock().expect("file lock");
             if let Some(e) = &st.error {
                 return Err(Error::Unavailable(e.clone()));
@@ -1328,7 +1541,7 @@ impl Core {
                 break;
             }
         }
-        let (slots, size, mtime, base, mergeable) = {
+        let (slots, size, mtime, base, mergeable, cut) = {
             let mut st = of.st.lock().expect("file lock");
             if let Some(e) = &st.error {
                 return Err(Error::Unavailable(e.clone()));
@@ -1342,7 +1555,8 @@ impl Core {
             slots.sort_by_key(|(seq, _)| *seq);
             slots.extend(st.pending.values().cloned());
             let mergeable = !st.no_merge && st.attr.size <= self.cfg.merge_max_bytes;
-            (slots, st.attr.size, st.attr.mtime, st.base, mergeable)
+            let cut = st.cut.take();
+            (slots, st.attr.size, st.attr.mtime, st.base, mergeable, cut)
         };
         let new: Vec<NewSlot> = slots
             .iter()
@@ -1363,6 +1577,7 @@ impl Core {
                 base: Some(base),
                 session: self.session.load(Ordering::Relaxed),
                 mergeable,
+                cut,
             })
             .await;
         let reload = {
@@ -1390,6 +1605,7 @@ impl Core {
                 }
                 Ok(MasterResponse::Stale { attr }) => {
                     st.meta_dirty = true;
+                    st.cut = min_cut(st.cut, cut);
                     return Ok(Some(attr));
                 }
                 Ok(MasterResponse::Conflicted {
@@ -1406,6 +1622,10 @@ impl Core {
                         "the file changed elsewhere; this mount's version was saved as a conflicted copy"
                     );
                     self.remember(&copy_attr);
+                    st.outcome = Some(format!(
+                        "kept as {:?} (changed elsewhere, not mergeable)",
+                        String::from_utf8_lossy(&copy)
+                    ));
                     let committed: Vec<u64> = slots.iter().map(|(seq, _)| *seq).collect();
                     st.superseded.retain(|(seq, _)| !committed.contains(seq));
                     for (seq, s) in &slots {
@@ -1417,10 +1637,12 @@ impl Core {
                 }
                 Ok(other) => {
                     st.meta_dirty = true;
+                    st.cut = min_cut(st.cut, cut);
                     return Err(unexpected(other));
                 }
                 Err(e) => {
                     st.meta_dirty = true;
+                    st.cut = min_cut(st.cut, cut);
                     return Err(e);
                 }
             }
@@ -1721,7 +1943,14 @@ impl Core {
 }
 
 /// "NAME (conflicted copy from HOST YYYY-MM-DD).EXT"
-fn conflicted_name(name: &[u8], host: &str) -> Vec<u8> {
+fn min_cut(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+pub(crate) fn conflicted_name(name: &[u8], host: &str) -> Vec<u8> {
     let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, &b""[..]),

@@ -13,4 +13,5 @@ pub mod fuse;
 pub mod kmount;
 pub mod master;
 pub mod merge;
+pub mod offline;
 pub mod session;

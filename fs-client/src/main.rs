@@ -122,6 +122,15 @@ struct MountArgs {
     /// conflicted copy instead (0: never merge).
     #[arg(long, env = "SHARDFS_MERGE_MAX_BYTES")]
     merge_max_bytes: Option<u64>,
+    /// Directory for changes made while the master is unreachable (default:
+    /// ~/.cache/shardfs/journal/<mountpoint>); they are replayed when it answers again, or at
+    /// the next mount of the same mountpoint.
+    #[arg(long, env = "SHARDFS_JOURNAL_DIR")]
+    journal_dir: Option<PathBuf>,
+    /// Size cap of the offline journal in MiB (0: no offline writes); past it, closing a
+    /// changed file fails with "no space".
+    #[arg(long, env = "SHARDFS_JOURNAL_MIB")]
+    journal_mib: Option<u64>,
     /// Log file of the background mount (default: /tmp/shardfs-mount-<pid>.log).
     #[arg(long, env = "SHARDFS_LOG_FILE")]
     log_file: Option<PathBuf>,
@@ -149,6 +158,8 @@ struct FileConfig {
     upload_window: Option<usize>,
     hedge_ms: Option<u64>,
     merge_max_bytes: Option<u64>,
+    journal_dir: Option<PathBuf>,
+    journal_mib: Option<u64>,
     options: Option<Vec<String>>,
 }
 
@@ -290,6 +301,25 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
         readahead_blocks: a.readahead_blocks.or(f.readahead_blocks).unwrap_or(4),
         upload_window: a.upload_window.or(f.upload_window).unwrap_or(8),
         merge_max_bytes: a.merge_max_bytes.or(f.merge_max_bytes).unwrap_or(4 << 20),
+        journal_bytes: a.journal_mib.or(f.journal_mib).unwrap_or(256) << 20,
+        journal_dir: match a.journal_mib.or(f.journal_mib) {
+            Some(0) => None,
+            _ => Some(
+                a.journal_dir
+                    .clone()
+                    .or(f.journal_dir.clone())
+                    .unwrap_or_else(|| {
+                        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+                        PathBuf::from(home).join(".cache/shardfs/journal")
+                    })
+                    .join(
+                        mountpoint
+                            .to_string_lossy()
+                            .trim_start_matches('/')
+                            .replace('/', "_"),
+                    ),
+            ),
+        },
         dirty_limit: 64 << 20,
         hedge_delay: Duration::from_millis(a.hedge_ms.or(f.hedge_ms).unwrap_or(500)),
         shard_timeout: Duration::from_secs_f64(timeout.min(10.0)),
@@ -340,6 +370,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot reach the master at {master}"))?;
     rt.block_on(core.start_session(mountpoint.display().to_string()))
         .with_context(|| format!("cannot open a session with the master at {master}"))?;
+    core.start_replay();
     let fs = ShardFs::new(core.clone(), rt.handle().clone(), ttl);
     // As root the mount is made here, typed fuse.shardfs (see kmount); otherwise the FUSE
     // library mounts through fusermount3.

@@ -34,7 +34,16 @@ impl MasterClient {
     /// The master's refusal (as an [`Error::Fs`]), or a timeout/unavailable error once the
     /// deadline passes.
     pub async fn call(&self, req: MasterRequest) -> Result<MasterResponse> {
-        let deadline = Instant::now() + self.timeout;
+        self.call_within(req, self.timeout).await
+    }
+
+    /// [`MasterClient::call`] with a deadline of its own.
+    pub async fn call_within(
+        &self,
+        req: MasterRequest,
+        timeout: Duration,
+    ) -> Result<MasterResponse> {
+        let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -59,7 +68,7 @@ impl MasterClient {
             if Instant::now() + backoff >= deadline {
                 return Err(match err {
                     Error::Timeout(..) => {
-                        Error::Timeout(self.timeout, format!("master {} did not answer", self.addr))
+                        Error::Timeout(timeout, format!("master {} did not answer", self.addr))
                     }
                     e => e,
                 });

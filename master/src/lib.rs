@@ -317,15 +317,15 @@ impl Master {
                 base,
                 session,
                 mergeable,
+                cut,
             } => {
                 let host = self
                     .sessions
                     .host(session)
                     .unwrap_or_else(|| "another mount".into());
-                match self
-                    .meta
-                    .commit(ino, &slots, size, mtime, base, mergeable, session, &host)?
-                {
+                match self.meta.commit(
+                    ino, &slots, size, mtime, cut, base, mergeable, session, &host,
+                )? {
                     meta::Committed::Done(a) => A::Attr(a),
                     meta::Committed::Stale(attr) => A::Stale { attr },
                     meta::Committed::Copy {

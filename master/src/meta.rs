@@ -1041,6 +1041,7 @@ impl Meta {
         slots: &[NewSlot],
         size: u64,
         mtime: Timespec,
+        cut: Option<u64>,
         base: Option<u64>,
         mergeable: bool,
         session: u64,
@@ -1067,6 +1068,13 @@ impl Meta {
             rec = new_rec;
         }
         let ino = rec.attr.ino;
+        // A truncate of the open file since its last commit: cut the stored blocks first
+        // (those this commit replaces are released below).
+        let cut = cut.map(|c| c.min(rec.attr.size));
+        if let Some(cut) = cut.filter(|_| copy.is_none()) {
+            let replaced: HashSet<u64> = slots.iter().map(|s| s.index).collect();
+            self.cut_slots(&mut txn, ino, cut, &replaced)?;
+        }
         // A block uploaded again while another client committed the same content keeps the
         // first description; the second copy's shards on other nodes are left for the scrubber.
         let mut written: HashMap<u64, BlockId> = HashMap::new();
@@ -1115,17 +1123,15 @@ impl Meta {
                 key,
                 enc(&SlotRecord {
                     block: s.id,
-                    used: s.used,
+                    // Bytes of the block past the file's end are not part of the file: if
+                    // it grows again, that range must read as zeros.
+                    used: s.used.min(size.saturating_sub(s.index * bs)),
                 }),
             );
         }
         if size < rec.attr.size {
-            for (index, s) in self.slot_records(ino)? {
-                if index * bs >= size && !written.contains_key(&index) {
-                    txn.batch.delete(k_slot(ino, index));
-                    txn.unref(&s.block)?;
-                }
-            }
+            let written: HashSet<u64> = written.keys().copied().collect();
+            self.cut_slots(&mut txn, ino, size, &written)?;
         }
         // Blocks written in this commit entirely past the new size (a truncate raced the
         // upload) are not kept: they would reappear if the file grew again.
@@ -1154,6 +1160,34 @@ impl Meta {
                 changes,
             },
         })
+    }
+
+    /// Drop the stored blocks of `ino` past `size` and shorten the one across it (the
+    /// slots in `skip` are being replaced in the same batch).
+    fn cut_slots(
+        &self,
+        txn: &mut Txn,
+        ino: Ino,
+        size: u64,
+        skip: &HashSet<u64>,
+    ) -> Result<(), MasterError> {
+        let bs = self.cluster.block_size;
+        for (index, s) in self.slot_records(ino)? {
+            if skip.contains(&index) {
+                continue;
+            }
+            if index * bs >= size {
+                txn.batch.delete(k_slot(ino, index));
+                txn.unref(&s.block)?;
+            } else if index * bs + s.used > size {
+                let trimmed = SlotRecord {
+                    block: s.block,
+                    used: size - index * bs,
+                };
+                txn.batch.put(k_slot(ino, index), enc(&trimmed));
+            }
+        }
+        Ok(())
     }
 
     /// A new file beside `rec` (same directory, owner and mode) for a writer whose change
@@ -1697,6 +1731,7 @@ mod tests {
             10,
             now,
             None,
+            None,
             false,
             0,
             "",
@@ -1714,7 +1749,7 @@ mod tests {
             BlockId::of(b"partial"),
             BlockId::of(b"new"),
         );
-        m.commit(f.ino, &[slot(0, o)], 10, now, None, false, 0, "")
+        m.commit(f.ino, &[slot(0, o)], 10, now, None, None, false, 0, "")
             .unwrap();
         assert_eq!(refs(&m, &o), Some(1));
         // A superseded upload and its replacement for the same slot, in one commit.
@@ -1723,6 +1758,7 @@ mod tests {
             &[slot(0, p), slot(0, n)],
             10,
             now,
+            None,
             None,
             false,
             0,
@@ -1762,6 +1798,7 @@ mod tests {
             10,
             now,
             None,
+            None,
             false,
             0,
             "",
@@ -1796,7 +1833,7 @@ mod tests {
             .unwrap();
         assert_eq!(f.version, 0);
         let Committed::Done(a) = m
-            .commit(f.ino, &[], 0, now, Some(0), false, 1, "a")
+            .commit(f.ino, &[], 0, now, None, Some(0), false, 1, "a")
             .unwrap()
         else {
             panic!("a commit on the current version goes through")
@@ -1804,13 +1841,14 @@ mod tests {
         assert_eq!(a.version, 1);
         // Session 1 racing itself is not a conflict.
         assert!(matches!(
-            m.commit(f.ino, &[], 0, now, Some(0), false, 1, "a")
+            m.commit(f.ino, &[], 0, now, None, Some(0), false, 1, "a")
                 .unwrap(),
             Committed::Done(_)
         ));
         // Session 2 read version 0: a mergeable writer is told to merge, others get a copy.
         assert!(matches!(
-            m.commit(f.ino, &[], 0, now, Some(0), true, 2, "b").unwrap(),
+            m.commit(f.ino, &[], 0, now, None, Some(0), true, 2, "b")
+                .unwrap(),
             Committed::Stale(_)
         ));
         let Committed::Copy {
@@ -1819,7 +1857,7 @@ mod tests {
             copy,
             ..
         } = m
-            .commit(f.ino, &[], 0, now, Some(0), false, 2, "hostb")
+            .commit(f.ino, &[], 0, now, None, Some(0), false, 2, "hostb")
             .unwrap()
         else {
             panic!("expected a conflicted copy")
@@ -1832,7 +1870,7 @@ mod tests {
         assert_eq!((copy.uid, copy.gid, copy.perm), (7, 8, 0o640));
         assert_eq!(m.lookup(ROOT_INO, &name).unwrap().ino, copy.ino);
         let Committed::Copy { name, .. } = m
-            .commit(f.ino, &[], 0, now, Some(0), false, 2, "hostb")
+            .commit(f.ino, &[], 0, now, None, Some(0), false, 2, "hostb")
             .unwrap()
         else {
             panic!()

@@ -226,11 +226,17 @@ impl Cluster {
     }
 
     pub fn mount_with(&mut self, name: &str, extra: &[&str]) -> PathBuf {
+        let addr = self.addr_file().display().to_string();
+        self.mount_via(name, &addr, extra)
+    }
+
+    /// Mount giving `master` (an address or a file holding one) as the master's address.
+    pub fn mount_via(&mut self, name: &str, master: &str, extra: &[&str]) -> PathBuf {
         let mp = self.path(name);
         fs::create_dir_all(&mp).unwrap();
         let out = Command::new(bin("shardfs"))
             .arg("mount")
-            .arg(self.addr_file())
+            .arg(master)
             .arg(&mp)
             .arg("--log-file")
             .arg(self.path(&format!("logs/mount-{name}.log")))
