@@ -275,3 +275,66 @@ fn editor_saves_by_rename_from_two_mounts_merge() {
     assert_eq!(t.lines().count(), 100);
     assert_eq!(fs::read(m2.join("essay.txt")).unwrap(), t.as_bytes());
 }
+
+/// Merge latency: two mounts edit different lines of one text file at once; from the second
+/// close returning, how long until the first mount reads the merged text (and how long that
+/// close took, the merge included). `cargo test --release -p shardfs-tests --test concurrent
+/// merge_latency -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn merge_latency() {
+    use std::io::{Read, Seek};
+    let mut c = Cluster::start(4, "2+2");
+    let (m1, m2) = (c.mount("m1"), c.mount("m2"));
+    let original: String = (0..1000).map(|i| format!("line {i:04}\n")).collect();
+    fs::write(m1.join("doc.txt"), &original).unwrap();
+    let (mut closes, mut visible) = (Vec::new(), Vec::new());
+    for round in 0..20 {
+        let mut handles: Vec<fs::File> = [&m1, &m2]
+            .iter()
+            .map(|m| {
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(m.join("doc.txt"))
+                    .unwrap()
+            })
+            .collect();
+        let mut texts = Vec::new();
+        for f in handles.iter_mut() {
+            let mut s = String::new();
+            f.read_to_string(&mut s).unwrap();
+            texts.push(s);
+        }
+        let mut wants = Vec::new();
+        let mut t_close = Instant::now();
+        for (i, (mut f, text)) in handles.into_iter().zip(texts).enumerate() {
+            let line = (round * 2 + i) * 7 % 1000;
+            let want = format!("line {line:04} edit {round}/{i}");
+            let new = text.replacen(&format!("line {line:04}\n"), &format!("{want}\n"), 1);
+            f.set_len(0).unwrap();
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            f.write_all(new.as_bytes()).unwrap();
+            t_close = Instant::now();
+            drop(f);
+            wants.push(want);
+        }
+        closes.push(t_close.elapsed());
+        let t = Instant::now();
+        loop {
+            let s = fs::read_to_string(m1.join("doc.txt")).unwrap();
+            if wants.iter().all(|w| s.contains(w.as_str())) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        visible.push(t.elapsed() + *closes.last().unwrap());
+    }
+    closes.sort();
+    visible.sort();
+    println!(
+        "merging close: median {:?}, max {:?}; close -> merged text on the other mount: median {:?}, max {:?} (20 rounds)",
+        closes[10], closes[19], visible[10], visible[19]
+    );
+}
