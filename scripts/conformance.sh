@@ -24,11 +24,15 @@ build
 ensure_tools
 
 export SHARDFS_HOME=$OUT/cluster SHARDFS_SKIP_BUILD=1
+# fsx rewrites a 4 MiB file a hundred times a second; every rewrite of a block is a new block,
+# and the old ones wait out the collector's grace period: keep it short so they do not pile up
+# (at the default 60 s they fill tens of GiB).
+export SHARDFS_GC_GRACE_SECS=${SHARDFS_GC_GRACE_SECS:-3}
 MNT=$OUT/mnt
 "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true
 rm -rf "$SHARDFS_HOME"
 "$ROOT/scripts/cluster.sh" up "$MNT" >/dev/null
-trap '"$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true' EXIT
+trap '"$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$SHARDFS_HOME"/node* "$SHARDFS_HOME"/master' EXIT
 say "cluster up, mounted at $MNT"
 rc=0
 

@@ -415,6 +415,9 @@ pub enum MasterRequest {
         base: Option<u64>,
         /// The writer's session (names the host in a conflicted copy's name).
         session: u64,
+        /// Increasing per mount: a commit that arrives after a later one of the same mount and
+        /// file is stale (the later one carries all it had) and is acknowledged, not applied.
+        seq: u64,
         /// The file was cut to this size since the last commit (a truncate of the open file):
         /// bytes past it are gone before the new blocks and size apply.
         cut: Option<u64>,

@@ -70,6 +70,8 @@ pub struct Core {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     uploads: Arc<Semaphore>,
+    /// Orders this mount's commits (see `MasterRequest::Commit::seq`).
+    commit_seq: AtomicU64,
     /// This mount's session with the master (0 until opened), see [`crate::session`].
     pub(crate) session: AtomicU64,
     /// Advisory locks this mount holds, to claim them again after a master restart.
@@ -361,6 +363,7 @@ impl Core {
             attrs: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            commit_seq: AtomicU64::new(1),
             session: AtomicU64::new(0),
             locks: Mutex::new(LockTable::default()),
             rt: tokio::runtime::Handle::current(),
@@ -1541,7 +1544,7 @@ impl Core {
                 break;
             }
         }
-        let (slots, size, mtime, base, mergeable, cut) = {
+        let (slots, size, mtime, base, mergeable, cut, seq) = {
             let mut st = of.st.lock().expect("file lock");
             if let Some(e) = &st.error {
                 return Err(Error::Unavailable(e.clone()));
@@ -1555,8 +1558,19 @@ impl Core {
             slots.sort_by_key(|(seq, _)| *seq);
             slots.extend(st.pending.values().cloned());
             let mergeable = !st.no_merge && st.attr.size <= self.cfg.merge_max_bytes;
-            let cut = st.cut.take();
-            (slots, st.attr.size, st.attr.mtime, st.base, mergeable, cut)
+            // Sent until a commit carrying it is acknowledged.
+            let cut = st.cut;
+            // Taken under the file lock: a later snapshot of the file gets a later number.
+            let seq = self.commit_seq.fetch_add(1, Ordering::Relaxed);
+            (
+                slots,
+                st.attr.size,
+                st.attr.mtime,
+                st.base,
+                mergeable,
+                cut,
+                seq,
+            )
         };
         let new: Vec<NewSlot> = slots
             .iter()
@@ -1567,7 +1581,15 @@ impl Core {
                 meta: Some(s.block.clone()),
             })
             .collect();
-        debug!(ino = of.ino, blocks = new.len(), size, "commit");
+        debug!(
+            ino = of.ino,
+            blocks = new.len(),
+            size,
+            ?cut,
+            seq,
+            base,
+            "commit"
+        );
         let r = self
             .call(MasterRequest::Commit {
                 ino: of.ino,
@@ -1578,6 +1600,7 @@ impl Core {
                 session: self.session.load(Ordering::Relaxed),
                 mergeable,
                 cut,
+                seq,
             })
             .await;
         let reload = {
@@ -1595,6 +1618,9 @@ impl Core {
                     }
                     let bs = self.cluster.block_size;
                     st.slots.retain(|&i, _| i * bs < size.max(1));
+                    if st.cut == cut {
+                        st.cut = None;
+                    }
                     st.base = a.version;
                     st.base_size = size;
                     st.base_slots = st.slots.values().cloned().collect();
@@ -1605,7 +1631,6 @@ impl Core {
                 }
                 Ok(MasterResponse::Stale { attr }) => {
                     st.meta_dirty = true;
-                    st.cut = min_cut(st.cut, cut);
                     return Ok(Some(attr));
                 }
                 Ok(MasterResponse::Conflicted {
@@ -1637,12 +1662,10 @@ impl Core {
                 }
                 Ok(other) => {
                     st.meta_dirty = true;
-                    st.cut = min_cut(st.cut, cut);
                     return Err(unexpected(other));
                 }
                 Err(e) => {
                     st.meta_dirty = true;
-                    st.cut = min_cut(st.cut, cut);
                     return Err(e);
                 }
             }
@@ -1943,13 +1966,6 @@ impl Core {
 }
 
 /// "NAME (conflicted copy from HOST YYYY-MM-DD).EXT"
-fn min_cut(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 pub(crate) fn conflicted_name(name: &[u8], host: &str) -> Vec<u8> {
     let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),

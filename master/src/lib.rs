@@ -318,7 +318,11 @@ impl Master {
                 session,
                 mergeable,
                 cut,
+                seq,
             } => {
+                if !self.sessions.in_order(session, ino, seq) {
+                    return Ok(A::Attr(self.meta.getattr(ino)?));
+                }
                 let host = self
                     .sessions
                     .host(session)

@@ -1068,13 +1068,6 @@ impl Meta {
             rec = new_rec;
         }
         let ino = rec.attr.ino;
-        // A truncate of the open file since its last commit: cut the stored blocks first
-        // (those this commit replaces are released below).
-        let cut = cut.map(|c| c.min(rec.attr.size));
-        if let Some(cut) = cut.filter(|_| copy.is_none()) {
-            let replaced: HashSet<u64> = slots.iter().map(|s| s.index).collect();
-            self.cut_slots(&mut txn, ino, cut, &replaced)?;
-        }
         // A block uploaded again while another client committed the same content keeps the
         // first description; the second copy's shards on other nodes are left for the scrubber.
         let mut written: HashMap<u64, BlockId> = HashMap::new();
@@ -1129,9 +1122,13 @@ impl Meta {
                 }),
             );
         }
-        if size < rec.attr.size {
+        // Stored blocks past the new size, or past a truncate of the open file since its last
+        // commit (`cut`), are gone; the blocks this commit writes replace theirs.
+        let cut = cut.filter(|_| copy.is_none());
+        if size < rec.attr.size || cut.is_some_and(|c| c < rec.attr.size) {
+            let to = cut.map_or(size, |c| c.min(size));
             let written: HashSet<u64> = written.keys().copied().collect();
-            self.cut_slots(&mut txn, ino, size, &written)?;
+            self.cut_slots(&mut txn, ino, to, &written)?;
         }
         // Blocks written in this commit entirely past the new size (a truncate raced the
         // upload) are not kept: they would reappear if the file grew again.
@@ -1879,5 +1876,23 @@ mod tests {
             name,
             b"report (conflicted copy 2 from hostb 2026-11-21).pdf".to_vec()
         );
+    }
+
+    #[test]
+    fn a_cut_shortens_stored_blocks_even_if_the_file_grew_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, _) = Meta::open(dir.path(), EcParams::DEFAULT, 4096, false).unwrap();
+        let now = Timespec::now();
+        let (f, _) = m
+            .create(ROOT_INO, b"f", FileKind::File, 0o644, 0, 0, 0, None, now)
+            .unwrap();
+        let a = BlockId([7; 32]);
+        m.commit(f.ino, &[slot(0, a)], 10, now, None, None, false, 0, "")
+            .unwrap();
+        // Truncated to 4 then grown to 8 before the next commit: bytes 4.. must be a hole.
+        m.commit(f.ino, &[], 8, now, Some(4), None, false, 0, "")
+            .unwrap();
+        let (_, slots) = m.open_file(f.ino).unwrap();
+        assert_eq!(slots[0].used, 4);
     }
 }

@@ -45,6 +45,8 @@ pub struct Sessions {
     inner: Mutex<Inner>,
     /// Woken whenever a lock is released, so waiting lock requests look again.
     released: Notify,
+    /// The latest commit sequence number seen per (session, file).
+    commits: Mutex<HashMap<(u64, Ino), u64>>,
 }
 
 impl Sessions {
@@ -69,6 +71,7 @@ impl Sessions {
                 locks: LockTable::default(),
             }),
             released: Notify::new(),
+            commits: Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,6 +166,24 @@ impl Sessions {
     pub fn of_peer(&self, peer: SocketAddr) -> u64 {
         let g = self.inner.lock().expect("sessions lock");
         g.peers.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// True unless session `id` already committed a later change of `ino` (`seq` orders a
+    /// mount's commits; requests on separate streams can arrive out of order).
+    pub fn in_order(&self, id: u64, ino: Ino, seq: u64) -> bool {
+        if id == 0 || seq == 0 {
+            return true;
+        }
+        let mut g = self.commits.lock().expect("commits lock");
+        if g.len() >= 100_000 {
+            g.clear();
+        }
+        let last = g.entry((id, ino)).or_insert(0);
+        if seq < *last {
+            return false;
+        }
+        *last = seq;
+        true
     }
 
     /// The host name of session `id`'s mount.
