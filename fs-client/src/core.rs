@@ -181,6 +181,14 @@ impl OpenFile {
 }
 
 impl FileState {
+    /// Start over from `attr` and `slots`, keeping count of uploads still running (they
+    /// finish into this state and must be waited for).
+    fn reset(&mut self, attr: Attr, slots: Vec<Slot>) {
+        let running = self.running;
+        *self = FileState::new(attr, slots);
+        self.running = running;
+    }
+
     fn new(attr: Attr, slots: Vec<Slot>) -> Self {
         FileState {
             base: attr.version,
@@ -631,7 +639,7 @@ impl Core {
                 })
                 .await
             {
-                *of.st.lock().expect("file lock") = FileState::new(attr, slots);
+                of.st.lock().expect("file lock").reset(attr, slots);
             }
         }
         self.invalidate(ino);
@@ -1319,7 +1327,7 @@ impl Core {
             let r = blocks.put(data.clone()).await;
             {
                 let mut st = of.st.lock().expect("file lock");
-                st.running -= 1;
+                st.running = st.running.saturating_sub(1);
                 let current = st.inflight.get(&idx).is_some_and(|(s, _)| *s == seq);
                 if current {
                     st.inflight.remove(&idx);
@@ -1491,10 +1499,11 @@ impl Core {
             merged = merged.len(),
             "merged concurrent edits of a text file"
         );
+        of.uploads_settled().await;
         {
             let mut st = of.st.lock().expect("file lock");
             let bs = self.cluster.block_size;
-            *st = FileState::new(theirs_attr, theirs_slots);
+            st.reset(theirs_attr, theirs_slots);
             st.truncate(0, bs);
             st.cut = Some(0);
             st.meta_dirty = true;
