@@ -612,6 +612,25 @@ pub fn civil_date(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The name of a conflicted copy of `name`: "STEM (conflicted copy from HOST YYYY-MM-DD).EXT",
+/// with "copy N" for the N-th one of a day (N > 1), shortened to fit NAME_MAX.
+pub fn conflicted_name(name: &[u8], host: &str, secs: i64, n: u32) -> Vec<u8> {
+    let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, &b""[..]),
+    };
+    let copy = if n > 1 {
+        format!("copy {n}")
+    } else {
+        "copy".into()
+    };
+    let suffix = format!(" (conflicted {copy} from {host} {})", civil_date(secs));
+    let keep = NAME_MAX
+        .saturating_sub(suffix.len() + ext.len())
+        .min(stem.len());
+    [&stem[..keep], suffix.as_bytes(), ext].concat()
+}
+
 /// Check a name from a request: not empty, no '/', no NUL, not "." or "..", at most NAME_MAX.
 pub fn check_name(name: &[u8]) -> crate::Result<()> {
     use crate::{Error, ErrorCode};

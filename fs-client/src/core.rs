@@ -13,10 +13,9 @@ use crate::blocks::{BlockConfig, BlockStore};
 use crate::master::{unexpected, MasterClient};
 use shardfs_common::ec::Codec;
 use shardfs_common::locks::LockTable;
-use shardfs_common::proto::civil_date;
 use shardfs_common::proto::{
-    Attr, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest, MasterResponse, NewSlot,
-    SetAttr, Slot, Timespec,
+    conflicted_name, Attr, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest, MasterResponse,
+    NewSlot, SetAttr, Slot, Timespec,
 };
 use shardfs_common::{Error, Ino, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -181,6 +180,21 @@ impl OpenFile {
 }
 
 impl FileState {
+    /// Make `data` the whole content, in one step (nobody sees it half replaced): every block
+    /// dirty and fully written, the stored ones cut away at the next commit.
+    fn replace_content(&mut self, data: &[u8], bs: u64) {
+        self.truncate(0, bs);
+        for (i, chunk) in data.chunks(bs as usize).enumerate() {
+            self.dirty.insert(i as u64, chunk.to_vec());
+            self.written.insert(i as u64, vec![(0, chunk.len())]);
+            self.dirty_bytes += chunk.len();
+        }
+        self.attr.size = data.len() as u64;
+        self.attr.mtime = Timespec::now();
+        self.cut = Some(0);
+        self.meta_dirty = true;
+    }
+
     /// Start over from `attr` and `slots`, keeping count of uploads still running (they
     /// finish into this state and must be waited for).
     fn reset(&mut self, attr: Attr, slots: Vec<Slot>) {
@@ -614,16 +628,10 @@ impl Core {
         content: &[u8],
     ) -> Result<String> {
         let of = self.snapshot(ino, base, base_slots);
-        {
-            let mut st = of.st.lock().expect("file lock");
-            st.truncate(0, self.cluster.block_size);
-            st.cut = Some(0);
-            st.meta_dirty = true;
-        }
-        let fh = self.add_handle(Handle::File(of.clone()));
-        let r = self.write(fh, 0, content).await;
-        self.handles.lock().expect("handles lock").remove(&fh);
-        r?;
+        of.st
+            .lock()
+            .expect("file lock")
+            .replace_content(content, self.cluster.block_size);
         self.flush_file(&of).await?;
         let outcome = of.st.lock().expect("file lock").outcome.take();
         Ok(outcome.unwrap_or_else(|| "committed".into()))
@@ -632,13 +640,7 @@ impl Core {
     /// After a replay: an open file of this mount shows the committed content.
     pub(crate) async fn offline_replayed(&self, ino: Ino) {
         if let Some(of) = self.open_file(ino) {
-            if let Ok(MasterResponse::Opened { attr, slots }) = self
-                .call(MasterRequest::Open {
-                    ino,
-                    session: self.session.load(Ordering::Relaxed),
-                })
-                .await
-            {
+            if let Ok((attr, slots)) = self.fetch_map(ino, true).await {
                 of.st.lock().expect("file lock").reset(attr, slots);
             }
         }
@@ -713,14 +715,8 @@ impl Core {
         {
             return Ok(new_name.to_vec());
         }
-        let open = |ino| async move {
-            match self.call(MasterRequest::Open { ino, session: 0 }).await? {
-                MasterResponse::Opened { attr, slots } => Ok((attr, slots)),
-                other => Err(unexpected(other)),
-            }
-        };
-        let (src_attr, src_slots) = open(src.ino).await?;
-        let (cur_attr, cur_slots) = open(cur.ino).await?;
+        let (src_attr, src_slots) = self.fetch_map(src.ino, false).await?;
+        let (cur_attr, cur_slots) = self.fetch_map(cur.ino, false).await?;
         let limit = self.cfg.merge_max_bytes;
         let mut texts = None;
         if src_attr.size <= limit && cur_attr.size <= limit && base_attr.size <= limit {
@@ -744,7 +740,12 @@ impl Core {
         }
         let Some((base, theirs, mine)) = texts else {
             // Not mergeable: the save keeps its own name beside the other change.
-            let copy = conflicted_name(new_name, &crate::session::host_name());
+            let copy = conflicted_name(
+                new_name,
+                &crate::session::host_name(),
+                Timespec::now().secs,
+                1,
+            );
             warn!(name = %String::from_utf8_lossy(new_name), copy = %String::from_utf8_lossy(&copy),
                 "the file changed elsewhere since it was read; the save is kept as a conflicted copy");
             return Ok(copy);
@@ -1021,7 +1022,7 @@ impl Core {
         let moved = self.call_changed(req).await?;
         let _ = moved;
         // The saved file is what this mount now has read under the name.
-        if let Ok(MasterResponse::Opened { attr, slots }) = async {
+        if let Ok((attr, slots)) = async {
             let a = self
                 .call_attr(MasterRequest::Lookup {
                     parent: new_parent,
@@ -1029,11 +1030,7 @@ impl Core {
                 })
                 .await?;
             self.name_of(a.ino, new_parent, &target);
-            self.call(MasterRequest::Open {
-                ino: a.ino,
-                session: 0,
-            })
-            .await
+            self.fetch_map(a.ino, false).await
         }
         .await
         {
@@ -1102,15 +1099,8 @@ impl Core {
         };
         let (attr, slots) = match offline {
             Some(b) => b,
-            None => match self
-                .call(MasterRequest::Open {
-                    ino,
-                    session: self.session.load(Ordering::Relaxed),
-                })
-                .await
-            {
-                Ok(MasterResponse::Opened { attr, slots }) => (attr, slots),
-                Ok(other) => return Err(unexpected(other)),
+            None => match self.fetch_map(ino, true).await {
+                Ok(b) => b,
                 Err(e) => self.offline_open(ino, e)?,
             },
         };
@@ -1452,16 +1442,7 @@ impl Core {
                 .as_deref(),
             Ok(b"off")
         );
-        let (theirs_attr, theirs_slots) = match self
-            .call(MasterRequest::Open {
-                ino: of.ino,
-                session: 0,
-            })
-            .await?
-        {
-            MasterResponse::Opened { attr, slots } => (attr, slots),
-            other => return Err(unexpected(other)),
-        };
+        let (theirs_attr, theirs_slots) = self.fetch_map(of.ino, false).await?;
         let limit = self.cfg.merge_max_bytes;
         let texts = if off || theirs_attr.size > limit || base_attr.size > limit {
             None
@@ -1504,15 +1485,9 @@ impl Core {
             let mut st = of.st.lock().expect("file lock");
             let bs = self.cluster.block_size;
             st.reset(theirs_attr, theirs_slots);
-            st.truncate(0, bs);
-            st.cut = Some(0);
-            st.meta_dirty = true;
+            st.replace_content(merged.as_bytes(), bs);
             st.outcome = Some("merged with changes made elsewhere".into());
         }
-        let fh = self.add_handle(Handle::File(of.clone()));
-        let r = self.write(fh, 0, merged.as_bytes()).await;
-        self.handles.lock().expect("handles lock").remove(&fh);
-        r?;
         self.invalidate(of.ino);
         Ok(())
     }
@@ -1683,19 +1658,23 @@ impl Core {
         Ok(None)
     }
 
+    /// A file's attributes and block map from the master; `hold`: the file stays open on this
+    /// mount's session (see `MasterRequest::Open`).
+    async fn fetch_map(&self, ino: Ino, hold: bool) -> Result<ReadBase> {
+        let session = match hold {
+            true => self.session.load(Ordering::Relaxed),
+            false => 0,
+        };
+        match self.call(MasterRequest::Open { ino, session }).await? {
+            MasterResponse::Opened { attr, slots } => Ok((attr, slots)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Show the master's current content of an open file again (after its content changed
     /// under this mount), unless this mount has written more since.
     async fn reload(&self, of: &OpenFile, attr: Attr) {
-        let fresh = match self
-            .call(MasterRequest::Open {
-                ino: of.ino,
-                session: self.session.load(Ordering::Relaxed),
-            })
-            .await
-        {
-            Ok(MasterResponse::Opened { attr, slots }) => Some((attr, slots)),
-            _ => None,
-        };
+        let fresh = self.fetch_map(of.ino, true).await.ok();
         {
             let mut st = of.st.lock().expect("file lock");
             if !st.has_local_changes() {
@@ -1972,20 +1951,6 @@ impl Core {
     pub async fn fsync(&self, fh: u64) -> Result<()> {
         self.flush(fh).await
     }
-}
-
-/// "NAME (conflicted copy from HOST YYYY-MM-DD).EXT"
-pub(crate) fn conflicted_name(name: &[u8], host: &str) -> Vec<u8> {
-    let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name, &b""[..]),
-    };
-    let secs = Timespec::now().secs;
-    let suffix = format!(" (conflicted copy from {host} {})", civil_date(secs));
-    let keep = 255usize
-        .saturating_sub(suffix.len() + ext.len())
-        .min(stem.len());
-    [&stem[..keep], suffix.as_bytes(), ext].concat()
 }
 
 #[cfg(test)]

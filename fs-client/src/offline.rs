@@ -209,7 +209,12 @@ impl Core {
                 .await?
         } else {
             // Deleted meanwhile: the change comes back as a file of its own.
-            let copy = crate::core::conflicted_name(&e.name, &crate::session::host_name());
+            let copy = shardfs_common::proto::conflicted_name(
+                &e.name,
+                &crate::session::host_name(),
+                shardfs_common::proto::Timespec::now().secs,
+                1,
+            );
             let attr = self
                 .mknod(
                     e.parent,

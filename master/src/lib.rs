@@ -330,7 +330,10 @@ impl Master {
                 match self.meta.commit(
                     ino, &slots, size, mtime, cut, base, mergeable, session, &host,
                 )? {
-                    meta::Committed::Done(a) => A::Attr(a),
+                    meta::Committed::Done(a) => {
+                        self.sessions.applied(session, ino, seq);
+                        A::Attr(a)
+                    }
                     meta::Committed::Stale(attr) => A::Stale { attr },
                     meta::Committed::Copy {
                         original,
@@ -338,6 +341,7 @@ impl Master {
                         copy,
                         changes: _,
                     } => {
+                        self.sessions.applied(session, ino, seq);
                         info!(ino, copy = copy.ino, name = %String::from_utf8_lossy(&name), %host,
                             "concurrent change: the late writer's content kept as a conflicted copy");
                         A::Conflicted {

@@ -28,8 +28,8 @@ use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use shardfs_common::ec::EcParams;
 use shardfs_common::proto::{
-    check_name, civil_date, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, NewSlot, SetAttr,
-    Slot, Timespec, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    check_name, conflicted_name, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, NewSlot,
+    SetAttr, Slot, Timespec, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use shardfs_common::{BlockId, Error, ErrorCode, Ino, NodeId, ROOT_INO};
 use std::collections::{HashMap, HashSet};
@@ -1200,22 +1200,9 @@ impl Meta {
         let name = self
             .dentry_name(parent, rec.attr.ino)?
             .unwrap_or_else(|| format!("inode {}", rec.attr.ino).into_bytes());
-        let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
-            Some(i) if i > 0 => (&name[..i], &name[i..]),
-            _ => (&name[..], &b""[..]),
-        };
-        let day = civil_date(now.secs);
         let mut copy_name = Vec::new();
         for n in 1.. {
-            let suffix = if n == 1 {
-                format!(" (conflicted copy from {host} {day})")
-            } else {
-                format!(" (conflicted copy {n} from {host} {day})")
-            };
-            let keep = 255usize
-                .saturating_sub(suffix.len() + ext.len())
-                .min(stem.len());
-            copy_name = [&stem[..keep], suffix.as_bytes(), ext].concat();
+            copy_name = conflicted_name(&name, host, now.secs, n);
             if self.dentry(parent, &copy_name)?.is_none() {
                 break;
             }

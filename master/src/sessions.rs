@@ -168,22 +168,24 @@ impl Sessions {
         g.peers.get(&peer).copied().unwrap_or(0)
     }
 
-    /// True unless session `id` already committed a later change of `ino` (`seq` orders a
-    /// mount's commits; requests on separate streams can arrive out of order).
+    /// True unless a later commit of session `id` for `ino` was already applied (`seq`
+    /// orders a mount's commits; requests on separate streams can arrive out of order).
     pub fn in_order(&self, id: u64, ino: Ino, seq: u64) -> bool {
+        let g = self.commits.lock().expect("commits lock");
+        g.get(&(id, ino)).is_none_or(|&last| seq >= last)
+    }
+
+    /// A commit of session `id` was applied.
+    pub fn applied(&self, id: u64, ino: Ino, seq: u64) {
         if id == 0 || seq == 0 {
-            return true;
+            return;
         }
         let mut g = self.commits.lock().expect("commits lock");
         if g.len() >= 100_000 {
             g.clear();
         }
         let last = g.entry((id, ino)).or_insert(0);
-        if seq < *last {
-            return false;
-        }
-        *last = seq;
-        true
+        *last = (*last).max(seq);
     }
 
     /// The host name of session `id`'s mount.
