@@ -91,8 +91,29 @@ pub struct Core {
 
 #[derive(Clone)]
 enum Handle {
-    File(Arc<OpenFile>),
+    /// An open file and the number of the last local change made through this handle (see
+    /// `FileState::changes`): a close publishes the file only if this handle changed it since
+    /// its last publication, or it is the file's last handle.
+    File(Arc<OpenFile>, Arc<HandleState>),
     Dir(Arc<Mutex<Listing>>),
+}
+
+/// What a file handle did: the number of its last local change (see `FileState::changes`) and
+/// the processes that changed the file through it.
+#[derive(Default)]
+struct HandleState {
+    touched: AtomicU64,
+    /// Process ids of the writers (0: unknown); a few at most.
+    writers: Mutex<Vec<u32>>,
+}
+
+/// The thread group (process) of thread `pid`, if it still runs.
+fn process_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// An open directory: a window of its entries in name order. Entry `i` (0-based, in the order
@@ -145,9 +166,45 @@ struct FileState {
     cut: Option<u64>,
     /// The current content is in the offline journal (nothing written since).
     journaled: bool,
+    /// A flush of the file is under way (flushes of one file take turns).
+    flushing: bool,
+    /// Local changes made so far (writes, truncates), and how many of them the master has
+    /// (committed or kept as a copy). A handle whose changes are all published does not
+    /// commit at close: it would publish another handle's half-done edit (a truncate before
+    /// the rewrite), which a merge would take for deleting every line.
+    changes: u64,
+    published: u64,
+}
+
+/// This task's turn to flush a file; the next waiting flush goes on when it is dropped.
+struct FlushTurn<'a>(&'a OpenFile);
+
+impl Drop for FlushTurn<'_> {
+    fn drop(&mut self) {
+        self.0.st.lock().expect("file lock").flushing = false;
+        self.0.changed.notify_waiters();
+    }
 }
 
 impl OpenFile {
+    /// Wait for the file's flushes before this one (two flushes merging at once would each
+    /// replace the content with their own merge).
+    async fn flush_turn(&self) -> FlushTurn<'_> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.st.lock().expect("file lock");
+                if !st.flushing {
+                    st.flushing = true;
+                    return FlushTurn(self);
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Wait until no upload of this file is running.
     async fn uploads_settled(&self) {
         loop {
@@ -198,9 +255,18 @@ impl FileState {
     /// Start over from `attr` and `slots`, keeping count of uploads still running (they
     /// finish into this state and must be waited for).
     fn reset(&mut self, attr: Attr, slots: Vec<Slot>) {
-        let running = self.running;
+        let (running, changes, published) = (self.running, self.changes, self.published);
+        let flushing = self.flushing;
         *self = FileState::new(attr, slots);
         self.running = running;
+        self.flushing = flushing;
+        (self.changes, self.published) = (changes, published);
+    }
+
+    /// Count a local change; its number.
+    fn touch(&mut self) -> u64 {
+        self.changes += 1;
+        self.changes
     }
 
     fn new(attr: Attr, slots: Vec<Slot>) -> Self {
@@ -212,6 +278,9 @@ impl FileState {
             outcome: None,
             cut: None,
             journaled: false,
+            flushing: false,
+            changes: 0,
+            published: 0,
             attr,
             slots: slots.into_iter().map(|s| (s.index, s)).collect(),
             dirty: BTreeMap::new(),
@@ -245,6 +314,7 @@ impl FileState {
         self.seq += 1;
         self.inflight.insert(idx, (self.seq, data.clone()));
         self.running += 1;
+
         Some((self.seq, data))
     }
 
@@ -758,6 +828,7 @@ impl Core {
         let r = async {
             self.setattr(
                 src.ino,
+                Some(fh),
                 SetAttr {
                     size: Some(0),
                     now,
@@ -795,7 +866,8 @@ impl Core {
         }
     }
 
-    pub async fn setattr(&self, ino: Ino, mut set: SetAttr) -> Result<Attr> {
+    /// Change attributes; `fh`: the open handle the change came through, if any.
+    pub async fn setattr(&self, ino: Ino, fh: Option<u64>, mut set: SetAttr) -> Result<Attr> {
         let of = self.open_file(ino);
         if let (Some(of), Some(size)) = (&of, set.size) {
             // A file open here changes size locally, like a write: the new size is committed
@@ -813,6 +885,10 @@ impl Core {
                 st.error = None;
             }
             st.meta_dirty = true;
+            let change = st.touch();
+            if let Some(fh) = fh {
+                self.touched(fh, change);
+            }
             st.attr.mtime = set.mtime.unwrap_or(set.now);
             st.attr.ctime = set.now;
             set.size = None;
@@ -1063,7 +1139,7 @@ impl Core {
 
     fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
         match self.handle(fh)? {
-            Handle::File(f) => Ok(f),
+            Handle::File(f, _) => Ok(f),
             Handle::Dir(_) => Err(Error::fs(
                 shardfs_common::ErrorCode::IsDir,
                 "is a directory",
@@ -1084,7 +1160,7 @@ impl Core {
         {
             let mut st = of.st.lock().expect("file lock");
             if !st.has_local_changes() {
-                *st = FileState::new(attr, slots);
+                st.reset(attr, slots);
             }
         }
         of.opens.fetch_add(1, Ordering::SeqCst);
@@ -1112,7 +1188,7 @@ impl Core {
         }
         self.remember_read(&attr, &slots);
         let of = self.register_open(ino, attr, slots);
-        Ok(self.add_handle(Handle::File(of)))
+        Ok(self.add_handle(Handle::File(of, Default::default())))
     }
 
     pub async fn create(
@@ -1129,65 +1205,121 @@ impl Core {
             .await?;
         self.name_of(attr.ino, parent, name);
         let of = self.register_open(attr.ino, attr.clone(), vec![]);
-        Ok((attr, self.add_handle(Handle::File(of))))
+        Ok((attr, self.add_handle(Handle::File(of, Default::default()))))
     }
 
-    /// True if handle `fh` has nothing to flush, so close can be answered at once.
+    /// True if closing handle `fh` has nothing to publish, so it can be answered at once: the
+    /// file has no local changes, or none made through this handle since they were last
+    /// published while other handles keep the file open (their close publishes them).
     pub fn is_clean(&self, fh: u64) -> bool {
         match self.handle(fh) {
-            Ok(Handle::File(of)) => !of.st.lock().expect("file lock").has_local_changes(),
+            Ok(Handle::File(of, h)) => !Self::must_publish(&of, &h, false),
             Ok(Handle::Dir(_)) => true,
             Err(_) => true,
         }
     }
 
-    /// Release a handle with nothing to flush without waiting for anything; false if it has
-    /// unflushed data (use [`Core::release`]).
+    /// Whether closing a handle of `of` that last changed it at `touched` commits the file;
+    /// `released`: the handle is already gone from `opens`.
+    fn must_publish(of: &OpenFile, h: &HandleState, released: bool) -> bool {
+        let st = of.st.lock().expect("file lock");
+        let others = of.opens.load(Ordering::SeqCst) > usize::from(!released);
+        st.has_local_changes() && (!others || h.touched.load(Ordering::SeqCst) > st.published)
+    }
+
+    /// Note that thread `pid` changes the file through handle `fh` (a write, a truncate).
+    pub fn note_writer(&self, fh: u64, pid: u32) {
+        if let Ok(Handle::File(_, h)) = self.handle(fh) {
+            let mut w = h.writers.lock().expect("writers lock");
+            if !w.contains(&pid) {
+                match w.len() < 8 {
+                    true => w.push(pid),
+                    false => w[0] = 0,
+                }
+            }
+        }
+    }
+
+    /// Whether a close of `fh` by thread `pid` is a close by a process that changed the file
+    /// through it. A process that only inherited the descriptor (a child forked while the
+    /// file was open, closing it at exec) must not publish the writer's half-done edit.
+    fn closed_by_writer(h: &HandleState, pid: u32) -> bool {
+        let writers = h.writers.lock().expect("writers lock").clone();
+        if writers.is_empty() || writers.contains(&0) || pid == 0 || writers.contains(&pid) {
+            return true;
+        }
+        let Some(closer) = process_of(pid) else {
+            return true;
+        };
+        writers
+            .iter()
+            .any(|&w| process_of(w).is_none_or(|p| p == closer))
+    }
+
+    /// Release a file handle without waiting for anything if the file has no local changes
+    /// at all; false otherwise (use [`Core::release`]).
     pub fn release_if_clean(&self, fh: u64) -> bool {
-        if !self.is_clean(fh) {
+        let clean = match self.handle(fh) {
+            Ok(Handle::File(of, _)) => !of.st.lock().expect("file lock").has_local_changes(),
+            _ => true,
+        };
+        if !clean {
             return false;
         }
         let h = self.handles.lock().expect("handles lock").remove(&fh);
-        if let Some(Handle::File(of)) = h {
+        if let Some(Handle::File(of, _)) = h {
             if of.opens.fetch_sub(1, Ordering::SeqCst) == 1 {
-                let mut files = self.files.lock().expect("files lock");
-                let clean = !of.st.lock().expect("file lock").has_local_changes();
-                if clean
-                    && files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, &of))
-                    && of.opens.load(Ordering::SeqCst) == 0
-                {
-                    files.remove(&of.ino);
-                    self.closed(of.ino);
-                }
+                self.forget_if_closed(&of);
             }
         }
         true
     }
 
+    /// Drop a file nobody has open any more from the open files, unless it has local changes.
+    fn forget_if_closed(&self, of: &Arc<OpenFile>) {
+        let mut files = self.files.lock().expect("files lock");
+        let clean = !of.st.lock().expect("file lock").has_local_changes();
+        if clean
+            && files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, of))
+            && of.opens.load(Ordering::SeqCst) == 0
+        {
+            files.remove(&of.ino);
+            self.closed(of.ino);
+        }
+    }
+
     pub async fn release(&self, fh: u64) -> Result<()> {
         let h = self.handles.lock().expect("handles lock").remove(&fh);
-        let Some(Handle::File(of)) = h else {
+        let Some(Handle::File(of, h)) = h else {
             return Ok(());
         };
-        let r = self.flush_file(&of).await;
-        if of.opens.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let clean = !of.st.lock().expect("file lock").has_local_changes();
-            if clean {
-                let mut files = self.files.lock().expect("files lock");
-                if files.get(&of.ino).is_some_and(|f| Arc::ptr_eq(f, &of))
-                    && of.opens.load(Ordering::SeqCst) == 0
-                {
-                    files.remove(&of.ino);
-                    self.closed(of.ino);
-                }
-            }
+        let last = of.opens.fetch_sub(1, Ordering::SeqCst) == 1;
+        let r = match Self::must_publish(&of, &h, true) {
+            true => self.flush_file(&of).await,
+            false => Ok(()),
+        };
+        if last {
+            self.forget_if_closed(&of);
         }
         r
     }
 
-    pub async fn flush(&self, fh: u64) -> Result<()> {
-        let of = self.file(fh)?;
-        self.flush_file(&of).await
+    /// A close of handle `fh` by thread `pid`.
+    pub async fn flush(&self, fh: u64, pid: u32) -> Result<()> {
+        let Handle::File(of, h) = self.handle(fh)? else {
+            return Ok(());
+        };
+        match Self::must_publish(&of, &h, false) && Self::closed_by_writer(&h, pid) {
+            true => self.flush_file(&of).await,
+            false => Ok(()),
+        }
+    }
+
+    /// Record that handle `fh` changed its file (`change`: the change's number).
+    fn touched(&self, fh: u64, change: u64) {
+        if let Ok(Handle::File(_, h)) = self.handle(fh) {
+            h.touched.fetch_max(change, Ordering::SeqCst);
+        }
     }
 
     /// The current content of block `idx` as this mount sees it, ignoring its dirty copy.
@@ -1216,7 +1348,15 @@ impl Core {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        let of = self.file(fh)?;
+        let (of, h) = match self.handle(fh)? {
+            Handle::File(of, h) => (of, h),
+            Handle::Dir(_) => {
+                return Err(Error::fs(
+                    shardfs_common::ErrorCode::IsDir,
+                    "is a directory",
+                ))
+            }
+        };
         let bs = self.cluster.block_size;
         if offset
             .checked_add(data.len() as u64)
@@ -1279,6 +1419,7 @@ impl Core {
                 st.attr.mtime = now;
                 st.attr.ctime = now;
                 st.meta_dirty = true;
+                h.touched.fetch_max(st.touch(), Ordering::SeqCst);
                 // A block rewritten end to end (in whatever order the writes came) goes out now.
                 if mark_written(
                     st.written.entry(idx).or_default(),
@@ -1363,6 +1504,7 @@ impl Core {
 
     /// Upload everything dirty, wait for it, and commit the new block list to the master.
     async fn flush_file(&self, of: &Arc<OpenFile>) -> Result<()> {
+        let _turn = of.flush_turn().await;
         if self.is_offline() && self.cfg.journal_dir.is_some() {
             let done = {
                 let st = of.st.lock().expect("file lock");
@@ -1398,7 +1540,7 @@ impl Core {
 
     /// The whole content of a file as `of` describes it (a small file: the merge limit).
     pub(crate) async fn read_all(&self, of: Arc<OpenFile>, size: u64) -> Result<Vec<u8>> {
-        let fh = self.add_handle(Handle::File(of));
+        let fh = self.add_handle(Handle::File(of, Default::default()));
         let mut out = Vec::with_capacity(size as usize);
         let r = async {
             while (out.len() as u64) < size {
@@ -1430,11 +1572,11 @@ impl Core {
     /// committed on top of `current`. Content that cannot be merged is marked so, and the next
     /// commit keeps it as a conflicted copy.
     async fn merge_with(&self, of: &Arc<OpenFile>) -> Result<()> {
-        let (base_attr, base_slots, size) = {
+        let (base_attr, base_slots, size, changes) = {
             let st = of.st.lock().expect("file lock");
             let mut a = st.attr.clone();
             a.size = st.base_size;
-            (a, st.base_slots.clone(), st.attr.size)
+            (a, st.base_slots.clone(), st.attr.size, st.changes)
         };
         let off = matches!(
             self.getxattr(of.ino, b"user.shardfs.merge")
@@ -1483,6 +1625,10 @@ impl Core {
         of.uploads_settled().await;
         {
             let mut st = of.st.lock().expect("file lock");
+            if st.changes != changes {
+                // Written to while merging: merge again with what is there now.
+                return Ok(());
+            }
             let bs = self.cluster.block_size;
             st.reset(theirs_attr, theirs_slots);
             st.replace_content(merged.as_bytes(), bs);
@@ -1528,7 +1674,7 @@ impl Core {
                 break;
             }
         }
-        let (slots, size, mtime, base, mergeable, cut, seq) = {
+        let (slots, size, mtime, base, mergeable, cut, seq, included) = {
             let mut st = of.st.lock().expect("file lock");
             if let Some(e) = &st.error {
                 return Err(Error::Unavailable(e.clone()));
@@ -1546,6 +1692,12 @@ impl Core {
             let cut = st.cut;
             // Taken under the file lock: a later snapshot of the file gets a later number.
             let seq = self.commit_seq.fetch_add(1, Ordering::Relaxed);
+            // The local changes this commit publishes: all of them unless some are still
+            // being written or uploaded.
+            let included = match st.dirty.is_empty() && st.inflight.is_empty() {
+                true => st.changes,
+                false => st.published,
+            };
             (
                 slots,
                 st.attr.size,
@@ -1554,6 +1706,7 @@ impl Core {
                 mergeable,
                 cut,
                 seq,
+                included,
             )
         };
         let new: Vec<NewSlot> = slots
@@ -1592,6 +1745,7 @@ impl Core {
             match r {
                 Ok(MasterResponse::Attr(a)) => {
                     self.remember(&a);
+                    st.published = st.published.max(included);
                     let committed: Vec<u64> = slots.iter().map(|(seq, _)| *seq).collect();
                     st.superseded.retain(|(seq, _)| !committed.contains(seq));
                     for (seq, s) in slots {
@@ -1631,6 +1785,7 @@ impl Core {
                         "the file changed elsewhere; this mount's version was saved as a conflicted copy"
                     );
                     self.remember(&copy_attr);
+                    st.published = st.published.max(included);
                     st.outcome = Some(format!(
                         "kept as {:?} (changed elsewhere, not mergeable)",
                         String::from_utf8_lossy(&copy)
@@ -1678,10 +1833,10 @@ impl Core {
         {
             let mut st = of.st.lock().expect("file lock");
             if !st.has_local_changes() {
-                *st = match fresh {
-                    Some((a, slots)) => FileState::new(a, slots),
-                    None => FileState::new(attr.clone(), Vec::new()),
-                };
+                match fresh {
+                    Some((a, slots)) => st.reset(a, slots),
+                    None => st.reset(attr.clone(), Vec::new()),
+                }
             } else {
                 st.base = attr.version;
             }
@@ -1805,7 +1960,7 @@ impl Core {
     ) -> Result<Vec<ListEntry>> {
         let listing = match self.handle(fh)? {
             Handle::Dir(l) => l,
-            Handle::File(_) => {
+            Handle::File(..) => {
                 return Err(Error::fs(
                     shardfs_common::ErrorCode::NotDir,
                     "not a directory",
@@ -1943,13 +2098,15 @@ impl Core {
                 mtime: Some(now),
                 now,
             };
-            self.setattr(of.ino, set).await?;
+            self.setattr(of.ino, Some(fh), set).await?;
         }
         Ok(())
     }
 
+    /// Make everything written to the file durable in the cluster (whichever handle wrote it).
     pub async fn fsync(&self, fh: u64) -> Result<()> {
-        self.flush(fh).await
+        let of = self.file(fh)?;
+        self.flush_file(&of).await
     }
 }
 

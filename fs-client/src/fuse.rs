@@ -132,7 +132,7 @@ impl Filesystem for ShardFs {
 
     fn setattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -141,13 +141,16 @@ impl Filesystem for ShardFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<u64>,
+        fh: Option<u64>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
+        if let (Some(fh), Some(_)) = (fh, size) {
+            self.core.note_writer(fh, req.pid());
+        }
         let set = SetAttr {
             mode,
             uid,
@@ -158,7 +161,7 @@ impl Filesystem for ShardFs {
             now: Timespec::now(),
         };
         self.spawn(|core, ttl| async move {
-            match core.setattr(ino, set).await {
+            match core.setattr(ino, fh, set).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -393,7 +396,7 @@ impl Filesystem for ShardFs {
 
     fn write(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         _ino: u64,
         fh: u64,
         offset: i64,
@@ -406,6 +409,7 @@ impl Filesystem for ShardFs {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
+        self.core.note_writer(fh, req.pid());
         let data = data.to_vec();
         self.spawn(|core, _| async move {
             match core.write(fh, offset as u64, &data).await {
@@ -415,18 +419,19 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn flush(&mut self, _req: &Request<'_>, ino: u64, fh: u64, lock_owner: u64, reply: ReplyEmpty) {
+    fn flush(&mut self, req: &Request<'_>, ino: u64, fh: u64, lock_owner: u64, reply: ReplyEmpty) {
         // A close by a process drops its POSIX locks on the file.
         let unlock = self.core.holds_locks(ino, lock_owner);
         if !unlock && self.core.is_clean(fh) {
             return reply.ok();
         }
+        let pid = req.pid();
         self.spawn(|core, _| async move {
             let unlocked = match unlock {
                 true => core.release_locks(ino, lock_owner).await,
                 false => Ok(()),
             };
-            match core.flush(fh).await.and(unlocked) {
+            match core.flush(fh, pid).await.and(unlocked) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -660,7 +665,7 @@ impl Filesystem for ShardFs {
 
     fn fallocate(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         _ino: u64,
         fh: u64,
         offset: i64,
@@ -671,6 +676,7 @@ impl Filesystem for ShardFs {
         if offset < 0 || length <= 0 {
             return reply.error(libc::EINVAL);
         }
+        self.core.note_writer(fh, req.pid());
         self.spawn(|core, _| async move {
             match core.fallocate(fh, offset as u64, length as u64, mode).await {
                 Ok(()) => reply.ok(),
