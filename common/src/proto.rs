@@ -12,11 +12,11 @@ use crate::locks::{LockOwner, LockRange};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 /// ALPN of the master's service (clients and nodes connect to it).
-pub const ALPN_MASTER: &[u8] = b"shardfs-master/3";
+pub const ALPN_MASTER: &[u8] = b"shardfs-master/4";
 /// ALPN of a storage node's service.
-pub const ALPN_NODE: &[u8] = b"shardfs-node/3";
+pub const ALPN_NODE: &[u8] = b"shardfs-node/4";
 
 /// Longest file name, as on ext4.
 pub const NAME_MAX: usize = 255;
@@ -476,6 +476,49 @@ pub enum MasterRequest {
     },
     /// Have every live node verify all its shards now; lost shards are queued for repair.
     Scrub,
+    /// Merge this mount's text (`mine`, an edit of version `base`) with the file's current
+    /// version `current` (whose text the mount read: `current_text`). `base_text`: the
+    /// base's text if the mount could still read it (the master may know it already).
+    /// Answers `Merged` with the text to commit on top of `current`, or `Stale` if the file
+    /// moved past `current` meanwhile.
+    Merge {
+        ino: Ino,
+        session: u64,
+        /// None: the edit did not start from a version of this file (an editor's save over a
+        /// file that was itself replaced since it was read).
+        base: Option<u64>,
+        base_text: Option<Vec<u8>>,
+        current: u64,
+        current_text: Vec<u8>,
+        mine: Vec<u8>,
+        /// The change was made offline and is being replayed from the journal.
+        replay: bool,
+    },
+    /// Who merged what in a file, oldest first.
+    History {
+        ino: Ino,
+    },
+    /// The latest merges, conflicted copies and offline replays in the whole cluster.
+    Recent,
+    /// A mount replayed an offline change of `ino` with this outcome (for the history).
+    Replayed {
+        ino: Ino,
+        session: u64,
+        outcome: String,
+    },
+}
+
+/// One entry of a file's history of concurrent changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Unix seconds.
+    pub time: u64,
+    pub ino: Ino,
+    /// The content version the change was merged with (or applied on).
+    pub version: u64,
+    /// The mount that made the change: `user@host`.
+    pub who: String,
+    pub what: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -530,6 +573,10 @@ pub enum MasterResponse {
     Stale {
         attr: Attr,
     },
+    Merged {
+        text: Vec<u8>,
+    },
+    History(Vec<HistoryEntry>),
     Err(RemoteError),
 }
 

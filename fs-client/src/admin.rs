@@ -73,14 +73,18 @@ async fn health(mc: &MasterClient) -> anyhow::Result<Health> {
 }
 
 pub fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
-    let (c, nodes, h) = runtime()?
+    let (c, nodes, h, recent) = runtime()?
         .block_on(async {
             let mc = client(addr, Duration::from_secs(5))?;
             let c = mc.call(MasterRequest::Cluster).await?;
             let n = mc.call(MasterRequest::Nodes).await?;
             let h = health(&mc).await?;
+            let recent = match mc.call(MasterRequest::Recent).await? {
+                MasterResponse::History(r) => r,
+                _ => Vec::new(),
+            };
             mc.close();
-            anyhow::Ok((c, n, h))
+            anyhow::Ok((c, n, h, recent))
         })
         .with_context(|| format!("cannot reach the master at {addr}"))?;
     let (MasterResponse::Cluster(c), MasterResponse::Nodes(nodes)) = (c, nodes) else {
@@ -105,6 +109,7 @@ pub fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
             "nodes_up": up,
             "nodes": nodes,
             "health": h,
+            "recent_changes": recent,
         });
         println!("{v}");
         return Ok(());
@@ -124,6 +129,65 @@ pub fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
         print_node(n);
     }
     println!("{}", describe(&h));
+    if !recent.is_empty() {
+        println!("recent concurrent changes (merges, conflicted copies, offline replays):");
+        for e in recent.iter().rev().take(10).rev() {
+            println!("  {}  inode {}  {}  {}", when(e.time), e.ino, e.who, e.what);
+        }
+    }
+    Ok(())
+}
+
+/// "YYYY-MM-DD HH:MM:SS" (UTC) of unix seconds.
+fn when(secs: u64) -> String {
+    let date = shardfs_common::proto::civil_date(secs as i64);
+    let t = secs % 86_400;
+    format!("{date} {:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+}
+
+/// `shardfs history FILE`: the file's merge history, which its mount serves as an attribute.
+pub fn history(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(file.as_os_str().as_bytes())?;
+    let name = std::ffi::CString::new(shardfs_client::core::HISTORY_XATTR)?;
+    let mut buf = vec![0u8; 1 << 20];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENODATA) || e.raw_os_error() == Some(libc::ENOTSUP) {
+            bail!("{} is not a file on a ShardFS mount", file.display());
+        }
+        bail!("cannot read the history of {}: {e}", file.display());
+    }
+    buf.truncate(n as usize);
+    let text = String::from_utf8_lossy(&buf);
+    if json {
+        print!("{text}");
+        return Ok(());
+    }
+    if text.trim().is_empty() {
+        println!("{}: no concurrent changes recorded", file.display());
+        return Ok(());
+    }
+    println!("{:<20} {:>8}  {:<24} WHAT", "TIME (UTC)", "VERSION", "WHO");
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        println!(
+            "{:<20} {:>8}  {:<24} {}",
+            when(v["time"].as_u64().unwrap_or(0)),
+            v["version"].as_u64().unwrap_or(0),
+            v["who"].as_str().unwrap_or("?"),
+            v["what"].as_str().unwrap_or("")
+        );
+    }
     Ok(())
 }
 

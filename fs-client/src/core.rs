@@ -98,6 +98,9 @@ enum Handle {
     Dir(Arc<Mutex<Listing>>),
 }
 
+/// The read-only attribute that shows a file's merge history.
+pub const HISTORY_XATTR: &[u8] = b"user.shardfs.history";
+
 /// What a file handle did: the number of its last local change (see `FileState::changes`) and
 /// the processes that changed the file through it.
 #[derive(Default)]
@@ -168,6 +171,8 @@ struct FileState {
     journaled: bool,
     /// A flush of the file is under way (flushes of one file take turns).
     flushing: bool,
+    /// The content is an offline change being replayed (merges say so in the history).
+    replay: bool,
     /// Local changes made so far (writes, truncates), and how many of them the master has
     /// (committed or kept as a copy). A handle whose changes are all published does not
     /// commit at close: it would publish another handle's half-done edit (a truncate before
@@ -256,10 +261,10 @@ impl FileState {
     /// finish into this state and must be waited for).
     fn reset(&mut self, attr: Attr, slots: Vec<Slot>) {
         let (running, changes, published) = (self.running, self.changes, self.published);
-        let flushing = self.flushing;
+        let (flushing, replay) = (self.flushing, self.replay);
         *self = FileState::new(attr, slots);
         self.running = running;
-        self.flushing = flushing;
+        (self.flushing, self.replay) = (flushing, replay);
         (self.changes, self.published) = (changes, published);
     }
 
@@ -279,6 +284,7 @@ impl FileState {
             cut: None,
             journaled: false,
             flushing: false,
+            replay: false,
             changes: 0,
             published: 0,
             attr,
@@ -698,13 +704,60 @@ impl Core {
         content: &[u8],
     ) -> Result<String> {
         let of = self.snapshot(ino, base, base_slots);
-        of.st
-            .lock()
-            .expect("file lock")
-            .replace_content(content, self.cluster.block_size);
+        {
+            let mut st = of.st.lock().expect("file lock");
+            st.replace_content(content, self.cluster.block_size);
+            st.replay = true;
+        }
         self.flush_file(&of).await?;
         let outcome = of.st.lock().expect("file lock").outcome.take();
         Ok(outcome.unwrap_or_else(|| "committed".into()))
+    }
+
+    /// Tell the master how a replayed offline change ended (for `shardfs status` and the
+    /// file's history). Best effort: the mount's log says it too.
+    pub(crate) async fn report_replay(&self, ino: Ino, outcome: &str) {
+        let req = MasterRequest::Replayed {
+            ino,
+            session: self.session.load(Ordering::Relaxed),
+            outcome: outcome.to_string(),
+        };
+        if let Err(e) = self.call(req).await {
+            debug!(ino, "could not report a replay to the master: {e}");
+        }
+    }
+
+    /// Have the master merge `mine` (an edit of `base`) with version `current` of `ino`
+    /// (see `MasterRequest::Merge`): the merged text, or None if the file moved past
+    /// `current` meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn merge_remote(
+        &self,
+        ino: Ino,
+        base: Option<u64>,
+        base_text: Option<Vec<u8>>,
+        current: u64,
+        current_text: Vec<u8>,
+        mine: Vec<u8>,
+        replay: bool,
+    ) -> Result<Option<String>> {
+        let req = MasterRequest::Merge {
+            ino,
+            session: self.session.load(Ordering::Relaxed),
+            base,
+            base_text,
+            current,
+            current_text,
+            mine,
+            replay,
+        };
+        match self.call(req).await? {
+            MasterResponse::Merged { text } => String::from_utf8(text)
+                .map(Some)
+                .map_err(|_| Error::Protocol("the master's merge is not UTF-8".into())),
+            MasterResponse::Stale { .. } => Ok(None),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// After a replay: an open file of this mount shows the committed content.
@@ -786,29 +839,60 @@ impl Core {
             return Ok(new_name.to_vec());
         }
         let (src_attr, src_slots) = self.fetch_map(src.ino, false).await?;
-        let (cur_attr, cur_slots) = self.fetch_map(cur.ino, false).await?;
         let limit = self.cfg.merge_max_bytes;
-        let mut texts = None;
-        if src_attr.size <= limit && cur_attr.size <= limit && base_attr.size <= limit {
-            let (bs, ss, cs) = (base_attr.size, src_attr.size, cur_attr.size);
-            let base = self
-                .read_all(self.snapshot(base_attr.ino, base_attr, base_slots), bs)
-                .await?;
+        let mut merged = None;
+        if src_attr.size <= limit && base_attr.size <= limit {
+            let ss = src_attr.size;
             let mine = self
                 .read_all(self.snapshot(src.ino, src_attr, src_slots), ss)
                 .await?;
-            let theirs = self
-                .read_all(self.snapshot(cur.ino, cur_attr, cur_slots), cs)
-                .await?;
-            if let (Ok(b), Ok(m), Ok(t)) = (
-                String::from_utf8(base),
-                String::from_utf8(mine),
-                String::from_utf8(theirs),
-            ) {
-                texts = Some((b, t, m));
+            // The version read, if it is a version of the file there now (the master may
+            // know it); its text, if it can still be read.
+            let base_version = (base_attr.ino == cur.ino).then_some(base_attr.version);
+            let bs = base_attr.size;
+            let base = self
+                .read_all(self.snapshot(base_attr.ino, base_attr, base_slots), bs)
+                .await
+                .ok()
+                .filter(|b| std::str::from_utf8(b).is_ok());
+            for _ in 0..3 {
+                let (cur_attr, cur_slots) = self.fetch_map(cur.ino, false).await?;
+                if cur_attr.size > limit || std::str::from_utf8(&mine).is_err() {
+                    break;
+                }
+                let cs = cur_attr.size;
+                let theirs = self
+                    .read_all(self.snapshot(cur.ino, cur_attr.clone(), cur_slots), cs)
+                    .await?;
+                if std::str::from_utf8(&theirs).is_err() {
+                    break;
+                }
+                let r = self
+                    .merge_remote(
+                        cur.ino,
+                        base_version,
+                        base.clone(),
+                        cur_attr.version,
+                        theirs,
+                        mine.clone(),
+                        false,
+                    )
+                    .await;
+                match r {
+                    Ok(Some(text)) => {
+                        merged = Some(text);
+                        break;
+                    }
+                    Ok(None) => continue,
+                    Err(e) if crate::offline::unreachable(&e) => return Err(e),
+                    Err(e) => {
+                        warn!(name = %String::from_utf8_lossy(new_name), "the master could not merge: {e}");
+                        break;
+                    }
+                }
             }
         }
-        let Some((base, theirs, mine)) = texts else {
+        let Some(merged) = merged else {
             // Not mergeable: the save keeps its own name beside the other change.
             let copy = conflicted_name(
                 new_name,
@@ -820,7 +904,6 @@ impl Core {
                 "the file changed elsewhere since it was read; the save is kept as a conflicted copy");
             return Ok(copy);
         };
-        let merged = crate::merge::merge_text(&base, &theirs, &mine).map_err(Error::Protocol)?;
         tracing::info!(name = %String::from_utf8_lossy(new_name), merged = merged.len(),
             "merged an editor's save with changes made elsewhere");
         let fh = self.open(src.ino).await?;
@@ -933,6 +1016,12 @@ impl Core {
     }
 
     pub async fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if name == HISTORY_XATTR {
+            return Err(Error::fs(
+                shardfs_common::ErrorCode::Permission,
+                "the merge history is read-only",
+            ));
+        }
         let req = MasterRequest::SetXattr {
             ino,
             name: name.to_vec(),
@@ -943,12 +1032,34 @@ impl Core {
     }
 
     pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        if name == HISTORY_XATTR {
+            return self.history(ino).await;
+        }
         let req = MasterRequest::GetXattr {
             ino,
             name: name.to_vec(),
         };
         match self.call(req).await? {
             MasterResponse::Xattr(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The file's history of concurrent changes (merges, conflicted copies, replays) as JSON
+    /// lines, served as the read-only attribute `user.shardfs.history` (`shardfs history`).
+    async fn history(&self, ino: Ino) -> Result<Vec<u8>> {
+        match self.call(MasterRequest::History { ino }).await? {
+            MasterResponse::History(h) => {
+                let mut out = Vec::new();
+                for e in h {
+                    let line = serde_json::json!({
+                        "time": e.time, "version": e.version, "who": e.who, "what": e.what,
+                    });
+                    out.extend_from_slice(line.to_string().as_bytes());
+                    out.push(b'\n');
+                }
+                Ok(out)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -1572,11 +1683,18 @@ impl Core {
     /// committed on top of `current`. Content that cannot be merged is marked so, and the next
     /// commit keeps it as a conflicted copy.
     async fn merge_with(&self, of: &Arc<OpenFile>) -> Result<()> {
-        let (base_attr, base_slots, size, changes) = {
+        let (base_attr, base_slots, size, changes, replay) = {
             let st = of.st.lock().expect("file lock");
             let mut a = st.attr.clone();
             a.size = st.base_size;
-            (a, st.base_slots.clone(), st.attr.size, st.changes)
+            a.version = st.base;
+            (
+                a,
+                st.base_slots.clone(),
+                st.attr.size,
+                st.changes,
+                st.replay,
+            )
         };
         let off = matches!(
             self.getxattr(of.ino, b"user.shardfs.merge")
@@ -1586,42 +1704,50 @@ impl Core {
         );
         let (theirs_attr, theirs_slots) = self.fetch_map(of.ino, false).await?;
         let limit = self.cfg.merge_max_bytes;
-        let texts = if off || theirs_attr.size > limit || base_attr.size > limit {
-            None
-        } else {
+        let mut merged = None;
+        if !off && theirs_attr.size <= limit && size <= limit {
             let mine = self.read_all(of.clone(), size).await?;
-            let base_size = base_attr.size;
-            let base = self
-                .read_all(self.snapshot(of.ino, base_attr, base_slots), base_size)
-                .await?;
             let theirs = self
                 .read_all(
                     self.snapshot(of.ino, theirs_attr.clone(), theirs_slots.clone()),
                     theirs_attr.size,
                 )
                 .await?;
-            match (
-                String::from_utf8(base),
-                String::from_utf8(theirs),
-                String::from_utf8(mine),
-            ) {
-                (Ok(b), Ok(t), Ok(m)) => Some((b, t, m)),
-                _ => None,
+            // The base may be gone from the cluster (long offline): the master may know it.
+            let (base_version, base_size) = (base_attr.version, base_attr.size);
+            let base = match base_size <= limit {
+                true => self
+                    .read_all(self.snapshot(of.ino, base_attr, base_slots), base_size)
+                    .await
+                    .ok()
+                    .filter(|b| std::str::from_utf8(b).is_ok()),
+                false => None,
+            };
+            if std::str::from_utf8(&mine).is_ok() && std::str::from_utf8(&theirs).is_ok() {
+                let r = self
+                    .merge_remote(
+                        of.ino,
+                        Some(base_version),
+                        base,
+                        theirs_attr.version,
+                        theirs,
+                        mine,
+                        replay,
+                    )
+                    .await;
+                match r {
+                    Ok(Some(text)) => merged = Some(text),
+                    // Moved on again: the next commit finds out and merges again.
+                    Ok(None) => return Ok(()),
+                    Err(e) if crate::offline::unreachable(&e) => return Err(e),
+                    Err(e) => warn!(ino = of.ino, "the master could not merge: {e}"),
+                }
             }
-        };
-        let Some((base, theirs, mine)) = texts else {
+        }
+        let Some(merged) = merged else {
             of.st.lock().expect("file lock").no_merge = true;
             return Ok(());
         };
-        let merged = crate::merge::merge_text(&base, &theirs, &mine).map_err(Error::Protocol)?;
-        tracing::info!(
-            ino = of.ino,
-            base = base.len(),
-            theirs = theirs.len(),
-            mine = mine.len(),
-            merged = merged.len(),
-            "merged concurrent edits of a text file"
-        );
         of.uploads_settled().await;
         {
             let mut st = of.st.lock().expect("file lock");

@@ -12,6 +12,5 @@ pub mod core;
 pub mod fuse;
 pub mod kmount;
 pub mod master;
-pub mod merge;
 pub mod offline;
 pub mod session;

@@ -59,6 +59,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Show who changed a file concurrently with whom: its merges, conflicted copies and
+    /// replayed offline changes, oldest first.
+    History {
+        /// A file on a mounted ShardFS.
+        file: PathBuf,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Look for degraded blocks now and wait, with a progress bar, until they are repaired.
     Repair {
         /// Master address HOST:PORT, or a file holding it.
@@ -189,6 +198,7 @@ fn main() -> ExitCode {
                     cancel,
                 },
         } => master_addr(&master).and_then(|a| admin::drain(a, &id, wait, timeout, cancel)),
+        Cmd::History { file, json } => admin::history(&file, json),
         Cmd::Repair { master, timeout } => {
             master_addr(&master).and_then(|a| admin::repair(a, timeout))
         }

@@ -237,6 +237,7 @@ impl Core {
         };
         std::fs::remove_file(path)?;
         info!(ino = e.ino, name = %name, bytes = e.content.len(), "offline change replayed: {outcome}");
+        self.report_replay(e.ino, &outcome).await;
         self.offline_replayed(e.ino).await;
         Ok(())
     }

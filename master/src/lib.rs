@@ -8,6 +8,7 @@
 //! every block at full strength ([`repair`]: rebuild lost shards, scrub, drain, rebalance).
 
 pub mod events;
+pub mod merge;
 pub mod meta;
 pub mod nodes;
 pub mod repair;
@@ -20,8 +21,8 @@ use shardfs_common::dial::Dialer;
 use shardfs_common::ec::EcParams;
 use shardfs_common::error::RemoteError;
 use shardfs_common::proto::{
-    FileKind, FsStats, MasterRequest, MasterResponse, NodeRequest, NodeResponse, Placement,
-    ALPN_MASTER, ALPN_NODE,
+    FileKind, FsStats, HistoryEntry, MasterRequest, MasterResponse, NodeRequest, NodeResponse,
+    Placement, ALPN_MASTER, ALPN_NODE,
 };
 use shardfs_common::{net, wire, BlockId, Error, ErrorCode};
 use std::collections::{HashMap, HashSet};
@@ -96,6 +97,8 @@ pub struct MasterConfig {
     /// fsync the metadata log on every operation (default: on fsync requests only the WAL is
     /// written, which survives a process kill but not a power cut).
     pub sync: bool,
+    /// Largest merge document kept per text file (bytes); past it, it is compacted.
+    pub merge_doc_max: usize,
 }
 
 struct Master {
@@ -106,6 +109,11 @@ struct Master {
     repair: repair::Repairer,
     sessions: sessions::Sessions,
     events: events::Events,
+    /// Merges take turns (each reads, merges and stores a file's merge document).
+    merges: Mutex<()>,
+    /// The latest merges, conflicted copies and replays, cluster-wide (for `shardfs status`).
+    recent: Mutex<std::collections::VecDeque<HistoryEntry>>,
+    merge_doc_max: usize,
 }
 
 impl wire::Service for Master {
@@ -133,6 +141,15 @@ impl wire::Service for Master {
                 Ok(self.events.watch(after, Duration::from_secs(10)).await)
             }
             MasterRequest::Scrub => repair::scrub(&self).await.map(MasterResponse::Scrubbed),
+            // A merge of a big text takes tens of milliseconds of CPU: off the request thread.
+            req @ MasterRequest::Merge { .. } => {
+                let master = self.clone();
+                tokio::task::spawn_blocking(move || master.merge(req))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Error::fs(ErrorCode::Internal, format!("merge failed: {e}")).into())
+                    })
+            }
             MasterRequest::SetLock { lock, wait_ms } => self
                 .sessions
                 .set_lock(lock, Duration::from_millis(wait_ms.min(10_000).into()))
@@ -161,7 +178,142 @@ impl wire::Service for Master {
     }
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Master {
+    /// `user@host` of a mount session, as changes are attributed.
+    fn who(&self, session: u64) -> String {
+        self.sessions
+            .who(session)
+            .unwrap_or_else(|| "another mount".into())
+    }
+
+    /// Remember an entry among the cluster's recent merges and copies.
+    fn note(&self, e: HistoryEntry) {
+        let mut r = self.recent.lock().expect("recent lock");
+        r.push_back(e);
+        if r.len() > 50 {
+            r.pop_front();
+        }
+    }
+
+    /// Record an entry in a file's history (and the recent list).
+    fn note_in_file(&self, ino: shardfs_common::Ino, e: HistoryEntry) -> Result<(), MasterError> {
+        self.note(e.clone());
+        let _turn = self.merges.lock().expect("merges lock");
+        let mut rec = self.meta.merge_record(ino)?.unwrap_or_default();
+        rec.note(e);
+        self.meta.put_merge_record(ino, &rec)
+    }
+
+    /// A commit by `session` on version `base` made `version`: if it carries a merge result,
+    /// the file's merge document knows the new version.
+    fn merge_committed(&self, ino: shardfs_common::Ino, session: u64, base: u64, version: u64) {
+        let _turn = self.merges.lock().expect("merges lock");
+        let r = self.meta.merge_record(ino).and_then(|rec| match rec {
+            Some(mut rec) => match rec.committed(session, base, version) {
+                true => self.meta.put_merge_record(ino, &rec),
+                false => Ok(()),
+            },
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            warn!(ino, "could not record a merged version: {e}");
+        }
+    }
+
+    /// File `to` replaced file `from` under its name: `to` takes over `from`'s merge
+    /// document; a merge result of `session` is `to`'s current version.
+    fn merge_follows(
+        &self,
+        from: shardfs_common::Ino,
+        to: &shardfs_common::proto::Attr,
+        session: u64,
+    ) {
+        let _turn = self.merges.lock().expect("merges lock");
+        let r = self.meta.merge_record(from).and_then(|rec| match rec {
+            Some(mut rec) => {
+                rec.adopt(session, to.version);
+                self.meta.put_merge_record(to.ino, &rec)
+            }
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            warn!(
+                from,
+                to = to.ino,
+                "could not carry a merge document over a rename: {e}"
+            );
+        }
+    }
+
+    /// Merge a mount's edit of a text file with the current version (see `merge`).
+    fn merge(&self, req: MasterRequest) -> Result<MasterResponse, MasterError> {
+        let MasterRequest::Merge {
+            ino,
+            session,
+            base,
+            base_text,
+            current,
+            current_text,
+            mine,
+            replay,
+        } = req
+        else {
+            return Err(Error::invalid("not a merge").into());
+        };
+        let text = |b: Vec<u8>, what: &str| {
+            String::from_utf8(b)
+                .map_err(|_| MasterError::from(Error::invalid(format!("{what} is not UTF-8 text"))))
+        };
+        let base_text = base_text.map(|b| text(b, "the base")).transpose()?;
+        let (current_text, mine) = (
+            text(current_text, "the current text")?,
+            text(mine, "the edit")?,
+        );
+        let _turn = self.merges.lock().expect("merges lock");
+        let attr = self.meta.getattr(ino)?;
+        if attr.version != current {
+            return Ok(MasterResponse::Stale { attr });
+        }
+        let by = self.who(session);
+        let current_by = match self.meta.writer_of(ino, current) {
+            Some(s) => self.who(s),
+            None => "another mount".into(),
+        };
+        let mut rec = self.meta.merge_record(ino)?.unwrap_or_default();
+        let t = std::time::Instant::now();
+        let merged = rec
+            .merge(&merge::MergeInput {
+                ino,
+                base,
+                base_text: base_text.as_deref(),
+                current,
+                current_text: &current_text,
+                current_by: &current_by,
+                mine: &mine,
+                by: &by,
+                session,
+                now: now_secs(),
+                max_doc: self.merge_doc_max,
+                replay,
+            })
+            .map_err(|e| MasterError::from(Error::fs(ErrorCode::Invalid, e)))?;
+        self.meta.put_merge_record(ino, &rec)?;
+        if let Some(e) = rec.log.last() {
+            self.note(e.clone());
+        }
+        info!(ino, %by, base, current, bytes = merged.len(), doc = rec.doc_len(),
+            ms = t.elapsed().as_millis() as u64, "merged concurrent edits of a text file");
+        Ok(MasterResponse::Merged {
+            text: merged.into_bytes(),
+        })
+    }
+
     fn dispatch(
         &self,
         req: MasterRequest,
@@ -240,10 +392,27 @@ impl Master {
                 new_name,
                 flags,
                 now,
-            } => removed(
-                self.meta
-                    .rename(parent, &name, new_parent, &new_name, flags, now)?,
-            ),
+            } => {
+                // An editor's save renames a new file over the old one: the old file's merge
+                // document and history go with the name.
+                let replaced = match flags & shardfs_common::proto::RENAME_EXCHANGE {
+                    0 => self.meta.lookup(new_parent, &new_name).ok(),
+                    _ => None,
+                };
+                let src = self.meta.lookup(parent, &name).ok();
+                let r = self
+                    .meta
+                    .rename(parent, &name, new_parent, &new_name, flags, now)?;
+                if let (Some(old), Some(src)) = (replaced, src) {
+                    if old.kind == FileKind::File
+                        && src.kind == FileKind::File
+                        && old.ino != src.ino
+                    {
+                        self.merge_follows(old.ino, &src, self.sessions.of_peer(peer));
+                    }
+                }
+                removed(r)
+            }
             R::ReadDir { ino, after, limit } => {
                 let (entries, more) =
                     self.meta
@@ -332,6 +501,9 @@ impl Master {
                 )? {
                     meta::Committed::Done(a) => {
                         self.sessions.applied(session, ino, seq);
+                        if let (true, Some(b)) = (mergeable, base) {
+                            self.merge_committed(ino, session, b, a.version);
+                        }
                         A::Attr(a)
                     }
                     meta::Committed::Stale(attr) => A::Stale { attr },
@@ -344,6 +516,16 @@ impl Master {
                         self.sessions.applied(session, ino, seq);
                         info!(ino, copy = copy.ino, name = %String::from_utf8_lossy(&name), %host,
                             "concurrent change: the late writer's content kept as a conflicted copy");
+                        self.note(HistoryEntry {
+                            time: mtime.secs.max(0) as u64,
+                            ino,
+                            version: original.version,
+                            who: self.who(session),
+                            what: format!(
+                                "changed elsewhere meanwhile, not mergeable: kept as {:?}",
+                                String::from_utf8_lossy(&name)
+                            ),
+                        });
                         A::Conflicted {
                             attr: original,
                             copy: name,
@@ -399,7 +581,39 @@ impl Master {
                 self.repair.kick();
                 A::Ok
             }
-            R::Scrub => return Err(Error::invalid("scrub is served asynchronously").into()),
+            R::Scrub | R::Merge { .. } => {
+                return Err(Error::invalid("served asynchronously").into())
+            }
+            R::History { ino } => {
+                let log = self.meta.merge_record(ino)?.map(|r| r.log);
+                A::History(log.unwrap_or_default())
+            }
+            R::Recent => A::History(
+                self.recent
+                    .lock()
+                    .expect("recent lock")
+                    .iter()
+                    .cloned()
+                    .collect(),
+            ),
+            R::Replayed {
+                ino,
+                session,
+                outcome,
+            } => {
+                let version = self.meta.getattr(ino)?.version;
+                let who = self.who(session);
+                info!(ino, %who, %outcome, "offline change replayed");
+                let e = HistoryEntry {
+                    time: now_secs(),
+                    ino,
+                    version,
+                    who,
+                    what: format!("offline change replayed: {outcome}"),
+                };
+                self.note_in_file(ino, e)?;
+                A::Ok
+            }
             R::Register {
                 id,
                 addr,
@@ -492,6 +706,9 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         repair: repair::Repairer::new(cfg.repair.clone())?,
         sessions,
         events: events::Events::default(),
+        merges: Mutex::new(()),
+        recent: Mutex::new(Default::default()),
+        merge_doc_max: cfg.merge_doc_max,
     });
     let session_loop = tokio::spawn(session_loop(master.clone(), cfg.session_lease));
     let repairs = tokio::spawn(repair::repair_loop(master.clone(), shutdown.clone()));

@@ -52,6 +52,10 @@ struct Args {
     /// its open files closed.
     #[arg(long, env = "SHARDFS_SESSION_LEASE_SECS")]
     session_lease_secs: Option<f64>,
+    /// Largest merge document kept per text file, in MiB (past it the document is compacted
+    /// to the current text; the file's merge log stays).
+    #[arg(long, env = "SHARDFS_MERGE_DOC_MIB")]
+    merge_doc_mib: Option<u64>,
     /// fsync the metadata log on every operation.
     #[arg(long)]
     sync: bool,
@@ -75,6 +79,7 @@ struct FileConfig {
     orphan_grace_secs: Option<u64>,
     rebalance_pct: Option<f64>,
     session_lease_secs: Option<f64>,
+    merge_doc_mib: Option<u64>,
     sync: Option<bool>,
 }
 
@@ -135,6 +140,13 @@ fn real_main() -> anyhow::Result<()> {
                 anyhow::bail!("--session-lease-secs must be between 1 and 3600");
             }
             Duration::from_secs_f64(secs)
+        },
+        merge_doc_max: {
+            let mib = a.merge_doc_mib.or(f.merge_doc_mib).unwrap_or(16);
+            if !(1..=1024).contains(&mib) {
+                anyhow::bail!("--merge-doc-mib must be between 1 and 1024");
+            }
+            (mib << 20) as usize
         },
         sync: a.sync || f.sync.unwrap_or(false),
     };

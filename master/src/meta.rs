@@ -18,6 +18,7 @@
 //! | `A` ino name                      | extended attribute value                |
 //! | `O` ino                           | unlinked file still open on some mount (an orphan) |
 //! | `M` session-id                    | a mount session was open (claims its locks after a restart) |
+//! | `T` ino                           | merge document of a text file edited concurrently (see `merge`) |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and
@@ -210,6 +211,10 @@ fn k_orphan(ino: Ino) -> Vec<u8> {
     key(b'O', &[&ino.to_be_bytes()])
 }
 
+fn k_merge(ino: Ino) -> Vec<u8> {
+    key(b'T', &[&ino.to_be_bytes()])
+}
+
 fn k_session(id: u64) -> Vec<u8> {
     key(b'M', &[&id.to_be_bytes()])
 }
@@ -315,6 +320,7 @@ impl<'a> Txn<'a> {
                 }
                 None => {
                     self.batch.delete(k_inode(ino));
+                    self.batch.delete(k_merge(ino));
                     changes.gone.push(ino);
                 }
             }
@@ -475,6 +481,29 @@ impl Meta {
         match self.db.get_pinned(key).map_err(db_err)? {
             Some(raw) => Ok(Some(dec(key, &raw)?)),
             None => Ok(None),
+        }
+    }
+
+    /// The merge document of `ino`, if it was ever merged.
+    pub fn merge_record(&self, ino: Ino) -> Result<Option<crate::merge::MergeRecord>, MasterError> {
+        self.get(&k_merge(ino))
+    }
+
+    pub fn put_merge_record(
+        &self,
+        ino: Ino,
+        rec: &crate::merge::MergeRecord,
+    ) -> Result<(), MasterError> {
+        let mut b = WriteBatch::default();
+        b.put(k_merge(ino), enc(rec));
+        self.write(b)
+    }
+
+    /// Who made the current version `version` of `ino`, if this master saw it.
+    pub fn writer_of(&self, ino: Ino, version: u64) -> Option<u64> {
+        match self.writers.lock().expect("writers lock").get(&ino) {
+            Some(&(v, s)) if v == version => Some(s),
+            _ => None,
         }
     }
 

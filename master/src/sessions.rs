@@ -188,6 +188,14 @@ impl Sessions {
         *last = (*last).max(seq);
     }
 
+    /// `user@host` of session `id`'s mount.
+    pub fn who(&self, id: u64) -> Option<String> {
+        let g = self.inner.lock().expect("sessions lock");
+        g.sessions
+            .get(&id)
+            .map(|s| format!("{}@{}", s.user, s.host))
+    }
+
     /// The host name of session `id`'s mount.
     pub fn host(&self, id: u64) -> Option<String> {
         let g = self.inner.lock().expect("sessions lock");

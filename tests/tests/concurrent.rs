@@ -158,6 +158,27 @@ fn two_mounts_appending_to_one_text_file_both_keep_their_line() {
         1,
         "no conflicted copy for text"
     );
+    // The master merged, and recorded who merged what.
+    let out = std::process::Command::new(bin("shardfs"))
+        .arg("history")
+        .arg(m2.join("notes.txt"))
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&out.stdout);
+    println!("{history}");
+    assert!(out.status.success(), "shardfs history failed: {out:?}");
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let who = format!("@{}", host.trim());
+    assert!(
+        history.contains("merged an edit of version") && history.contains(&who),
+        "history shows no merge by USER{who}: {history}"
+    );
+    let (ok, status, _) = c.admin(&["status"]);
+    assert!(
+        ok && status.contains("recent concurrent changes"),
+        "{status}"
+    );
+    assert!(status.contains("merged an edit"), "{status}");
 }
 
 /// Three mounts edit different lines of a 1,000-line file in 50 interleaved rounds: in each

@@ -127,6 +127,19 @@ fn edits_made_while_cut_off_merge_when_the_master_is_back() {
         log.contains("offline change replayed"),
         "the log says what was replayed"
     );
+    // So do `shardfs status` and the file's history.
+    let (ok, status, _) = c.admin(&["status"]);
+    assert!(
+        ok && status.contains("offline change replayed: merged"),
+        "{status}"
+    );
+    let out = std::process::Command::new(bin("shardfs"))
+        .args(["history", "--json"])
+        .arg(m2.join("doc.txt"))
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(history.contains("offline change replayed"), "{history}");
     let _ = relay2.kill();
     let _ = relay2.wait();
 }
