@@ -110,6 +110,19 @@ struct HandleState {
     writers: Mutex<Vec<u32>>,
 }
 
+impl HandleState {
+    /// Thread `pid` changed the file through this handle.
+    fn wrote(&self, pid: u32) {
+        let mut w = self.writers.lock().expect("writers lock");
+        if !w.contains(&pid) {
+            match w.len() < 8 {
+                true => w.push(pid),
+                false => w[0] = 0,
+            }
+        }
+    }
+}
+
 /// The thread group (process) of thread `pid`, if it still runs.
 fn process_of(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -919,7 +932,7 @@ impl Core {
                 },
             )
             .await?;
-            self.write(fh, 0, merged.as_bytes()).await?;
+            self.write(fh, 0, merged.as_bytes(), 0).await?;
             Ok::<(), Error>(())
         }
         .await;
@@ -1338,16 +1351,10 @@ impl Core {
         st.has_local_changes() && (!others || h.touched.load(Ordering::SeqCst) > st.published)
     }
 
-    /// Note that thread `pid` changes the file through handle `fh` (a write, a truncate).
+    /// Note that thread `pid` changes the file through handle `fh` (a truncate).
     pub fn note_writer(&self, fh: u64, pid: u32) {
         if let Ok(Handle::File(_, h)) = self.handle(fh) {
-            let mut w = h.writers.lock().expect("writers lock");
-            if !w.contains(&pid) {
-                match w.len() < 8 {
-                    true => w.push(pid),
-                    false => w[0] = 0,
-                }
-            }
+            h.wrote(pid);
         }
     }
 
@@ -1458,7 +1465,8 @@ impl Core {
         }
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    /// Write through handle `fh` on behalf of thread `pid` (0: unknown).
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8], pid: u32) -> Result<u32> {
         let (of, h) = match self.handle(fh)? {
             Handle::File(of, h) => (of, h),
             Handle::Dir(_) => {
@@ -1481,6 +1489,7 @@ impl Core {
         if let Some(e) = &of.st.lock().expect("file lock").error {
             return Err(Error::Unavailable(e.clone()));
         }
+        h.wrote(pid);
         let mut pos = 0usize;
         let now = Timespec::now();
         while pos < data.len() {
@@ -2177,7 +2186,15 @@ impl Core {
     /// hole (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE). Space is not reserved ahead (blocks
     /// are placed when written); zeroed ranges read back as zeros and cost one shared
     /// all-zero block each, as content-addressed blocks dedupe.
-    pub async fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+    /// fallocate(2) on handle `fh` by thread `pid`.
+    pub async fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        pid: u32,
+    ) -> Result<()> {
         use shardfs_common::ErrorCode;
         let (keep, punch, zero) = (
             mode & libc::FALLOC_FL_KEEP_SIZE != 0,
@@ -2209,7 +2226,7 @@ impl Core {
             let mut pos = offset;
             while pos < zero_end {
                 let n = ((zero_end - pos) as usize).min(chunk);
-                self.write(fh, pos, &zeros[..n]).await?;
+                self.write(fh, pos, &zeros[..n], pid).await?;
                 pos += n as u64;
             }
         }

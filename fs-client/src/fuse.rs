@@ -409,10 +409,9 @@ impl Filesystem for ShardFs {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
-        self.core.note_writer(fh, req.pid());
-        let data = data.to_vec();
+        let (data, pid) = (data.to_vec(), req.pid());
         self.spawn(|core, _| async move {
-            match core.write(fh, offset as u64, &data).await {
+            match core.write(fh, offset as u64, &data, pid).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -676,9 +675,12 @@ impl Filesystem for ShardFs {
         if offset < 0 || length <= 0 {
             return reply.error(libc::EINVAL);
         }
-        self.core.note_writer(fh, req.pid());
+        let pid = req.pid();
         self.spawn(|core, _| async move {
-            match core.fallocate(fh, offset as u64, length as u64, mode).await {
+            match core
+                .fallocate(fh, offset as u64, length as u64, mode, pid)
+                .await
+            {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }

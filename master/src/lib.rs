@@ -111,6 +111,9 @@ struct Master {
     events: events::Events,
     /// Merges take turns (each reads, merges and stores a file's merge document).
     merges: Mutex<()>,
+    /// Files with a merge result waiting for its commit (and the merging session): only their
+    /// commits look at the merge document.
+    merged: Mutex<HashSet<(shardfs_common::Ino, u64)>>,
     /// The latest merges, conflicted copies and replays, cluster-wide (for `shardfs status`).
     recent: Mutex<std::collections::VecDeque<HistoryEntry>>,
     merge_doc_max: usize,
@@ -213,6 +216,14 @@ impl Master {
     /// A commit by `session` on version `base` made `version`: if it carries a merge result,
     /// the file's merge document knows the new version.
     fn merge_committed(&self, ino: shardfs_common::Ino, session: u64, base: u64, version: u64) {
+        if !self
+            .merged
+            .lock()
+            .expect("merged lock")
+            .remove(&(ino, session))
+        {
+            return;
+        }
         let _turn = self.merges.lock().expect("merges lock");
         let r = self.meta.merge_record(ino).and_then(|rec| match rec {
             Some(mut rec) => match rec.committed(session, base, version) {
@@ -304,6 +315,13 @@ impl Master {
             })
             .map_err(|e| MasterError::from(Error::fs(ErrorCode::Invalid, e)))?;
         self.meta.put_merge_record(ino, &rec)?;
+        {
+            let mut m = self.merged.lock().expect("merged lock");
+            if m.len() >= 100_000 {
+                m.clear();
+            }
+            m.insert((ino, session));
+        }
         if let Some(e) = rec.log.last() {
             self.note(e.clone());
         }
@@ -707,6 +725,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         sessions,
         events: events::Events::default(),
         merges: Mutex::new(()),
+        merged: Mutex::new(HashSet::new()),
         recent: Mutex::new(Default::default()),
         merge_doc_max: cfg.merge_doc_max,
     });
