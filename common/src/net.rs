@@ -25,10 +25,11 @@ fn transport() -> TransportConfig {
         .stream_receive_window((64u32 << 20).into())
         .receive_window((512u32 << 20).into())
         .send_window(512 << 20)
-        .max_idle_timeout(Some(
-            Duration::from_secs(15).try_into().expect("idle timeout"),
-        ))
-        .keep_alive_interval(Some(Duration::from_secs(3)))
+        // A peer that died or froze is given up on after IDLE_TIMEOUT of silence (every stream
+        // on the connection fails then, and the next request dials again); keep-alives make
+        // silence mean exactly that.
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout")))
+        .keep_alive_interval(Some(KEEP_ALIVE))
         .initial_mtu(1400)
         .datagram_receive_buffer_size(None);
     // quinn sends up to 10 packets in one segmentation-offload (GSO) batch, and the kernel
@@ -40,6 +41,13 @@ fn transport() -> TransportConfig {
     t.mtu_discovery_config(Some(mtu));
     t
 }
+
+/// Silence after which a connection is dead. A live peer answers keep-alives within
+/// milliseconds on a LAN; this leaves room for a loaded machine's scheduling delays.
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// Keep-alive interval: several probes fit in [`IDLE_TIMEOUT`].
+const KEEP_ALIVE: Duration = Duration::from_millis(400);
 
 /// Largest packet size usable with segmentation offload (10 packets per batch, 64 KiB each).
 const GSO_MTU_MAX: u16 = 6_500;

@@ -12,11 +12,11 @@ use crate::locks::{LockOwner, LockRange};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 /// ALPN of the master's service (clients and nodes connect to it).
-pub const ALPN_MASTER: &[u8] = b"shardfs-master/4";
+pub const ALPN_MASTER: &[u8] = b"shardfs-master/5";
 /// ALPN of a storage node's service.
-pub const ALPN_NODE: &[u8] = b"shardfs-node/4";
+pub const ALPN_NODE: &[u8] = b"shardfs-node/5";
 
 /// Longest file name, as on ext4.
 pub const NAME_MAX: usize = 255;
@@ -400,8 +400,21 @@ pub enum MasterRequest {
     /// Where to store new blocks (or that they exist already).
     Place {
         blocks: Vec<(BlockId, u64)>,
-        /// Nodes the client just failed to write to: used only if there are not enough others.
+        /// Nodes the client just failed to reach: used only if there are not enough others,
+        /// and avoided for every client's placements for a few seconds.
         exclude: Vec<NodeId>,
+    },
+    /// More nodes for a block being uploaded, some of whose shards could not be stored where
+    /// they were placed (the node failed or stalled): `count` distinct live nodes, none in
+    /// `holding` (the nodes that hold or are storing the block's other shards); nodes in
+    /// `failing` (this client could not reach them just now) only if there are no others.
+    /// Answered with `Placements` holding one `Place`.
+    PlaceMore {
+        block: BlockId,
+        len: u64,
+        count: u8,
+        holding: Vec<NodeId>,
+        failing: Vec<NodeId>,
     },
     /// Make written blocks part of a file, atomically with its new size and mtime.
     Commit {

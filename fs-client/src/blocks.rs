@@ -2,7 +2,9 @@
 //!
 //! Write: a block is hashed (its blake3 is its id), the master places it (or says the cluster
 //! already has it), it is erasure-coded and its k + m shards are sent to k + m nodes in
-//! parallel. A failed node is excluded and the block placed again.
+//! parallel. A shard whose node fails or stalls is placed on another node while the other
+//! shards carry on ([`crate::upload`]); nodes that fail are avoided for a while
+//! ([`crate::health`]).
 //!
 //! Read: k shards are fetched in parallel, data shards first; a failed or slow shard (past the
 //! hedge delay) brings in the parity shards. Each node verifies its shard against the blake3 in
@@ -15,7 +17,9 @@
 
 use crate::master::{unexpected, MasterClient};
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use crate::health::Health;
+use crate::upload::{Outcome, ShardUploads, MAX_TRIES};
+use futures::future::{AbortHandle, BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
 use lru::LruCache;
 use shardfs_common::dial::Dialer;
@@ -42,9 +46,17 @@ struct Collected {
 
 pub struct BlockConfig {
     pub cache_bytes: usize,
+    /// Longest wait for one shard transfer.
     pub shard_timeout: Duration,
     pub hedge_delay: Duration,
+    /// Longest time storing one block may take, however many nodes fail meanwhile.
+    pub put_timeout: Duration,
 }
+
+/// How often a block being stored checks its uploads for stalls.
+const TICK: Duration = Duration::from_millis(100);
+/// Wait before asking the master again for nodes it could not give.
+const RETRY_PLACE: Duration = Duration::from_millis(250);
 
 type Fetch = Shared<BoxFuture<'static, std::result::Result<Arc<Vec<u8>>, String>>>;
 
@@ -54,8 +66,8 @@ pub struct BlockStore {
     dialer: Dialer,
     cfg: BlockConfig,
     addrs: Mutex<HashMap<NodeId, SocketAddr>>,
-    /// Nodes that failed recently, and until when to try them last.
-    suspect: Mutex<HashMap<NodeId, Instant>>,
+    /// How each node is doing: transfer times and circuit breakers.
+    health: Health,
     cache: Mutex<Cache>,
     fetching: Mutex<HashMap<BlockId, Fetch>>,
 }
@@ -99,9 +111,9 @@ impl BlockStore {
                 bytes: 0,
                 limit: cfg.cache_bytes,
             }),
+            health: Health::new(cfg.shard_timeout),
             cfg,
             addrs: Mutex::new(HashMap::new()),
-            suspect: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
         }))
     }
@@ -110,13 +122,12 @@ impl BlockStore {
         match self.master.call(MasterRequest::Nodes).await? {
             MasterResponse::Nodes(list) => {
                 let mut addrs = self.addrs.lock().expect("addrs lock");
-                let mut suspect = self.suspect.lock().expect("suspect lock");
                 for n in list {
                     if let Ok(a) = n.addr.parse() {
                         addrs.insert(n.id, a);
                     }
                     if n.state == NodeState::Down {
-                        suspect.insert(n.id, Instant::now() + Duration::from_secs(5));
+                        self.health.reported_down(n.id, Duration::from_secs(5));
                     }
                 }
                 Ok(())
@@ -141,22 +152,7 @@ impl BlockStore {
     }
 
     fn is_suspect(&self, node: NodeId) -> bool {
-        let mut s = self.suspect.lock().expect("suspect lock");
-        match s.get(&node) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                s.remove(&node);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn mark_suspect(&self, node: NodeId) {
-        self.suspect
-            .lock()
-            .expect("suspect lock")
-            .insert(node, Instant::now() + Duration::from_secs(10));
+        self.health.is_failing(node)
     }
 
     fn cached(&self, id: &BlockId) -> Option<Arc<Vec<u8>>> {
@@ -168,83 +164,196 @@ impl BlockStore {
     }
 
     /// Store a block; returns its description (placed now or already in the cluster).
+    ///
+    /// The k + m shards go to k + m nodes at once. An upload that fails, or stalls past its
+    /// node's adaptive deadline, opens that node's breaker and its shard is placed on another
+    /// node while the others carry on; the stalled upload races the new one (see
+    /// [`crate::upload`]). Fails after the put timeout, or once a shard was tried
+    /// [`MAX_TRIES`] times.
     pub async fn put(self: &Arc<Self>, data: Arc<Vec<u8>>) -> Result<BlockMeta> {
         let d = data.clone();
         let id = tokio::task::spawn_blocking(move || BlockId::of(&d))
             .await
             .map_err(|e| Error::Unavailable(format!("hasher failed: {e}")))?;
-        let mut encoded: Option<(Vec<Bytes>, Vec<[u8; 32]>)> = None;
-        let mut exclude: Vec<NodeId> = Vec::new();
-        let mut last_err = None;
-        for attempt in 0..6u32 {
-            if attempt > 0 {
-                // Give the master time to notice a node that died.
-                tokio::time::sleep(Duration::from_millis(250 * attempt as u64)).await;
-            }
-            let req = MasterRequest::Place {
-                blocks: vec![(id, data.len() as u64)],
-                exclude: exclude.clone(),
-            };
-            let nodes = match self.master.call(req).await? {
-                MasterResponse::Placements(mut p) if p.len() == 1 => match p.remove(0) {
-                    Placement::Exists(meta) => {
-                        self.cache_insert(id, data);
-                        return Ok(meta);
-                    }
-                    Placement::Place(nodes) => nodes,
-                },
-                other => return Err(unexpected(other)),
-            };
-            if encoded.is_none() {
-                let (d, codec) = (data.clone(), self.codec.clone());
-                encoded = Some(
-                    tokio::task::spawn_blocking(move || {
-                        let shards: Vec<Bytes> =
-                            codec.encode(&d)?.into_iter().map(Bytes::from).collect();
-                        let hashes: Vec<[u8; 32]> = shards.iter().map(|s| shard_hash(s)).collect();
-                        Ok::<_, Error>((shards, hashes))
-                    })
-                    .await
-                    .map_err(|e| Error::Unavailable(format!("encoder failed: {e}")))??,
-                );
-            }
-            let (shards, hashes) = encoded.as_ref().expect("encoded above");
-            let mut puts = FuturesUnordered::new();
-            for (i, node) in nodes.iter().enumerate() {
-                let (shard, hash, node) = (shards[i].clone(), hashes[i], *node);
-                let this = self.clone();
-                puts.push(async move {
-                    let r = this.put_shard(node, id, i as u8, hash, shard).await;
-                    (node, r)
-                });
-            }
-            let mut failed = Vec::new();
-            while let Some((node, r)) = puts.next().await {
-                if let Err(e) = r {
-                    warn!(%node, block = %id, "shard upload failed: {e}");
-                    self.mark_suspect(node);
-                    failed.push(node);
-                    last_err = Some(e);
-                }
-            }
-            if failed.is_empty() {
-                let meta = BlockMeta {
-                    id,
-                    ec: self.codec.params(),
-                    len: data.len() as u64,
-                    shard_size: shards[0].len() as u32,
-                    shards: nodes
-                        .iter()
-                        .zip(hashes.iter())
-                        .map(|(n, h)| ShardLoc { node: *n, hash: *h })
-                        .collect(),
-                };
+        let give_up = Instant::now() + self.cfg.put_timeout;
+        let nodes = match self.place(id, data.len() as u64, give_up).await? {
+            Placement::Exists(meta) => {
                 self.cache_insert(id, data);
                 return Ok(meta);
             }
-            exclude.extend(failed);
+            Placement::Place(nodes) => nodes,
+        };
+        let (d, codec) = (data.clone(), self.codec.clone());
+        let (shards, hashes) = tokio::task::spawn_blocking(move || {
+            let shards: Vec<Bytes> = codec.encode(&d)?.into_iter().map(Bytes::from).collect();
+            let hashes: Vec<[u8; 32]> = shards.iter().map(|s| shard_hash(s)).collect();
+            Ok::<_, Error>((shards, hashes))
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("encoder failed: {e}")))??;
+        if nodes.len() != shards.len() {
+            return Err(Error::Protocol(format!(
+                "placed on {} nodes, need {}",
+                nodes.len(),
+                shards.len()
+            )));
         }
-        Err(last_err.unwrap_or_else(|| Error::Unavailable("could not store block".into())))
+        let shard_len = shards[0].len();
+        let mut up = ShardUploads::new(self.codec.params().k as usize, shards.len());
+        let mut running = FuturesUnordered::new();
+        let mut aborts: HashMap<u64, AbortHandle> = HashMap::new();
+        let start = |up: &mut ShardUploads, i: usize, node: NodeId| {
+            let aid = up.start(i, node, Instant::now());
+            let (this, shard, hash) = (self.clone(), shards[i].clone(), hashes[i]);
+            let (task, handle) = futures::future::abortable(async move {
+                let t = Instant::now();
+                let r = this.put_shard(node, id, i as u8, hash, shard).await;
+                (r, t.elapsed())
+            });
+            (aid, handle, task.map(move |r| (i, aid, node, r)))
+        };
+        for (i, node) in nodes.into_iter().enumerate() {
+            let (aid, handle, task) = start(&mut up, i, node);
+            aborts.insert(aid, handle);
+            running.push(task);
+        }
+        let mut last_err: Option<Error> = None;
+        let mut place_again = Instant::now();
+        while !up.complete() {
+            let now = Instant::now();
+            if let Some(i) = up.exhausted() {
+                let why = last_err.map_or_else(|| "no node took it".into(), |e| e.to_string());
+                return Err(Error::Unavailable(format!(
+                    "could not store shard {i} of block {id} after {MAX_TRIES} tries: {why}"
+                )));
+            }
+            if now >= give_up {
+                let why = last_err.map_or_else(|| "uploads stalled".into(), |e| e.to_string());
+                return Err(Error::Unavailable(format!(
+                    "could not store block {id} within {:?}: {why}",
+                    self.cfg.put_timeout
+                )));
+            }
+            if now >= place_again {
+                let need = up.need_more(
+                    now,
+                    |n| self.health.deadline(n, shard_len),
+                    |n| self.health.is_failing(n),
+                );
+                if !need.is_empty() {
+                    for n in up.stalled_nodes(&need) {
+                        self.health.failed(n, "upload stalled");
+                    }
+                    match self
+                        .place_more(id, data.len() as u64, need.len(), up.holding())
+                        .await
+                    {
+                        Ok(more) => {
+                            for (&i, node) in need.iter().zip(more) {
+                                debug!(block = %id, shard = i, %node, "shard placed again");
+                                let (aid, handle, task) = start(&mut up, i, node);
+                                aborts.insert(aid, handle);
+                                running.push(task);
+                            }
+                        }
+                        Err(e) => {
+                            debug!(block = %id, "cannot place shards again yet: {e}");
+                            last_err = Some(e);
+                            place_again = now + RETRY_PLACE;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                Some((i, aid, node, r)) = running.next(), if !running.is_empty() => {
+                    aborts.remove(&aid);
+                    let now = Instant::now();
+                    match r {
+                        Ok((Ok(()), took)) => {
+                            self.health.succeeded(node, shard_len, took);
+                            if let Outcome::Stored { cancel } = up.finish(i, aid, true, now) {
+                                for c in cancel {
+                                    if let Some(h) = aborts.remove(&c) {
+                                        h.abort();
+                                    }
+                                }
+                            }
+                        }
+                        Ok((Err(e), _)) => {
+                            warn!(%node, block = %id, shard = i, "shard upload failed: {e}");
+                            self.health.failed(node, &e.to_string());
+                            up.finish(i, aid, false, now);
+                            last_err = Some(e);
+                        }
+                        // Cancelled: another upload of the shard finished first.
+                        Err(_) => {}
+                    }
+                }
+                _ = tokio::time::sleep(TICK) => {}
+                _ = self.health.tripped() => {}
+            }
+        }
+        for h in aborts.into_values() {
+            h.abort();
+        }
+        let nodes = up.nodes().expect("complete");
+        let meta = BlockMeta {
+            id,
+            ec: self.codec.params(),
+            len: data.len() as u64,
+            shard_size: shard_len as u32,
+            shards: nodes
+                .iter()
+                .zip(hashes.iter())
+                .map(|(n, h)| ShardLoc { node: *n, hash: *h })
+                .collect(),
+        };
+        self.cache_insert(id, data);
+        Ok(meta)
+    }
+
+    /// Where to store a new block (or that the cluster has it), asking again while the master
+    /// cannot place it (nodes coming and going) until `give_up`.
+    async fn place(&self, id: BlockId, len: u64, give_up: Instant) -> Result<Placement> {
+        loop {
+            let req = MasterRequest::Place {
+                blocks: vec![(id, len)],
+                exclude: self.health.failing(),
+            };
+            match self.master.call(req).await {
+                Ok(MasterResponse::Placements(mut p)) if p.len() == 1 => return Ok(p.remove(0)),
+                Ok(other) => return Err(unexpected(other)),
+                Err(e @ Error::Unavailable(_)) if Instant::now() + RETRY_PLACE < give_up => {
+                    debug!(block = %id, "cannot place yet: {e}");
+                    tokio::time::sleep(RETRY_PLACE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `count` more nodes for block `id`, none in `holding`.
+    async fn place_more(
+        &self,
+        id: BlockId,
+        len: u64,
+        count: usize,
+        holding: Vec<NodeId>,
+    ) -> Result<Vec<NodeId>> {
+        let req = MasterRequest::PlaceMore {
+            block: id,
+            len,
+            count: count as u8,
+            holding,
+            failing: self.health.failing(),
+        };
+        match self.master.call(req).await? {
+            MasterResponse::Placements(mut p) if p.len() == 1 => match p.remove(0) {
+                Placement::Place(nodes) if nodes.len() == count => Ok(nodes),
+                other => Err(Error::Protocol(format!("unexpected placement {other:?}"))),
+            },
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn put_shard(
@@ -286,6 +395,7 @@ impl BlockStore {
             range: None,
         };
         let size = dst.len();
+        let t = Instant::now();
         let r = self
             .dialer
             .call_into::<_, NodeResponse>(addr, &req, dst, self.cfg.shard_timeout)
@@ -298,12 +408,13 @@ impl BlockStore {
                         loc.node
                     )));
                 }
+                self.health.succeeded(loc.node, size, t.elapsed());
                 Ok(())
             }
             Ok((NodeResponse::Err(e), _)) => Err(e.into()),
             Ok((other, _)) => Err(Error::Protocol(format!("unexpected node answer {other:?}"))),
             Err(e) => {
-                self.mark_suspect(loc.node);
+                self.health.failed(loc.node, &e.to_string());
                 Err(e)
             }
         }
@@ -348,17 +459,20 @@ impl BlockStore {
                     index: i as u8,
                     range: Some((off as u32, len as u32)),
                 };
+                // The node reads its whole shard: give it the time that takes, no more (a
+                // range read that fails falls back to a hedged whole-block read).
+                let deadline = this.health.deadline(loc.node, size);
                 match this
                     .dialer
-                    .call::<_, NodeResponse>(addr, &req, Bytes::new(), len, this.cfg.shard_timeout)
+                    .call::<_, NodeResponse>(addr, &req, Bytes::new(), len, deadline)
                     .await
                 {
                     Ok((NodeResponse::Shard { hash }, d)) if hash == loc.hash && d.len() == len => {
                         Some(d)
                     }
                     Ok(_) => None,
-                    Err(_) => {
-                        this.mark_suspect(loc.node);
+                    Err(e) => {
+                        this.health.failed(loc.node, &e.to_string());
                         None
                     }
                 }

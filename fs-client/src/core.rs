@@ -462,6 +462,7 @@ impl Core {
                 cache_bytes: cfg.cache_bytes,
                 shard_timeout: cfg.shard_timeout,
                 hedge_delay: cfg.hedge_delay,
+                put_timeout: cfg.timeout,
             },
         )?;
         Ok(Arc::new(Core {

@@ -480,6 +480,10 @@ impl Master {
             }
             R::Place { blocks, exclude } => {
                 let ec = self.meta.cluster.ec;
+                if blocks.len() > 1024 || exclude.len() > 1024 {
+                    return Err(Error::invalid("placement request too large").into());
+                }
+                self.nodes.reported(&exclude, peer);
                 let mut out = Vec::with_capacity(blocks.len());
                 for (id, len) in blocks {
                     if let Some(meta) = self.meta.place_lookup(&id, &self.collecting)? {
@@ -495,6 +499,30 @@ impl Master {
                     }
                 }
                 A::Placements(out)
+            }
+            R::PlaceMore {
+                block,
+                len,
+                count,
+                holding,
+                failing,
+            } => {
+                let ec = self.meta.cluster.ec;
+                if count == 0
+                    || count as usize > ec.total()
+                    || len > self.meta.cluster.block_size
+                    || holding.len() > 1024
+                    || failing.len() > 1024
+                {
+                    return Err(Error::invalid(format!(
+                        "cannot place {count} more shards of block {block} ({len} bytes)"
+                    ))
+                    .into());
+                }
+                self.nodes.reported(&failing, peer);
+                let need = ec.shard_size(len as usize) as u64 + 4096;
+                let nodes = self.nodes.place(count as usize, need, &holding, &failing)?;
+                A::Placements(vec![Placement::Place(nodes)])
             }
             R::Commit {
                 ino,

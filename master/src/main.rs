@@ -150,9 +150,10 @@ fn real_main() -> anyhow::Result<()> {
         },
         sync: a.sync || f.sync.unwrap_or(false),
     };
-    // One thread: metadata requests are short, and cross-thread wake-ups cost more than they
-    // save (RocksDB work is microseconds; its own threads do compaction).
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two workers: a request that blocks its thread (a RocksDB write stalled behind a busy
+    // disk, a long scan) must never keep heartbeats and placements waiting.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move { run(cfg, shardfs_common::daemon::shutdown_signal()).await })?;

@@ -15,6 +15,9 @@ struct Entry {
     last_seen: Option<Instant>,
     /// Being drained: alive, but given no new shards.
     draining: bool,
+    /// When a client last reported that it could not reach this node. Until the node's next
+    /// heartbeat (or registration) it is placed on only if there are not enough others.
+    reported: Option<Instant>,
 }
 
 /// A node with less free space than this is reported as full.
@@ -40,6 +43,7 @@ impl Registry {
                         rec,
                         last_seen: None,
                         draining: draining.contains(&id),
+                        reported: None,
                     },
                 )
             })
@@ -81,6 +85,7 @@ impl Registry {
                 rec,
                 last_seen: Some(Instant::now()),
                 draining,
+                reported: None,
             },
         );
         Ok(())
@@ -100,6 +105,38 @@ impl Registry {
             }
             _ => false,
         }
+    }
+
+    /// Clients could not reach these nodes just now (`peer` said so): until a node is heard
+    /// from again, placements use it only if there are not enough others.
+    pub fn reported(&self, ids: &[NodeId], peer: SocketAddr) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        let now = Instant::now();
+        for id in ids {
+            if let Some(e) = nodes.get_mut(id) {
+                if !Self::reported_silent(e) {
+                    tracing::info!(node = %id, %peer, "a client reports the node unreachable");
+                }
+                e.reported = Some(now);
+            }
+        }
+    }
+
+    /// Reported unreachable by a client and not heard from since.
+    fn reported_silent(e: &Entry) -> bool {
+        match (e.reported, e.last_seen) {
+            (Some(r), Some(seen)) => seen <= r,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// Up, but not a first choice for new shards: late heartbeats, or reported unreachable.
+    fn shaky(&self, e: &Entry) -> bool {
+        Self::reported_silent(e) || self.silent(e) >= self.suspect_after()
     }
 
     fn is_up(&self, e: &Entry) -> bool {
@@ -132,6 +169,11 @@ impl Registry {
             (
                 NodeState::Suspect,
                 format!("heartbeat late by {:.1} s", silent.as_secs_f64()),
+            )
+        } else if Self::reported_silent(e) {
+            (
+                NodeState::Suspect,
+                "a client could not reach it; no heartbeat since".into(),
             )
         } else if e.rec.free < FULL_BELOW {
             (
@@ -222,9 +264,9 @@ impl Registry {
     }
 
     /// Choose `n` distinct live nodes with at least `need` bytes free, weighted by free space,
-    /// never one in `exclude`. Nodes in `avoid` (a client could not write to them) are used
-    /// only if there are not enough others: a node alive by its heartbeats may have been
-    /// restarted since.
+    /// never one in `exclude`. Nodes in `avoid` (a client could not write to them), nodes
+    /// reported unreachable and not heard from since, and nodes whose heartbeats are late are
+    /// used only if there are not enough others.
     pub fn place(
         &self,
         n: usize,
@@ -233,12 +275,12 @@ impl Registry {
         avoid: &[NodeId],
     ) -> Result<Vec<NodeId>, MasterError> {
         let nodes = self.nodes.lock().expect("registry lock");
-        let usable: Vec<(NodeId, u64)> = nodes
+        let usable: Vec<(NodeId, u64, bool)> = nodes
             .iter()
             .filter(|(id, e)| {
                 self.is_up(e) && e.rec.free >= need && !e.draining && !exclude.contains(id)
             })
-            .map(|(id, e)| (*id, e.rec.free))
+            .map(|(id, e)| (*id, e.rec.free, self.shaky(e)))
             .collect();
         if usable.len() < n {
             let live = nodes.values().filter(|e| self.is_up(e)).count();
@@ -251,10 +293,10 @@ impl Registry {
         // Weighted sampling without replacement (Efraimidis–Spirakis): key = u^(1/w).
         let mut keyed: Vec<(bool, f64, NodeId)> = usable
             .into_iter()
-            .map(|(id, free)| {
+            .map(|(id, free, shaky)| {
                 let w = (free as f64).max(1.0);
                 let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
-                (avoid.contains(&id), u.ln() / w, id)
+                (shaky || avoid.contains(&id), u.ln() / w, id)
             })
             .collect();
         // Nodes not to avoid first, then by key.

@@ -694,8 +694,10 @@ async fn heartbeat_loop(
                     shards: u.shards,
                 }
             };
+            // A heartbeat that gets no answer soon is given up on and the next one sent on
+            // time (each is its own stream); a dead connection closes by its idle timeout.
             let res = tokio::time::timeout(
-                Duration::from_secs(5),
+                (interval * 3).clamp(Duration::from_millis(500), Duration::from_secs(2)),
                 wire::request::<_, MasterResponse>(c, &req, Bytes::new(), 0),
             )
             .await;
@@ -716,8 +718,8 @@ async fn heartbeat_loop(
                     conn = None;
                 }
                 Err(_) => {
-                    warn!("heartbeat timed out");
-                    conn = None;
+                    warn!("heartbeat got no answer in time");
+                    continue;
                 }
             }
         }

@@ -173,6 +173,14 @@ impl Cluster {
         }
     }
 
+    /// Send signal `sig` to storage node `i` (SIGSTOP freezes it: alive but silent).
+    pub fn signal_node(&self, i: usize, sig: i32) {
+        let pid = self.nodes[i].as_ref().expect("node running").id();
+        // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
+        let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill({pid}, {sig})");
+    }
+
     pub fn node_dir(&self, i: usize) -> PathBuf {
         self.path(&format!("node{i}"))
     }

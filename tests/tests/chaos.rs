@@ -4,9 +4,74 @@
 use shardfs_tests::*;
 use std::fs;
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Write `files` files of `size` random bytes (each with fsync), as a user would: a write that
+/// fails is written again. Returns the content hashes, the failures, and how long each file's
+/// successful write took.
+fn write_files(mp: &Path, files: usize, size: usize) -> (Vec<String>, Vec<String>, Vec<Duration>) {
+    let mut hashes = Vec::new();
+    let mut failures = Vec::new();
+    let mut took = Vec::new();
+    for i in 0..files {
+        let data = random_bytes(1000 + i as u64, size);
+        let path = mp.join(format!("big{i:02}"));
+        let mut attempt = 0;
+        loop {
+            let t = Instant::now();
+            let r = fs::File::create(&path).and_then(|mut f| {
+                f.write_all(&data)?;
+                f.sync_all()
+            });
+            match r {
+                Ok(()) => {
+                    took.push(t.elapsed());
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    eprintln!("write of big{i:02} failed ({e}); again");
+                    failures.push(format!("big{i:02}: {e}"));
+                    assert!(attempt < 5, "big{i:02}: five failed attempts in a row");
+                }
+            }
+        }
+        hashes.push(blake3::hash(&data).to_hex().to_string());
+    }
+    (hashes, failures, took)
+}
+
+/// Median, p99 and longest of per-file write times, in words.
+fn latencies(mut took: Vec<Duration>) -> String {
+    took.sort();
+    let pct = |p: usize| took[(took.len() * p / 100).min(took.len() - 1)];
+    format!(
+        "per 16 MiB file (write + fsync): median {:.2?}, p99 {:.2?}, longest {:.2?}",
+        pct(50),
+        pct(99),
+        took[took.len() - 1]
+    )
+}
+
+/// The chaos test's writes on a healthy cluster, for comparison (docs/BENCHMARKS.md):
+/// `cargo test --release -p shardfs-tests --test chaos healthy -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn healthy_baseline_of_the_chaos_writes() {
+    let mut c = Cluster::start_with(8, "4+2", &["--node-timeout-ms", "3000"]);
+    let mp = c.mount_with("w", &["--timeout", "10"]);
+    let t = Instant::now();
+    let (_, failures, took) = write_files(&mp, 64, 16 << 20);
+    eprintln!(
+        "healthy: 1024 MiB written in {:.1?}; {}",
+        t.elapsed(),
+        latencies(took)
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+}
 
 #[test]
 fn writes_survive_nodes_killed_and_restarted_at_random() {
@@ -26,32 +91,9 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
     let writer = {
         let (mp, done) = (mp.clone(), done.clone());
         std::thread::spawn(move || {
-            let mut hashes = Vec::new();
-            let mut retries = 0;
-            for i in 0..files {
-                let data = random_bytes(1000 + i as u64, size);
-                let path = mp.join(format!("big{i:02}"));
-                // A user whose write fails writes the file again; count how often.
-                let mut attempt = 0;
-                loop {
-                    let r = fs::File::create(&path).and_then(|mut f| {
-                        f.write_all(&data)?;
-                        f.sync_all()
-                    });
-                    match r {
-                        Ok(()) => break,
-                        Err(e) => {
-                            attempt += 1;
-                            retries += 1;
-                            eprintln!("write of big{i:02} failed ({e}); again");
-                            assert!(attempt < 5, "big{i:02}: five failed attempts in a row");
-                        }
-                    }
-                }
-                hashes.push(blake3::hash(&data).to_hex().to_string());
-            }
+            let r = write_files(&mp, files, size);
             done.store(true, Ordering::SeqCst);
-            (hashes, retries)
+            r
         })
     };
     // Kill a random node, or restart one, every 1 to 2.5 s; never more than 2 down.
@@ -64,7 +106,7 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
     };
     let mut down: Vec<usize> = Vec::new();
     let (mut kills, started) = (0, Instant::now());
-    while !done.load(Ordering::SeqCst) {
+    while !done.load(Ordering::SeqCst) && !writer.is_finished() {
         std::thread::sleep(Duration::from_millis(1000 + (next() % 1500) as u64));
         if down.len() < 2 && (down.is_empty() || next() % 2 == 0) {
             let n = loop {
@@ -85,12 +127,19 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
             "writing 1 GiB took over 15 minutes"
         );
     }
-    let (hashes, retries) = writer.join().expect("writer");
+    let (hashes, failures, took) = writer.join().expect("writer");
     eprintln!(
-        "1 GiB written in {:?} with {kills} node kills, {retries} file rewrites",
-        started.elapsed()
+        "chaos: {} MiB written in {:.1?} with {kills} node kills; {}; {} failed writes",
+        files * 16,
+        started.elapsed(),
+        latencies(took),
+        failures.len()
     );
     assert!(kills >= 3, "nodes were killed during the write ({kills})");
+    assert!(
+        failures.is_empty(),
+        "writes failed with at most m nodes down: {failures:?}"
+    );
     for n in down {
         c.start_node(n);
     }

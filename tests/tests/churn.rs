@@ -1,0 +1,202 @@
+//! Writes while storage nodes fail: a frozen node (SIGSTOP, alive but silent) costs a writer
+//! seconds and is used again once it thaws; with more than m nodes gone a write fails with
+//! EIO within a bounded time, and the mount keeps working.
+
+use shardfs_tests::*;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Write `data` to `path` and fsync it; how long that took.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<Duration> {
+    let t = Instant::now();
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(t.elapsed())
+}
+
+#[test]
+fn a_frozen_node_costs_a_writer_seconds_and_is_used_again_after() {
+    // 7 nodes for 4+2: one spare, so a block never needs the frozen node.
+    let mut c = Cluster::start(7, "4+2");
+    let mp = c.mount_with("w", &["--timeout", "15"]);
+    let size = 16 << 20;
+    let mut hashes = Vec::new();
+    let mut write = |name: String, seed: u64| {
+        let data = random_bytes(seed, size);
+        let took = write_synced(&mp.join(&name), &data).expect("write");
+        hashes.push((name, blake3::hash(&data).to_hex().to_string()));
+        took
+    };
+    let healthy = write("warm".into(), 1);
+    eprintln!("16 MiB with every node up: {healthy:?}");
+    // Freeze node 3 while a write is under way.
+    let frozen = 3;
+    let t = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            (0..4)
+                .map(|i| write(format!("during{i}"), 10 + i))
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        c.signal_node(frozen, libc::SIGSTOP);
+        let t = h.join().expect("writer");
+        c.signal_node(frozen, libc::SIGCONT);
+        t
+    });
+    eprintln!("16 MiB writes with node {frozen} frozen: {t:?}");
+    for (i, took) in t.iter().enumerate() {
+        assert!(
+            *took < Duration::from_secs(8),
+            "write {i} with a frozen node took {took:?} (healthy: {healthy:?})"
+        );
+    }
+    // Thawed, the node takes shards again (once the mount's breaker closes).
+    c.wait_nodes_up(7);
+    let before = c.shard_files(frozen).len();
+    let mut n = 0u64;
+    wait_until(
+        Duration::from_secs(60),
+        "the thawed node stores new shards",
+        || {
+            n += 1;
+            write(format!("after{n}"), 100 + n);
+            c.shard_files(frozen).len() > before
+        },
+    );
+    // Every byte, read by a fresh mount without a cache.
+    let r = c.mount_with("r", &["--cache-mib", "0"]);
+    for (name, h) in &hashes {
+        assert_eq!(&hash_file(&r.join(name)), h, "{name} differs");
+    }
+}
+
+#[test]
+fn more_than_m_nodes_down_fails_a_write_with_eio_in_bounded_time() {
+    let mut c = Cluster::start_with(6, "4+2", &["--node-timeout-ms", "3000"]);
+    let mp = c.mount_with("w", &["--timeout", "10"]);
+    fs::write(mp.join("before"), b"written with every node up").unwrap();
+    for i in 0..3 {
+        c.kill_node(i);
+    }
+    // Right after the kills (the master still counts the nodes up) and once it knows.
+    for (round, pause) in [(0, 0), (1, 4)] {
+        std::thread::sleep(Duration::from_secs(pause));
+        let t = Instant::now();
+        let r = write_synced(
+            &mp.join(format!("lost{round}")),
+            &random_bytes(round, 8 << 20),
+        );
+        let took = t.elapsed();
+        eprintln!("round {round}: {r:?} after {took:?}");
+        let e = r.expect_err("a write with 3 of 6 nodes down must fail");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        assert!(
+            took < Duration::from_secs(60),
+            "the failing write took {took:?}"
+        );
+    }
+    // The mount still answers, and writes again once the nodes are back.
+    assert_eq!(
+        fs::read(mp.join("before")).unwrap(),
+        b"written with every node up"
+    );
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    c.wait_nodes_up(6);
+    let data = random_bytes(7, 8 << 20);
+    write_synced(&mp.join("after"), &data).expect("write with the nodes back");
+    assert_eq!(fs::read(mp.join("after")).unwrap(), data);
+}
+
+/// Seconds since midnight UTC of a log line's timestamp (`2026-12-01T07:19:12.123456Z ...`).
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split('T').nth(1)?;
+    let mut it = t.trim_end_matches('Z').split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+fn now_of_day() -> f64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    (d.as_secs_f64()) % 86_400.0
+}
+
+/// Measurements for docs/BENCHMARKS.md (not a pass/fail test):
+/// `cargo test --release -p shardfs-tests --test churn failover -- --ignored --nocapture`.
+/// Time from kill -9 of a node under a writer to the mount's breaker opening for it and to
+/// the master marking it down (default 5 s node timeout), and a 1 GiB `dd` (4 MiB writes,
+/// fsync at the end) on a healthy cluster against one with a node killed in its middle.
+#[test]
+#[ignore]
+fn failover_measurements() {
+    let mut c = Cluster::start(8, "4+2");
+    let mp = c.mount("m");
+    let src = c.path("src");
+    fs::write(&src, random_bytes(5, 1 << 30)).unwrap();
+    let dd = |name: &str| {
+        format!(
+            "dd if={} of={} bs=4M conv=fsync status=none",
+            src.display(),
+            mp.join(name).display()
+        )
+    };
+    let t = Instant::now();
+    sh_ok(&dd("healthy"));
+    let healthy = t.elapsed();
+    // Again, killing node 0 once half of it is written.
+    let t = Instant::now();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &dd("killed")])
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(120), "half of the file written", || {
+        fs::metadata(mp.join("killed")).map_or(0, |m| m.len()) >= 512 << 20
+    });
+    let id = fs::read_to_string(c.node_dir(0).join("node.id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let killed_at = now_of_day();
+    c.kill_node(0);
+    let kill_t = Instant::now();
+    let mut master_down = None;
+    while master_down.is_none() && kill_t.elapsed() < Duration::from_secs(30) {
+        let st = c.status().unwrap_or_default();
+        let down = st["nodes"].as_array().into_iter().flatten().any(|n| {
+            n["id"].as_u64().map(|v| format!("{v:016x}")) == Some(id.clone())
+                && n["state"] == "down"
+        });
+        if down {
+            master_down = Some(kill_t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success(), "dd with a node killed");
+    let degraded = t.elapsed();
+    let log = fs::read_to_string(c.path("logs/mount-m.log")).unwrap_or_default();
+    let breaker = log
+        .lines()
+        .filter(|l| l.contains("storage node failing") && l.contains(&id))
+        .filter_map(log_time)
+        .find(|&t| t >= killed_at - 0.01)
+        .map(|t| t - killed_at);
+    let gib = |d: Duration| 1024.0 / d.as_secs_f64();
+    eprintln!(
+        "failover: kill -9 -> mount stops using the node: {breaker:.3?} s; -> master marks it \
+         down: {master_down:.2?}; 1 GiB dd healthy {healthy:.1?} ({:.0} MiB/s), with a node \
+         killed in its middle {degraded:.1?} ({:.0} MiB/s)",
+        gib(healthy),
+        gib(degraded)
+    );
+    assert_eq!(hash_file(&mp.join("killed")), hash_file(&src));
+}
