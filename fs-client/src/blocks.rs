@@ -15,10 +15,10 @@
 //! are kept in an LRU cache bounded in bytes; being content-addressed, a cached block is never
 //! stale.
 
-use crate::master::{unexpected, MasterClient};
-use bytes::Bytes;
 use crate::health::Health;
+use crate::master::{unexpected, MasterClient};
 use crate::upload::{Outcome, ShardUploads, MAX_TRIES};
+use bytes::Bytes;
 use futures::future::{AbortHandle, BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
 use lru::LruCache;

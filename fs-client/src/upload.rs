@@ -205,7 +205,13 @@ mod tests {
     fn stalled_upload_is_raced_not_dropped() {
         let t = Instant::now();
         // Nodes 0 and 3 are expected to answer within a second, the others within ten.
-        let due = |x: NodeId| if x == n(0) || x == n(3) { SEC } else { SEC * 10 };
+        let due = |x: NodeId| {
+            if x == n(0) || x == n(3) {
+                SEC
+            } else {
+                SEC * 10
+            }
+        };
         let mut u = ShardUploads::new(2, 3);
         let slow = u.start(0, n(0), t);
         u.start(1, n(1), t);
@@ -233,7 +239,13 @@ mod tests {
     fn a_raced_upload_that_stalls_too_is_raced_again() {
         let t = Instant::now();
         // Nodes 0 and 3 are expected to answer within a second, the others within ten.
-        let due = |x: NodeId| if x == n(0) || x == n(3) { SEC } else { SEC * 10 };
+        let due = |x: NodeId| {
+            if x == n(0) || x == n(3) {
+                SEC
+            } else {
+                SEC * 10
+            }
+        };
         let mut u = ShardUploads::new(2, 3);
         u.start(0, n(0), t);
         u.start(1, n(1), t);
@@ -255,7 +267,10 @@ mod tests {
         u.finish(1, ids[1], true, t + SEC / 5);
         // Two done in at most 0.2 s: shard 2 is stalled after 0.6 s (floor 0.5 s).
         assert!(u.need_more(t + SEC / 2, |_| SEC * 10, |_| false).is_empty());
-        assert_eq!(u.need_more(t + SEC * 7 / 10, |_| SEC * 10, |_| false), vec![2]);
+        assert_eq!(
+            u.need_more(t + SEC * 7 / 10, |_| SEC * 10, |_| false),
+            vec![2]
+        );
     }
 
     #[test]

@@ -22,31 +22,30 @@ fn a_frozen_node_costs_a_writer_seconds_and_is_used_again_after() {
     // 7 nodes for 4+2: one spare, so a block never needs the frozen node.
     let mut c = Cluster::start(7, "4+2");
     let mp = c.mount_with("w", &["--timeout", "15"]);
-    let size = 16 << 20;
     let mut hashes = Vec::new();
-    let mut write = |name: String, seed: u64| {
+    let mut write = |name: String, seed: u64, size: usize| {
         let data = random_bytes(seed, size);
         let took = write_synced(&mp.join(&name), &data).expect("write");
         hashes.push((name, blake3::hash(&data).to_hex().to_string()));
         took
     };
-    let healthy = write("warm".into(), 1);
+    let healthy = write("warm".into(), 1, 16 << 20);
     eprintln!("16 MiB with every node up: {healthy:?}");
-    // Freeze node 3 while a write is under way.
+    // Freeze node 3 in the middle of a write, and keep it frozen for the next ones.
     let frozen = 3;
     let t = std::thread::scope(|s| {
         let h = s.spawn(|| {
-            (0..4)
-                .map(|i| write(format!("during{i}"), 10 + i))
-                .collect::<Vec<_>>()
+            let mut t = vec![write("during".into(), 10, 64 << 20)];
+            t.extend((0..3).map(|i| write(format!("during{i}"), 11 + i, 16 << 20)));
+            t
         });
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(100));
         c.signal_node(frozen, libc::SIGSTOP);
         let t = h.join().expect("writer");
         c.signal_node(frozen, libc::SIGCONT);
         t
     });
-    eprintln!("16 MiB writes with node {frozen} frozen: {t:?}");
+    eprintln!("writes (64 MiB, then 3 x 16 MiB) with node {frozen} frozen: {t:?}");
     for (i, took) in t.iter().enumerate() {
         assert!(
             *took < Duration::from_secs(8),
@@ -62,7 +61,7 @@ fn a_frozen_node_costs_a_writer_seconds_and_is_used_again_after() {
         "the thawed node stores new shards",
         || {
             n += 1;
-            write(format!("after{n}"), 100 + n);
+            write(format!("after{n}"), 100 + n, 16 << 20);
             c.shard_files(frozen).len() > before
         },
     );
