@@ -788,6 +788,7 @@ async fn session_loop(master: Arc<Master>, lease: Duration) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
+        master.nodes.log_changes();
         master.sessions.expire(&master.meta);
         if start.elapsed() > lease * 2 && !forgot {
             master.sessions.forget_missing(&master.meta);

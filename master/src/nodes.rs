@@ -15,6 +15,8 @@ struct Entry {
     last_seen: Option<Instant>,
     /// Being drained: alive, but given no new shards.
     draining: bool,
+    /// The state last logged (a change is logged once).
+    logged: NodeState,
     /// When a client last reported that it could not reach this node. Until the node's next
     /// heartbeat (or registration) it is placed on only if there are not enough others.
     reported: Option<Instant>,
@@ -43,6 +45,7 @@ impl Registry {
                         rec,
                         last_seen: None,
                         draining: draining.contains(&id),
+                        logged: NodeState::Up,
                         reported: None,
                     },
                 )
@@ -85,6 +88,7 @@ impl Registry {
                 rec,
                 last_seen: Some(Instant::now()),
                 draining,
+                logged: NodeState::Up,
                 reported: None,
             },
         );
@@ -185,6 +189,27 @@ impl Registry {
             )
         } else {
             (NodeState::Up, String::new())
+        }
+    }
+
+    /// Log every node whose state (up, suspect, down) changed since the last call.
+    pub fn log_changes(&self) {
+        let mut nodes = self.nodes.lock().expect("registry lock");
+        for (id, e) in nodes.iter_mut() {
+            let (state, why) = self.state(e);
+            if state == e.logged {
+                continue;
+            }
+            match state {
+                NodeState::Down => {
+                    tracing::warn!(node = %id, addr = %e.rec.addr, "node down: {why}")
+                }
+                NodeState::Suspect => {
+                    tracing::info!(node = %id, addr = %e.rec.addr, "node suspect: {why}")
+                }
+                _ => tracing::info!(node = %id, addr = %e.rec.addr, "node up again"),
+            }
+            e.logged = state;
         }
     }
 

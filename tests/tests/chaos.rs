@@ -1,5 +1,6 @@
-//! Durability while things break: storage nodes killed and restarted at random during a 1 GiB
-//! write, and the master killed during a tree extraction. Every byte is checked afterwards.
+//! Durability while things break: storage nodes killed and restarted at random while 1 GiB of
+//! files is written (and written over, until ten nodes were killed), and the master killed
+//! during a tree extraction. Every byte is checked afterwards.
 
 use shardfs_tests::*;
 use std::fs;
@@ -9,39 +10,61 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What [`write_files`] wrote: per file the hash and seed of its last content, the failed
+/// writes, and how long each successful write took.
+struct Written {
+    hashes: Vec<String>,
+    seeds: Vec<u64>,
+    failures: Vec<String>,
+    took: Vec<Duration>,
+}
+
 /// Write `files` files of `size` random bytes (each with fsync), as a user would: a write that
-/// fails is written again. Returns the content hashes, the failures, and how long each file's
-/// successful write took.
-fn write_files(mp: &Path, files: usize, size: usize) -> (Vec<String>, Vec<String>, Vec<Duration>) {
-    let mut hashes = Vec::new();
-    let mut failures = Vec::new();
-    let mut took = Vec::new();
-    for i in 0..files {
-        let data = random_bytes(1000 + i as u64, size);
-        let path = mp.join(format!("big{i:02}"));
-        let mut attempt = 0;
-        loop {
-            let t = Instant::now();
-            let r = fs::File::create(&path).and_then(|mut f| {
-                f.write_all(&data)?;
-                f.sync_all()
-            });
-            match r {
-                Ok(()) => {
-                    took.push(t.elapsed());
-                    break;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    eprintln!("write of big{i:02} failed ({e}); again");
-                    failures.push(format!("big{i:02}: {e}"));
-                    assert!(attempt < 5, "big{i:02}: five failed attempts in a row");
+/// fails is written again. After the first pass the files are written over again, pass after
+/// pass, until `enough` is set.
+fn write_files(mp: &Path, files: usize, size: usize, enough: &AtomicBool) -> Written {
+    let mut w = Written {
+        hashes: vec![String::new(); files],
+        seeds: vec![0; files],
+        failures: Vec::new(),
+        took: Vec::new(),
+    };
+    for pass in 0u64.. {
+        for i in 0..files {
+            if pass > 0 && enough.load(Ordering::SeqCst) {
+                return w;
+            }
+            let seed = 1000 + pass * 1000 + i as u64;
+            let data = random_bytes(seed, size);
+            let path = mp.join(format!("big{i:02}"));
+            let mut attempt = 0;
+            loop {
+                let t = Instant::now();
+                let r = fs::File::create(&path).and_then(|mut f| {
+                    f.write_all(&data)?;
+                    f.sync_all()
+                });
+                match r {
+                    Ok(()) => {
+                        w.took.push(t.elapsed());
+                        break;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        eprintln!("write of big{i:02} failed ({e}); again");
+                        w.failures.push(format!("big{i:02}: {e}"));
+                        assert!(attempt < 5, "big{i:02}: five failed attempts in a row");
+                    }
                 }
             }
+            w.hashes[i] = blake3::hash(&data).to_hex().to_string();
+            w.seeds[i] = seed;
         }
-        hashes.push(blake3::hash(&data).to_hex().to_string());
+        if enough.load(Ordering::SeqCst) {
+            break;
+        }
     }
-    (hashes, failures, took)
+    w
 }
 
 /// Median, p99 and longest of per-file write times, in words.
@@ -64,13 +87,13 @@ fn healthy_baseline_of_the_chaos_writes() {
     let mut c = Cluster::start_with(8, "4+2", &["--node-timeout-ms", "3000"]);
     let mp = c.mount_with("w", &["--timeout", "10"]);
     let t = Instant::now();
-    let (_, failures, took) = write_files(&mp, 64, 16 << 20);
+    let w = write_files(&mp, 64, 16 << 20, &AtomicBool::new(true));
     eprintln!(
         "healthy: 1024 MiB written in {:.1?}; {}",
         t.elapsed(),
-        latencies(took)
+        latencies(w.took)
     );
-    assert!(failures.is_empty(), "{failures:?}");
+    assert!(w.failures.is_empty(), "{:?}", w.failures);
 }
 
 #[test]
@@ -87,11 +110,16 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
     let size = 16usize << 20; // 64 × 16 MiB = 1 GiB
-    let done = Arc::new(AtomicBool::new(false));
+                              // The files are written over and over until this many kills have happened.
+    let min_kills = 10;
+    let (done, enough) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let writer = {
-        let (mp, done) = (mp.clone(), done.clone());
+        let (mp, done, enough) = (mp.clone(), done.clone(), enough.clone());
         std::thread::spawn(move || {
-            let r = write_files(&mp, files, size);
+            let r = write_files(&mp, files, size, &enough);
             done.store(true, Ordering::SeqCst);
             r
         })
@@ -118,24 +146,35 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
             c.kill_node(n);
             down.push(n);
             kills += 1;
+            if kills >= min_kills {
+                enough.store(true, Ordering::SeqCst);
+            }
         } else {
             let n = down.remove(next() % down.len());
             c.start_node(n);
         }
         assert!(
             started.elapsed() < Duration::from_secs(900),
-            "writing 1 GiB took over 15 minutes"
+            "writing took over 15 minutes"
         );
     }
-    let (hashes, failures, took) = writer.join().expect("writer");
+    let Written {
+        hashes,
+        seeds,
+        failures,
+        took,
+    } = writer.join().expect("writer");
     eprintln!(
         "chaos: {} MiB written in {:.1?} with {kills} node kills; {}; {} failed writes",
-        files * 16,
+        took.len() * 16,
         started.elapsed(),
         latencies(took),
         failures.len()
     );
-    assert!(kills >= 3, "nodes were killed during the write ({kills})");
+    assert!(
+        kills >= min_kills,
+        "nodes were killed during the write ({kills})"
+    );
     assert!(
         failures.is_empty(),
         "writes failed with at most m nodes down: {failures:?}"
@@ -151,7 +190,7 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
         if &hash_file(&p) != h {
             // Say where: size, and which MiB differ.
             let got = fs::read(&p).unwrap();
-            let want = random_bytes(1000 + i as u64, size);
+            let want = random_bytes(seeds[i], size);
             let bad: Vec<usize> = (0..size >> 20)
                 .filter(|m| got.get(m << 20..(m + 1) << 20) != Some(&want[m << 20..(m + 1) << 20]))
                 .collect();
