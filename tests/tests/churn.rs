@@ -140,27 +140,31 @@ fn now_of_day() -> f64 {
 fn failover_measurements() {
     let mut c = Cluster::start(8, "4+2");
     let mp = c.mount("m");
-    let src = c.path("src");
+    // Two sources: the same bytes twice would be deduplicated (nothing sent the second time).
+    let (src, src2) = (c.path("src"), c.path("src2"));
     fs::write(&src, random_bytes(5, 1 << 30)).unwrap();
-    let dd = |name: &str| {
+    fs::write(&src2, random_bytes(6, 1 << 30)).unwrap();
+    let dd = |from: &Path, name: &str| {
         format!(
             "dd if={} of={} bs=4M conv=fsync status=none",
-            src.display(),
+            from.display(),
             mp.join(name).display()
         )
     };
     let t = Instant::now();
-    sh_ok(&dd("healthy"));
+    sh_ok(&dd(&src, "healthy"));
     let healthy = t.elapsed();
-    // Again, killing node 0 once half of it is written.
+    // Again, killing node 0 half-way (by the healthy run's time).
     let t = Instant::now();
     let mut child = std::process::Command::new("sh")
-        .args(["-c", &dd("killed")])
+        .args(["-c", &dd(&src2, "killed")])
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(120), "half of the file written", || {
-        fs::metadata(mp.join("killed")).map_or(0, |m| m.len()) >= 512 << 20
+    let dd_done = std::thread::spawn(move || {
+        let ok = child.wait().unwrap().success();
+        (ok, t.elapsed())
     });
+    std::thread::sleep(healthy / 2);
     let id = fs::read_to_string(c.node_dir(0).join("node.id"))
         .unwrap()
         .trim()
@@ -171,17 +175,18 @@ fn failover_measurements() {
     let mut master_down = None;
     while master_down.is_none() && kill_t.elapsed() < Duration::from_secs(30) {
         let st = c.status().unwrap_or_default();
-        let down = st["nodes"].as_array().into_iter().flatten().any(|n| {
-            n["id"].as_u64().map(|v| format!("{v:016x}")) == Some(id.clone())
-                && n["state"] == "down"
-        });
+        let down = st["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"].as_str() == Some(id.as_str()) && n["state"] == "down");
         if down {
             master_down = Some(kill_t.elapsed());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(child.wait().unwrap().success(), "dd with a node killed");
-    let degraded = t.elapsed();
+    let (ok, degraded) = dd_done.join().unwrap();
+    assert!(ok, "dd with a node killed");
     let log = fs::read_to_string(c.path("logs/mount-m.log")).unwrap_or_default();
     let breaker = log
         .lines()
@@ -197,5 +202,8 @@ fn failover_measurements() {
         gib(healthy),
         gib(degraded)
     );
-    assert_eq!(hash_file(&mp.join("killed")), hash_file(&src));
+    assert_eq!(hash_file(&mp.join("killed")), hash_file(&src2));
+    if let Ok(keep) = std::env::var("SHARDFS_KEEP_LOGS") {
+        sh_ok(&format!("cp -r {} {keep}", c.path("logs").display()));
+    }
 }
