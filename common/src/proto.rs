@@ -70,13 +70,40 @@ impl Timespec {
         }
     }
 
-    pub fn to_system(self) -> SystemTime {
-        if self.secs >= 0 {
-            UNIX_EPOCH + std::time::Duration::new(self.secs as u64, self.nsecs)
-        } else {
-            UNIX_EPOCH - std::time::Duration::from_secs((-self.secs) as u64)
-                + std::time::Duration::from_nanos(self.nsecs as u64)
+    /// Largest distance from 1970 a stored time may have (about 35,000 years).
+    pub const MAX_SECS: i64 = 1 << 40;
+
+    /// Whether this is a time a client may store: whole nanoseconds below a second, and
+    /// within [`Timespec::MAX_SECS`] of 1970.
+    pub fn check(self) -> crate::Result<()> {
+        if self.nsecs >= 1_000_000_000 || self.secs.unsigned_abs() > Self::MAX_SECS as u64 {
+            return Err(crate::Error::invalid(format!(
+                "time {}.{:09} s is out of range",
+                self.secs, self.nsecs
+            )));
         }
+        Ok(())
+    }
+
+    /// As a system time; times past what the system can represent are clamped, never a
+    /// panic (a stored time is whatever some client sent).
+    pub fn to_system(self) -> SystemTime {
+        use std::time::Duration;
+        let nsecs = Duration::from_nanos(self.nsecs.min(999_999_999).into());
+        let t = if self.secs >= 0 {
+            UNIX_EPOCH.checked_add(Duration::from_secs(self.secs as u64) + nsecs)
+        } else {
+            UNIX_EPOCH
+                .checked_sub(Duration::from_secs(self.secs.unsigned_abs()))
+                .and_then(|t| t.checked_add(nsecs))
+        };
+        // About 10,000 years either side of 1970.
+        let far = Duration::from_secs(315_569_520_000);
+        t.unwrap_or(if self.secs >= 0 {
+            UNIX_EPOCH + far
+        } else {
+            UNIX_EPOCH - far
+        })
     }
 }
 
@@ -136,6 +163,45 @@ pub struct BlockMeta {
     pub len: u64,
     pub shard_size: u32,
     pub shards: Vec<ShardLoc>,
+}
+
+impl BlockMeta {
+    /// Whether this is a description the cluster could have made: code `ec`, at most
+    /// `block_size` bytes, shards of ceil(len / k) bytes, one shard per node on distinct
+    /// nodes. Anything a client sends is checked with it before it is stored, and anything a
+    /// mount reads before it allocates for it.
+    pub fn check(&self, ec: EcParams, block_size: u64) -> crate::Result<()> {
+        let bad = |why: String| Err(crate::Error::invalid(format!("block {}: {why}", self.id)));
+        if self.ec != ec {
+            return bad(format!("code {} is not the cluster's {ec}", self.ec));
+        }
+        if self.len > block_size {
+            return bad(format!(
+                "{} bytes, more than a block ({block_size})",
+                self.len
+            ));
+        }
+        if self.shard_size as usize != ec.shard_size(self.len as usize) {
+            return bad(format!(
+                "shards of {} bytes for {} bytes in {} data shards",
+                self.shard_size, self.len, ec.k
+            ));
+        }
+        if self.shards.len() != ec.total() {
+            return bad(format!(
+                "{} shards listed, the code has {}",
+                self.shards.len(),
+                ec.total()
+            ));
+        }
+        let mut nodes: Vec<NodeId> = self.shards.iter().map(|s| s.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        if nodes.len() != self.shards.len() {
+            return bad("two shards on one node".into());
+        }
+        Ok(())
+    }
 }
 
 /// Block `index` of a file (covering bytes `index * block_size ..`): the block, and how many of
@@ -675,16 +741,25 @@ pub fn civil_date(secs: i64) -> String {
 /// The name of a conflicted copy of `name`: "STEM (conflicted copy from HOST YYYY-MM-DD).EXT",
 /// with "copy N" for the N-th one of a day (N > 1), shortened to fit NAME_MAX.
 pub fn conflicted_name(name: &[u8], host: &str, secs: i64, n: u32) -> Vec<u8> {
-    let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
+    let (stem, mut ext) = match name.iter().rposition(|&b| b == b'.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, &b""[..]),
     };
+    // The host name is whatever a mount said: no '/', NUL or control characters, and short.
+    let host: String = host
+        .chars()
+        .map(|c| if c == '/' || c.is_control() { '_' } else { c })
+        .take(64)
+        .collect();
     let copy = if n > 1 {
         format!("copy {n}")
     } else {
         "copy".into()
     };
     let suffix = format!(" (conflicted {copy} from {host} {})", civil_date(secs));
+    if suffix.len() + ext.len() > NAME_MAX {
+        ext = b"";
+    }
     let keep = NAME_MAX
         .saturating_sub(suffix.len() + ext.len())
         .min(stem.len());
@@ -738,5 +813,76 @@ mod tests {
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(1_795_298_352), "2026-11-21");
         assert_eq!(civil_date(951_782_400), "2000-02-29");
+    }
+
+    fn meta(len: u64, shard_size: u32, nodes: &[u64]) -> BlockMeta {
+        BlockMeta {
+            id: BlockId::of(b"block"),
+            ec: EcParams { k: 4, m: 2 },
+            len,
+            shard_size,
+            shards: nodes
+                .iter()
+                .map(|n| ShardLoc {
+                    node: NodeId(*n),
+                    hash: [0; 32],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn block_descriptions_are_checked() {
+        let ec = EcParams { k: 4, m: 2 };
+        let bs = 4 << 20;
+        assert!(meta(1000, 250, &[1, 2, 3, 4, 5, 6]).check(ec, bs).is_ok());
+        assert!(meta(1001, 251, &[1, 2, 3, 4, 5, 6]).check(ec, bs).is_ok());
+        // Zero, short, huge shards; too long; wrong code; shard count; one node twice.
+        assert!(meta(1000, 0, &[1, 2, 3, 4, 5, 6]).check(ec, bs).is_err());
+        assert!(meta(1000, 249, &[1, 2, 3, 4, 5, 6]).check(ec, bs).is_err());
+        assert!(meta(1000, u32::MAX, &[1, 2, 3, 4, 5, 6])
+            .check(ec, bs)
+            .is_err());
+        assert!(meta(bs + 1, 1 << 20, &[1, 2, 3, 4, 5, 6])
+            .check(ec, bs)
+            .is_err());
+        assert!(meta(1000, 250, &[1, 2, 3, 4, 5, 6])
+            .check(EcParams { k: 4, m: 3 }, bs)
+            .is_err());
+        assert!(meta(1000, 250, &[1, 2, 3, 4, 5]).check(ec, bs).is_err());
+        assert!(meta(1000, 250, &[1, 2, 3, 4, 5, 5]).check(ec, bs).is_err());
+    }
+
+    #[test]
+    fn extreme_times_are_refused_and_never_panic() {
+        for secs in [i64::MAX, i64::MIN, (1 << 40) + 1] {
+            let t = Timespec { secs, nsecs: 0 };
+            assert!(t.check().is_err());
+            let _ = t.to_system();
+        }
+        assert!(Timespec {
+            secs: 0,
+            nsecs: 1_000_000_000
+        }
+        .check()
+        .is_err());
+        assert!(Timespec::now().check().is_ok());
+        let t = Timespec { secs: -5, nsecs: 7 };
+        assert!(t.check().is_ok());
+        assert_eq!(Timespec::from_system(t.to_system()), t);
+    }
+
+    #[test]
+    fn conflicted_names_are_one_valid_name_whatever_the_host() {
+        let n = conflicted_name(b"report.pdf", "evil/../../host\0", 0, 1);
+        assert!(
+            !n.contains(&b'/') && !n.contains(&0),
+            "{:?}",
+            String::from_utf8_lossy(&n)
+        );
+        let n = conflicted_name(b"report.pdf", &"h".repeat(10_000), 0, 1);
+        assert!(n.len() <= NAME_MAX && n.ends_with(b".pdf"));
+        let long_ext = [b"a.".as_slice(), &[b'x'; 250]].concat();
+        assert!(conflicted_name(&long_ext, "host", 0, 2).len() <= NAME_MAX);
     }
 }

@@ -23,6 +23,9 @@ pub const PREFIX_LEN: usize = 13;
 pub const MAX_HEADER: usize = 32 << 20;
 /// Largest bulk payload accepted (one shard).
 pub const MAX_BULK: usize = 64 << 20;
+/// A request (header and bulk) must arrive within this long once its stream is opened, so a
+/// stalled stream holds nothing for long.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Write one frame and finish the stream.
 pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T, bulk: Bytes) -> Result<()> {
@@ -67,8 +70,21 @@ pub async fn read_head<T: DeserializeOwned>(
             "payload of {blen} bytes exceeds the limit of {max_bulk}"
         )));
     }
-    let mut header = vec![0u8; hlen];
-    recv.read_exact(&mut header).await.map_err(read_err)?;
+    // Grown as bytes arrive: a prefix that announces a large header costs nothing until the
+    // header itself does.
+    let mut header = Vec::with_capacity(hlen.min(64 << 10));
+    while header.len() < hlen {
+        match recv.read_chunk(hlen - header.len(), true).await {
+            Ok(Some(chunk)) => header.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(Error::Protocol(format!(
+                    "stream ended after {} of {hlen} header bytes",
+                    header.len()
+                )))
+            }
+            Err(e) => return Err(Error::Connection(format!("receive: {e}"))),
+        }
+    }
     let msg: T = postcard::from_bytes(&header)
         .map_err(|e| Error::Protocol(format!("undecodable header: {e}")))?;
     Ok((msg, blen as usize))
@@ -262,8 +278,17 @@ async fn serve_stream<S: Service>(
     service: Arc<S>,
     peer: SocketAddr,
 ) {
-    let (resp, bulk) = match read_frame_as::<S::Req, S::Bulk>(&mut recv, S::MAX_REQUEST_BULK).await
-    {
+    let read = tokio::time::timeout(
+        REQUEST_DEADLINE,
+        read_frame_as::<S::Req, S::Bulk>(&mut recv, S::MAX_REQUEST_BULK),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::Protocol(format!(
+            "request not received within {REQUEST_DEADLINE:?}"
+        )))
+    });
+    let (resp, bulk) = match read {
         Ok((req, bulk)) => service.handle(req, bulk, peer).await,
         Err(e) => {
             warn!(%peer, "rejected a malformed request: {e}");

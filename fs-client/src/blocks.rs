@@ -434,6 +434,9 @@ impl BlockStore {
         }
         let size = meta.shard_size as usize;
         let k = meta.ec.k as usize;
+        if meta.ec.validate().is_err() || size != meta.ec.shard_size(meta.len as usize) {
+            return None;
+        }
         let mut parts = Vec::new();
         let mut pos = lo;
         while pos < hi {
@@ -551,7 +554,12 @@ impl BlockStore {
             meta.shard_size as usize,
             meta.len as usize,
         );
-        if len > k * size {
+        // Checked before anything is allocated for it: the description came from the master,
+        // which got it from some client.
+        if meta.ec.validate().is_err()
+            || size != meta.ec.shard_size(len)
+            || size > shardfs_common::wire::MAX_BULK
+        {
             return Err(Error::Corrupt(format!(
                 "block {} of {len} bytes does not fit {k} shards of {size}",
                 meta.id

@@ -172,6 +172,15 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
 
+    /// Nodes 0 and 3 are expected to answer within a second, the others within ten.
+    fn due(x: NodeId) -> Duration {
+        if x == n(0) || x == n(3) {
+            SEC
+        } else {
+            SEC * 10
+        }
+    }
+
     #[test]
     fn all_stored_on_distinct_nodes() {
         let t = Instant::now();
@@ -204,14 +213,6 @@ mod tests {
     #[test]
     fn stalled_upload_is_raced_not_dropped() {
         let t = Instant::now();
-        // Nodes 0 and 3 are expected to answer within a second, the others within ten.
-        let due = |x: NodeId| {
-            if x == n(0) || x == n(3) {
-                SEC
-            } else {
-                SEC * 10
-            }
-        };
         let mut u = ShardUploads::new(2, 3);
         let slow = u.start(0, n(0), t);
         u.start(1, n(1), t);
@@ -238,14 +239,6 @@ mod tests {
     #[test]
     fn a_raced_upload_that_stalls_too_is_raced_again() {
         let t = Instant::now();
-        // Nodes 0 and 3 are expected to answer within a second, the others within ten.
-        let due = |x: NodeId| {
-            if x == n(0) || x == n(3) {
-                SEC
-            } else {
-                SEC * 10
-            }
-        };
         let mut u = ShardUploads::new(2, 3);
         u.start(0, n(0), t);
         u.start(1, n(1), t);

@@ -139,6 +139,9 @@ impl wire::Service for Master {
         // default), so they run inline rather than paying for a thread hand-off. A scrub waits
         // on every node.
         let touched = events::touched(&req);
+        if let Err(e) = check_times(&req) {
+            return (MasterResponse::Err(e.to_remote()), Bytes::new());
+        }
         let r = match req {
             MasterRequest::Watch { after } => {
                 Ok(self.events.watch(after, Duration::from_secs(10)).await)
@@ -178,6 +181,27 @@ impl wire::Service for Master {
             }
         };
         (resp, Bytes::new())
+    }
+}
+
+/// Every time a request would store must be one that can be represented and shown.
+fn check_times(req: &MasterRequest) -> Result<(), Error> {
+    use MasterRequest as R;
+    match req {
+        R::SetAttr { set, .. } => {
+            set.now.check()?;
+            set.atime.map(|t| t.check()).transpose()?;
+            set.mtime.map(|t| t.check()).transpose()?;
+            Ok(())
+        }
+        R::Create { now, .. }
+        | R::Symlink { now, .. }
+        | R::Link { now, .. }
+        | R::Unlink { now, .. }
+        | R::Rmdir { now, .. }
+        | R::Rename { now, .. } => now.check(),
+        R::Commit { mtime, .. } => mtime.check(),
+        _ => Ok(()),
     }
 }
 

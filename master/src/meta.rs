@@ -1113,9 +1113,10 @@ impl Meta {
                     txn.blocks.insert(s.id, Some(b));
                 }
                 (None, Some(m)) => {
-                    if m.id != s.id || m.shards.len() != m.ec.total() || s.used > m.len {
+                    if m.id != s.id || s.used > m.len {
                         return Err(fs_err(ErrorCode::Invalid, "inconsistent block description"));
                     }
+                    m.check(self.cluster.ec, bs)?;
                     txn.blocks.insert(
                         s.id,
                         Some(BlockRecord {

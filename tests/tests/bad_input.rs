@@ -2,7 +2,8 @@
 
 use bytes_free::*;
 use shardfs_common::proto::{
-    MasterRequest, MasterResponse, NodeRequest, NodeResponse, ALPN_MASTER, ALPN_NODE,
+    BlockMeta, FileKind, MasterRequest, MasterResponse, NewSlot, NodeRequest, NodeResponse,
+    ShardLoc, Timespec, ALPN_MASTER, ALPN_NODE, PROTOCOL_VERSION,
 };
 use shardfs_common::{net, wire};
 use shardfs_tests::*;
@@ -147,15 +148,18 @@ fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ep = net::client_endpoint(false).unwrap();
+        // Frames of the current version reach the size checks and the decoder.
+        let v = PROTOCOL_VERSION;
         let garbage: Vec<Vec<u8>> = vec![
             b"hello, this is not a frame".to_vec(),
-            vec![1, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0], // header length beyond the limit
+            vec![v, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0], // header length beyond the limit
             vec![
-                1, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4,
+                v, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4,
             ], // bulk beyond limit
-            vec![1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0xee, 0xee, 0xee], // undecodable header
-            vec![7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],             // another protocol version
-            vec![1, 0, 0],                                           // ends mid-prefix
+            vec![v, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0xee, 0xee, 0xee], // undecodable header
+            vec![v, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0],          // header shorter than it says
+            vec![v + 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],         // another protocol version
+            vec![v, 0, 0],                                           // ends mid-prefix
         ];
         // Master.
         let conn = connect(&ep, ALPN_MASTER, master).await;
@@ -216,4 +220,136 @@ fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
     let t = Instant::now();
     assert!(c.status().is_some());
     assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+/// Commits no mount would send — a block description with zero or huge shards, a time at the
+/// end of i64 — get a clear error, store nothing, and every mount keeps working.
+#[test]
+fn crafted_commits_are_refused_and_mounts_keep_working() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount("m");
+    std::fs::write(mp.join("good"), b"a file written by a mount").unwrap();
+    let master: std::net::SocketAddr = c.master_addr().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refusals = rt.block_on(async {
+        let ep = net::client_endpoint(false).unwrap();
+        let conn = connect(&ep, ALPN_MASTER, master).await;
+        let call = |req: MasterRequest| {
+            let conn = conn.clone();
+            async move {
+                wire::request::<_, MasterResponse>(&conn, &req, Default::default(), 0)
+                    .await
+                    .unwrap()
+                    .0
+            }
+        };
+        let created = call(MasterRequest::Create {
+            parent: 1,
+            name: b"victim".to_vec(),
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            now: Timespec::now(),
+            session: 0,
+        })
+        .await;
+        let MasterResponse::Changed {
+            attr: Some(attr), ..
+        } = created
+        else {
+            panic!("create: {created:?}");
+        };
+        let data = b"forged block".to_vec();
+        let id = shardfs_common::BlockId::of(&data);
+        let nodes: Vec<ShardLoc> = (1..=6)
+            .map(|n| ShardLoc {
+                node: shardfs_common::NodeId(n),
+                hash: [0; 32],
+            })
+            .collect();
+        let commit = |shard_size: u32, mtime: Timespec| MasterRequest::Commit {
+            ino: attr.ino,
+            slots: vec![NewSlot {
+                index: 0,
+                id,
+                used: data.len() as u64,
+                meta: Some(BlockMeta {
+                    id,
+                    ec: shardfs_common::ec::EcParams { k: 4, m: 2 },
+                    len: data.len() as u64,
+                    shard_size,
+                    shards: nodes.clone(),
+                }),
+            }],
+            size: data.len() as u64,
+            mtime,
+            base: None,
+            session: 0,
+            seq: 1,
+            cut: None,
+            mergeable: false,
+        };
+        let mut refusals = Vec::new();
+        for req in [
+            commit(0, Timespec::now()),
+            commit(u32::MAX, Timespec::now()),
+            commit(
+                3,
+                Timespec {
+                    secs: i64::MAX,
+                    nsecs: 0,
+                },
+            ),
+            commit(
+                3,
+                Timespec {
+                    secs: 0,
+                    nsecs: u32::MAX,
+                },
+            ),
+        ] {
+            match call(req).await {
+                MasterResponse::Err(e) => refusals.push(e.message),
+                other => panic!("a crafted commit was accepted: {other:?}"),
+            }
+        }
+        let setattr = call(MasterRequest::SetAttr {
+            ino: attr.ino,
+            set: shardfs_common::proto::SetAttr {
+                mode: None,
+                uid: None,
+                gid: None,
+                size: None,
+                atime: None,
+                mtime: Some(Timespec {
+                    secs: i64::MIN,
+                    nsecs: 0,
+                }),
+                now: Timespec::now(),
+            },
+            base: None,
+        })
+        .await;
+        assert!(matches!(setattr, MasterResponse::Err(_)), "{setattr:?}");
+        refusals
+    });
+    eprintln!("refusals: {refusals:#?}");
+    assert!(refusals[0].contains("shards of 0 bytes"), "{}", refusals[0]);
+    assert!(refusals[2].contains("out of range"), "{}", refusals[2]);
+    // Nothing was stored: the file is empty, and the mounts (this one and a new one) work.
+    let fresh = c.mount_with("fresh", &["--cache-mib", "0"]);
+    for m in [&mp, &fresh] {
+        assert_eq!(std::fs::read(m.join("victim")).unwrap(), b"");
+        assert_eq!(
+            std::fs::read(m.join("good")).unwrap(),
+            b"a file written by a mount"
+        );
+        let names = sh_ok(&format!("ls {}", m.display()));
+        assert!(
+            names.contains("victim") && names.contains("good"),
+            "{names}"
+        );
+    }
 }

@@ -133,6 +133,7 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
         (rng_state >> 33) as usize
     };
     let mut down: Vec<usize> = Vec::new();
+    let mut ever_killed = std::collections::HashSet::new();
     let (mut kills, started) = (0, Instant::now());
     while !done.load(Ordering::SeqCst) && !writer.is_finished() {
         std::thread::sleep(Duration::from_millis(1000 + (next() % 1500) as u64));
@@ -145,6 +146,7 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
             };
             c.kill_node(n);
             down.push(n);
+            ever_killed.insert(n);
             kills += 1;
             if kills >= min_kills {
                 enough.store(true, Ordering::SeqCst);
@@ -178,6 +180,23 @@ fn writes_survive_nodes_killed_and_restarted_at_random() {
     assert!(
         failures.is_empty(),
         "writes failed with at most m nodes down: {failures:?}"
+    );
+    // A node that was never killed was never marked down: heartbeats of live nodes are
+    // answered whatever else the master is doing.
+    let log = fs::read_to_string(c.path("logs/master.log")).unwrap_or_default();
+    let wrongly_down: Vec<String> = (0..8)
+        .filter(|i| !ever_killed.contains(i))
+        .filter_map(|i| {
+            let id = fs::read_to_string(c.node_dir(i).join("node.id")).ok()?;
+            let id = id.trim();
+            log.lines()
+                .find(|l| l.contains("node down") && l.contains(id))
+                .map(|l| format!("node {i} (never killed): {l}"))
+        })
+        .collect();
+    assert!(
+        wrongly_down.is_empty(),
+        "live nodes marked down: {wrongly_down:#?}"
     );
     for n in down {
         c.start_node(n);
