@@ -255,7 +255,8 @@ impl ShardStore {
         }
     }
 
-    /// Store a shard durably. Idempotent: an intact copy already there is kept.
+    /// Store a shard durably. Idempotent: an intact copy of the same bytes (same hash) already
+    /// there is kept; anything else at that place is replaced.
     pub fn put(
         &self,
         block: &BlockId,
@@ -271,7 +272,9 @@ impl ShardStore {
         }
         let path = self.path(block, index);
         if let Ok(md) = fs::metadata(&path) {
-            if md.len() >= (HEADER_LEN + len) as u64 && self.get(block, index).is_ok() {
+            if md.len() >= (HEADER_LEN + len) as u64
+                && self.get(block, index).is_ok_and(|(h, _)| h == *hash)
+            {
                 return Ok(());
             }
         }
@@ -517,6 +520,15 @@ mod tests {
             "hash mismatch must be refused"
         );
         store.put(&id, 0, &h, ShardBuf::from_slice(&data)).unwrap();
+        store.put(&id, 0, &h, ShardBuf::from_slice(&data)).unwrap();
+        assert_eq!(store.usage().shards, 1);
+        assert_eq!(store.get(&id, 0).unwrap().1, data);
+        // Other (intact) bytes put at the same place replace what is there: a shard stored
+        // first by someone else cannot shadow the one a writer sends.
+        let other = b"other shard bytes".to_vec();
+        let ho = shardfs_common::ids::shard_hash(&other);
+        store.put(&id, 0, &ho, ShardBuf::from_slice(&other)).unwrap();
+        assert_eq!(store.get(&id, 0).unwrap(), (ho, other.into()));
         store.put(&id, 0, &h, ShardBuf::from_slice(&data)).unwrap();
         assert_eq!(store.usage().shards, 1);
         assert_eq!(store.get(&id, 0).unwrap().1, data);
