@@ -676,7 +676,10 @@ impl BlockStore {
                 (i, r)
             }
         };
+        // Shards asked for and not answered yet.
+        let mut outstanding = vec![false; n];
         while next < k.min(order.len()) {
+            outstanding[order[next]] = true;
             running.push(launch(order[next]));
             next += 1;
         }
@@ -693,17 +696,29 @@ impl BlockStore {
             tokio::select! {
                 r = running.next() => {
                     let Some((i, r)) = r else { break };
+                    outstanding[i] = false;
                     match r {
                         Ok(None) => { got.data_ok[i] = true; have += 1; }
                         Ok(Some(v)) => { got.parity[i] = Some(v); have += 1; }
                         Err(e) => {
                             errors.push(format!("shard {i} on node {}: {e}", meta.shards[i].node));
-                            if next < order.len() { running.push(launch(order[next])); next += 1; }
+                            if next < order.len() {
+                                outstanding[order[next]] = true;
+                                running.push(launch(order[next]));
+                                next += 1;
+                            }
                         }
                     }
                 }
                 _ = &mut hedge, if !hedged => {
                     hedged = true;
+                    // Some shards came and these did not: their nodes are stalled (the next
+                    // blocks try them last) — unless nothing came at all (a slow client).
+                    if have > 0 {
+                        for (i, _) in outstanding.iter().enumerate().filter(|(_, o)| **o) {
+                            self.health.failed(meta.shards[i].node, "read stalled past the hedge delay");
+                        }
+                    }
                     while next < order.len() { running.push(launch(order[next])); next += 1; }
                 }
             }

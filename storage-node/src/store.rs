@@ -527,7 +527,9 @@ mod tests {
         // first by someone else cannot shadow the one a writer sends.
         let other = b"other shard bytes".to_vec();
         let ho = shardfs_common::ids::shard_hash(&other);
-        store.put(&id, 0, &ho, ShardBuf::from_slice(&other)).unwrap();
+        store
+            .put(&id, 0, &ho, ShardBuf::from_slice(&other))
+            .unwrap();
         assert_eq!(store.get(&id, 0).unwrap(), (ho, other.into()));
         store.put(&id, 0, &h, ShardBuf::from_slice(&data)).unwrap();
         assert_eq!(store.usage().shards, 1);

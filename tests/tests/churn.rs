@@ -111,6 +111,34 @@ fn more_than_m_nodes_down_fails_a_write_with_eio_in_bounded_time() {
     assert_eq!(fs::read(mp.join("after")).unwrap(), data);
 }
 
+#[test]
+fn reads_do_not_wait_for_a_frozen_node() {
+    // 6 nodes for 4+2: every block has a shard on the frozen node.
+    let mut c = Cluster::start(6, "4+2");
+    let w = c.mount("w");
+    let data = random_bytes(3, 64 << 20);
+    write_synced(&w.join("f"), &data).unwrap();
+    let want = blake3::hash(&data).to_hex().to_string();
+    c.umount(&w);
+    // Fresh mounts: nothing of the file is cached (a small cache keeps read-ahead working).
+    let healthy = c.mount_with("healthy", &["--cache-mib", "32"]);
+    let t = Instant::now();
+    assert_eq!(hash_file(&healthy.join("f")), want);
+    let healthy_took = t.elapsed();
+    let r = c.mount_with("r", &["--cache-mib", "32"]);
+    c.signal_node(0, libc::SIGSTOP);
+    let t = Instant::now();
+    let got = hash_file(&r.join("f"));
+    let took = t.elapsed();
+    c.signal_node(0, libc::SIGCONT);
+    eprintln!("64 MiB read: healthy {healthy_took:?}, with a frozen node {took:?}");
+    assert_eq!(got, want);
+    assert!(
+        took < Duration::from_secs(5),
+        "reading 64 MiB with one frozen node took {took:?} (healthy {healthy_took:?})"
+    );
+}
+
 /// Seconds since midnight UTC of a log line's timestamp (`2026-12-01T07:19:12.123456Z ...`).
 fn log_time(line: &str) -> Option<f64> {
     let t = line.split_whitespace().next()?.split('T').nth(1)?;
