@@ -166,10 +166,33 @@ pub struct BlockMeta {
 }
 
 impl BlockMeta {
+    /// Whether the description is self-consistent: a usable code, shards of ceil(len / k)
+    /// bytes (no larger than a frame's bulk), one per shard index. A mount checks this before
+    /// it allocates anything to read the block.
+    pub fn check_shape(&self) -> crate::Result<()> {
+        let bad = |why: String| Err(crate::Error::invalid(format!("block {}: {why}", self.id)));
+        self.ec.validate()?;
+        if self.shard_size as usize != self.ec.shard_size(self.len as usize)
+            || self.shard_size as usize > crate::wire::MAX_BULK
+        {
+            return bad(format!(
+                "shards of {} bytes for {} bytes in {} data shards",
+                self.shard_size, self.len, self.ec.k
+            ));
+        }
+        if self.shards.len() != self.ec.total() {
+            return bad(format!(
+                "{} shards listed, the code has {}",
+                self.shards.len(),
+                self.ec.total()
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this is a description the cluster could have made: code `ec`, at most
-    /// `block_size` bytes, shards of ceil(len / k) bytes, one shard per node on distinct
-    /// nodes. Anything a client sends is checked with it before it is stored, and anything a
-    /// mount reads before it allocates for it.
+    /// `block_size` bytes, a consistent shape, one shard per node on distinct nodes. Anything
+    /// a client sends is checked with it before it is stored.
     pub fn check(&self, ec: EcParams, block_size: u64) -> crate::Result<()> {
         let bad = |why: String| Err(crate::Error::invalid(format!("block {}: {why}", self.id)));
         if self.ec != ec {
@@ -181,19 +204,7 @@ impl BlockMeta {
                 self.len
             ));
         }
-        if self.shard_size as usize != ec.shard_size(self.len as usize) {
-            return bad(format!(
-                "shards of {} bytes for {} bytes in {} data shards",
-                self.shard_size, self.len, ec.k
-            ));
-        }
-        if self.shards.len() != ec.total() {
-            return bad(format!(
-                "{} shards listed, the code has {}",
-                self.shards.len(),
-                ec.total()
-            ));
-        }
+        self.check_shape()?;
         let mut nodes: Vec<NodeId> = self.shards.iter().map(|s| s.node).collect();
         nodes.sort_unstable();
         nodes.dedup();

@@ -151,10 +151,6 @@ impl BlockStore {
             })
     }
 
-    fn is_suspect(&self, node: NodeId) -> bool {
-        self.health.is_failing(node)
-    }
-
     fn cached(&self, id: &BlockId) -> Option<Arc<Vec<u8>>> {
         self.cache.lock().expect("cache lock").lru.get(id).cloned()
     }
@@ -198,6 +194,36 @@ impl BlockStore {
                 shards.len()
             )));
         }
+        let shard_len = shards[0].len();
+        let nodes = self
+            .store_shards(id, data.len() as u64, &shards, &hashes, nodes, give_up)
+            .await?;
+        let meta = BlockMeta {
+            id,
+            ec: self.codec.params(),
+            len: data.len() as u64,
+            shard_size: shard_len as u32,
+            shards: nodes
+                .iter()
+                .zip(hashes.iter())
+                .map(|(n, h)| ShardLoc { node: *n, hash: *h })
+                .collect(),
+        };
+        self.cache_insert(id, data);
+        Ok(meta)
+    }
+
+    /// Send shard i to `nodes[i]`, re-placing shards whose upload fails or stalls, until every
+    /// shard is stored on a distinct node; returns the node of each.
+    async fn store_shards(
+        self: &Arc<Self>,
+        id: BlockId,
+        len: u64,
+        shards: &[Bytes],
+        hashes: &[[u8; 32]],
+        nodes: Vec<NodeId>,
+        give_up: Instant,
+    ) -> Result<Vec<NodeId>> {
         let shard_len = shards[0].len();
         let mut up = ShardUploads::new(self.codec.params().k as usize, shards.len());
         let mut running = FuturesUnordered::new();
@@ -244,10 +270,7 @@ impl BlockStore {
                     for n in up.stalled_nodes(&need) {
                         self.health.failed(n, "upload stalled");
                     }
-                    match self
-                        .place_more(id, data.len() as u64, need.len(), up.holding())
-                        .await
-                    {
+                    match self.place_more(id, len, need.len(), up.holding()).await {
                         Ok(more) => {
                             for (&i, node) in need.iter().zip(more) {
                                 debug!(block = %id, shard = i, %node, "shard placed again");
@@ -296,20 +319,7 @@ impl BlockStore {
         for h in aborts.into_values() {
             h.abort();
         }
-        let nodes = up.nodes().expect("complete");
-        let meta = BlockMeta {
-            id,
-            ec: self.codec.params(),
-            len: data.len() as u64,
-            shard_size: shard_len as u32,
-            shards: nodes
-                .iter()
-                .zip(hashes.iter())
-                .map(|(n, h)| ShardLoc { node: *n, hash: *h })
-                .collect(),
-        };
-        self.cache_insert(id, data);
-        Ok(meta)
+        Ok(up.nodes().expect("complete"))
     }
 
     /// Where to store a new block (or that the cluster has it), asking again while the master
@@ -434,7 +444,7 @@ impl BlockStore {
         }
         let size = meta.shard_size as usize;
         let k = meta.ec.k as usize;
-        if meta.ec.validate().is_err() || size != meta.ec.shard_size(meta.len as usize) {
+        if meta.check_shape().is_err() {
             return None;
         }
         let mut parts = Vec::new();
@@ -453,7 +463,7 @@ impl BlockStore {
             let this = self.clone();
             let id = meta.id;
             async move {
-                if this.is_suspect(loc.node) {
+                if this.health.is_failing(loc.node) {
                     return None;
                 }
                 let addr = this.addr(loc.node).await.ok()?;
@@ -542,29 +552,15 @@ impl BlockStore {
     }
 
     async fn fetch(self: &Arc<Self>, meta: &BlockMeta) -> Result<Arc<Vec<u8>>> {
-        let n = meta.shards.len();
-        if n != meta.ec.total() {
-            return Err(Error::Corrupt(format!(
-                "block {} lists {n} shards",
-                meta.id
-            )));
-        }
+        // Checked before anything is allocated for it: the description came from the master,
+        // which got it from some client.
+        meta.check_shape()
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
         let (k, size, len) = (
             meta.ec.k as usize,
             meta.shard_size as usize,
             meta.len as usize,
         );
-        // Checked before anything is allocated for it: the description came from the master,
-        // which got it from some client.
-        if meta.ec.validate().is_err()
-            || size != meta.ec.shard_size(len)
-            || size > shardfs_common::wire::MAX_BULK
-        {
-            return Err(Error::Corrupt(format!(
-                "block {} of {len} bytes does not fit {k} shards of {size}",
-                meta.id
-            )));
-        }
         // Data shards are received straight into the block's buffer (one copy out of QUIC's
         // buffers); parity shards, fetched only when a data shard fails or is slow, into
         // their own.
@@ -648,7 +644,7 @@ impl BlockStore {
         let n = meta.shards.len();
         let size = meta.shard_size as usize;
         let mut order: Vec<usize> = (0..n).filter(|i| !excluded.contains(i)).collect();
-        order.sort_by_key(|&i| (self.is_suspect(meta.shards[i].node), i >= k, i));
+        order.sort_by_key(|&i| (self.health.is_failing(meta.shards[i].node), i >= k, i));
         let mut regions: Vec<Option<&mut [MaybeUninit<u8>]>> =
             data.chunks_mut(size.max(1)).map(Some).collect();
         let mut next = 0usize;

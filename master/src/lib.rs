@@ -184,6 +184,11 @@ impl wire::Service for Master {
     }
 }
 
+/// Free space a node needs for one shard of a block of `len` bytes (with its header).
+fn shard_space(ec: EcParams, len: u64) -> u64 {
+    ec.shard_size(len as usize) as u64 + 4096
+}
+
 /// Every time a request would store must be one that can be represented and shown.
 fn check_times(req: &MasterRequest) -> Result<(), Error> {
     use MasterRequest as R;
@@ -513,7 +518,7 @@ impl Master {
                     if let Some(meta) = self.meta.place_lookup(&id, &self.collecting)? {
                         out.push(Placement::Exists(meta));
                     } else {
-                        let need = ec.shard_size(len as usize) as u64 + 4096;
+                        let need = shard_space(ec, len);
                         out.push(Placement::Place(self.nodes.place(
                             ec.total(),
                             need,
@@ -544,7 +549,7 @@ impl Master {
                     .into());
                 }
                 self.nodes.reported(&failing, peer);
-                let need = ec.shard_size(len as usize) as u64 + 4096;
+                let need = shard_space(ec, len);
                 let nodes = self.nodes.place(count as usize, need, &holding, &failing)?;
                 A::Placements(vec![Placement::Place(nodes)])
             }

@@ -22,6 +22,18 @@ struct Entry {
     reported: Option<Instant>,
 }
 
+impl Entry {
+    fn new(rec: NodeRecord, last_seen: Option<Instant>, draining: bool) -> Self {
+        Entry {
+            rec,
+            last_seen,
+            draining,
+            logged: NodeState::Up,
+            reported: None,
+        }
+    }
+}
+
 /// A node with less free space than this is reported as full.
 const FULL_BELOW: u64 = 8 << 20;
 
@@ -38,18 +50,7 @@ impl Registry {
         let nodes = meta
             .nodes()?
             .into_iter()
-            .map(|(id, rec)| {
-                (
-                    id,
-                    Entry {
-                        rec,
-                        last_seen: None,
-                        draining: draining.contains(&id),
-                        logged: NodeState::Up,
-                        reported: None,
-                    },
-                )
-            })
+            .map(|(id, rec)| (id, Entry::new(rec, None, draining.contains(&id))))
             .collect();
         Ok(Registry {
             nodes: Mutex::new(nodes),
@@ -82,16 +83,7 @@ impl Registry {
         let mut nodes = self.nodes.lock().expect("registry lock");
         tracing::info!(%id, addr = %rec.addr, "node registered");
         let draining = nodes.get(&id).is_some_and(|e| e.draining);
-        nodes.insert(
-            id,
-            Entry {
-                rec,
-                last_seen: Some(Instant::now()),
-                draining,
-                logged: NodeState::Up,
-                reported: None,
-            },
-        );
+        nodes.insert(id, Entry::new(rec, Some(Instant::now()), draining));
         Ok(())
     }
 
