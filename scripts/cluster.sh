@@ -5,7 +5,9 @@
 #   scripts/cluster.sh status            nodes, capacity and mounts
 #   scripts/cluster.sh down              unmount and stop every process
 #
-# State (data, logs, pid files, master.addr) lives in $SHARDFS_HOME (default ./.shardfs).
+# State (data, logs, pid files, master.addr) lives in $SHARDFS_HOME (default ./.shardfs), with
+# the credentials the launcher makes: admin.cred (status, scrub, repair, drain, tokens) and
+# client.cred (the mount's), both mode 0600. Nodes keep theirs in their data directories.
 # SHARDFS_NODES (default 6) and SHARDFS_EC (default 4+2) shape a new cluster.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -43,13 +45,26 @@ start_master() {
   echo $! >"$RUN/master.pid"
   wait_for 30 "master" test -s "$H/master.addr" ||
     die "master did not start; see $LOGS/master.log: $(tail -n 3 "$LOGS/master.log")"
+  # The master makes the cluster CA and a first admin credential when it creates the cluster.
+  if [ ! -s "$H/admin.cred" ]; then
+    [ -s "$H/master/admin.cred" ] || die "the master made no admin credential; see $LOGS/master.log"
+    install -m 0600 "$H/master/admin.cred" "$H/admin.cred"
+  fi
+}
+
+token() { # role [extra args]: a one-time join token
+  local role=$1; shift
+  "$BIN/shardfs" token create "$H/master.addr" --role "$role" --credentials "$H/admin.cred" "$@" 2>/dev/null ||
+    die "cannot make a $role join token (is $H/admin.cred this cluster's?)"
 }
 
 start_node() {
   local i=$1
   alive "$RUN/node$i.pid" && return 0
+  local join=()
+  [ -s "$H/node$i/node.cred" ] || join=(--token "$(token node)")
   "$BIN/shardfs-node" --data-dir "$H/node$i" --listen 127.0.0.1:0 --master "$(cat "$H/master.addr")" \
-    >>"$LOGS/node$i.log" 2>&1 &
+    "${join[@]}" >>"$LOGS/node$i.log" 2>&1 &
   echo $! >"$RUN/node$i.pid"
 }
 
@@ -66,6 +81,10 @@ up() {
     say "already mounted at $mp"
   else
     [ -z "$(ls -A "$mp")" ] || die "mountpoint $mp is not empty"
+    # The launcher's own mount may act as root (as the local user running it can anyway).
+    [ -s "$H/client.cred" ] || "$BIN/shardfs" credentials join "$H/master.addr" \
+      --token "$(token client --allow-root)" --credentials "$H/client.cred" >/dev/null ||
+      die "cannot make the mount's credential"
     "$BIN/shardfs" mount "$H/master.addr" "$mp" --log-file "$LOGS/mount.log" \
       --pid-file "$RUN/mount.pid" >/dev/null || die "mount failed; see $LOGS/mount.log"
     echo "$mp" >"$RUN/mountpoint"
@@ -73,7 +92,8 @@ up() {
   cat <<MSG
 ShardFS is up: master $(cat "$H/master.addr"), $NODES storage nodes (code $EC), state in $H
 Mounted at:   $mp
-Status:       scripts/cluster.sh status
+Status:       scripts/cluster.sh status   (admin credential: $H/admin.cred)
+Mount again:  shardfs mount $H/master.addr DIR --credentials $H/client.cred
 Stop:         scripts/cluster.sh down
 MSG
 }

@@ -4,6 +4,8 @@
 //! replaced on the next request. Every request has a deadline.
 
 use crate::error::{Error, Result};
+use crate::pki::{Credential, Role};
+use crate::proto::ALPN_MASTER;
 use crate::{net, wire};
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -25,15 +27,33 @@ enum Conn {
 pub struct Dialer {
     endpoint: Endpoint,
     config: ClientConfig,
+    /// The role the peers of this dialer must have (master or node).
+    expect: Role,
     connect_timeout: Duration,
     conns: Mutex<HashMap<SocketAddr, Conn>>,
 }
 
 impl Dialer {
-    pub fn new(alpn: &[u8], connect_timeout: Duration) -> Result<Self> {
+    /// A dialer of one service (`alpn`: the master's or the nodes'), presenting `cred`.
+    pub fn new(alpn: &[u8], cred: &Credential, connect_timeout: Duration) -> Result<Self> {
+        let config = net::client_config(alpn, cred)?;
+        Dialer::with_config(alpn, config, connect_timeout)
+    }
+
+    /// A dialer with its own TLS configuration (the join exchange's).
+    pub fn with_config(
+        alpn: &[u8],
+        config: ClientConfig,
+        connect_timeout: Duration,
+    ) -> Result<Self> {
         Ok(Dialer {
             endpoint: net::client_endpoint(false)?,
-            config: net::client_config(alpn)?,
+            config,
+            expect: if alpn == ALPN_MASTER {
+                Role::Master
+            } else {
+                Role::Node
+            },
             connect_timeout,
             conns: Mutex::new(HashMap::new()),
         })
@@ -47,13 +67,14 @@ impl Dialer {
                 Some(Conn::Ready(c)) if c.close_reason().is_none() => return Ok(c.clone()),
                 Some(Conn::Connecting(p)) => p.clone(),
                 _ => {
-                    let (endpoint, config, timeout) = (
+                    let (endpoint, config, timeout, expect) = (
                         self.endpoint.clone(),
                         self.config.clone(),
                         self.connect_timeout,
+                        self.expect,
                     );
                     let fut = async move {
-                        net::connect(&endpoint, &config, addr, timeout)
+                        net::connect(&endpoint, &config, addr, timeout, expect)
                             .await
                             .map_err(|e| e.to_string())
                     }

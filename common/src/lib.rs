@@ -14,8 +14,10 @@ pub mod dial;
 pub mod ec;
 pub mod error;
 pub mod ids;
+pub mod join;
 pub mod locks;
 pub mod net;
+pub mod pki;
 pub mod proto;
 pub mod wire;
 

@@ -6,16 +6,15 @@
 //! streams per connection.
 
 use crate::error::{Error, Result};
+use crate::pki::{Credential, Role, SERVER_NAME};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ClientConfig, Connection, Endpoint, EndpointConfig, ServerConfig, TransportConfig};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Server name used in TLS; certificates are issued for it.
-const SERVER_NAME: &str = "shardfs";
 const SOCKET_BUFFER: usize = 16 << 20;
 
 fn transport() -> TransportConfig {
@@ -118,21 +117,119 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A QUIC server endpoint on `addr` speaking `alpn`, with a fresh self-signed certificate.
+/// Whether a join certificate names a live token (the hash of its secret).
+pub type TokenCheck = Arc<dyn Fn(&[u8; 32]) -> bool + Send + Sync>;
+
+/// Who may connect to a server endpoint.
+#[derive(Clone)]
+pub enum ClientAuth {
+    /// Every peer shows a certificate of the cluster CA (nodes).
+    Required,
+    /// Also a joining host whose self-signed join certificate names a token `check` accepts
+    /// (the master); it is then only served the join exchange.
+    AllowJoin(TokenCheck),
+}
+
+/// The master's client verifier: a certificate of the cluster CA, or a join certificate of a
+/// live token. Anything else — no certificate, a self-signed one, another cluster's — fails
+/// the handshake.
+struct ClusterOrJoin {
+    cluster: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    tokens: TokenCheck,
+}
+
+impl std::fmt::Debug for ClusterOrJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterOrJoin")
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClusterOrJoin {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.cluster.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        match self
+            .cluster
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(v) => Ok(v),
+            Err(e) => match crate::pki::join_request(end_entity) {
+                // The handshake's signature (checked next) proves the key is the joiner's.
+                Some(hash) if (self.tokens)(&hash) => {
+                    Ok(rustls::server::danger::ClientCertVerified::assertion())
+                }
+                Some(_) => Err(rustls::Error::General(
+                    "join with an unknown, used or expired token".into(),
+                )),
+                None => Err(e),
+            },
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.cluster.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.cluster.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.cluster.supported_verify_schemes()
+    }
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<rustls::RootCertStore>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(|e| Error::Config(format!("cluster CA certificate: {e}")))?;
+    Ok(Arc::new(roots))
+}
+
+/// A QUIC server endpoint on `addr` speaking `alpn`, presenting `cred` and accepting only
+/// peers whose certificates the same cluster CA signed.
 ///
 /// `reset_key` should be kept across restarts of the same server: with it, a restarted server
 /// answers packets of its previous life with a valid stateless reset, so peers notice at once
 /// and reconnect instead of waiting for an idle timeout.
-pub fn server_endpoint(addr: SocketAddr, alpn: &[u8], reset_key: &[u8; 32]) -> Result<Endpoint> {
-    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
-        .map_err(|e| Error::Config(format!("certificate: {e}")))?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
-    let chain = vec![cert.cert.der().clone()];
+pub fn server_endpoint(
+    addr: SocketAddr,
+    alpn: &[u8],
+    reset_key: &[u8; 32],
+    cred: &Credential,
+    auth: ClientAuth,
+) -> Result<Endpoint> {
+    let cluster =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&cred.ca)?, provider())
+            .build()
+            .map_err(|e| Error::Config(format!("tls: {e}")))?;
+    let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match auth {
+        ClientAuth::Required => cluster,
+        ClientAuth::AllowJoin(tokens) => Arc::new(ClusterOrJoin { cluster, tokens }),
+    };
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Config(format!("tls: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cred.chain(), cred.key())
         .map_err(|e| Error::Config(format!("tls: {e}")))?;
     tls.alpn_protocols = vec![alpn.to_vec()];
     tls.max_early_data_size = 0;
@@ -172,18 +269,45 @@ pub fn client_endpoint(ipv6: bool) -> Result<Endpoint> {
     .map_err(|e| Error::Config(format!("cannot start QUIC client: {e}")))
 }
 
-/// Client configuration for one service (ALPN).
-///
-/// Servers present self-signed certificates; until the cluster CA exists this accepts any
-/// certificate, so the channel is encrypted but the peer is not authenticated.
-pub fn client_config(alpn: &[u8]) -> Result<ClientConfig> {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+/// Client configuration for one service (ALPN): presents `cred` and trusts only servers whose
+/// certificates the cluster CA signed for a server role.
+pub fn client_config(alpn: &[u8], cred: &Credential) -> Result<ClientConfig> {
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(&cred.ca)?, provider())
+            .build()
+            .map_err(|e| Error::Config(format!("tls: {e}")))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Config(format!("tls: {e}")))?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(cred.chain(), cred.key())
+        .map_err(|e| Error::Config(format!("tls: {e}")))?;
+    quic_client(tls, alpn)
+}
+
+/// Client configuration for the join exchange: a self-signed join certificate of the joiner's
+/// key (see [`crate::pki::join_certificate`]), and the master is trusted if the CA it presents
+/// has the fingerprint the join token carries.
+pub fn join_config(
+    alpn: &[u8],
+    ca_fingerprint: [u8; 32],
+    join_cert: CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<ClientConfig> {
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Config(format!("tls: {e}")))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            fingerprint: ca_fingerprint,
+            provider: provider(),
+        }))
+        .with_client_auth_cert(vec![join_cert], key)
+        .map_err(|e| Error::Config(format!("tls: {e}")))?;
+    quic_client(tls, alpn)
+}
+
+fn quic_client(mut tls: rustls::ClientConfig, alpn: &[u8]) -> Result<ClientConfig> {
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Config(format!("tls: {e}")))?;
     let mut cfg = ClientConfig::new(Arc::new(crypto));
@@ -197,6 +321,7 @@ pub async fn connect(
     config: &ClientConfig,
     addr: SocketAddr,
     timeout: Duration,
+    expect: Role,
 ) -> Result<Connection> {
     let fail = |reason: String| Error::Connect {
         addr: addr.to_string(),
@@ -209,17 +334,62 @@ pub async fn connect(
     let connecting = endpoint
         .connect_with(config, addr, SERVER_NAME)
         .map_err(|e| fail(e.to_string()))?;
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
-            if c.error_code == quinn::TransportErrorCode::crypto(0x78) =>
-        {
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(fail(handshake_error(&e))),
+        Err(_) => return Err(fail(format!("no answer within {timeout:?}"))),
+    };
+    // A server without a certificate never gets here (the verifier refused it): the check is
+    // that it is the service asked for, not another server of the cluster at that address.
+    match crate::pki::peer_identity(&conn) {
+        Some(who) if who.role == expect => Ok(conn),
+        Some(who) => {
+            conn.close(0u32.into(), b"wrong role");
+            Err(fail(format!("the peer is {who}, not a {expect}")))
+        }
+        None => {
+            conn.close(0u32.into(), b"no identity");
             Err(fail(
-                "the peer is not a ShardFS service of this protocol version".into(),
+                "the peer's certificate names no ShardFS identity".into(),
             ))
         }
-        Ok(Err(e)) => Err(fail(e.to_string())),
-        Err(_) => Err(fail(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// What a failed handshake means, in words that point at the cause.
+fn handshake_error(e: &quinn::ConnectionError) -> String {
+    let alert = |code: u8| quinn::TransportErrorCode::crypto(code);
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) if c.error_code == alert(0x78) => {
+            "the peer is not a ShardFS service of this protocol version".into()
+        }
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == alert(0x74) || c.error_code == alert(0x2a) =>
+        {
+            "the server wants a credential of this cluster (none was shown)".into()
+        }
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == alert(0x30)
+                || c.error_code == alert(0x2b)
+                || c.error_code == alert(0x31) =>
+        {
+            "the server refused this credential: its certificate is not signed by this \
+             cluster's CA (a credential of another cluster?)"
+                .into()
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if c.error_code == alert(0x2c) => {
+            "the server refused this credential: it was revoked".into()
+        }
+        quinn::ConnectionError::TransportError(t) if t.to_string().contains("UnknownIssuer") => {
+            "the server's certificate is not signed by this cluster's CA (another cluster?)".into()
+        }
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            format!(
+                "the server closed the connection: {}",
+                String::from_utf8_lossy(&c.reason)
+            )
+        }
+        e => e.to_string(),
     }
 }
 
@@ -233,22 +403,13 @@ pub fn reset_key(dir: &std::path::Path) -> Result<[u8; 32]> {
             p.display()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key: [u8; 32] = rand_bytes();
+            let key: [u8; 32] = crate::pki::random();
             std::fs::write(&p, key)
                 .map_err(|e| Error::Config(format!("cannot write {}: {e}", p.display())))?;
             Ok(key)
         }
         Err(e) => Err(Error::Config(format!("cannot read {}: {e}", p.display()))),
     }
-}
-
-fn rand_bytes() -> [u8; 32] {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .expect("system randomness");
-    b
 }
 
 /// Resolve "host:port" to one socket address, with an error a user understands.
@@ -266,19 +427,46 @@ pub fn resolve(addr: &str) -> Result<SocketAddr> {
         .ok_or_else(|| Error::Config(format!("{addr:?} resolves to no address")))
 }
 
+/// Trusts a server whose chain ends in a CA certificate of a known fingerprint (the join
+/// token's), verified as the cluster's own verifier would with that CA as the root.
 #[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+struct PinnedCa {
+    fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+        let ca = intermediates
+            .iter()
+            .find(|c| crate::pki::fingerprint(c) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General("the master's CA is not the one the join token names".into())
+            })?;
+        let roots =
+            roots(&ca.clone().into_owned()).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots,
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)?;
+        match crate::pki::Identity::of_cert(end_entity) {
+            Ok(who) if who.role == Role::Master => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            _ => Err(rustls::Error::General(
+                "the peer is not the cluster's master".into(),
+            )),
+        }
     }
 
     fn verify_tls12_signature(
@@ -291,7 +479,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -305,11 +493,13 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -9,14 +9,15 @@ use crate::ec::EcParams;
 use crate::error::RemoteError;
 use crate::ids::{BlockId, Ino, NodeId};
 use crate::locks::{LockOwner, LockRange};
+pub use crate::pki::Role;
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 /// ALPN of the master's service (clients and nodes connect to it).
-pub const ALPN_MASTER: &[u8] = b"shardfs-master/5";
+pub const ALPN_MASTER: &[u8] = b"shardfs-master/6";
 /// ALPN of a storage node's service.
-pub const ALPN_NODE: &[u8] = b"shardfs-node/5";
+pub const ALPN_NODE: &[u8] = b"shardfs-node/6";
 
 /// Longest file name, as on ext4.
 pub const NAME_MAX: usize = 255;
@@ -596,6 +597,43 @@ pub enum MasterRequest {
         session: u64,
         outcome: String,
     },
+    /// Exchange a one-time join token (its secret) for a certificate of `public_key` (a raw
+    /// P-256 point, made on the joining host). A node names its id; every joiner its host.
+    /// The only request served to a peer without a credential.
+    Join {
+        secret: [u8; 16],
+        public_key: Vec<u8>,
+        host: String,
+        node: Option<NodeId>,
+    },
+    /// Make a one-time join token for a credential of `role` (admin only). `allow_root`: a
+    /// client credential whose uid 0 is not squashed.
+    CreateToken {
+        role: Role,
+        ttl_secs: u64,
+        allow_root: bool,
+    },
+    /// Every credential the cluster issued (admin only).
+    Credentials,
+    /// Revoke a credential (admin only): refused from now on by the master and every node.
+    Revoke {
+        id: String,
+    },
+}
+
+/// A credential the cluster issued, as `shardfs credentials list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialInfo {
+    pub id: String,
+    pub role: Role,
+    /// The host that joined with it.
+    pub host: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds of its last connection to the master (0: never).
+    pub last_seen: u64,
+    pub revoked: bool,
+    pub allow_root: bool,
 }
 
 /// One entry of a file's history of concurrent changes.
@@ -667,6 +705,19 @@ pub enum MasterResponse {
         text: Vec<u8>,
     },
     History(Vec<HistoryEntry>),
+    /// A certificate signed for a joiner, and the cluster CA's certificate (DER).
+    Joined {
+        cert: Vec<u8>,
+        ca: Vec<u8>,
+    },
+    /// A join token and when it expires (Unix seconds).
+    Token {
+        token: String,
+        expires: u64,
+    },
+    Credentials(Vec<CredentialInfo>),
+    /// The answer to a node's heartbeat: the ids of every revoked credential.
+    Revoked(Vec<String>),
     Err(RemoteError),
 }
 

@@ -6,6 +6,7 @@
 //! error reply.
 
 use crate::error::{Error, RemoteError, Result};
+use crate::pki::{Identity, Role};
 use crate::proto::PROTOCOL_VERSION;
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
@@ -223,8 +224,36 @@ pub trait Service: Send + Sync + 'static {
         self: Arc<Self>,
         req: Self::Req,
         bulk: Self::Bulk,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> impl Future<Output = (Self::Resp, Bytes)> + Send;
+    /// Whether a peer that completed the handshake may be served (for example: not revoked).
+    /// A refused connection is closed with the reason, which its peer sees.
+    fn admit(&self, _peer: &Peer, _conn: &Connection) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The other end of a connection: its address and the identity its verified certificate names
+/// (`None` only if the certificate names none, which the server refuses at once).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub who: Option<Identity>,
+}
+
+impl Peer {
+    pub fn role(&self) -> Option<Role> {
+        self.who.as_ref().map(|w| w.role)
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.who {
+            Some(w) => write!(f, "{w} at {}", self.addr),
+            None => write!(f, "{} (no credential)", self.addr),
+        }
+    }
 }
 
 /// Accept connections on `endpoint` and answer every stream with `service` until `shutdown`.
@@ -239,9 +268,10 @@ pub async fn serve<S: Service>(
                 let Some(incoming) = incoming else { break };
                 let service = service.clone();
                 tokio::spawn(async move {
+                    let from = incoming.remote_address();
                     match incoming.await {
                         Ok(conn) => serve_connection(conn, service).await,
-                        Err(e) => debug!("handshake failed: {e}"),
+                        Err(e) => warn!(peer = %from, "refused a connection at the handshake: {e}"),
                     }
                 });
             }
@@ -253,11 +283,24 @@ pub async fn serve<S: Service>(
 }
 
 async fn serve_connection<S: Service>(conn: Connection, service: Arc<S>) {
-    let peer = conn.remote_address();
+    let peer = Peer {
+        addr: conn.remote_address(),
+        who: crate::pki::peer_identity(&conn),
+    };
+    if conn.peer_identity().is_some() && peer.who.is_none() {
+        warn!(peer = %peer.addr, "refused a certificate that names no ShardFS identity");
+        conn.close(1u32.into(), b"the certificate names no ShardFS identity");
+        return;
+    }
+    if let Err(reason) = service.admit(&peer, &conn) {
+        warn!(%peer, "refused a connection: {reason}");
+        conn.close(1u32.into(), reason.as_bytes());
+        return;
+    }
     let probe = conn.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        debug!(%peer, mtu = probe.stats().path.current_mtu, "path MTU to client");
+        debug!(peer = %probe.remote_address(), mtu = probe.stats().path.current_mtu, "path MTU to client");
     });
     loop {
         let (send, recv) = match conn.accept_bi().await {
@@ -268,7 +311,7 @@ async fn serve_connection<S: Service>(conn: Connection, service: Arc<S>) {
             }
         };
         let service = service.clone();
-        tokio::spawn(serve_stream(send, recv, service, peer));
+        tokio::spawn(serve_stream(send, recv, service, peer.clone()));
     }
 }
 
@@ -276,8 +319,9 @@ async fn serve_stream<S: Service>(
     mut send: SendStream,
     mut recv: RecvStream,
     service: Arc<S>,
-    peer: SocketAddr,
+    peer: Peer,
 ) {
+    let addr = peer.addr;
     let read = tokio::time::timeout(
         REQUEST_DEADLINE,
         read_frame_as::<S::Req, S::Bulk>(&mut recv, S::MAX_REQUEST_BULK),
@@ -291,12 +335,12 @@ async fn serve_stream<S: Service>(
     let (resp, bulk) = match read {
         Ok((req, bulk)) => service.handle(req, bulk, peer).await,
         Err(e) => {
-            warn!(%peer, "rejected a malformed request: {e}");
+            warn!(peer = %peer, "rejected a malformed request: {e}");
             let _ = recv.stop(1u32.into());
             (S::error_response(e.to_remote()), Bytes::new())
         }
     };
     if let Err(e) = write_frame(&mut send, &resp, bulk).await {
-        debug!(%peer, "could not send response: {e}");
+        debug!(peer = %addr, "could not send response: {e}");
     }
 }

@@ -2,16 +2,29 @@
 
 use anyhow::{bail, Context};
 use shardfs_client::master::MasterClient;
+use shardfs_common::pki::{Credential, Role};
 use shardfs_common::proto::{Health, MasterRequest, MasterResponse, NodeInfo, NodeState};
 use shardfs_common::NodeId;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::human;
 
-fn client(addr: SocketAddr, timeout: Duration) -> anyhow::Result<MasterClient> {
-    Ok(MasterClient::new(addr, Duration::from_secs(5), timeout)?)
+/// The master an admin command talks to, and the credential it shows.
+pub struct Remote {
+    pub addr: SocketAddr,
+    pub cred: Arc<Credential>,
+}
+
+fn client(to: &Remote, timeout: Duration) -> anyhow::Result<MasterClient> {
+    Ok(MasterClient::new(
+        to.addr,
+        &to.cred,
+        Duration::from_secs(5),
+        timeout,
+    )?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -72,10 +85,11 @@ async fn health(mc: &MasterClient) -> anyhow::Result<Health> {
     }
 }
 
-pub fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
+pub fn status(to: &Remote, json: bool) -> anyhow::Result<()> {
+    let addr = to.addr;
     let (c, nodes, h, recent) = runtime()?
         .block_on(async {
-            let mc = client(addr, Duration::from_secs(5))?;
+            let mc = client(to, Duration::from_secs(5))?;
             let c = mc.call(MasterRequest::Cluster).await?;
             let n = mc.call(MasterRequest::Nodes).await?;
             let h = health(&mc).await?;
@@ -225,12 +239,13 @@ fn describe(h: &Health) -> String {
     s
 }
 
-pub fn scrub(addr: SocketAddr, wait: bool, timeout: u64, json: bool) -> anyhow::Result<()> {
+pub fn scrub(to: &Remote, wait: bool, timeout: u64, json: bool) -> anyhow::Result<()> {
+    let addr = to.addr;
     let rt = runtime()?;
     let report = rt
         .block_on(async {
             // A scrub reads every shard of every node: allow it the whole timeout.
-            let mc = client(addr, Duration::from_secs(timeout.max(1)))?;
+            let mc = client(to, Duration::from_secs(timeout.max(1)))?;
             let r = mc.call(MasterRequest::Scrub).await?;
             mc.close();
             anyhow::Ok(r)
@@ -251,7 +266,7 @@ pub fn scrub(addr: SocketAddr, wait: bool, timeout: u64, json: bool) -> anyhow::
         }
     }
     if wait && r.corrupt + r.missing > 0 {
-        repair(addr, timeout)?;
+        repair(to, timeout)?;
     }
     if !r.errors.is_empty() {
         bail!("{} nodes could not be scrubbed", r.errors.len());
@@ -260,10 +275,10 @@ pub fn scrub(addr: SocketAddr, wait: bool, timeout: u64, json: bool) -> anyhow::
 }
 
 /// Ask for a repair pass and wait until no repairable block is left, drawing progress.
-pub fn repair(addr: SocketAddr, timeout: u64) -> anyhow::Result<()> {
+pub fn repair(to: &Remote, timeout: u64) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let mc = client(addr, Duration::from_secs(10))?;
+        let mc = client(to, Duration::from_secs(10))?;
         let started = Instant::now();
         let deadline = started + Duration::from_secs(timeout);
         mc.call(MasterRequest::Repair).await?;
@@ -306,16 +321,10 @@ pub fn repair(addr: SocketAddr, timeout: u64) -> anyhow::Result<()> {
 }
 
 /// Start (or cancel) draining a node; with `wait`, until it holds no shards.
-pub fn drain(
-    addr: SocketAddr,
-    id: &str,
-    wait: bool,
-    timeout: u64,
-    cancel: bool,
-) -> anyhow::Result<()> {
+pub fn drain(to: &Remote, id: &str, wait: bool, timeout: u64, cancel: bool) -> anyhow::Result<()> {
     let node: NodeId = id.parse()?;
     runtime()?.block_on(async {
-        let mc = client(addr, Duration::from_secs(10))?;
+        let mc = client(to, Duration::from_secs(10))?;
         match mc.call(MasterRequest::Drain { node, cancel }).await? {
             MasterResponse::Ok => {}
             other => bail!("unexpected answer from the master: {other:?}"),
@@ -357,4 +366,98 @@ pub fn drain(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
+}
+
+pub fn create_token(to: &Remote, role: &str, ttl: u64, allow_root: bool) -> anyhow::Result<()> {
+    let Some(role) = Role::parse(role).filter(|r| *r != Role::Master) else {
+        bail!("--role must be node, client or admin (not {role:?})");
+    };
+    if allow_root && role != Role::Client {
+        bail!("--allow-root is for client tokens");
+    }
+    let answer = runtime()?.block_on(async {
+        let mc = client(to, Duration::from_secs(10))?;
+        let r = mc
+            .call(MasterRequest::CreateToken {
+                role,
+                ttl_secs: ttl,
+                allow_root,
+            })
+            .await;
+        mc.close();
+        anyhow::Ok(r?)
+    })?;
+    match answer {
+        MasterResponse::Token { token, expires } => {
+            println!("{token}");
+            eprintln!("one-time {role} token, valid until {}", when(expires));
+            Ok(())
+        }
+        other => bail!("unexpected answer from the master: {other:?}"),
+    }
+}
+
+pub fn list_credentials(to: &Remote, json: bool) -> anyhow::Result<()> {
+    let answer = runtime()?.block_on(async {
+        let mc = client(to, Duration::from_secs(10))?;
+        let r = mc.call(MasterRequest::Credentials).await;
+        mc.close();
+        anyhow::Ok(r?)
+    })?;
+    let MasterResponse::Credentials(list) = answer else {
+        bail!("unexpected answer from the master: {answer:?}");
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        for c in &list {
+            let v = serde_json::json!({
+                "id": c.id, "role": c.role.as_str(), "host": c.host, "created": c.created,
+                "last_seen": c.last_seen, "revoked": c.revoked, "allow_root": c.allow_root,
+            });
+            writeln!(out, "{v}")?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24} {:<7} {:<20} {:<22} {:<22} state",
+        "id", "role", "host", "created", "last seen"
+    )?;
+    for c in &list {
+        let seen = match c.last_seen {
+            0 => "never (since restart)".to_string(),
+            t => when(t),
+        };
+        let state = match (c.revoked, c.allow_root) {
+            (true, _) => "revoked",
+            (false, true) => "active (root allowed)",
+            (false, false) => "active",
+        };
+        writeln!(
+            out,
+            "{:<24} {:<7} {:<20} {:<22} {:<22} {state}",
+            c.id,
+            c.role.as_str(),
+            c.host,
+            when(c.created),
+            seen
+        )?;
+    }
+    Ok(())
+}
+
+pub fn revoke(to: &Remote, id: &str) -> anyhow::Result<()> {
+    let answer = runtime()?.block_on(async {
+        let mc = client(to, Duration::from_secs(10))?;
+        let r = mc.call(MasterRequest::Revoke { id: id.to_string() }).await;
+        mc.close();
+        anyhow::Ok(r?)
+    })?;
+    match answer {
+        MasterResponse::Ok => {
+            println!("credential {id} revoked");
+            Ok(())
+        }
+        other => bail!("unexpected answer from the master: {other:?}"),
+    }
 }

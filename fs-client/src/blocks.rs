@@ -99,13 +99,14 @@ impl Cache {
 impl BlockStore {
     pub fn new(
         master: Arc<MasterClient>,
+        cred: &shardfs_common::pki::Credential,
         codec: Arc<Codec>,
         cfg: BlockConfig,
     ) -> Result<Arc<Self>> {
         Ok(Arc::new(BlockStore {
             master,
             codec,
-            dialer: Dialer::new(ALPN_NODE, Duration::from_secs(2))?,
+            dialer: Dialer::new(ALPN_NODE, cred, Duration::from_secs(2))?,
             cache: Mutex::new(Cache {
                 lru: LruCache::unbounded(),
                 bytes: 0,

@@ -30,6 +30,8 @@ use tracing::{debug, warn};
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub master: SocketAddr,
+    /// What this mount shows the master and the nodes.
+    pub credential: Arc<shardfs_common::pki::Credential>,
     /// Text files up to this size are merged when changed on two mounts at once.
     pub merge_max_bytes: u64,
     /// Where changes made while the master is unreachable wait (None: no offline writes),
@@ -437,6 +439,7 @@ impl Core {
     pub async fn connect(cfg: CoreConfig) -> Result<Arc<Core>> {
         let master = Arc::new(MasterClient::new(
             cfg.master,
+            &cfg.credential,
             cfg.connect_timeout,
             cfg.connect_timeout,
         )?);
@@ -447,6 +450,7 @@ impl Core {
         master.close();
         let master = Arc::new(MasterClient::new(
             cfg.master,
+            &cfg.credential,
             cfg.connect_timeout,
             cfg.timeout,
         )?);
@@ -457,6 +461,7 @@ impl Core {
         let codec = Arc::new(Codec::new(cluster.ec)?);
         let blocks = BlockStore::new(
             master.clone(),
+            &cfg.credential,
             codec,
             BlockConfig {
                 cache_bytes: cfg.cache_bytes,

@@ -6,11 +6,13 @@ use serde::Deserialize;
 use shardfs_client::core::{Core, CoreConfig};
 use shardfs_client::fuse::ShardFs;
 use shardfs_client::kmount;
+use shardfs_common::pki::Credential;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// ShardFS: mount an erasure-coded cluster as a local directory.
@@ -38,6 +40,8 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cred: AdminCred,
     },
     /// Have every node verify all its shards now; lost shards are queued for repair.
     Scrub {
@@ -53,6 +57,8 @@ enum Cmd {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cred: AdminCred,
     },
     /// Manage storage nodes: drain one (move all its shards away) or cancel a drain.
     Node {
@@ -76,6 +82,82 @@ enum Cmd {
         /// Give up after this many seconds (exit status 1).
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
+        #[command(flatten)]
+        cred: AdminCred,
+    },
+    /// Make one-time join tokens, with which nodes and mounts get their credentials.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// The cluster's credentials (its device list): list them, revoke one.
+    Credentials {
+        #[command(subcommand)]
+        cmd: CredCmd,
+    },
+}
+
+/// The admin credential a command shows the master.
+#[derive(Args, Debug)]
+struct AdminCred {
+    /// Admin credential file (default: admin.cred beside a MASTER address file, else
+    /// ~/.config/shardfs/admin.cred).
+    #[arg(long, env = "SHARDFS_ADMIN_CREDENTIALS")]
+    credentials: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Print a one-time token: `shardfs-node --token T` or `shardfs mount --token T` use it.
+    Create {
+        /// Master address HOST:PORT, or a file holding it.
+        master: String,
+        /// What the credential bought with it may do: node, client or admin.
+        #[arg(long)]
+        role: String,
+        /// Seconds the token stays usable.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// A client credential that may act as root (otherwise root is squashed to nobody).
+        #[arg(long)]
+        allow_root: bool,
+        #[command(flatten)]
+        cred: AdminCred,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CredCmd {
+    /// Every credential: id, role, host, created, last seen, revoked.
+    List {
+        /// Master address HOST:PORT, or a file holding it.
+        master: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cred: AdminCred,
+    },
+    /// Exchange a one-time token for a credential on this host, without mounting.
+    Join {
+        /// Master address HOST:PORT, or a file holding it.
+        master: String,
+        /// The token (from `shardfs token create`).
+        #[arg(long, env = "SHARDFS_TOKEN")]
+        token: String,
+        /// Where to keep the credential (default: client.cred beside a MASTER address file,
+        /// else ~/.config/shardfs/client.cred).
+        #[arg(long, env = "SHARDFS_CREDENTIALS")]
+        credentials: Option<PathBuf>,
+    },
+    /// Revoke a credential: the master and every node refuse it from now on.
+    Revoke {
+        /// Master address HOST:PORT, or a file holding it.
+        master: String,
+        /// Credential id, as `shardfs credentials list` shows it.
+        id: String,
+        #[command(flatten)]
+        cred: AdminCred,
     },
 }
 
@@ -96,6 +178,8 @@ enum NodeCmd {
         /// Stop draining: the node takes shards again.
         #[arg(long)]
         cancel: bool,
+        #[command(flatten)]
+        cred: AdminCred,
     },
 }
 
@@ -105,6 +189,14 @@ struct MountArgs {
     master: String,
     /// Existing empty directory to mount on.
     mountpoint: PathBuf,
+    /// This mount's credential (default: client.cred beside a MASTER address file, else
+    /// ~/.config/shardfs/client.cred). With --token, it is made there first.
+    #[arg(long, env = "SHARDFS_CREDENTIALS")]
+    credentials: Option<PathBuf>,
+    /// One-time join token (from `shardfs token create MASTER --role client`): exchanged for
+    /// a credential kept at --credentials, if none is there yet.
+    #[arg(long, env = "SHARDFS_TOKEN")]
+    token: Option<String>,
     /// Stay in the foreground instead of detaching.
     #[arg(long, short = 'f')]
     foreground: bool,
@@ -160,6 +252,7 @@ struct MountArgs {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    credentials: Option<PathBuf>,
     timeout: Option<f64>,
     attr_ttl: Option<f64>,
     cache_mib: Option<usize>,
@@ -181,13 +274,16 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Mount(a) => mount(*a),
         Cmd::Umount { mountpoint } => umount(&mountpoint),
-        Cmd::Status { master, json } => master_addr(&master).and_then(|a| admin::status(a, json)),
+        Cmd::Status { master, json, cred } => {
+            remote(&master, cred).and_then(|r| admin::status(&r, json))
+        }
         Cmd::Scrub {
             master,
             wait,
             timeout,
             json,
-        } => master_addr(&master).and_then(|a| admin::scrub(a, wait, timeout, json)),
+            cred,
+        } => remote(&master, cred).and_then(|r| admin::scrub(&r, wait, timeout, json)),
         Cmd::Node {
             cmd:
                 NodeCmd::Drain {
@@ -196,14 +292,114 @@ fn main() -> ExitCode {
                     wait,
                     timeout,
                     cancel,
+                    cred,
                 },
-        } => master_addr(&master).and_then(|a| admin::drain(a, &id, wait, timeout, cancel)),
+        } => remote(&master, cred).and_then(|r| admin::drain(&r, &id, wait, timeout, cancel)),
         Cmd::History { file, json } => admin::history(&file, json),
-        Cmd::Repair { master, timeout } => {
-            master_addr(&master).and_then(|a| admin::repair(a, timeout))
-        }
+        Cmd::Repair {
+            master,
+            timeout,
+            cred,
+        } => remote(&master, cred).and_then(|r| admin::repair(&r, timeout)),
+        Cmd::Token {
+            cmd:
+                TokenCmd::Create {
+                    master,
+                    role,
+                    ttl,
+                    allow_root,
+                    cred,
+                },
+        } => remote(&master, cred).and_then(|r| admin::create_token(&r, &role, ttl, allow_root)),
+        Cmd::Credentials {
+            cmd: CredCmd::List { master, json, cred },
+        } => remote(&master, cred).and_then(|r| admin::list_credentials(&r, json)),
+        Cmd::Credentials {
+            cmd:
+                CredCmd::Join {
+                    master,
+                    token,
+                    credentials,
+                },
+        } => join(&master, &token, credentials),
+        Cmd::Credentials {
+            cmd: CredCmd::Revoke { master, id, cred },
+        } => remote(&master, cred).and_then(|r| admin::revoke(&r, &id)),
     };
     shardfs_common::daemon::exit("shardfs", r.map_err(|e| format!("{e:#}")))
+}
+
+/// The master an admin command names, and the admin credential to show it.
+fn remote(master: &str, cred: AdminCred) -> anyhow::Result<admin::Remote> {
+    Ok(admin::Remote {
+        addr: master_addr(master)?,
+        cred: Arc::new(credential_path(master, cred.credentials, "admin.cred")?),
+    })
+}
+
+/// Where a credential is: the path given, else `name` beside a master address file (where the
+/// launcher keeps them), else in ~/.config/shardfs.
+fn credential_path(master: &str, given: Option<PathBuf>, name: &str) -> anyhow::Result<Credential> {
+    let path = given.unwrap_or_else(|| default_credential(master, name));
+    Ok(Credential::load(&path)?)
+}
+
+fn default_credential(master: &str, name: &str) -> PathBuf {
+    let p = Path::new(master);
+    if p.is_file() {
+        let beside = p.parent().unwrap_or(Path::new(".")).join(name);
+        if beside.exists() {
+            return beside;
+        }
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".config/shardfs").join(name)
+}
+
+/// `shardfs credentials join`: a credential bought with a token, kept at its path.
+fn join(master_arg: &str, token: &str, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let master = master_addr(master_arg)?;
+    let path = path.unwrap_or_else(|| default_credential(master_arg, "client.cred"));
+    if path.exists() {
+        bail!(
+            "{} already holds a credential (remove it first)",
+            path.display()
+        );
+    }
+    mount_credential(master, master_arg, Some(path), Some(token)).map(|_| ())
+}
+
+/// The mount's credential: the one at its path, or (with a token and none there yet) a new one
+/// bought with the token and kept there.
+fn mount_credential(
+    master: SocketAddr,
+    master_arg: &str,
+    path: Option<PathBuf>,
+    token: Option<&str>,
+) -> anyhow::Result<Credential> {
+    let path = path.unwrap_or_else(|| default_credential(master_arg, "client.cred"));
+    if path.exists() || token.is_none() {
+        return Ok(Credential::load(&path)?);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let token = token.unwrap_or_default();
+    let cred = rt
+        .block_on(shardfs_common::join::join(
+            master,
+            token,
+            None,
+            Duration::from_secs(10),
+        ))
+        .with_context(|| format!("cannot join the cluster at {master}"))?;
+    cred.save(&path)?;
+    eprintln!(
+        "joined as {}; credential kept at {}",
+        cred.identity,
+        path.display()
+    );
+    Ok(cred)
 }
 
 /// A master address, or a file that holds one.
@@ -288,6 +484,12 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot remount {}", mountpoint.display()));
     }
     let master = master_addr(&a.master)?;
+    let credential = Arc::new(mount_credential(
+        master,
+        &a.master,
+        a.credentials.clone().or(f.credentials.clone()),
+        a.token.as_deref(),
+    )?);
     let md = std::fs::metadata(&a.mountpoint)
         .with_context(|| format!("mountpoint {} does not exist", a.mountpoint.display()))?;
     if !md.is_dir() {
@@ -305,6 +507,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     let cfg = CoreConfig {
         attr_ttl: ttl,
         master,
+        credential,
         timeout: Duration::from_secs_f64(timeout),
         connect_timeout: Duration::from_secs_f64(timeout.min(5.0)),
         cache_bytes: a.cache_mib.or(f.cache_mib).unwrap_or(256) << 20,

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use shardfs_common::dial::Dialer;
+use shardfs_common::pki::Credential;
 use shardfs_common::proto::{MasterRequest, MasterResponse, ALPN_MASTER};
 use shardfs_common::{Error, Result};
 use std::net::SocketAddr;
@@ -16,10 +17,15 @@ pub struct MasterClient {
 }
 
 impl MasterClient {
-    pub fn new(addr: SocketAddr, connect_timeout: Duration, timeout: Duration) -> Result<Self> {
+    pub fn new(
+        addr: SocketAddr,
+        cred: &Credential,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self> {
         Ok(MasterClient {
             addr,
-            dialer: Dialer::new(ALPN_MASTER, connect_timeout)?,
+            dialer: Dialer::new(ALPN_MASTER, cred, connect_timeout)?,
             timeout,
         })
     }

@@ -7,6 +7,7 @@
 //! delete the shards of blocks nothing references any more, after a grace period, and keep
 //! every block at full strength ([`repair`]: rebuild lost shards, scrub, drain, rebalance).
 
+pub mod credentials;
 pub mod events;
 pub mod merge;
 pub mod meta;
@@ -103,6 +104,7 @@ pub struct MasterConfig {
 
 struct Master {
     meta: Meta,
+    auth: credentials::Authority,
     nodes: Registry,
     /// Blocks whose shards the collector is deleting right now.
     collecting: Mutex<HashSet<BlockId>>,
@@ -129,12 +131,20 @@ impl wire::Service for Master {
         MasterResponse::Err(e)
     }
 
+    fn admit(&self, peer: &wire::Peer, conn: &quinn::Connection) -> Result<(), String> {
+        self.auth.admit(peer, conn)
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: MasterRequest,
         _bulk: Vec<u8>,
-        peer: SocketAddr,
+        peer: wire::Peer,
     ) -> (MasterResponse, Bytes) {
+        if let Err(e) = self.auth.authorize(&req, &peer) {
+            warn!(%peer, "request refused: {e}");
+            return (MasterResponse::Err(e.to_remote()), Bytes::new());
+        }
         // Metadata operations are short (a RocksDB read or one batched write, no fsync by
         // default), so they run inline rather than paying for a thread hand-off. A scrub waits
         // on every node.
@@ -161,8 +171,9 @@ impl wire::Service for Master {
                 .set_lock(lock, Duration::from_millis(wait_ms.min(10_000).into()))
                 .await
                 .map(|()| MasterResponse::Ok),
-            req => self.dispatch(req, peer),
+            req => self.dispatch(req, &peer),
         };
+        let peer = peer.addr;
         let resp = match r {
             Ok(r) => {
                 if !touched.is_empty() {
@@ -364,11 +375,39 @@ impl Master {
     fn dispatch(
         &self,
         req: MasterRequest,
-        peer: SocketAddr,
+        from: &wire::Peer,
     ) -> Result<MasterResponse, MasterError> {
         use MasterRequest as R;
         use MasterResponse as A;
+        let peer = from.addr;
         Ok(match req {
+            R::Join {
+                secret,
+                public_key,
+                host,
+                node,
+            } => {
+                let (cert, ca) =
+                    self.auth
+                        .join(&self.meta, &secret, &public_key, &host, node, from)?;
+                A::Joined { cert, ca }
+            }
+            R::CreateToken {
+                role,
+                ttl_secs,
+                allow_root,
+            } => {
+                let (token, expires) = self
+                    .auth
+                    .create_token(&self.meta, role, ttl_secs, allow_root)?;
+                info!(by = %from, %role, ttl_secs, "join token made");
+                A::Token { token, expires }
+            }
+            R::Credentials => A::Credentials(self.auth.list()),
+            R::Revoke { id } => {
+                self.auth.revoke(&self.meta, &id, from)?;
+                A::Ok
+            }
             R::Cluster => A::Cluster(self.meta.cluster.clone()),
             R::Lookup { parent, name } => A::Attr(self.meta.lookup(parent, &name)?),
             R::GetAttr { ino } => A::Attr(self.meta.getattr(ino)?),
@@ -711,7 +750,7 @@ impl Master {
                 if !self.nodes.heartbeat(id, capacity, free, used, shards) {
                     return Err(Error::not_found(format!("node {id} is not registered")).into());
                 }
-                A::Ok
+                A::Revoked(self.auth.revoked())
             }
         })
     }
@@ -759,7 +798,15 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         }
     }
     let key = net::reset_key(&cfg.data_dir)?;
-    let endpoint = net::server_endpoint(listen, ALPN_MASTER, &key).map_err(MasterError::from)?;
+    let auth = credentials::Authority::open(&cfg.data_dir, &meta)?;
+    let endpoint = net::server_endpoint(
+        listen,
+        ALPN_MASTER,
+        &key,
+        &auth.own,
+        net::ClientAuth::AllowJoin(auth.token_check()),
+    )
+    .map_err(MasterError::from)?;
     let bound = endpoint
         .local_addr()
         .map_err(|e| MasterError::Config(e.to_string()))?;
@@ -778,7 +825,8 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         meta,
         nodes,
         collecting: Mutex::new(HashSet::new()),
-        repair: repair::Repairer::new(cfg.repair.clone())?,
+        repair: repair::Repairer::new(cfg.repair.clone(), &auth.own)?,
+        auth,
         sessions,
         events: events::Events::default(),
         merges: Mutex::new(()),
@@ -840,7 +888,7 @@ async fn gc_loop(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let dialer = match Dialer::new(ALPN_NODE, Duration::from_secs(3)) {
+    let dialer = match Dialer::new(ALPN_NODE, &master.auth.own, Duration::from_secs(3)) {
         Ok(d) => d,
         Err(e) => {
             warn!("garbage collector disabled: {e}");

@@ -19,6 +19,8 @@
 //! | `O` ino                           | unlinked file still open on some mount (an orphan) |
 //! | `M` session-id                    | a mount session was open (claims its locks after a restart) |
 //! | `T` ino                           | merge document of a text file edited concurrently (see `merge`) |
+//! | `K` credential-id                 | a credential the CA issued: role, host, created, revoked (see `credentials`) |
+//! | `J` blake3(token secret)          | an unused join token: role, expiry                   |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and
@@ -1278,6 +1280,40 @@ impl Meta {
             }
         }
         Ok(None)
+    }
+
+    /// Records of families kept by other modules (`credentials`): a one-byte family, a key.
+    pub fn put_record<T: Serialize>(
+        &self,
+        family: u8,
+        key: &[u8],
+        v: &T,
+    ) -> Result<(), MasterError> {
+        let mut k = vec![family];
+        k.extend_from_slice(key);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_opt(k, enc(v), &wo).map_err(db_err)
+    }
+
+    pub fn delete_record(&self, family: u8, key: &[u8]) -> Result<(), MasterError> {
+        let mut k = vec![family];
+        k.extend_from_slice(key);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.delete_opt(k, &wo).map_err(db_err)
+    }
+
+    /// Every record of a family: (key without the family byte, value).
+    pub fn records<T: DeserializeOwned>(
+        &self,
+        family: u8,
+    ) -> Result<Vec<(Vec<u8>, T)>, MasterError> {
+        Ok(self
+            .scan::<T>(&[family], &[family], usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| (k[1..].to_vec(), v))
+            .collect())
     }
 
     pub fn put_node(&self, id: NodeId, rec: &NodeRecord) -> Result<(), MasterError> {

@@ -63,14 +63,17 @@ pub struct Repairer {
 }
 
 impl Repairer {
-    pub fn new(cfg: RepairConfig) -> Result<Self, MasterError> {
+    pub fn new(
+        cfg: RepairConfig,
+        own: &shardfs_common::pki::Credential,
+    ) -> Result<Self, MasterError> {
         Ok(Repairer {
             cfg,
             health: Mutex::new((Health::default(), None)),
             kick: Notify::new(),
             forced: AtomicBool::new(false),
             moves: tokio::sync::RwLock::new(()),
-            dialer: Dialer::new(ALPN_NODE, Duration::from_secs(3))?,
+            dialer: Dialer::new(ALPN_NODE, own, Duration::from_secs(3))?,
         })
     }
 

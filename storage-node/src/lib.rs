@@ -16,14 +16,16 @@ use shardfs_common::dial::Dialer;
 use shardfs_common::ec::Codec;
 use shardfs_common::error::RemoteError;
 use shardfs_common::ids::shard_hash;
+use shardfs_common::pki::{Credential, Role};
 use shardfs_common::proto::BlockMeta;
 use shardfs_common::proto::{
     MasterRequest, MasterResponse, NodeRequest, NodeResponse, ALPN_MASTER, ALPN_NODE,
 };
 use shardfs_common::{net, wire, BlockId, Error, ErrorCode, NodeId};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use store::{ShardBuf, ShardStore};
 use tokio::sync::watch;
@@ -86,6 +88,8 @@ pub struct NodeConfig {
     pub capacity: Option<u64>,
     /// Bytes of the disk never used for shards.
     pub reserve: u64,
+    /// A join token, used on first start to get this node's credential.
+    pub token: Option<String>,
     /// Background scrub: bytes verified per second (0: no background scrub).
     pub scrub_rate: u64,
     /// Pause between two background scrub passes.
@@ -94,11 +98,47 @@ pub struct NodeConfig {
 
 struct Node {
     id: NodeId,
+    /// Credentials revoked cluster-wide (learnt from heartbeat answers).
+    revoked: Arc<RwLock<HashSet<String>>>,
     store: Arc<ShardStore>,
     /// The address other nodes and the master know this node by.
     advertise: String,
     /// Connections to other nodes, for rebuilding shards.
     peers: Dialer,
+}
+
+impl Node {
+    /// Shard reads and writes come from mounts and (rebuilding) other nodes; deletes, scrubs
+    /// and rebuild orders only from the master.
+    fn authorize(&self, req: &NodeRequest, peer: &wire::Peer) -> Result<(), Error> {
+        let Some(who) = &peer.who else {
+            return Err(Error::fs(ErrorCode::Permission, "no credential"));
+        };
+        if self.revoked.read().expect("revoked lock").contains(&who.id) {
+            return Err(Error::fs(
+                ErrorCode::Permission,
+                format!("credential {} was revoked", who.id),
+            ));
+        }
+        let roles: &[Role] = match req {
+            NodeRequest::Put { .. } | NodeRequest::Get { .. } => {
+                &[Role::Client, Role::Admin, Role::Node]
+            }
+            NodeRequest::Stat => &[Role::Master, Role::Admin],
+            NodeRequest::Delete { .. }
+            | NodeRequest::DeleteOrphans { .. }
+            | NodeRequest::Scrub { .. }
+            | NodeRequest::Rebuild { .. } => &[Role::Master],
+        };
+        if roles.contains(&who.role) {
+            Ok(())
+        } else {
+            Err(Error::fs(
+                ErrorCode::Permission,
+                format!("{who} may not send this request to a node"),
+            ))
+        }
+    }
 }
 
 impl wire::Service for Node {
@@ -111,12 +151,26 @@ impl wire::Service for Node {
         NodeResponse::Err(e)
     }
 
+    fn admit(&self, peer: &wire::Peer, _conn: &quinn::Connection) -> Result<(), String> {
+        match &peer.who {
+            Some(w) if self.revoked.read().expect("revoked lock").contains(&w.id) => {
+                Err(format!("credential {} was revoked", w.id))
+            }
+            Some(_) => Ok(()),
+            None => Err("no credential".into()),
+        }
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: NodeRequest,
         bulk: ShardBuf,
-        _peer: SocketAddr,
+        peer: wire::Peer,
     ) -> (NodeResponse, Bytes) {
+        if let Err(e) = self.authorize(&req, &peer) {
+            warn!(%peer, "request refused: {e}");
+            return (NodeResponse::Err(e.to_remote()), Bytes::new());
+        }
         let store = self.store.clone();
         let result = match req {
             NodeRequest::Put { block, index, hash } => {
@@ -481,6 +535,45 @@ fn node_id(data_dir: &Path) -> Result<NodeId, NodeError> {
     }
 }
 
+/// What the heartbeat loop needs to know.
+struct Heartbeats {
+    id: NodeId,
+    addr: String,
+    master: SocketAddr,
+    interval: Duration,
+    cred: Arc<Credential>,
+    revoked: Arc<RwLock<HashSet<String>>>,
+}
+
+/// This node's credential (`node.cred` in its data directory), made on first start by
+/// exchanging the join token.
+async fn credential(cfg: &NodeConfig, id: NodeId) -> Result<Credential, NodeError> {
+    let path = cfg.data_dir.join("node.cred");
+    if path.exists() {
+        let cred = Credential::load(&path)?;
+        if cred.identity.node_id() != Some(id) {
+            return Err(NodeError::Common(Error::Config(format!(
+                "{} is the credential of {}, not of node {id}",
+                path.display(),
+                cred.identity
+            ))));
+        }
+        return Ok(cred);
+    }
+    let Some(token) = &cfg.token else {
+        return Err(NodeError::Common(Error::Config(format!(
+            "this node has no credential yet ({} is missing): start it once with --token TOKEN \
+             (an admin makes one with `shardfs token create MASTER --role node`)",
+            path.display()
+        ))));
+    };
+    let cred =
+        shardfs_common::join::join(cfg.master, token, Some(id), Duration::from_secs(10)).await?;
+    cred.save(&path)?;
+    info!(%id, "joined the cluster; credential kept in {}", path.display());
+    Ok(cred)
+}
+
 /// Run a node until `shutdown` turns true.
 ///
 /// # Errors
@@ -488,6 +581,7 @@ fn node_id(data_dir: &Path) -> Result<NodeId, NodeError> {
 pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::io(&cfg.data_dir, e))?;
     let id = node_id(&cfg.data_dir)?;
+    let cred = Arc::new(credential(&cfg, id).await?);
     let store = Arc::new(ShardStore::open(&cfg.data_dir, cfg.capacity, cfg.reserve)?);
     let mut listen = cfg.listen;
     let addr_file = cfg.data_dir.join("listen.addr");
@@ -502,9 +596,12 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         }
     }
     let key = net::reset_key(&cfg.data_dir)?;
-    let endpoint = match net::server_endpoint(listen, ALPN_NODE, &key) {
+    let auth = net::ClientAuth::Required;
+    let endpoint = match net::server_endpoint(listen, ALPN_NODE, &key, &cred, auth.clone()) {
         Ok(e) => e,
-        Err(_) if listen != cfg.listen => net::server_endpoint(cfg.listen, ALPN_NODE, &key)?,
+        Err(_) if listen != cfg.listen => {
+            net::server_endpoint(cfg.listen, ALPN_NODE, &key, &cred, auth)?
+        }
         Err(e) => return Err(e.into()),
     };
     let bound = endpoint
@@ -514,22 +611,29 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let advertise = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
     info!(%id, %bound, data = %cfg.data_dir.display(), "storage node listening");
 
+    let revoked = Arc::new(RwLock::new(HashSet::new()));
     let node = Arc::new(Node {
         id,
+        revoked: revoked.clone(),
         store: store.clone(),
         advertise: advertise.clone(),
-        peers: Dialer::new(ALPN_NODE, Duration::from_secs(3))?,
+        peers: Dialer::new(ALPN_NODE, &cred, Duration::from_secs(3))?,
     });
     let hb = tokio::spawn(heartbeat_loop(
-        id,
-        advertise,
-        cfg.master,
-        cfg.heartbeat,
+        Heartbeats {
+            id,
+            addr: advertise,
+            master: cfg.master,
+            interval: cfg.heartbeat,
+            cred: cred.clone(),
+            revoked,
+        },
         store.clone(),
         shutdown.clone(),
     ));
     let scrub = tokio::spawn(scrub_loop(
         id,
+        cred,
         store,
         cfg.master,
         cfg.scrub_rate,
@@ -547,6 +651,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
 /// (`interval` apart); corrupt shards are quarantined and reported to the master for repair.
 async fn scrub_loop(
     id: NodeId,
+    cred: Arc<Credential>,
     store: Arc<ShardStore>,
     master: SocketAddr,
     rate: u64,
@@ -556,7 +661,7 @@ async fn scrub_loop(
     if rate == 0 {
         return;
     }
-    let dialer = match Dialer::new(ALPN_MASTER, Duration::from_secs(3)) {
+    let dialer = match Dialer::new(ALPN_MASTER, &cred, Duration::from_secs(3)) {
         Ok(d) => d,
         Err(e) => {
             warn!("background scrub disabled: {e}");
@@ -630,13 +735,18 @@ async fn scrub_loop(
 /// Register with the master, then report capacity every `interval`; reconnect whenever the
 /// master goes away.
 async fn heartbeat_loop(
-    id: NodeId,
-    addr: String,
-    master: SocketAddr,
-    interval: Duration,
+    hb: Heartbeats,
     store: Arc<ShardStore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Heartbeats {
+        id,
+        addr,
+        master,
+        interval,
+        cred,
+        revoked,
+    } = hb;
     let endpoint = match net::client_endpoint(master.is_ipv6()) {
         Ok(e) => e,
         Err(e) => {
@@ -644,7 +754,7 @@ async fn heartbeat_loop(
             return;
         }
     };
-    let config = match net::client_config(ALPN_MASTER) {
+    let config = match net::client_config(ALPN_MASTER, &cred) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
@@ -660,7 +770,15 @@ async fn heartbeat_loop(
         }
         if conn.as_ref().is_none_or(|c| c.close_reason().is_some()) {
             registered = false;
-            match net::connect(&endpoint, &config, master, Duration::from_secs(3)).await {
+            match net::connect(
+                &endpoint,
+                &config,
+                master,
+                Duration::from_secs(3),
+                Role::Master,
+            )
+            .await
+            {
                 Ok(c) => {
                     conn = Some(c);
                     warned = false;
@@ -707,6 +825,13 @@ async fn heartbeat_loop(
                         info!(%id, %master, "registered with master");
                     }
                     registered = true;
+                }
+                Ok(Ok((MasterResponse::Revoked(ids), _))) => {
+                    let mut r = revoked.write().expect("revoked lock");
+                    if r.len() != ids.len() {
+                        info!(revoked = ids.len(), "revoked credentials updated");
+                        *r = ids.into_iter().collect();
+                    }
                 }
                 Ok(Ok((MasterResponse::Err(e), _))) => {
                     warn!("master refused heartbeat: {}", e.message);

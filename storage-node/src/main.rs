@@ -37,6 +37,10 @@ struct Args {
     /// Seconds between two background scrub passes.
     #[arg(long, env = "SHARDFS_SCRUB_INTERVAL_SECS")]
     scrub_interval_secs: Option<u64>,
+    /// One-time join token (from `shardfs token create MASTER --role node`), needed on the
+    /// first start only: the credential it buys is kept in the data directory.
+    #[arg(long, env = "SHARDFS_NODE_TOKEN")]
+    token: Option<String>,
     /// Optional TOML file with the same settings (data_dir, listen, master, …).
     #[arg(long, env = "SHARDFS_NODE_CONFIG")]
     config: Option<PathBuf>,
@@ -54,6 +58,7 @@ struct FileConfig {
     reserve: Option<u64>,
     scrub_mib: Option<u64>,
     scrub_interval_secs: Option<u64>,
+    token: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -86,6 +91,7 @@ fn real_main() -> anyhow::Result<()> {
         heartbeat: Duration::from_millis(a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(1000).max(10)),
         capacity: a.capacity.or(f.capacity),
         reserve: a.reserve.or(f.reserve).unwrap_or(64 << 20),
+        token: a.token.or(f.token),
         scrub_rate: a.scrub_mib.or(f.scrub_mib).unwrap_or(8) << 20,
         scrub_interval: Duration::from_secs(
             a.scrub_interval_secs

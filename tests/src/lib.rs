@@ -118,6 +118,36 @@ impl Cluster {
         wait_until(Duration::from_secs(30), "master address file", || {
             self.addr_file().exists()
         });
+        // As the launcher does: the first admin credential beside the address file, and a
+        // client credential (allowed to act as root: the tests run as root) for the mounts.
+        if !self.path("admin.cred").exists() {
+            fs::copy(self.path("master/admin.cred"), self.path("admin.cred")).expect("admin.cred");
+            let token = self.token("client", &["--allow-root"]);
+            let (ok, out, err) = self.admin_around(
+                &["credentials", "join"],
+                &[
+                    "--token",
+                    &token,
+                    "--credentials",
+                    &self.path("client.cred").display().to_string(),
+                ],
+            );
+            assert!(ok, "client join failed: {out}{err}");
+        }
+    }
+
+    /// A credential the harness keeps beside the address file (`admin.cred`, `client.cred`).
+    pub fn credential(&self, name: &str) -> shardfs_common::pki::Credential {
+        shardfs_common::pki::Credential::load(&self.path(name)).expect("credential")
+    }
+
+    /// A one-time join token for `role`, made with the admin credential.
+    pub fn token(&self, role: &str, extra: &[&str]) -> String {
+        let mut after = vec!["--role", role];
+        after.extend_from_slice(extra);
+        let (ok, out, err) = self.admin_around(&["token", "create"], &after);
+        assert!(ok, "token create failed: {out}{err}");
+        out.trim().to_string()
     }
 
     /// kill -9 the master.
@@ -130,6 +160,10 @@ impl Cluster {
 
     pub fn start_node(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} already running");
+        let token = match self.node_dir(i).join("node.cred").exists() {
+            true => Vec::new(),
+            false => vec!["--token".to_string(), self.token("node", &[])],
+        };
         let child = Command::new(bin("shardfs-node"))
             .arg("--data-dir")
             .arg(self.node_dir(i))
@@ -141,6 +175,7 @@ impl Cluster {
                 "--master",
                 &self.master_addr(),
             ])
+            .args(&token)
             .args(&self.node_args)
             .stdout(Stdio::null())
             .stderr(self.log(&format!("node{i}")))

@@ -1,6 +1,7 @@
 //! Bad input gets a clear error, a non-zero exit, no panic and no hang.
 
 use bytes_free::*;
+use shardfs_common::pki::{Credential, Role};
 use shardfs_common::proto::{
     BlockMeta, FileKind, MasterRequest, MasterResponse, NewSlot, NodeRequest, NodeResponse,
     ShardLoc, Timespec, ALPN_MASTER, ALPN_NODE, PROTOCOL_VERSION,
@@ -105,12 +106,19 @@ async fn connect(
     ep: &quinn::Endpoint,
     alpn: &[u8],
     addr: std::net::SocketAddr,
+    cred: &Credential,
 ) -> quinn::Connection {
+    let role = if alpn == ALPN_MASTER {
+        Role::Master
+    } else {
+        Role::Node
+    };
     net::connect(
         ep,
-        &net::client_config(alpn).unwrap(),
+        &net::client_config(alpn, cred).unwrap(),
         addr,
         Duration::from_secs(5),
+        role,
     )
     .await
     .unwrap()
@@ -162,7 +170,9 @@ fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
             vec![v, 0, 0],                                           // ends mid-prefix
         ];
         // Master.
-        let conn = connect(&ep, ALPN_MASTER, master).await;
+        let client = c.credential("client.cred");
+        let admin = c.credential("admin.cred");
+        let conn = connect(&ep, ALPN_MASTER, master, &client).await;
         assert_each_rejected::<MasterResponse>(&conn, &garbage, |m| {
             matches!(m, MasterResponse::Err(_))
         })
@@ -180,7 +190,7 @@ fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
             "master still serves: {resp:?}"
         );
         // Storage node.
-        let conn = connect(&ep, ALPN_NODE, node_addr).await;
+        let conn = connect(&ep, ALPN_NODE, node_addr, &admin).await;
         assert_each_rejected::<NodeResponse>(&conn, &garbage, |m| {
             matches!(m, NodeResponse::Err(_))
         })
@@ -207,9 +217,10 @@ fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
         // The wrong service (ALPN) is refused at the handshake with a clear error.
         let e = net::connect(
             &ep,
-            &net::client_config(ALPN_MASTER).unwrap(),
+            &net::client_config(ALPN_MASTER, &client).unwrap(),
             node_addr,
             Duration::from_secs(5),
+            Role::Master,
         )
         .await
         .unwrap_err();
@@ -233,7 +244,7 @@ fn crafted_commits_are_refused_and_mounts_keep_working() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let refusals = rt.block_on(async {
         let ep = net::client_endpoint(false).unwrap();
-        let conn = connect(&ep, ALPN_MASTER, master).await;
+        let conn = connect(&ep, ALPN_MASTER, master, &c.credential("client.cred")).await;
         let call = |req: MasterRequest| {
             let conn = conn.clone();
             async move {
