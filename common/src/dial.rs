@@ -158,10 +158,23 @@ impl Dialer {
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
-                if matches!(e, Error::Connection(_)) {
-                    self.reset(addr);
+                if !matches!(e, Error::Connection(_)) {
+                    return Err(e);
                 }
-                Err(e)
+                // A server refuses a client certificate after the client saw its handshake
+                // finish (TLS 1.3), so a refusal shows up at the first request: say why.
+                let why = match self.conns.lock().expect("dialer lock").get(&addr) {
+                    Some(Conn::Ready(c)) => c.close_reason(),
+                    _ => None,
+                };
+                self.reset(addr);
+                match why {
+                    Some(r) if net::is_refusal(&r) => Err(Error::fs(
+                        crate::ErrorCode::Permission,
+                        format!("{addr}: {}", net::handshake_error(&r)),
+                    )),
+                    _ => Err(e),
+                }
             }
             Err(_) => Err(Error::Timeout(timeout, format!("request to {addr}"))),
         }

@@ -165,8 +165,8 @@ impl rustls::server::danger::ClientCertVerifier for ClusterOrJoin {
                 Some(hash) if (self.tokens)(&hash) => {
                     Ok(rustls::server::danger::ClientCertVerified::assertion())
                 }
-                Some(_) => Err(rustls::Error::General(
-                    "join with an unknown, used or expired token".into(),
+                Some(_) => Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
                 )),
                 None => Err(e),
             },
@@ -356,8 +356,26 @@ pub async fn connect(
     }
 }
 
-/// What a failed handshake means, in words that point at the cause.
-fn handshake_error(e: &quinn::ConnectionError) -> String {
+/// Whether a connection was closed because the server refused this peer's credential (at the
+/// handshake, or when admitting it, or on revocation), as opposed to going away.
+pub fn is_refusal(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => [0x2a, 0x2b, 0x2c, 0x30, 0x31, 0x74]
+            .iter()
+            .any(|&a| c.error_code == quinn::TransportErrorCode::crypto(a)),
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            c.error_code == REFUSED || c.error_code == REVOKED
+        }
+        _ => false,
+    }
+}
+
+/// Application close codes: a server refused a connection's credential, or revoked it.
+pub const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(1);
+pub const REVOKED: quinn::VarInt = quinn::VarInt::from_u32(2);
+
+/// What a closed or refused connection means, in words that point at the cause.
+pub fn handshake_error(e: &quinn::ConnectionError) -> String {
     let alert = |code: u8| quinn::TransportErrorCode::crypto(code);
     match e {
         quinn::ConnectionError::ConnectionClosed(c) if c.error_code == alert(0x78) => {
@@ -369,16 +387,14 @@ fn handshake_error(e: &quinn::ConnectionError) -> String {
             "the server wants a credential of this cluster (none was shown)".into()
         }
         quinn::ConnectionError::ConnectionClosed(c)
-            if c.error_code == alert(0x30)
-                || c.error_code == alert(0x2b)
-                || c.error_code == alert(0x31) =>
+            if c.error_code == alert(0x30) || c.error_code == alert(0x2b) =>
         {
             "the server refused this credential: its certificate is not signed by this \
-             cluster's CA (a credential of another cluster?)"
+             cluster's CA (a credential of another cluster, or self-signed?)"
                 .into()
         }
-        quinn::ConnectionError::ConnectionClosed(c) if c.error_code == alert(0x2c) => {
-            "the server refused this credential: it was revoked".into()
+        quinn::ConnectionError::ConnectionClosed(c) if c.error_code == alert(0x31) => {
+            "the master refused the join: its token is unknown, already used or expired".into()
         }
         quinn::ConnectionError::TransportError(t) if t.to_string().contains("UnknownIssuer") => {
             "the server's certificate is not signed by this cluster's CA (another cluster?)".into()

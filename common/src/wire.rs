@@ -289,12 +289,15 @@ async fn serve_connection<S: Service>(conn: Connection, service: Arc<S>) {
     };
     if conn.peer_identity().is_some() && peer.who.is_none() {
         warn!(peer = %peer.addr, "refused a certificate that names no ShardFS identity");
-        conn.close(1u32.into(), b"the certificate names no ShardFS identity");
+        conn.close(
+            crate::net::REFUSED,
+            b"the certificate names no ShardFS identity",
+        );
         return;
     }
     if let Err(reason) = service.admit(&peer, &conn) {
         warn!(%peer, "refused a connection: {reason}");
-        conn.close(1u32.into(), reason.as_bytes());
+        conn.close(crate::net::REFUSED, reason.as_bytes());
         return;
     }
     let probe = conn.clone();

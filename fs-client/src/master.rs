@@ -66,6 +66,8 @@ impl MasterClient {
                     e
                 }
                 Ok((resp, _)) => return Ok(resp),
+                // A refused credential (revoked, unknown) will not get better by retrying.
+                Err(e @ Error::Fs(shardfs_common::ErrorCode::Permission, _)) => return Err(e),
                 Err(e) => e,
             };
             if matches!(err, Error::Timeout(..)) {

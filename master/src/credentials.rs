@@ -415,7 +415,7 @@ impl Authority {
             .remove(id)
             .unwrap_or_default();
         for c in &conns {
-            c.close(2u32.into(), b"credential revoked");
+            c.close(shardfs_common::net::REVOKED, b"credential revoked");
         }
         info!(%id, by = %by, closed = conns.len(), "credential revoked");
         Ok(())

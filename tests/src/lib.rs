@@ -160,7 +160,9 @@ impl Cluster {
 
     pub fn start_node(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} already running");
-        let token = match self.node_dir(i).join("node.cred").exists() {
+        let token = match self.node_dir(i).join("node.cred").exists()
+            || self.node_args.iter().any(|a| a == "--token")
+        {
             true => Vec::new(),
             false => vec!["--token".to_string(), self.token("node", &[])],
         };

@@ -1,0 +1,499 @@
+//! The trust boundary: only credentials of the cluster get through a handshake, tokens work
+//! once, and each role may send only its own requests. Real processes, the real protocol.
+
+use bytes::Bytes;
+use shardfs_common::pki::{Ca, Credential, Identity, Role};
+use shardfs_common::proto::{
+    MasterRequest, MasterResponse, NodeRequest, NodeResponse, ALPN_MASTER, ALPN_NODE,
+};
+use shardfs_common::{net, wire, BlockId, NodeId};
+use shardfs_tests::*;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A client that trusts any server (as every client did before the cluster CA) and shows
+/// `cert` (or nothing).
+fn lax_config(
+    alpn: &[u8],
+    cert: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> quinn::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let mut tls = match cert {
+        Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ))
+}
+
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Connect with `cfg` and send one request: Ok(answer) only if the server served it.
+async fn try_request<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    ep: &quinn::Endpoint,
+    cfg: &quinn::ClientConfig,
+    addr: SocketAddr,
+    req: &Req,
+) -> Result<Resp, String> {
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        ep.connect_with(cfg.clone(), addr, "shardfs").unwrap(),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        wire::request::<_, Resp>(&conn, req, Bytes::new(), 0),
+    )
+    .await
+    .map_err(|_| "request timed out".to_string())?
+    .map(|(r, _)| r)
+    .map_err(|e| format!("request: {e} ({:?})", conn.close_reason()));
+    conn.close(0u32.into(), b"done");
+    r
+}
+
+fn chain_of(
+    c: &Credential,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    (c.chain(), c.key())
+}
+
+fn node_addr(c: &Cluster, i: usize) -> SocketAddr {
+    std::fs::read_to_string(c.node_dir(i).join("listen.addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A request through the real client code path (mutual TLS with `cred`), for the answer.
+async fn call_master(
+    cred: &Credential,
+    addr: SocketAddr,
+    req: MasterRequest,
+) -> Result<MasterResponse, String> {
+    let d = shardfs_common::dial::Dialer::new(ALPN_MASTER, cred, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let r = d
+        .call::<_, MasterResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(5))
+        .await
+        .map(|(r, _)| r)
+        .map_err(|e| e.to_string());
+    d.close();
+    r
+}
+
+async fn call_node(
+    cred: &Credential,
+    addr: SocketAddr,
+    req: NodeRequest,
+) -> Result<NodeResponse, String> {
+    let d = shardfs_common::dial::Dialer::new(ALPN_NODE, cred, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let r = d
+        .call::<_, NodeResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(5))
+        .await
+        .map(|(r, _)| r)
+        .map_err(|e| e.to_string());
+    d.close();
+    r
+}
+
+fn refused_master(r: &Result<MasterResponse, String>) -> bool {
+    matches!(r, Ok(MasterResponse::Err(e)) if e.code == shardfs_common::ErrorCode::Permission)
+}
+
+fn refused_node(r: &Result<NodeResponse, String>) -> bool {
+    matches!(r, Ok(NodeResponse::Err(e)) if e.code == shardfs_common::ErrorCode::Permission)
+}
+
+#[test]
+fn only_credentials_of_the_cluster_get_through_the_handshake() {
+    let c = Cluster::start(3, "2+1");
+    let master: SocketAddr = c.master_addr().parse().unwrap();
+    let node = node_addr(&c, 0);
+    let admin = c.credential("admin.cred");
+    let other_cluster = Ca::create()
+        .unwrap()
+        .credential(&Identity::new(Role::Admin, "admin-1"))
+        .unwrap();
+    // A self-signed certificate naming an admin of this cluster.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = vec![rcgen::SanType::URI(
+        "shardfs:admin:admin-1".try_into().unwrap(),
+    )];
+    let self_signed = p.self_signed(&key).unwrap();
+    let self_signed = (
+        vec![self_signed.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = net::client_endpoint(false).unwrap();
+        let cases = [
+            ("no certificate (the old accept-anything client)", None),
+            (
+                "a self-signed certificate",
+                Some((self_signed.0.clone(), self_signed.1.clone_key())),
+            ),
+            (
+                "a credential of another cluster",
+                Some(chain_of(&other_cluster)),
+            ),
+        ];
+        for (what, cert) in cases {
+            let again = cert.as_ref().map(|(c, k)| (c.clone(), k.clone_key()));
+            let m = try_request::<_, MasterResponse>(
+                &ep,
+                &lax_config(ALPN_MASTER, again),
+                master,
+                &MasterRequest::Cluster,
+            )
+            .await;
+            assert!(m.is_err(), "master served a client with {what}: {m:?}");
+            let n = try_request::<_, NodeResponse>(
+                &ep,
+                &lax_config(ALPN_NODE, cert),
+                node,
+                &NodeRequest::Stat,
+            )
+            .await;
+            assert!(n.is_err(), "node served a client with {what}: {n:?}");
+        }
+        // The same client with the cluster's admin credential is served: the refusals above
+        // are about the credential, not the test's client.
+        let m = try_request::<_, MasterResponse>(
+            &ep,
+            &lax_config(ALPN_MASTER, Some(chain_of(&admin))),
+            master,
+            &MasterRequest::Cluster,
+        )
+        .await;
+        assert!(matches!(m, Ok(MasterResponse::Cluster(_))), "{m:?}");
+        let n = try_request::<_, NodeResponse>(
+            &ep,
+            &lax_config(ALPN_NODE, Some(chain_of(&admin))),
+            node,
+            &NodeRequest::Stat,
+        )
+        .await;
+        assert!(matches!(n, Ok(NodeResponse::Stat { .. })), "{n:?}");
+        // A client of this cluster does not trust a server of another: the real client code
+        // refuses a master whose certificate another CA signed.
+        let e = call_master(&other_cluster, master, MasterRequest::Cluster).await;
+        assert!(e.is_err(), "{e:?}");
+    });
+    let log = std::fs::read_to_string(c.path("logs/master.log")).unwrap();
+    assert!(
+        log.contains("refused a connection at the handshake"),
+        "no log line of the refusals:\n{log}"
+    );
+    // The admin CLI says what is wrong with a foreign credential.
+    other_cluster.save(&c.path("foreign.cred")).unwrap();
+    let foreign = c.path("foreign.cred").display().to_string();
+    let (ok, out, err) = c.admin_around(&["status"], &["--credentials", &foreign]);
+    assert!(!ok, "status with another cluster's credential: {out}");
+    assert!(err.contains("CA"), "unclear error: {err}");
+}
+
+/// Run a storage node to its exit (it must exit: it has no credential), for (success, stderr).
+fn node_run(c: &Cluster, dir: &std::path::Path, token: Option<&str>) -> (bool, String) {
+    let mut cmd = Command::new(bin("shardfs-node"));
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--master", &c.master_addr()]);
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (st.success(), err);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (true, "still running after 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nodes_join_once_per_token_under_their_own_id_and_revoked_ones_are_refused() {
+    let mut c = Cluster::start(3, "2+1");
+    let master: SocketAddr = c.master_addr().parse().unwrap();
+    // No token: the node never joins.
+    let (ok, err) = node_run(&c, &c.path("lone"), None);
+    assert!(!ok && err.contains("--token"), "{err}");
+    // A token works once.
+    let token = c.token("node", &[]);
+    let i = c.add_node_with(&["--token", &token]);
+    c.wait_nodes_up(4);
+    let (ok, err) = node_run(&c, &c.path("second"), Some(&token));
+    assert!(
+        !ok && err.contains("token"),
+        "a used token worked again: {err}"
+    );
+    // An expired token is refused.
+    let short = c.token("node", &["--ttl", "1"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let (ok, err) = node_run(&c, &c.path("late"), Some(&short));
+    assert!(
+        !ok && err.contains("token"),
+        "an expired token worked: {err}"
+    );
+    // A node cannot join under another node's id…
+    let victim = std::fs::read_to_string(c.node_dir(0).join("node.id")).unwrap();
+    std::fs::create_dir_all(c.path("impostor")).unwrap();
+    std::fs::write(c.path("impostor/node.id"), &victim).unwrap();
+    let (ok, err) = node_run(&c, &c.path("impostor"), Some(&c.token("node", &[])));
+    assert!(!ok && err.contains("already has a credential"), "{err}");
+    // …nor register as one with its own credential.
+    let victim: NodeId = victim.trim().parse().unwrap();
+    let mine = Credential::load(&c.node_dir(1).join("node.cred")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(call_master(
+        &mine,
+        master,
+        MasterRequest::Register {
+            id: victim,
+            addr: "127.0.0.1:9".into(),
+            capacity: 1 << 40,
+            free: 1 << 40,
+            used: 0,
+            shards: 0,
+        },
+    ));
+    assert!(refused_master(&r), "registered as another node: {r:?}");
+    // A revoked node is refused at once by the master, and goes down.
+    let added = Credential::load(&c.node_dir(i).join("node.cred")).unwrap();
+    let (ok, out, err) = c.admin_around(&["credentials", "revoke"], &[&added.identity.id]);
+    assert!(ok, "{out}{err}");
+    let r = rt.block_on(call_master(&added, master, MasterRequest::Cluster));
+    assert!(
+        r.is_err() || refused_master(&r),
+        "a revoked node was served: {r:?}"
+    );
+    let id = added.identity.node_id().unwrap().to_string();
+    wait_until(
+        Duration::from_secs(30),
+        "the revoked node marked down",
+        || {
+            c.status().is_some_and(|s| {
+                s["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|n| n["id"] == id.as_str() && n["state"] == "down")
+            })
+        },
+    );
+    let (ok, list, _) = c.admin_around(&["credentials", "list", "--json"], &[]);
+    assert!(ok);
+    let line = list
+        .lines()
+        .find(|l| l.contains(&added.identity.id))
+        .unwrap();
+    assert!(line.contains("\"revoked\":true"), "{line}");
+    // The other nodes refuse it too once they heard (from the next heartbeat answer).
+    let peer = node_addr(&c, 0);
+    let get = NodeRequest::Get {
+        block: BlockId::of(b"nothing"),
+        index: 0,
+        range: None,
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "nodes refusing the revoked node",
+        || {
+            let r = rt.block_on(call_node(&added, peer, get.clone()));
+            r.is_err() || refused_node(&r)
+        },
+    );
+}
+
+#[test]
+fn each_role_sends_only_its_own_requests() {
+    let mut c = Cluster::start(3, "2+1");
+    let master: SocketAddr = c.master_addr().parse().unwrap();
+    let node = node_addr(&c, 0);
+    let client = c.credential("client.cred");
+    let admin = c.credential("admin.cred");
+    let node_id: NodeId = std::fs::read_to_string(c.node_dir(0).join("node.id"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let master_only_for_others = [
+            MasterRequest::Register {
+                id: node_id,
+                addr: "127.0.0.1:9".into(),
+                capacity: 1,
+                free: 1,
+                used: 0,
+                shards: 0,
+            },
+            MasterRequest::Heartbeat {
+                id: node_id,
+                capacity: 1,
+                free: 1,
+                used: 0,
+                shards: 0,
+            },
+            MasterRequest::Drain {
+                node: node_id,
+                cancel: false,
+            },
+            MasterRequest::ShardsLost {
+                node: node_id,
+                shards: vec![(BlockId::of(b"x"), 0)],
+            },
+            MasterRequest::Scrub,
+            MasterRequest::Repair,
+            MasterRequest::Health,
+            MasterRequest::CreateToken {
+                role: Role::Admin,
+                ttl_secs: 60,
+                allow_root: false,
+            },
+            MasterRequest::Credentials,
+            MasterRequest::Revoke {
+                id: "admin-1".into(),
+            },
+        ];
+        for req in master_only_for_others {
+            let r = call_master(&client, master, req.clone()).await;
+            assert!(
+                refused_master(&r),
+                "a client credential sent {req:?}: {r:?}"
+            );
+        }
+        let node_admin = [
+            NodeRequest::Delete {
+                shards: vec![(BlockId::of(b"x"), 0)],
+            },
+            NodeRequest::DeleteOrphans {
+                shards: vec![(BlockId::of(b"x"), 0)],
+                min_age_secs: 0,
+            },
+            NodeRequest::Scrub {
+                after: None,
+                limit: 10,
+            },
+            NodeRequest::Stat,
+        ];
+        for req in node_admin {
+            let r = call_node(&client, node, req.clone()).await;
+            assert!(
+                refused_node(&r),
+                "a client credential sent {req:?} to a node: {r:?}"
+            );
+        }
+        // The admin credential may do what the client's may not.
+        let r = call_master(&admin, master, MasterRequest::Health).await;
+        assert!(matches!(r, Ok(MasterResponse::Health(_))), "{r:?}");
+        let r = call_master(&admin, master, MasterRequest::Credentials).await;
+        assert!(matches!(r, Ok(MasterResponse::Credentials(_))), "{r:?}");
+    });
+    // `shardfs status` needs an admin credential.
+    let client_path = c.path("client.cred").display().to_string();
+    let (ok, _, err) = c.admin_around(&["status"], &["--credentials", &client_path]);
+    assert!(!ok, "status with a client credential");
+    assert!(err.contains("admin"), "unclear error: {err}");
+    // A revoked mount is refused at once: its next change fails instead of waiting it out.
+    let token = c.token("client", &["--allow-root"]);
+    let second = c.path("second.cred").display().to_string();
+    let mp = c.mount_with(
+        "m",
+        &[
+            "--token",
+            &token,
+            "--credentials",
+            &second,
+            "--timeout",
+            "20",
+        ],
+    );
+    std::fs::write(mp.join("before"), b"written before the revocation").unwrap();
+    let id = Credential::load(&c.path("second.cred"))
+        .unwrap()
+        .identity
+        .id;
+    let (ok, out, err) = c.admin_around(&["credentials", "revoke"], &[&id]);
+    assert!(ok, "{out}{err}");
+    let t = Instant::now();
+    let r = std::fs::write(mp.join("after"), b"written after");
+    assert!(r.is_err(), "a revoked mount still writes");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the refusal took {:?}",
+        t.elapsed()
+    );
+}
