@@ -38,6 +38,8 @@ pub enum ErrorCode {
     Interrupted,
     /// The operation or this mode of it is not offered (EOPNOTSUPP).
     NotSupported,
+    /// Permission bits deny it (EACCES); `Permission` is "not permitted at all" (EPERM).
+    Access,
 }
 
 /// An error as it travels in a response frame.
@@ -120,6 +122,7 @@ impl Error {
             ErrorCode::Again => libc::EAGAIN,
             ErrorCode::Interrupted => libc::EINTR,
             ErrorCode::NotSupported => libc::EOPNOTSUPP,
+            ErrorCode::Access => libc::EACCES,
             ErrorCode::Io | ErrorCode::Protocol | ErrorCode::Corrupt | ErrorCode::Internal => {
                 libc::EIO
             }

@@ -354,6 +354,47 @@ pub struct ChangeEvent {
     pub change: Change,
 }
 
+/// Who a namespace request acts for: the calling process's user, group and supplementary
+/// groups, as the mount's kernel reported them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Caller {
+    /// The superuser.
+    pub fn root() -> Caller {
+        Caller {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        }
+    }
+
+    /// What root becomes on a credential that does not allow root (as NFS's root squash).
+    pub fn nobody() -> Caller {
+        Caller {
+            uid: NOBODY,
+            gid: NOBODY,
+            groups: Vec::new(),
+        }
+    }
+
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// The uid and gid of nobody.
+pub const NOBODY: u32 = 65534;
+/// Most supplementary groups a caller may name.
+pub const MAX_GROUPS: usize = 256;
+/// Access a file is opened for (bits of `MasterRequest::Open::access`).
+pub const ACCESS_READ: u8 = 4;
+pub const ACCESS_WRITE: u8 = 2;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasterRequest {
     Cluster,
@@ -430,6 +471,8 @@ pub enum MasterRequest {
     Open {
         ino: Ino,
         session: u64,
+        /// ACCESS_READ and/or ACCESS_WRITE (0: a look at the content, checked as a read).
+        access: u8,
     },
     /// The mount closed its last handle of `ino`.
     Close {
@@ -618,6 +661,13 @@ pub enum MasterRequest {
     /// Revoke a credential (admin only): refused from now on by the master and every node.
     Revoke {
         id: String,
+    },
+    /// A namespace request made for `caller` (the master checks POSIX permissions for that
+    /// user; root is squashed unless the credential allows it). Requests not wrapped act as
+    /// the credential itself: root if it allows root, nobody otherwise.
+    As {
+        caller: Caller,
+        req: Box<MasterRequest>,
     },
 }
 

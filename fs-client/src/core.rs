@@ -15,7 +15,7 @@ use shardfs_common::ec::Codec;
 use shardfs_common::locks::LockTable;
 use shardfs_common::proto::{
     conflicted_name, Attr, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest, MasterResponse,
-    NewSlot, SetAttr, Slot, Timespec,
+    NewSlot, SetAttr, Slot, Timespec, ACCESS_READ, ACCESS_WRITE,
 };
 use shardfs_common::{Error, Ino, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -782,7 +782,7 @@ impl Core {
     /// After a replay: an open file of this mount shows the committed content.
     pub(crate) async fn offline_replayed(&self, ino: Ino) {
         if let Some(of) = self.open_file(ino) {
-            if let Ok((attr, slots)) = self.fetch_map(ino, true).await {
+            if let Ok((attr, slots)) = self.fetch_map(ino, true, 0).await {
                 of.st.lock().expect("file lock").reset(attr, slots);
             }
         }
@@ -857,7 +857,7 @@ impl Core {
         {
             return Ok(new_name.to_vec());
         }
-        let (src_attr, src_slots) = self.fetch_map(src.ino, false).await?;
+        let (src_attr, src_slots) = self.fetch_map(src.ino, false, 0).await?;
         let limit = self.cfg.merge_max_bytes;
         let mut merged = None;
         if src_attr.size <= limit && base_attr.size <= limit {
@@ -875,7 +875,7 @@ impl Core {
                 .ok()
                 .filter(|b| std::str::from_utf8(b).is_ok());
             for _ in 0..3 {
-                let (cur_attr, cur_slots) = self.fetch_map(cur.ino, false).await?;
+                let (cur_attr, cur_slots) = self.fetch_map(cur.ino, false, 0).await?;
                 if cur_attr.size > limit || std::str::from_utf8(&mine).is_err() {
                     break;
                 }
@@ -925,7 +925,7 @@ impl Core {
         };
         tracing::info!(name = %String::from_utf8_lossy(new_name), merged = merged.len(),
             "merged an editor's save with changes made elsewhere");
-        let fh = self.open(src.ino).await?;
+        let fh = self.open(src.ino, ACCESS_READ | ACCESS_WRITE).await?;
         let now = Timespec::now();
         let r = async {
             self.setattr(
@@ -1236,7 +1236,7 @@ impl Core {
                 })
                 .await?;
             self.name_of(a.ino, new_parent, &target);
-            self.fetch_map(a.ino, false).await
+            self.fetch_map(a.ino, false, 0).await
         }
         .await
         {
@@ -1298,14 +1298,15 @@ impl Core {
     }
 
     /// Open a file: fetch its attributes and block map (close-to-open consistency).
-    pub async fn open(&self, ino: Ino) -> Result<u64> {
+    /// `access`: ACCESS_READ and/or ACCESS_WRITE, as the open's flags ask.
+    pub async fn open(&self, ino: Ino, access: u8) -> Result<u64> {
         let offline = match self.is_offline() {
             true => self.known_read(ino),
             false => None,
         };
         let (attr, slots) = match offline {
             Some(b) => b,
-            None => match self.fetch_map(ino, true).await {
+            None => match self.fetch_map(ino, true, access).await {
                 Ok(b) => b,
                 Err(e) => self.offline_open(ino, e)?,
             },
@@ -1717,7 +1718,7 @@ impl Core {
                 .as_deref(),
             Ok(b"off")
         );
-        let (theirs_attr, theirs_slots) = self.fetch_map(of.ino, false).await?;
+        let (theirs_attr, theirs_slots) = self.fetch_map(of.ino, false, 0).await?;
         let limit = self.cfg.merge_max_bytes;
         let mut merged = None;
         if !off && theirs_attr.size <= limit && size <= limit {
@@ -1956,12 +1957,19 @@ impl Core {
 
     /// A file's attributes and block map from the master; `hold`: the file stays open on this
     /// mount's session (see `MasterRequest::Open`).
-    async fn fetch_map(&self, ino: Ino, hold: bool) -> Result<ReadBase> {
+    async fn fetch_map(&self, ino: Ino, hold: bool, access: u8) -> Result<ReadBase> {
         let session = match hold {
             true => self.session.load(Ordering::Relaxed),
             false => 0,
         };
-        match self.call(MasterRequest::Open { ino, session }).await? {
+        match self
+            .call(MasterRequest::Open {
+                ino,
+                session,
+                access,
+            })
+            .await?
+        {
             MasterResponse::Opened { attr, slots } => Ok((attr, slots)),
             other => Err(unexpected(other)),
         }
@@ -1970,7 +1978,7 @@ impl Core {
     /// Show the master's current content of an open file again (after its content changed
     /// under this mount), unless this mount has written more since.
     async fn reload(&self, of: &OpenFile, attr: Attr) {
-        let fresh = self.fetch_map(of.ino, true).await.ok();
+        let fresh = self.fetch_map(of.ino, true, 0).await.ok();
         {
             let mut st = of.st.lock().expect("file lock");
             if !st.has_local_changes() {

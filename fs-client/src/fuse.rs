@@ -4,12 +4,15 @@
 //! mapping there is.
 
 use crate::core::Core;
+use crate::master::CALLER;
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow,
 };
-use shardfs_common::proto::{Attr, FileKind, SetAttr, Timespec};
+use shardfs_common::proto::{
+    Attr, Caller, FileKind, SetAttr, Timespec, ACCESS_READ, ACCESS_WRITE, MAX_GROUPS,
+};
 use shardfs_common::Error;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -29,11 +32,35 @@ impl ShardFs {
         ShardFs { core, rt, ttl }
     }
 
-    fn spawn<F>(&self, f: impl FnOnce(Arc<Core>, Duration) -> F)
+    /// Run an operation on the async core, acting for the user who made the request (the
+    /// master checks permissions for that user).
+    fn spawn<F>(&self, req: &Request<'_>, f: impl FnOnce(Arc<Core>, Duration) -> F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f(self.core.clone(), self.ttl));
+        let caller = caller_of(req);
+        self.rt
+            .spawn(CALLER.scope(caller, f(self.core.clone(), self.ttl)));
+    }
+}
+
+/// The user, group and supplementary groups of the process behind a request.
+fn caller_of(req: &Request<'_>) -> Caller {
+    let groups = std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .take(MAX_GROUPS)
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        groups,
     }
 }
 
@@ -111,9 +138,9 @@ impl Filesystem for ShardFs {
         Ok(())
     }
 
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEntry) {
+    fn lookup(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEntry) {
         let n = name(n);
-        self.spawn(|core, ttl| async move {
+        self.spawn(req, |core, ttl| async move {
             match core.lookup(parent, &n).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
                 Err(e) => reply.error(errno(&e)),
@@ -121,8 +148,8 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        self.spawn(|core, ttl| async move {
+    fn getattr(&mut self, req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        self.spawn(req, |core, ttl| async move {
             match core.getattr(ino).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -160,7 +187,7 @@ impl Filesystem for ShardFs {
             mtime: mtime.map(time),
             now: Timespec::now(),
         };
-        self.spawn(|core, ttl| async move {
+        self.spawn(req, |core, ttl| async move {
             match core.setattr(ino, fh, set).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -170,7 +197,7 @@ impl Filesystem for ShardFs {
 
     fn setxattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         name: &OsStr,
         value: &[u8],
@@ -179,7 +206,7 @@ impl Filesystem for ShardFs {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.setxattr(ino, &name, &value, flags).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -189,14 +216,14 @@ impl Filesystem for ShardFs {
 
     fn getxattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         name: &OsStr,
         size: u32,
         reply: ReplyXattr,
     ) {
         let name = name.as_bytes().to_vec();
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.getxattr(ino, &name).await {
                 Ok(v) => reply_xattr(reply, size, &v),
                 Err(e) => reply.error(errno(&e)),
@@ -204,8 +231,8 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        self.spawn(|core, _| async move {
+    fn listxattr(&mut self, req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        self.spawn(req, |core, _| async move {
             match core.listxattr(ino).await {
                 Ok(v) => reply_xattr(reply, size, &v),
                 Err(e) => reply.error(errno(&e)),
@@ -213,9 +240,9 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.removexattr(ino, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -223,8 +250,8 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        self.spawn(|core, _| async move {
+    fn readlink(&mut self, req: &Request<'_>, ino: u64, reply: ReplyData) {
+        self.spawn(req, |core, _| async move {
             match core.readlink(ino).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(errno(&e)),
@@ -253,7 +280,7 @@ impl Filesystem for ShardFs {
         };
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
         let _ = umask;
-        self.spawn(|core, ttl| async move {
+        self.spawn(req, |core, ttl| async move {
             match core
                 .mknod(parent, &n, k, mode & 0o7777, uid, gid, rdev)
                 .await
@@ -274,7 +301,7 @@ impl Filesystem for ShardFs {
         reply: ReplyEntry,
     ) {
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
-        self.spawn(|core, ttl| async move {
+        self.spawn(req, |core, ttl| async move {
             match core
                 .mknod(parent, &n, FileKind::Dir, mode & 0o7777, uid, gid, 0)
                 .await
@@ -285,9 +312,9 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn unlink(&mut self, _req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.unlink(parent, &n).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -295,9 +322,9 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.rmdir(parent, &n).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -319,7 +346,7 @@ impl Filesystem for ShardFs {
             req.uid(),
             req.gid(),
         );
-        self.spawn(|core, ttl| async move {
+        self.spawn(req, |core, ttl| async move {
             match core.symlink(parent, &n, &t, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
                 Err(e) => reply.error(errno(&e)),
@@ -329,7 +356,7 @@ impl Filesystem for ShardFs {
 
     fn rename(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         parent: u64,
         n: &OsStr,
         newparent: u64,
@@ -338,7 +365,7 @@ impl Filesystem for ShardFs {
         reply: ReplyEmpty,
     ) {
         let (n, nn) = (name(n), name(newname));
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.rename(parent, &n, newparent, &nn, flags).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -348,14 +375,14 @@ impl Filesystem for ShardFs {
 
     fn link(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         newparent: u64,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
         let nn = name(newname);
-        self.spawn(|core, ttl| async move {
+        self.spawn(req, |core, ttl| async move {
             match core.link(ino, newparent, &nn).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
                 Err(e) => reply.error(errno(&e)),
@@ -363,9 +390,15 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        self.spawn(|core, _| async move {
-            match core.open(ino).await {
+    fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let access = match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => ACCESS_WRITE,
+            libc::O_RDWR => ACCESS_READ | ACCESS_WRITE,
+            _ if flags & libc::O_TRUNC != 0 => ACCESS_READ | ACCESS_WRITE,
+            _ => ACCESS_READ,
+        };
+        self.spawn(req, |core, _| async move {
+            match core.open(ino, access).await {
                 Ok(fh) => reply.opened(fh, 0),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -374,7 +407,7 @@ impl Filesystem for ShardFs {
 
     fn read(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         _ino: u64,
         fh: u64,
         offset: i64,
@@ -386,7 +419,7 @@ impl Filesystem for ShardFs {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.read(fh, offset as u64, size).await {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(errno(&e)),
@@ -410,7 +443,7 @@ impl Filesystem for ShardFs {
             return reply.error(libc::EINVAL);
         }
         let (data, pid) = (data.to_vec(), req.pid());
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.write(fh, offset as u64, &data, pid).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),
@@ -425,7 +458,7 @@ impl Filesystem for ShardFs {
             return reply.ok();
         }
         let pid = req.pid();
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             let unlocked = match unlock {
                 true => core.release_locks(ino, lock_owner).await,
                 false => Ok(()),
@@ -439,7 +472,7 @@ impl Filesystem for ShardFs {
 
     fn getlk(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         lock_owner: u64,
@@ -449,7 +482,7 @@ impl Filesystem for ShardFs {
         pid: u32,
         reply: fuser::ReplyLock,
     ) {
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.getlk(ino, lock_owner, start, end, typ, pid).await {
                 Ok(Some(l)) => {
                     reply.locked(l.start, l.end, crate::session::lock_type(l.kind), l.pid)
@@ -462,7 +495,7 @@ impl Filesystem for ShardFs {
 
     fn setlk(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         lock_owner: u64,
@@ -473,7 +506,7 @@ impl Filesystem for ShardFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core
                 .setlk(ino, lock_owner, start, end, typ, pid, sleep)
                 .await
@@ -486,7 +519,7 @@ impl Filesystem for ShardFs {
 
     fn release(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         fh: u64,
         _flags: i32,
@@ -499,7 +532,7 @@ impl Filesystem for ShardFs {
         if unlock.is_none() && self.core.release_if_clean(fh) {
             return reply.ok();
         }
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             let unlocked = match unlock {
                 Some(o) => core.release_locks(ino, o).await,
                 None => Ok(()),
@@ -511,15 +544,8 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn fsync(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        fh: u64,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.spawn(|core, _| async move {
+    fn fsync(&mut self, req: &Request<'_>, _ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(req, |core, _| async move {
             match core.fsync(fh).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -527,8 +553,8 @@ impl Filesystem for ShardFs {
         });
     }
 
-    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        self.spawn(|core, _| async move {
+    fn opendir(&mut self, req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        self.spawn(req, |core, _| async move {
             match core.opendir(ino).await {
                 Ok(fh) => reply.opened(fh, 0),
                 Err(e) => reply.error(errno(&e)),
@@ -538,13 +564,13 @@ impl Filesystem for ShardFs {
 
     fn readdir(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         fh: u64,
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core.readdir(fh, ino, offset, 256).await {
                 Ok(entries) => {
                     for e in entries {
@@ -566,13 +592,13 @@ impl Filesystem for ShardFs {
 
     fn readdirplus(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         fh: u64,
         offset: i64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.spawn(|core, ttl| async move {
+        self.spawn(req, |core, ttl| async move {
             match core.readdir(fh, ino, offset, 128).await {
                 Ok(entries) => {
                     for e in entries {
@@ -617,8 +643,8 @@ impl Filesystem for ShardFs {
         reply.ok();
     }
 
-    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        self.spawn(|core, _| async move {
+    fn statfs(&mut self, req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        self.spawn(req, |core, _| async move {
             match core.statfs().await {
                 Ok(s) => {
                     let bsize = 4096u64;
@@ -654,7 +680,7 @@ impl Filesystem for ShardFs {
         reply: ReplyCreate,
     ) {
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
-        self.spawn(|core, ttl| async move {
+        self.spawn(req, |core, ttl| async move {
             match core.create(parent, &n, mode & 0o7777, uid, gid).await {
                 Ok((a, fh)) => reply.created(&ttl, &file_attr(&a), 0, fh, 0),
                 Err(e) => reply.error(errno(&e)),
@@ -676,7 +702,7 @@ impl Filesystem for ShardFs {
             return reply.error(libc::EINVAL);
         }
         let pid = req.pid();
-        self.spawn(|core, _| async move {
+        self.spawn(req, |core, _| async move {
             match core
                 .fallocate(fh, offset as u64, length as u64, mode, pid)
                 .await

@@ -235,7 +235,7 @@ struct MountArgs {
     /// Log file of the background mount (default: /tmp/shardfs-mount-<pid>.log).
     #[arg(long, env = "SHARDFS_LOG_FILE")]
     log_file: Option<PathBuf>,
-    /// Mount options, comma separated: ro, allow_other, default_permissions.
+    /// Mount options, comma separated: ro, allow_other, default_permissions, credentials=PATH.
     #[arg(short = 'o')]
     options: Vec<String>,
     /// Optional TOML file with the same settings.
@@ -484,12 +484,6 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot remount {}", mountpoint.display()));
     }
     let master = master_addr(&a.master)?;
-    let credential = Arc::new(mount_credential(
-        master,
-        &a.master,
-        a.credentials.clone().or(f.credentials.clone()),
-        a.token.as_deref(),
-    )?);
     let md = std::fs::metadata(&a.mountpoint)
         .with_context(|| format!("mountpoint {} does not exist", a.mountpoint.display()))?;
     if !md.is_dir() {
@@ -503,6 +497,37 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     if !(timeout > 0.0 && timeout < 86_400.0) {
         bail!("--timeout must be between 0 and 86400 seconds");
     }
+    let mut mount_opts = vec![
+        fuser::MountOption::FSName(format!("shardfs@{master}")),
+        fuser::MountOption::Subtype("shardfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    for o in &opts {
+        mount_opts.push(match o.as_str() {
+            "ro" => fuser::MountOption::RO,
+            "rw" => fuser::MountOption::RW,
+            "allow_other" => fuser::MountOption::AllowOther,
+            "allow_root" => fuser::MountOption::AllowRoot,
+            "default_permissions" => fuser::MountOption::DefaultPermissions,
+            "noatime" => fuser::MountOption::NoAtime,
+            "_netdev" | "defaults" | "nofail" | "auto" | "noauto" | "user" | "nouser" => continue,
+            o if o.starts_with("credentials=") => continue,
+            other => bail!("unknown mount option {other:?} (known: ro, rw, allow_other, allow_root, default_permissions)"),
+        });
+    }
+    // fstab entries name the credential as an option: credentials=PATH.
+    let opt_cred = opts
+        .iter()
+        .find_map(|o| o.strip_prefix("credentials="))
+        .map(PathBuf::from);
+    let credential = Arc::new(mount_credential(
+        master,
+        &a.master,
+        a.credentials.clone().or(opt_cred).or(f.credentials.clone()),
+        a.token.as_deref(),
+    )?);
+
     let ttl = Duration::from_secs_f64(a.attr_ttl.or(f.attr_ttl).unwrap_or(1.0).clamp(0.0, 3600.0));
     let cfg = CoreConfig {
         attr_ttl: ttl,
@@ -538,24 +563,6 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
         shard_timeout: Duration::from_secs_f64(timeout.min(10.0)),
     };
 
-    let mut mount_opts = vec![
-        fuser::MountOption::FSName(format!("shardfs@{master}")),
-        fuser::MountOption::Subtype("shardfs".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoAtime,
-    ];
-    for o in &opts {
-        mount_opts.push(match o.as_str() {
-            "ro" => fuser::MountOption::RO,
-            "rw" => fuser::MountOption::RW,
-            "allow_other" => fuser::MountOption::AllowOther,
-            "allow_root" => fuser::MountOption::AllowRoot,
-            "default_permissions" => fuser::MountOption::DefaultPermissions,
-            "noatime" => fuser::MountOption::NoAtime,
-            "_netdev" | "defaults" | "nofail" | "auto" | "noauto" | "user" | "nouser" => continue,
-            other => bail!("unknown mount option {other:?} (known: ro, rw, allow_other, allow_root, default_permissions)"),
-        });
-    }
     if !opts.iter().any(|o| o == "allow_root")
         && unsafe { libc::geteuid() } == 0
         && !opts.iter().any(|o| o == "allow_other")

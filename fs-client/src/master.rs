@@ -4,11 +4,39 @@
 use bytes::Bytes;
 use shardfs_common::dial::Dialer;
 use shardfs_common::pki::Credential;
-use shardfs_common::proto::{MasterRequest, MasterResponse, ALPN_MASTER};
+use shardfs_common::proto::{Caller, MasterRequest, MasterResponse, ALPN_MASTER};
 use shardfs_common::{Error, Result};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::debug;
+
+tokio::task_local! {
+    /// The user the current FUSE request acts for (set by the FUSE adapter): namespace requests
+    /// sent while it is set carry it, so the master checks that user's permissions.
+    pub static CALLER: Caller;
+}
+
+/// Requests whose permission depends on the user making them.
+fn acts_for_user(req: &MasterRequest) -> bool {
+    use MasterRequest as R;
+    matches!(
+        req,
+        R::Lookup { .. }
+            | R::Create { .. }
+            | R::Symlink { .. }
+            | R::Link { .. }
+            | R::Unlink { .. }
+            | R::Rmdir { .. }
+            | R::Rename { .. }
+            | R::ReadDir { .. }
+            | R::Open { .. }
+            | R::SetAttr { .. }
+            | R::SetXattr { .. }
+            | R::GetXattr { .. }
+            | R::ListXattr { .. }
+            | R::RemoveXattr { .. }
+    )
+}
 
 pub struct MasterClient {
     addr: SocketAddr,
@@ -49,6 +77,13 @@ impl MasterClient {
         req: MasterRequest,
         timeout: Duration,
     ) -> Result<MasterResponse> {
+        let req = match CALLER.try_with(Caller::clone) {
+            Ok(caller) if acts_for_user(&req) => MasterRequest::As {
+                caller,
+                req: Box::new(req),
+            },
+            _ => req,
+        };
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(50);
         loop {

@@ -12,6 +12,7 @@ pub mod events;
 pub mod merge;
 pub mod meta;
 pub mod nodes;
+pub mod perms;
 pub mod repair;
 pub mod sessions;
 
@@ -141,20 +142,39 @@ impl wire::Service for Master {
         _bulk: Vec<u8>,
         peer: wire::Peer,
     ) -> (MasterResponse, Bytes) {
-        if let Err(e) = self.auth.authorize(&req, &peer) {
-            warn!(%peer, "request refused: {e}");
-            return (MasterResponse::Err(e.to_remote()), Bytes::new());
-        }
+        let req = match self.as_caller(req, &peer) {
+            Ok(r) => r,
+            Err(e) => {
+                if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Access))
+                {
+                    warn!(%peer, "request refused: {e}");
+                }
+                return (MasterResponse::Err(e.to_remote()), Bytes::new());
+            }
+        };
         // Metadata operations are short (a RocksDB read or one batched write, no fsync by
         // default), so they run inline rather than paying for a thread hand-off. A scrub waits
         // on every node.
+        if let Err(e) = self.check_sessions(&req, &peer) {
+            warn!(%peer, "request refused: {e}");
+            return (MasterResponse::Err(e.to_remote()), Bytes::new());
+        }
         let touched = events::touched(&req);
         if let Err(e) = check_times(&req) {
             return (MasterResponse::Err(e.to_remote()), Bytes::new());
         }
         let r = match req {
             MasterRequest::Watch { after } => {
-                Ok(self.events.watch(after, Duration::from_secs(10)).await)
+                // Other mounts' session ids are theirs: a watcher only learns which events
+                // are its own.
+                let me = self.sessions.of_peer(peer.addr);
+                let mut r = self.events.watch(after, Duration::from_secs(10)).await;
+                if let MasterResponse::Changes { events, .. } = &mut r {
+                    for e in events.iter_mut().filter(|e| e.origin != me) {
+                        e.origin = 0;
+                    }
+                }
+                Ok(r)
             }
             MasterRequest::Scrub => repair::scrub(&self).await.map(MasterResponse::Scrubbed),
             // A merge of a big text takes tens of milliseconds of CPU: off the request thread.
@@ -192,6 +212,70 @@ impl wire::Service for Master {
             }
         };
         (resp, Bytes::new())
+    }
+}
+
+impl Master {
+    /// Who a request acts as, and the request once checked: its sender's role, then (for a
+    /// namespace request) the POSIX permissions of the user it acts for. Root is squashed to
+    /// nobody unless the credential allows root; a request not wrapped in `As` acts as the
+    /// credential itself.
+    fn as_caller(
+        &self,
+        req: MasterRequest,
+        peer: &wire::Peer,
+    ) -> Result<MasterRequest, MasterError> {
+        let (mut req, caller) = match req {
+            MasterRequest::As { caller, req } => (*req, Some(caller)),
+            r => (r, None),
+        };
+        if matches!(req, MasterRequest::As { .. }) {
+            return Err(Error::invalid("a request can act for one caller only").into());
+        }
+        self.auth.authorize(&req, peer)?;
+        let root_ok = peer.who.as_ref().is_some_and(|w| self.auth.allows_root(w));
+        let caller = match caller {
+            Some(c) if c.groups.len() > shardfs_common::proto::MAX_GROUPS => {
+                return Err(Error::invalid("too many supplementary groups").into())
+            }
+            Some(c) if c.uid == 0 && !root_ok => shardfs_common::proto::Caller::nobody(),
+            Some(mut c) => {
+                if !root_ok && c.gid == 0 {
+                    c.gid = shardfs_common::proto::NOBODY;
+                }
+                c
+            }
+            None if root_ok => shardfs_common::proto::Caller::root(),
+            None => shardfs_common::proto::Caller::nobody(),
+        };
+        perms::check(&self.meta, &caller, &mut req)?;
+        Ok(req)
+    }
+
+    /// Every session id a request names must be a session of the sender's credential.
+    fn check_sessions(&self, req: &MasterRequest, peer: &wire::Peer) -> Result<(), MasterError> {
+        use MasterRequest as R;
+        let id = match req {
+            R::Create { session, .. }
+            | R::Open { session, .. }
+            | R::Close { session, .. }
+            | R::Commit { session, .. }
+            | R::Merge { session, .. }
+            | R::Replayed { session, .. } => *session,
+            R::SessionOpen { id, .. } | R::SessionRenew { id } | R::SessionClose { id } => *id,
+            R::SetLock { lock, .. } => lock.owner.session,
+            R::ReleaseLocks { owner, .. } => owner.session,
+            _ => return Ok(()),
+        };
+        let who = peer.who.as_ref().map_or("", |w| w.id.as_str());
+        if id == 0 || self.sessions.owned_by(id, who) {
+            Ok(())
+        } else {
+            Err(MasterError::Fs(Error::fs(
+                ErrorCode::Permission,
+                format!("session {id:016x} belongs to another credential"),
+            )))
+        }
     }
 }
 
@@ -435,7 +519,8 @@ impl Master {
                     .meta
                     .create(parent, &name, kind, mode, uid, gid, rdev, None, now)?;
                 if kind == FileKind::File {
-                    self.sessions.opened(&self.meta, session, created.0.ino);
+                    self.sessions
+                        .opened(&self.meta, session, created.0.ino, true);
                 }
                 changed(created)
             }
@@ -505,9 +590,14 @@ impl Master {
                         .readdir(ino, after.as_deref(), limit.clamp(1, 10_000) as usize)?;
                 A::Entries { entries, more }
             }
-            R::Open { ino, session } => {
+            R::Open {
+                ino,
+                session,
+                access,
+            } => {
                 let (attr, slots) = self.meta.open_file(ino)?;
-                self.sessions.opened(&self.meta, session, ino);
+                let write = access & shardfs_common::proto::ACCESS_WRITE != 0;
+                self.sessions.opened(&self.meta, session, ino, write);
                 A::Opened { attr, slots }
             }
             R::Close { session, ino } => {
@@ -522,9 +612,17 @@ impl Master {
                 opens,
                 locks,
             } => A::Session {
-                id: self
-                    .sessions
-                    .open(&self.meta, id, peer, host, user, mountpoint, opens, locks),
+                id: self.sessions.open(
+                    &self.meta,
+                    id,
+                    from.who.as_ref().map_or("", |w| w.id.as_str()),
+                    peer,
+                    host,
+                    user,
+                    mountpoint,
+                    opens,
+                    locks,
+                ),
                 lease_ms: self.sessions.lease().as_millis() as u64,
             },
             R::SessionRenew { id } => {
@@ -541,7 +639,16 @@ impl Master {
             R::SetLock { .. } => {
                 return Err(Error::invalid("lock requests are served asynchronously").into())
             }
-            R::GetLock { lock } => A::Lock(self.sessions.get_lock(&lock)),
+            R::GetLock { lock } => {
+                let mut held = self.sessions.get_lock(&lock);
+                if let Some(h) = held
+                    .as_mut()
+                    .filter(|h| h.owner.session != lock.owner.session)
+                {
+                    h.owner.session = 0;
+                }
+                A::Lock(held)
+            }
             R::ReleaseLocks { ino, owner } => {
                 self.sessions.release_locks(ino, owner);
                 A::Ok
@@ -603,6 +710,14 @@ impl Master {
                 cut,
                 seq,
             } => {
+                let root_ok = from.who.as_ref().is_some_and(|w| self.auth.allows_root(w));
+                if !root_ok && !self.sessions.may_write(session, ino) {
+                    return Err(Error::fs(
+                        ErrorCode::Access,
+                        format!("inode {ino} is not open for writing on this session"),
+                    )
+                    .into());
+                }
                 if !self.sessions.in_order(session, ino, seq) {
                     return Ok(A::Attr(self.meta.getattr(ino)?));
                 }
@@ -695,7 +810,7 @@ impl Master {
                 self.repair.kick();
                 A::Ok
             }
-            R::Scrub | R::Merge { .. } => {
+            R::Scrub | R::Merge { .. } | R::As { .. } => {
                 return Err(Error::invalid("served asynchronously").into())
             }
             R::History { ino } => {

@@ -23,11 +23,16 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 struct Session {
+    /// The credential that opened it: only it may use the session.
+    owner: String,
     host: String,
     user: String,
     mountpoint: String,
     last_seen: Instant,
     opens: HashSet<Ino>,
+    /// Files opened for writing (or created) through this session: only they take its commits
+    /// from a credential that is not allowed root.
+    writes: HashSet<Ino>,
 }
 
 struct Inner {
@@ -89,6 +94,7 @@ impl Sessions {
         &self,
         meta: &Meta,
         mut id: u64,
+        owner: &str,
         peer: SocketAddr,
         host: String,
         user: String,
@@ -102,11 +108,15 @@ impl Sessions {
         }
         let old = g.sessions.remove(&id);
         let mut s = Session {
+            owner: owner.to_string(),
             host,
             user,
             mountpoint,
             last_seen: Instant::now(),
             opens: HashSet::new(),
+            // Claimed after a restart: the master's record of who opened what for writing did
+            // not survive it, so the mount's word is taken (see docs/SECURITY.md).
+            writes: opens.iter().copied().collect(),
         };
         for ino in opens {
             if s.opens.insert(ino) && !old.as_ref().is_some_and(|o| o.opens.contains(&ino)) {
@@ -146,6 +156,13 @@ impl Sessions {
             let _ = meta.unhold(ino);
         }
         id
+    }
+
+    /// Whether credential `who` may use session `id`: the one that opened it (a session not
+    /// open now, such as one returning after a restart, is claimed by whoever opens it).
+    pub fn owned_by(&self, id: u64, who: &str) -> bool {
+        let g = self.inner.lock().expect("sessions lock");
+        g.sessions.get(&id).is_none_or(|s| s.owner == who)
     }
 
     /// Forget the sessions open before a restart that never came back.
@@ -209,8 +226,8 @@ impl Sessions {
         Ok(())
     }
 
-    /// The session's mount has `ino` open.
-    pub fn opened(&self, meta: &Meta, id: u64, ino: Ino) {
+    /// The session's mount has `ino` open (`write`: for writing).
+    pub fn opened(&self, meta: &Meta, id: u64, ino: Ino, write: bool) {
         if id == 0 {
             return;
         }
@@ -219,15 +236,25 @@ impl Sessions {
             if s.opens.insert(ino) {
                 meta.hold(ino);
             }
+            if write {
+                s.writes.insert(ino);
+            }
         }
+    }
+
+    /// Whether session `id` opened `ino` for writing (and has not closed it since).
+    pub fn may_write(&self, id: u64, ino: Ino) -> bool {
+        let g = self.inner.lock().expect("sessions lock");
+        g.sessions.get(&id).is_some_and(|s| s.writes.contains(&ino))
     }
 
     pub fn closed(&self, meta: &Meta, id: u64, ino: Ino) -> Result<(), MasterError> {
         let was_open = {
             let mut g = self.inner.lock().expect("sessions lock");
-            g.sessions
-                .get_mut(&id)
-                .is_some_and(|s| s.opens.remove(&ino))
+            g.sessions.get_mut(&id).is_some_and(|s| {
+                s.writes.remove(&ino);
+                s.opens.remove(&ino)
+            })
         };
         if was_open {
             meta.unhold(ino)?;

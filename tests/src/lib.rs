@@ -279,12 +279,20 @@ impl Cluster {
     pub fn mount_via(&mut self, name: &str, master: &str, extra: &[&str]) -> PathBuf {
         let mp = self.path(name);
         fs::create_dir_all(&mp).unwrap();
+        let mut cred = vec![];
+        if !extra.contains(&"--credentials") {
+            cred = vec![
+                "--credentials".to_string(),
+                self.path("client.cred").display().to_string(),
+            ];
+        }
         let out = Command::new(bin("shardfs"))
             .arg("mount")
             .arg(master)
             .arg(&mp)
             .arg("--log-file")
             .arg(self.path(&format!("logs/mount-{name}.log")))
+            .args(&cred)
             .args(extra)
             .output()
             .expect("run shardfs mount");

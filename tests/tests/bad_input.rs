@@ -39,9 +39,18 @@ fn cli_errors_are_clear_and_exit_non_zero() {
 
     let mp = c.path("mp");
     std::fs::create_dir_all(&mp).unwrap();
+    // No credential: a clear error naming what is missing.
+    let (ok, text, _) = run(Command::new(bin("shardfs"))
+        .args(["mount", &addr, "--credentials"])
+        .arg(c.path("no-such.cred"))
+        .arg(&mp));
+    assert!(!ok);
+    assert!(text.contains("no credential at"), "{text}");
     // Nothing listens on this port: a clear error within the timeout.
+    let cred = c.path("client.cred");
     let (ok, text, took) = run(Command::new(bin("shardfs"))
-        .args(["mount", "127.0.0.1:9", "--timeout", "2"])
+        .args(["mount", "127.0.0.1:9", "--timeout", "2", "--credentials"])
+        .arg(&cred)
         .arg(&mp));
     assert!(!ok);
     assert!(text.contains("cannot reach the master"), "{text}");
@@ -62,7 +71,9 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     assert!(!ok);
     assert!(text.contains("not a valid address"), "{text}");
 
-    let (ok, text, _) = run(Command::new(bin("shardfs")).args(["status", "127.0.0.1:9"]));
+    let (ok, text, _) = run(Command::new(bin("shardfs"))
+        .args(["status", "127.0.0.1:9", "--credentials"])
+        .arg(c.path("admin.cred")));
     assert!(!ok);
     assert!(text.contains("cannot reach the master"), "{text}");
 

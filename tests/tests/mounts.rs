@@ -54,7 +54,12 @@ fn fstab_helper_mounts_with_fstab_options() {
     let out = std::process::Command::new(&helper)
         .arg(c.master_addr())
         .arg(&mp)
-        .args(["-o", "rw,defaults,_netdev,nofail", "-n"])
+        .arg("-o")
+        .arg(format!(
+            "rw,defaults,_netdev,nofail,credentials={}",
+            c.path("client.cred").display()
+        ))
+        .arg("-n")
         .output()
         .unwrap();
     assert!(

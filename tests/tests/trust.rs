@@ -497,3 +497,185 @@ fn each_role_sends_only_its_own_requests() {
         t.elapsed()
     );
 }
+
+fn code_of(r: &Result<MasterResponse, String>) -> Option<shardfs_common::ErrorCode> {
+    match r {
+        Ok(MasterResponse::Err(e)) => Some(e.code),
+        _ => None,
+    }
+}
+
+fn as_user(uid: u32, req: MasterRequest) -> MasterRequest {
+    MasterRequest::As {
+        caller: shardfs_common::proto::Caller {
+            uid,
+            gid: uid,
+            groups: vec![],
+        },
+        req: Box::new(req),
+    }
+}
+
+#[test]
+fn the_master_enforces_permissions_and_squashes_root_for_clients_that_bypass_their_kernel() {
+    use shardfs_common::proto::{FileKind, SetAttr, Timespec, ACCESS_READ, NOBODY};
+    use shardfs_common::ErrorCode;
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::start(3, "2+1");
+    let master: SocketAddr = c.master_addr().parse().unwrap();
+    // Set up through a mount as root: a 0600 file of uid 1000, a sticky directory with a file
+    // of uid 1000 in it.
+    let mp = c.mount("m");
+    std::fs::write(mp.join("secret"), b"uid 1000's secret").unwrap();
+    std::fs::create_dir(mp.join("tmp")).unwrap();
+    std::fs::set_permissions(mp.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::write(mp.join("tmp/theirs"), b"uid 1000's file").unwrap();
+    sh_ok(&format!(
+        "chown 1000:1000 {0}/secret {0}/tmp/theirs && chmod 600 {0}/secret {0}/tmp/theirs",
+        mp.display()
+    ));
+    // A client credential that does not allow root, used without a kernel.
+    let token = c.token("client", &[]);
+    let plain = c.path("plain.cred").display().to_string();
+    let (ok, out, err) = c.admin_around(
+        &["credentials", "join"],
+        &["--token", &token, "--credentials", &plain],
+    );
+    assert!(ok, "{out}{err}");
+    let cred = Credential::load(&c.path("plain.cred")).unwrap();
+    let root_cred = c.credential("client.cred");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let call = |req: MasterRequest| call_master(&cred, master, req);
+        let lookup = |name: &str| MasterRequest::Lookup {
+            parent: 1,
+            name: name.as_bytes().to_vec(),
+        };
+        let Ok(MasterResponse::Attr(secret)) = call(as_user(2000, lookup("secret"))).await else {
+            panic!("lookup failed")
+        };
+        let Ok(MasterResponse::Attr(tmp)) = call(as_user(2000, lookup("tmp"))).await else {
+            panic!("lookup failed")
+        };
+        let open = |ino| MasterRequest::Open {
+            ino,
+            session: 0,
+            access: ACCESS_READ,
+        };
+        // Another uid cannot open the 0600 file, acting as itself or as nobody (no `As`)…
+        let r = call(as_user(2000, open(secret.ino))).await;
+        assert_eq!(code_of(&r), Some(ErrorCode::Access), "{r:?}");
+        let r = call(open(secret.ino)).await;
+        assert_eq!(code_of(&r), Some(ErrorCode::Access), "{r:?}");
+        // …nor as root, which is squashed…
+        let r = call(as_user(0, open(secret.ino))).await;
+        assert_eq!(
+            code_of(&r),
+            Some(ErrorCode::Access),
+            "root was not squashed: {r:?}"
+        );
+        // …while its owner can, and so can a credential that allows root.
+        let r = call(as_user(1000, open(secret.ino))).await;
+        assert!(matches!(r, Ok(MasterResponse::Opened { .. })), "{r:?}");
+        let r = call_master(&root_cred, master, as_user(0, open(secret.ino))).await;
+        assert!(matches!(r, Ok(MasterResponse::Opened { .. })), "{r:?}");
+        // Another user's file in a sticky directory cannot be unlinked.
+        let r = call(as_user(
+            2000,
+            MasterRequest::Unlink {
+                parent: tmp.ino,
+                name: b"theirs".to_vec(),
+                now: Timespec::now(),
+            },
+        ))
+        .await;
+        assert_eq!(code_of(&r), Some(ErrorCode::Permission), "{r:?}");
+        // The owner cannot give the file to root.
+        let r = call(as_user(
+            1000,
+            MasterRequest::SetAttr {
+                ino: secret.ino,
+                set: SetAttr {
+                    uid: Some(0),
+                    now: Timespec::now(),
+                    ..Default::default()
+                },
+                base: None,
+            },
+        ))
+        .await;
+        assert_eq!(code_of(&r), Some(ErrorCode::Permission), "{r:?}");
+        // A file created "as root" belongs to nobody.
+        let r = call(as_user(
+            0,
+            MasterRequest::Create {
+                parent: tmp.ino,
+                name: b"by-root".to_vec(),
+                kind: FileKind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                now: Timespec::now(),
+                session: 0,
+            },
+        ))
+        .await;
+        let Ok(MasterResponse::Changed { attr: Some(a), .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((a.uid, a.gid), (NOBODY, NOBODY));
+        // Content cannot be committed to a file not opened for writing on one's session.
+        let r = call(MasterRequest::Commit {
+            ino: secret.ino,
+            slots: vec![],
+            size: 0,
+            mtime: Timespec::now(),
+            base: None,
+            session: 0,
+            seq: 0,
+            cut: None,
+            mergeable: false,
+        })
+        .await;
+        assert_eq!(code_of(&r), Some(ErrorCode::Access), "{r:?}");
+        // Sessions are their credential's: another mount's cannot be ended or used.
+        let r = call_master(
+            &root_cred,
+            master,
+            MasterRequest::SessionOpen {
+                id: 0,
+                host: "h".into(),
+                user: "u".into(),
+                mountpoint: "/m".into(),
+                opens: vec![],
+                locks: vec![],
+            },
+        )
+        .await;
+        let Ok(MasterResponse::Session { id, .. }) = r else {
+            panic!("{r:?}")
+        };
+        let r = call(MasterRequest::SessionClose { id }).await;
+        assert_eq!(code_of(&r), Some(ErrorCode::Permission), "{r:?}");
+        let r = call(MasterRequest::ReleaseLocks {
+            ino: secret.ino,
+            owner: shardfs_common::locks::LockOwner {
+                session: id,
+                owner: 1,
+            },
+        })
+        .await;
+        assert_eq!(code_of(&r), Some(ErrorCode::Permission), "{r:?}");
+        let r = call_master(&root_cred, master, MasterRequest::SessionRenew { id }).await;
+        assert!(
+            matches!(r, Ok(MasterResponse::Ok)),
+            "the owner lost its session: {r:?}"
+        );
+    });
+    // Through the mount nothing changed for root (the launcher's credential allows root).
+    assert_eq!(
+        std::fs::read(mp.join("secret")).unwrap(),
+        b"uid 1000's secret"
+    );
+}
