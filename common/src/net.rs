@@ -117,6 +117,29 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// What one connection may have in flight on a server: concurrent requests (streams), and
+/// bytes received but not yet read, per stream and per connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub streams: u32,
+    pub stream_window: u32,
+    pub conn_window: u32,
+}
+
+/// The master answers small requests (a merge's texts are the largest, a few MiB).
+pub const MASTER_LIMITS: Limits = Limits {
+    streams: 1024,
+    stream_window: 8 << 20,
+    conn_window: 64 << 20,
+};
+
+/// Nodes move shards: deep windows for bulk transfer.
+pub const NODE_LIMITS: Limits = Limits {
+    streams: 4096,
+    stream_window: 64 << 20,
+    conn_window: 512 << 20,
+};
+
 /// Whether a join certificate names a live token (the hash of its secret).
 pub type TokenCheck = Arc<dyn Fn(&[u8; 32]) -> bool + Send + Sync>;
 
@@ -216,6 +239,7 @@ pub fn server_endpoint(
     reset_key: &[u8; 32],
     cred: &Credential,
     auth: ClientAuth,
+    limits: Limits,
 ) -> Result<Endpoint> {
     let cluster =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&cred.ca)?, provider())
@@ -236,11 +260,15 @@ pub fn server_endpoint(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Config(format!("tls: {e}")))?;
     let mut server = ServerConfig::with_crypto(Arc::new(crypto));
     // A server bound to a loopback address only ever talks to loopback peers.
-    server.transport_config(Arc::new(if addr.ip().is_loopback() {
+    let mut t = if addr.ip().is_loopback() {
         loopback_transport()
     } else {
         transport()
-    }));
+    };
+    t.max_concurrent_bidi_streams(limits.streams.into())
+        .stream_receive_window(limits.stream_window.into())
+        .receive_window(limits.conn_window.into());
+    server.transport_config(Arc::new(t));
     let socket = udp_socket(addr)?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     Endpoint::new(

@@ -22,6 +22,10 @@ use tracing::{debug, warn};
 pub const PREFIX_LEN: usize = 13;
 /// Largest header accepted (a directory page, a block map).
 pub const MAX_HEADER: usize = 32 << 20;
+/// Headers up to this size are read without reserving from [`HEADER_BUDGET`].
+const SMALL_HEADER: usize = 64 << 10;
+/// KiB of large headers that may be arriving at once in this process.
+static HEADER_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256 << 10);
 /// Largest bulk payload accepted (one shard).
 pub const MAX_BULK: usize = 64 << 20;
 /// A request (header and bulk) must arrive within this long once its stream is opened, so a
@@ -73,7 +77,18 @@ pub async fn read_head<T: DeserializeOwned>(
     }
     // Grown as bytes arrive: a prefix that announces a large header costs nothing until the
     // header itself does.
-    let mut header = Vec::with_capacity(hlen.min(64 << 10));
+    // Large headers (merge texts) are rare: together they may hold at most HEADER_BUDGET while
+    // they arrive, so streams that announce big headers and stall cannot exhaust memory.
+    let _budget = match hlen > SMALL_HEADER {
+        true => Some(
+            HEADER_BUDGET
+                .acquire_many(hlen.div_ceil(1024) as u32)
+                .await
+                .map_err(|_| Error::Protocol("server shutting down".into()))?,
+        ),
+        false => None,
+    };
+    let mut header = Vec::with_capacity(hlen.min(4 << 10));
     while header.len() < hlen {
         match recv.read_chunk(hlen - header.len(), true).await {
             Ok(Some(chunk)) => header.extend_from_slice(&chunk.bytes),

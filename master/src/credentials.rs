@@ -42,6 +42,9 @@ struct TokenRecord {
     allow_root: bool,
 }
 
+/// Connections one credential may have open to the master at once (a mount needs one).
+const MAX_CONNECTIONS: usize = 64;
+
 /// Longest a join token may be valid.
 const MAX_TOKEN_TTL: u64 = 30 * 24 * 3600;
 
@@ -215,6 +218,12 @@ impl Authority {
         let mut live = self.live.lock().expect("live lock");
         let conns = live.entry(who.id.clone()).or_default();
         conns.retain(|c| c.close_reason().is_none());
+        if conns.len() >= MAX_CONNECTIONS && who.role != Role::Master {
+            return Err(format!(
+                "credential {} already has {MAX_CONNECTIONS} connections open",
+                who.id
+            ));
+        }
         conns.push(conn.clone());
         Ok(())
     }

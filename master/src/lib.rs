@@ -920,6 +920,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         &key,
         &auth.own,
         net::ClientAuth::AllowJoin(auth.token_check()),
+        net::MASTER_LIMITS,
     )
     .map_err(MasterError::from)?;
     let bound = endpoint

@@ -597,10 +597,17 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     }
     let key = net::reset_key(&cfg.data_dir)?;
     let auth = net::ClientAuth::Required;
-    let endpoint = match net::server_endpoint(listen, ALPN_NODE, &key, &cred, auth.clone()) {
+    let endpoint = match net::server_endpoint(
+        listen,
+        ALPN_NODE,
+        &key,
+        &cred,
+        auth.clone(),
+        net::NODE_LIMITS,
+    ) {
         Ok(e) => e,
         Err(_) if listen != cfg.listen => {
-            net::server_endpoint(cfg.listen, ALPN_NODE, &key, &cred, auth)?
+            net::server_endpoint(cfg.listen, ALPN_NODE, &key, &cred, auth, net::NODE_LIMITS)?
         }
         Err(e) => return Err(e.into()),
     };

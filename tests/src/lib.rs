@@ -150,6 +150,11 @@ impl Cluster {
         out.trim().to_string()
     }
 
+    /// The master's process id.
+    pub fn master_pid(&self) -> u32 {
+        self.master.as_ref().expect("master running").id()
+    }
+
     /// kill -9 the master.
     pub fn kill_master(&mut self) {
         if let Some(mut c) = self.master.take() {
@@ -384,6 +389,18 @@ impl Drop for Cluster {
         }
         self.kill_master();
     }
+}
+
+/// Resident memory of a process, in bytes (VmRSS).
+pub fn rss_bytes(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 pub fn is_mounted(mp: &Path) -> bool {

@@ -375,3 +375,57 @@ fn crafted_commits_are_refused_and_mounts_keep_working() {
         );
     }
 }
+
+/// 10,000 requests that announce a large header and then stall hold the master's memory to a
+/// bound, and meanwhile `shardfs status` (which needs the master and every node's heartbeats)
+/// answers within a second.
+#[test]
+fn ten_thousand_stalled_streams_leave_the_master_bounded_and_answering() {
+    let c = Cluster::start(3, "2+1");
+    let master: std::net::SocketAddr = c.master_addr().parse().unwrap();
+    let client = c.credential("client.cred");
+    let before = rss_bytes(c.master_pid());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (conns, streams) = rt.block_on(async {
+        let ep = net::client_endpoint(false).unwrap();
+        let mut conns = Vec::new();
+        let mut streams = Vec::new();
+        for _ in 0..10 {
+            let conn = connect(&ep, ALPN_MASTER, master, &client).await;
+            for _ in 0..1000 {
+                let (mut s, r) = conn.open_bi().await.unwrap();
+                // A prefix announcing a 16 MiB header, then nothing.
+                let mut prefix = vec![PROTOCOL_VERSION];
+                prefix.extend_from_slice(&(16u32 << 20).to_be_bytes());
+                prefix.extend_from_slice(&0u64.to_be_bytes());
+                s.write_all(&prefix).await.unwrap();
+                streams.push((s, r));
+            }
+            conns.push(conn);
+        }
+        (conns, streams)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s = c
+            .status()
+            .expect("status answers while 10,000 streams stall");
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(1), "status took {took:?}");
+        assert_eq!(s["nodes_up"], 3, "a node missed its heartbeats: {s}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let during = rss_bytes(c.master_pid());
+    println!(
+        "master RSS {} MiB before, {} MiB with 10,000 stalled streams",
+        before >> 20,
+        during >> 20
+    );
+    assert!(
+        during < before + (256 << 20),
+        "stalled streams grew the master from {before} to {during} bytes"
+    );
+    drop(streams);
+    drop(conns);
+}
