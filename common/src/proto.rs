@@ -810,6 +810,13 @@ pub enum NodeRequest {
         shards: Vec<(BlockId, u8)>,
         min_age_secs: u64,
     },
+    /// Check a block description (master only): fetch its shards from `sources` (index, node
+    /// address), decode, and compare the content's blake3 with the id and every shard hash
+    /// with the description. Answered `Ok` or an error saying what does not match.
+    Verify {
+        block: BlockMeta,
+        sources: Vec<(u8, String)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -49,14 +49,9 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T, bulk: Byt
     Ok(())
 }
 
-/// Read one frame's prefix and header, refusing headers over [`MAX_HEADER`] and bulk over
-/// `max_bulk`. Returns the header and the length of the bulk that follows.
-pub async fn read_head<T: DeserializeOwned>(
-    recv: &mut RecvStream,
-    max_bulk: usize,
-) -> Result<(T, usize)> {
-    let mut prefix = [0u8; PREFIX_LEN];
-    recv.read_exact(&mut prefix).await.map_err(read_err)?;
+/// Check a frame's prefix: the protocol version, then the header and bulk lengths against
+/// their limits. Returns (header length, bulk length).
+pub fn parse_prefix(prefix: &[u8; PREFIX_LEN], max_bulk: usize) -> Result<(usize, usize)> {
     if prefix[0] != PROTOCOL_VERSION {
         return Err(Error::Protocol(format!(
             "frame of protocol version {} (this side speaks {PROTOCOL_VERSION})",
@@ -75,8 +70,23 @@ pub async fn read_head<T: DeserializeOwned>(
             "payload of {blen} bytes exceeds the limit of {max_bulk}"
         )));
     }
-    // Grown as bytes arrive: a prefix that announces a large header costs nothing until the
-    // header itself does.
+    Ok((hlen, blen as usize))
+}
+
+/// Decode a frame's header (postcard) into the service's message type.
+pub fn decode_header<T: DeserializeOwned>(header: &[u8]) -> Result<T> {
+    postcard::from_bytes(header).map_err(|e| Error::Protocol(format!("undecodable header: {e}")))
+}
+
+/// Read one frame's prefix and header, refusing headers over [`MAX_HEADER`] and bulk over
+/// `max_bulk`. Returns the header and the length of the bulk that follows.
+pub async fn read_head<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max_bulk: usize,
+) -> Result<(T, usize)> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    recv.read_exact(&mut prefix).await.map_err(read_err)?;
+    let (hlen, blen) = parse_prefix(&prefix, max_bulk)?;
     // Large headers (merge texts) are rare: together they may hold at most HEADER_BUDGET while
     // they arrive, so streams that announce big headers and stall cannot exhaust memory.
     let _budget = match hlen > SMALL_HEADER {
@@ -88,6 +98,8 @@ pub async fn read_head<T: DeserializeOwned>(
         ),
         false => None,
     };
+    // Grown as bytes arrive: a prefix that announces a large header costs nothing until the
+    // header itself does.
     let mut header = Vec::with_capacity(hlen.min(4 << 10));
     while header.len() < hlen {
         match recv.read_chunk(hlen - header.len(), true).await {
@@ -101,9 +113,7 @@ pub async fn read_head<T: DeserializeOwned>(
             Err(e) => return Err(Error::Connection(format!("receive: {e}"))),
         }
     }
-    let msg: T = postcard::from_bytes(&header)
-        .map_err(|e| Error::Protocol(format!("undecodable header: {e}")))?;
-    Ok((msg, blen as usize))
+    Ok((decode_header(&header)?, blen))
 }
 
 /// Read exactly `dst.len()` bulk bytes into `dst`, straight from quinn's receive buffers (one

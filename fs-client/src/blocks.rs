@@ -173,13 +173,7 @@ impl BlockStore {
             .await
             .map_err(|e| Error::Unavailable(format!("hasher failed: {e}")))?;
         let give_up = Instant::now() + self.cfg.put_timeout;
-        let nodes = match self.place(id, data.len() as u64, give_up).await? {
-            Placement::Exists(meta) => {
-                self.cache_insert(id, data);
-                return Ok(meta);
-            }
-            Placement::Place(nodes) => nodes,
-        };
+        let placement = self.place(id, data.len() as u64, give_up).await?;
         let (d, codec) = (data.clone(), self.codec.clone());
         let (shards, hashes) = tokio::task::spawn_blocking(move || {
             let shards: Vec<Bytes> = codec.encode(&d)?.into_iter().map(Bytes::from).collect();
@@ -188,6 +182,28 @@ impl BlockStore {
         })
         .await
         .map_err(|e| Error::Unavailable(format!("encoder failed: {e}")))??;
+        let nodes = match placement {
+            // Stored already: only if its shards are exactly these (nodes check every shard
+            // against its hash on each read) do they hold this content.
+            Placement::Exists(meta)
+                if meta.ec == self.codec.params()
+                    && meta.len == data.len() as u64
+                    && meta
+                        .shards
+                        .iter()
+                        .map(|l| l.hash)
+                        .eq(hashes.iter().copied()) =>
+            {
+                self.cache_insert(id, data);
+                return Ok(meta);
+            }
+            Placement::Exists(_) => {
+                warn!(block = %id, "the cluster's description of this block does not match its content; storing it again");
+                self.place_more(id, data.len() as u64, shards.len(), Vec::new())
+                    .await?
+            }
+            Placement::Place(nodes) => nodes,
+        };
         if nodes.len() != shards.len() {
             return Err(Error::Protocol(format!(
                 "placed on {} nodes, need {}",

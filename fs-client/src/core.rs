@@ -1642,6 +1642,11 @@ impl Core {
             }
             return self.journal_file(of).await;
         }
+        // Content kept in the journal waits for its replay, which merges it and then resets
+        // this file; flushing it now as well would commit it a second time, over the merge.
+        if of.st.lock().expect("file lock").journaled {
+            return Ok(());
+        }
         for _ in 0..8 {
             let r = match self.flush_once(of).await {
                 Err(e)

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 /// One file's change made while the master was unreachable.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct JournalEntry {
+pub struct JournalEntry {
     pub ino: Ino,
     /// Where the file was (to recreate it if it was deleted meanwhile).
     pub parent: Ino,
@@ -34,6 +34,11 @@ pub(crate) struct JournalEntry {
     pub base: Attr,
     pub base_slots: Vec<Slot>,
     pub content: Vec<u8>,
+}
+
+/// Decode a journal entry as replay reads it back from disk.
+pub fn decode_entry(raw: &[u8]) -> Result<JournalEntry, postcard::Error> {
+    postcard::from_bytes(raw)
 }
 
 fn entry_path(dir: &Path, ino: Ino) -> PathBuf {
@@ -189,7 +194,7 @@ impl Core {
 
     async fn replay(&self, path: &Path) -> Result<()> {
         let raw = std::fs::read(path)?;
-        let e: JournalEntry = match postcard::from_bytes(&raw) {
+        let e = match decode_entry(&raw) {
             Ok(e) => e,
             Err(err) => {
                 warn!(entry = %path.display(), "unreadable journal entry set aside: {err}");

@@ -106,6 +106,8 @@ pub struct MasterConfig {
 struct Master {
     meta: Meta,
     auth: credentials::Authority,
+    /// For verifying block descriptions on the nodes.
+    node_dialer: Dialer,
     nodes: Registry,
     /// Blocks whose shards the collector is deleting right now.
     collecting: Mutex<HashSet<BlockId>>,
@@ -159,6 +161,15 @@ impl wire::Service for Master {
             warn!(%peer, "request refused: {e}");
             return (MasterResponse::Err(e.to_remote()), Bytes::new());
         }
+        if let MasterRequest::Commit { slots, .. } = &req {
+            if let Err(e) = self.settle_descriptions(slots).await {
+                let e = Error::fs(
+                    ErrorCode::Corrupt,
+                    format!("a block of this commit is stored under another description, and this one does not hold: {e}"),
+                );
+                return (MasterResponse::Err(e.to_remote()), Bytes::new());
+            }
+        }
         let touched = events::touched(&req);
         if let Err(e) = check_times(&req) {
             return (MasterResponse::Err(e.to_remote()), Bytes::new());
@@ -177,6 +188,7 @@ impl wire::Service for Master {
                 Ok(r)
             }
             MasterRequest::Scrub => repair::scrub(&self).await.map(MasterResponse::Scrubbed),
+
             // A merge of a big text takes tens of milliseconds of CPU: off the request thread.
             req @ MasterRequest::Merge { .. } => {
                 let master = self.clone();
@@ -216,6 +228,76 @@ impl wire::Service for Master {
 }
 
 impl Master {
+    /// A commit that describes an already stored block differently: one of the two
+    /// descriptions is false (content addressing makes honest ones identical). The new one is
+    /// checked by a node; if true, it replaces the stored one (a forged description, committed
+    /// earlier to poison dedup, loses its block), if not, the commit is refused.
+    async fn settle_descriptions(
+        &self,
+        slots: &[shardfs_common::proto::NewSlot],
+    ) -> Result<(), MasterError> {
+        for s in slots {
+            let Some(m) = s.meta.as_ref().filter(|m| m.id == s.id) else {
+                continue;
+            };
+            let Some(old) = self.meta.block_meta(&s.id)? else {
+                continue;
+            };
+            let same = old.ec == m.ec
+                && old.len == m.len
+                && old
+                    .shards
+                    .iter()
+                    .map(|l| l.hash)
+                    .eq(m.shards.iter().map(|l| l.hash));
+            if same {
+                continue;
+            }
+            m.check(self.meta.cluster.ec, self.meta.cluster.block_size)?;
+            match self.verify_on_a_node(m).await {
+                Ok(()) => {
+                    self.meta.replace_description(m)?;
+                    warn!(block = %m.id, "a stored block description did not match its content; replaced by a verified one");
+                }
+                Err(e) => {
+                    warn!(block = %m.id, "refused a commit: its block description could not be verified: {e}");
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn verify_on_a_node(
+        &self,
+        m: &shardfs_common::proto::BlockMeta,
+    ) -> Result<(), MasterError> {
+        let live = self.nodes.live();
+        let sources: Vec<(u8, String)> = m
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| live.get(&l.node).map(|a| (i as u8, a.to_string())))
+            .collect();
+        let Some(at) = m.shards.iter().find_map(|l| live.get(&l.node)).copied() else {
+            return Err(Error::Unavailable("no node of the block is up".into()).into());
+        };
+        let req = NodeRequest::Verify {
+            block: m.clone(),
+            sources,
+        };
+        match self
+            .node_dialer
+            .call::<_, NodeResponse>(at, &req, Bytes::new(), 0, Duration::from_secs(30))
+            .await
+        {
+            Ok((NodeResponse::Ok, _)) => Ok(()),
+            Ok((NodeResponse::Err(e), _)) => Err(Error::from(e).into()),
+            Ok((other, _)) => Err(Error::Protocol(format!("unexpected answer {other:?}")).into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Who a request acts as, and the request once checked: its sender's role, then (for a
     /// namespace request) the POSIX permissions of the user it acts for. Root is squashed to
     /// nobody unless the credential allows root; a request not wrapped in `As` acts as the
@@ -942,6 +1024,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         nodes,
         collecting: Mutex::new(HashSet::new()),
         repair: repair::Repairer::new(cfg.repair.clone(), &auth.own)?,
+        node_dialer: Dialer::new(ALPN_NODE, &auth.own, Duration::from_secs(3))?,
         auth,
         sessions,
         events: events::Events::default(),

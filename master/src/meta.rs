@@ -1598,6 +1598,26 @@ impl Meta {
     }
 
     /// Whether the block map or the collector knows block `id`.
+    /// The recorded description of a stored block.
+    pub fn block_meta(&self, id: &BlockId) -> Result<Option<BlockMeta>, MasterError> {
+        Ok(self.get::<BlockRecord>(&k_block(id))?.map(|r| r.meta))
+    }
+
+    /// Replace a stored block's description (keeping its references) with `m`, which a node
+    /// verified. The shards of the old description are left for the scrubber.
+    pub fn replace_description(&self, m: &BlockMeta) -> Result<bool, MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
+        let key = k_block(&m.id);
+        let Some(mut rec) = self.get::<BlockRecord>(&key)? else {
+            return Ok(false);
+        };
+        rec.meta = m.clone();
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_opt(key, enc(&rec), &wo).map_err(db_err)?;
+        Ok(true)
+    }
+
     pub fn knows_block(&self, id: &BlockId) -> Result<bool, MasterError> {
         Ok(self.get::<BlockRecord>(&k_block(id))?.is_some()
             || self.get::<GcRecord>(&k_gc(id))?.is_some())

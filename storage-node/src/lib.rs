@@ -128,7 +128,8 @@ impl Node {
             NodeRequest::Delete { .. }
             | NodeRequest::DeleteOrphans { .. }
             | NodeRequest::Scrub { .. }
-            | NodeRequest::Rebuild { .. } => &[Role::Master],
+            | NodeRequest::Rebuild { .. }
+            | NodeRequest::Verify { .. } => &[Role::Master],
         };
         if roles.contains(&who.role) {
             Ok(())
@@ -222,6 +223,11 @@ impl wire::Service for Node {
                 .rebuild(block, sources, rebuild)
                 .await
                 .map(|()| (NodeResponse::Ok, Bytes::new()))),
+            NodeRequest::Verify { block, sources } => Ok(self
+                .clone()
+                .verify(block, sources)
+                .await
+                .map(|()| (NodeResponse::Ok, Bytes::new()))),
             NodeRequest::Scrub { after, limit } => {
                 tokio::task::spawn_blocking(move || {
                     let p = scrub_page(&store, after, limit.clamp(1, 10_000))?;
@@ -291,6 +297,100 @@ impl wire::Service for Node {
 impl Node {
     /// Rebuild shards of `meta` from k of `sources` and store each on its node (here or sent
     /// on). Every source shard and every rebuilt shard is checked against its recorded hash.
+    /// Shard `i` of block `id` from the node at `addr`, if it is the one recorded (`want`).
+    async fn fetch_shard(
+        &self,
+        id: BlockId,
+        i: u8,
+        want: [u8; 32],
+        size: usize,
+        addr: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let a = peer_addr(addr)?;
+        let req = NodeRequest::Get {
+            block: id,
+            index: i,
+            range: None,
+        };
+        let local = addr == self.advertise;
+        let (hash, d) = if local {
+            let store = self.store.clone();
+            let (hash, d) = tokio::task::spawn_blocking(move || store.get(&id, i))
+                .await
+                .map_err(|e| Error::Unavailable(format!("store worker failed: {e}")))?
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            (hash, d.to_vec())
+        } else {
+            match self
+                .peers
+                .call::<_, NodeResponse>(a, &req, Bytes::new(), size, PEER_TIMEOUT)
+                .await?
+            {
+                (NodeResponse::Shard { hash }, d) => (hash, d),
+                (NodeResponse::Err(e), _) => return Err(Error::from(e)),
+                (other, _) => return Err(Error::Protocol(format!("unexpected answer {other:?}"))),
+            }
+        };
+        if hash == want && d.len() == size {
+            Ok(d)
+        } else {
+            Err(Error::Corrupt(format!(
+                "shard {id}.{i} from {addr} is not the one recorded"
+            )))
+        }
+    }
+
+    /// Check that a block description is true: its shards, read from `sources`, decode to
+    /// content whose blake3 is the block's id, and encoding that content again gives every
+    /// recorded shard hash.
+    async fn verify(
+        self: Arc<Self>,
+        meta: BlockMeta,
+        sources: Vec<(u8, String)>,
+    ) -> Result<(), NodeError> {
+        meta.check_shape()?;
+        let (n, size) = (meta.ec.total(), meta.shard_size as usize);
+        if sources.iter().any(|(i, _)| *i as usize >= n) || sources.len() > n {
+            return Err(Error::invalid("verify request does not match the block's code").into());
+        }
+        let fetches = sources.into_iter().map(|(i, addr)| {
+            let this = self.clone();
+            let (id, want) = (meta.id, meta.shards[i as usize].hash);
+            async move { (i, this.fetch_shard(id, i, want, size, &addr).await) }
+        });
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
+        for (i, r) in futures::future::join_all(fetches).await {
+            if let Ok(d) = r {
+                shards[i as usize] = Some(d);
+            }
+        }
+        let codec = Codec::new(meta.ec)?;
+        tokio::task::spawn_blocking(move || {
+            let data = codec.decode(&mut shards, meta.len as usize)?;
+            if BlockId::of(&data) != meta.id {
+                return Err(Error::Corrupt(format!(
+                    "the shards of block {} decode to other content",
+                    meta.id
+                )));
+            }
+            let again = codec.encode(&data)?;
+            if again
+                .iter()
+                .zip(&meta.shards)
+                .any(|(s, l)| shard_hash(s) != l.hash)
+            {
+                return Err(Error::Corrupt(format!(
+                    "block {}: recorded shard hashes are not those of its content",
+                    meta.id
+                )));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("verify worker failed: {e}")))?
+        .map_err(NodeError::from)
+    }
+
     async fn rebuild(
         self: Arc<Self>,
         meta: BlockMeta,
@@ -312,28 +412,7 @@ impl Node {
             let this = self.clone();
             let (id, want) = (meta.id, meta.shards[i as usize].hash);
             async move {
-                let r = async {
-                    let a = peer_addr(&addr)?;
-                    let req = NodeRequest::Get {
-                        block: id,
-                        index: i,
-                        range: None,
-                    };
-                    match this
-                        .peers
-                        .call::<_, NodeResponse>(a, &req, Bytes::new(), size, PEER_TIMEOUT)
-                        .await?
-                    {
-                        (NodeResponse::Shard { hash }, d) if hash == want && d.len() == size => {
-                            Ok(d)
-                        }
-                        (NodeResponse::Err(e), _) => Err(Error::from(e)),
-                        _ => Err(Error::Corrupt(format!(
-                            "shard {id}.{i} from {addr} is not the one recorded"
-                        ))),
-                    }
-                }
-                .await;
+                let r = this.fetch_shard(id, i, want, size, &addr).await;
                 (i, addr, r)
             }
         };

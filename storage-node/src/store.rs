@@ -297,12 +297,7 @@ impl ShardStore {
             .root
             .join("tmp")
             .join(format!("{}.{index}.{seq}", block.to_hex()));
-        let mut header = [0u8; HEADER_LEN];
-        header[..4].copy_from_slice(MAGIC);
-        header[4] = FORMAT_VERSION;
-        header[8..16].copy_from_slice(&(len as u64).to_be_bytes());
-        header[16..48].copy_from_slice(hash);
-        shard.set_header(&header);
+        shard.set_header(&shard_header(len, hash));
         let write = || -> std::io::Result<()> {
             // Large shards bypass the page cache (O_DIRECT, padded to whole pages): the copy
             // into the cache is the node's largest CPU cost on the write path, and the bytes
@@ -380,18 +375,7 @@ impl ShardStore {
             tracing::error!(shard = %path.display(), "corrupt shard quarantined: {why}");
             NodeError::Corrupt(format!("shard {block}.{index} is corrupt: {why}"))
         };
-        if raw.len() < HEADER_LEN || &raw[..4] != MAGIC || raw[4] != FORMAT_VERSION {
-            return Err(bad("bad header"));
-        }
-        let len = u64::from_be_bytes(raw[8..16].try_into().unwrap()) as usize;
-        // Shards written with O_DIRECT are padded to whole pages.
-        if raw.len() < HEADER_LEN + len || raw.len() >= HEADER_LEN + len + PAGE {
-            return Err(bad("wrong length"));
-        }
-        let hash: [u8; 32] = raw[16..48].try_into().unwrap();
-        if shardfs_common::ids::shard_hash(&raw[HEADER_LEN..HEADER_LEN + len]) != hash {
-            return Err(bad("content does not match its blake3 hash"));
-        }
+        let (hash, len) = parse_shard(raw).map_err(bad)?;
         let bytes = match buf {
             Shard::Plain(v) => bytes::Bytes::from(v),
             Shard::Aligned(b) => bytes::Bytes::from_owner(b),
@@ -478,6 +462,36 @@ impl ShardStore {
 }
 
 /// `<64 hex digits>.<index>` → (block, index).
+/// The header a shard file starts with: magic, format, content length, content blake3.
+pub fn shard_header(len: usize, hash: &[u8; 32]) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(MAGIC);
+    header[4] = FORMAT_VERSION;
+    header[8..16].copy_from_slice(&(len as u64).to_be_bytes());
+    header[16..48].copy_from_slice(hash);
+    header
+}
+
+/// Check a stored shard file (header, length, blake3 of the content); returns the content's
+/// hash and length (the content starts after the header).
+pub fn parse_shard(raw: &[u8]) -> Result<([u8; 32], usize), &'static str> {
+    if raw.len() < HEADER_LEN || &raw[..4] != MAGIC || raw[4] != FORMAT_VERSION {
+        return Err("bad header");
+    }
+    let len = u64::from_be_bytes(raw[8..16].try_into().expect("8 bytes"));
+    // Shards written with O_DIRECT are padded to whole pages.
+    let len = usize::try_from(len).map_err(|_| "wrong length")?;
+    let end = HEADER_LEN.checked_add(len).ok_or("wrong length")?;
+    if raw.len() < end || raw.len() >= end.saturating_add(PAGE) {
+        return Err("wrong length");
+    }
+    let hash: [u8; 32] = raw[16..48].try_into().expect("32 bytes");
+    if shardfs_common::ids::shard_hash(&raw[HEADER_LEN..end]) != hash {
+        return Err("content does not match its blake3 hash");
+    }
+    Ok((hash, len))
+}
+
 fn parse_shard_name(name: &str) -> Option<(BlockId, u8)> {
     let (hex, index) = name.split_once('.')?;
     let bytes = hex::decode(hex).ok()?;

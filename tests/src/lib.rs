@@ -391,6 +391,21 @@ impl Drop for Cluster {
     }
 }
 
+/// The request a mount sends to create regular file `name` in `parent` (mode 0644, as root).
+pub fn create_request(parent: u64, name: &str) -> shardfs_common::proto::MasterRequest {
+    shardfs_common::proto::MasterRequest::Create {
+        parent,
+        name: name.as_bytes().to_vec(),
+        kind: shardfs_common::proto::FileKind::File,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        now: shardfs_common::proto::Timespec::now(),
+        session: 0,
+    }
+}
+
 /// Resident memory of a process, in bytes (VmRSS).
 pub fn rss_bytes(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))

@@ -3,8 +3,8 @@
 use bytes_free::*;
 use shardfs_common::pki::{Credential, Role};
 use shardfs_common::proto::{
-    BlockMeta, FileKind, MasterRequest, MasterResponse, NewSlot, NodeRequest, NodeResponse,
-    ShardLoc, Timespec, ALPN_MASTER, ALPN_NODE, PROTOCOL_VERSION,
+    BlockMeta, MasterRequest, MasterResponse, NewSlot, NodeRequest, NodeResponse, ShardLoc,
+    Timespec, ALPN_MASTER, ALPN_NODE, PROTOCOL_VERSION,
 };
 use shardfs_common::{net, wire};
 use shardfs_tests::*;
@@ -265,18 +265,7 @@ fn crafted_commits_are_refused_and_mounts_keep_working() {
                     .0
             }
         };
-        let created = call(MasterRequest::Create {
-            parent: 1,
-            name: b"victim".to_vec(),
-            kind: FileKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            now: Timespec::now(),
-            session: 0,
-        })
-        .await;
+        let created = call(create_request(1, "victim")).await;
         let MasterResponse::Changed {
             attr: Some(attr), ..
         } = created

@@ -498,6 +498,25 @@ fn each_role_sends_only_its_own_requests() {
     );
 }
 
+/// A commit outside any session, with no base.
+fn commit_request(
+    ino: u64,
+    slots: Vec<shardfs_common::proto::NewSlot>,
+    size: u64,
+) -> MasterRequest {
+    MasterRequest::Commit {
+        ino,
+        slots,
+        size,
+        mtime: shardfs_common::proto::Timespec::now(),
+        base: None,
+        session: 0,
+        seq: 0,
+        cut: None,
+        mergeable: false,
+    }
+}
+
 fn code_of(r: &Result<MasterResponse, String>) -> Option<shardfs_common::ErrorCode> {
     match r {
         Ok(MasterResponse::Err(e)) => Some(e.code),
@@ -518,7 +537,7 @@ fn as_user(uid: u32, req: MasterRequest) -> MasterRequest {
 
 #[test]
 fn the_master_enforces_permissions_and_squashes_root_for_clients_that_bypass_their_kernel() {
-    use shardfs_common::proto::{FileKind, SetAttr, Timespec, ACCESS_READ, NOBODY};
+    use shardfs_common::proto::{SetAttr, Timespec, ACCESS_READ, NOBODY};
     use shardfs_common::ErrorCode;
     use std::os::unix::fs::PermissionsExt;
     let mut c = Cluster::start(3, "2+1");
@@ -606,38 +625,13 @@ fn the_master_enforces_permissions_and_squashes_root_for_clients_that_bypass_the
         .await;
         assert_eq!(code_of(&r), Some(ErrorCode::Permission), "{r:?}");
         // A file created "as root" belongs to nobody.
-        let r = call(as_user(
-            0,
-            MasterRequest::Create {
-                parent: tmp.ino,
-                name: b"by-root".to_vec(),
-                kind: FileKind::File,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                now: Timespec::now(),
-                session: 0,
-            },
-        ))
-        .await;
+        let r = call(as_user(0, create_request(tmp.ino, "by-root"))).await;
         let Ok(MasterResponse::Changed { attr: Some(a), .. }) = r else {
             panic!("{r:?}")
         };
         assert_eq!((a.uid, a.gid), (NOBODY, NOBODY));
         // Content cannot be committed to a file not opened for writing on one's session.
-        let r = call(MasterRequest::Commit {
-            ino: secret.ino,
-            slots: vec![],
-            size: 0,
-            mtime: Timespec::now(),
-            base: None,
-            session: 0,
-            seq: 0,
-            cut: None,
-            mergeable: false,
-        })
-        .await;
+        let r = call(commit_request(secret.ino, vec![], 0)).await;
         assert_eq!(code_of(&r), Some(ErrorCode::Access), "{r:?}");
         // Sessions are their credential's: another mount's cannot be ended or used.
         let r = call_master(
@@ -678,4 +672,124 @@ fn the_master_enforces_permissions_and_squashes_root_for_clients_that_bypass_the
         std::fs::read(mp.join("secret")).unwrap(),
         b"uid 1000's secret"
     );
+}
+
+/// A client stores shards of other bytes and commits them under the id of content another
+/// client will write (poisoning dedup). The victim's mount notices the description does not
+/// match its content, stores its own, the master has a node verify it and replaces the forged
+/// one: the victim reads its own bytes, and the forgery cannot be committed again.
+#[test]
+fn a_forged_block_description_cannot_poison_dedup() {
+    use shardfs_common::ec::{Codec, EcParams};
+    use shardfs_common::proto::{BlockMeta, NewSlot, Placement, ShardLoc};
+    let mut c = Cluster::start(3, "2+1");
+    let master: SocketAddr = c.master_addr().parse().unwrap();
+    let attacker = c.credential("client.cred");
+    let victim_bytes = random_bytes(7, 1 << 20);
+    let id = BlockId::of(&victim_bytes);
+    let garbage = random_bytes(8, victim_bytes.len());
+    let ec = EcParams { k: 2, m: 1 };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let forge = |name: &str| {
+        rt.block_on(async {
+            let nodes = match call_master(&attacker, master, MasterRequest::Nodes).await {
+                Ok(MasterResponse::Nodes(n)) => n,
+                other => panic!("{other:?}"),
+            };
+            let placed = match call_master(
+                &attacker,
+                master,
+                MasterRequest::Place {
+                    blocks: vec![(id, victim_bytes.len() as u64)],
+                    exclude: vec![],
+                },
+            )
+            .await
+            {
+                Ok(MasterResponse::Placements(mut p)) => p.remove(0),
+                other => panic!("{other:?}"),
+            };
+            let on = match placed {
+                Placement::Place(n) => n,
+                Placement::Exists(m) => m.shards.iter().map(|l| l.node).collect(),
+            };
+            let shards = Codec::new(ec).unwrap().encode(&garbage).unwrap();
+            let d = shardfs_common::dial::Dialer::new(ALPN_NODE, &attacker, Duration::from_secs(5))
+                .unwrap();
+            let mut locs = Vec::new();
+            for (i, (s, node)) in shards.iter().zip(&on).enumerate() {
+                let hash = shardfs_common::ids::shard_hash(s);
+                let addr: SocketAddr = nodes
+                    .iter()
+                    .find(|n| n.id == *node)
+                    .unwrap()
+                    .addr
+                    .parse()
+                    .unwrap();
+                let req = NodeRequest::Put {
+                    block: id,
+                    index: i as u8,
+                    hash,
+                };
+                let (r, _) = d
+                    .call::<_, NodeResponse>(
+                        addr,
+                        &req,
+                        Bytes::from(s.clone()),
+                        0,
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap();
+                assert!(matches!(r, NodeResponse::Ok), "{r:?}");
+                locs.push(ShardLoc { node: *node, hash });
+            }
+            d.close();
+            let forged = BlockMeta {
+                id,
+                ec,
+                len: victim_bytes.len() as u64,
+                shard_size: shards[0].len() as u32,
+                shards: locs,
+            };
+            let created = call_master(&attacker, master, create_request(1, name)).await;
+            let Ok(MasterResponse::Changed { attr: Some(a), .. }) = created else {
+                panic!("{created:?}")
+            };
+            call_master(
+                &attacker,
+                master,
+                commit_request(
+                    a.ino,
+                    vec![NewSlot {
+                        index: 0,
+                        id,
+                        used: forged.len,
+                        meta: Some(forged.clone()),
+                    }],
+                    forged.len,
+                ),
+            )
+            .await
+        })
+    };
+    // The forgery is accepted at first: nothing stored contradicts it yet.
+    let r = forge("forged");
+    assert!(matches!(r, Ok(MasterResponse::Attr(_))), "{r:?}");
+    // The victim writes the content whose id was taken.
+    let m = c.mount("m");
+    std::fs::write(m.join("victim"), &victim_bytes).unwrap();
+    let fresh = c.mount_with("fresh", &["--cache-mib", "0"]);
+    assert!(
+        std::fs::read(fresh.join("victim")).unwrap() == victim_bytes,
+        "the victim does not read its own bytes"
+    );
+    // The same forgery once more: refused now.
+    let r = forge("forged-again");
+    assert!(
+        matches!(&r, Ok(MasterResponse::Err(e)) if e.code == shardfs_common::ErrorCode::Corrupt),
+        "{r:?}"
+    );
+    let log = std::fs::read_to_string(c.path("logs/master.log")).unwrap();
+    assert!(log.contains("replaced by a verified one"), "{log}");
 }
