@@ -21,7 +21,8 @@ if ! cargo afl --version >/dev/null 2>&1; then
   say "installing cargo-afl (AFL++ for Rust) ..."
   cargo install cargo-afl --locked --quiet
 fi
-cargo afl config --build >/dev/null 2>&1 || cargo afl config --build --force
+# Builds AFL++ once per toolchain (the install above usually did).
+out=$(cargo afl config --build 2>&1) || grep -q "already built" <<<"$out" || die "cannot build AFL++: $out"
 cd "$ROOT/fuzz"
 cargo afl build --release --quiet
 "$CARGO_TARGET_DIR/release/make_seeds"
