@@ -4,15 +4,13 @@
 //! mapping there is.
 
 use crate::core::Core;
-use crate::master::CALLER;
+use crate::master::{Requester, CALLER};
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow,
 };
-use shardfs_common::proto::{
-    Attr, Caller, FileKind, SetAttr, Timespec, ACCESS_READ, ACCESS_WRITE, MAX_GROUPS,
-};
+use shardfs_common::proto::{Attr, FileKind, SetAttr, Timespec, ACCESS_READ, ACCESS_WRITE};
 use shardfs_common::Error;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -38,29 +36,13 @@ impl ShardFs {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let caller = caller_of(req);
+        let who = Requester {
+            uid: req.uid(),
+            gid: req.gid(),
+            pid: req.pid(),
+        };
         self.rt
-            .spawn(CALLER.scope(caller, f(self.core.clone(), self.ttl)));
-    }
-}
-
-/// The user, group and supplementary groups of the process behind a request.
-fn caller_of(req: &Request<'_>) -> Caller {
-    let groups = std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .take(MAX_GROUPS)
-                    .collect()
-            })
-        })
-        .unwrap_or_default();
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        groups,
+            .spawn(CALLER.scope(who, f(self.core.clone(), self.ttl)));
     }
 }
 

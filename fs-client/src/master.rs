@@ -4,16 +4,48 @@
 use bytes::Bytes;
 use shardfs_common::dial::Dialer;
 use shardfs_common::pki::Credential;
-use shardfs_common::proto::{Caller, MasterRequest, MasterResponse, ALPN_MASTER};
+use shardfs_common::proto::{Caller, MasterRequest, MasterResponse, ALPN_MASTER, MAX_GROUPS};
 use shardfs_common::{Error, Result};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::debug;
 
 tokio::task_local! {
-    /// The user the current FUSE request acts for (set by the FUSE adapter): namespace requests
-    /// sent while it is set carry it, so the master checks that user's permissions.
-    pub static CALLER: Caller;
+    /// The process the current FUSE request came from (set by the FUSE adapter): namespace
+    /// requests sent while it is set act for its user, so the master checks that user's
+    /// permissions.
+    pub static CALLER: Requester;
+}
+
+/// The process behind a FUSE request, as the kernel reported it.
+#[derive(Clone, Copy, Debug)]
+pub struct Requester {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Requester {
+    /// Who the request acts for, with the process's supplementary groups (read only for
+    /// requests that need them, not on the data path).
+    fn caller(self) -> Caller {
+        let groups = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .take(MAX_GROUPS)
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        Caller {
+            uid: self.uid,
+            gid: self.gid,
+            groups,
+        }
+    }
 }
 
 /// Requests whose permission depends on the user making them.
@@ -77,9 +109,9 @@ impl MasterClient {
         req: MasterRequest,
         timeout: Duration,
     ) -> Result<MasterResponse> {
-        let req = match CALLER.try_with(Caller::clone) {
-            Ok(caller) if acts_for_user(&req) => MasterRequest::As {
-                caller,
+        let req = match CALLER.try_with(|r| *r) {
+            Ok(who) if acts_for_user(&req) => MasterRequest::As {
+                caller: who.caller(),
                 req: Box::new(req),
             },
             _ => req,

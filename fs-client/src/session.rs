@@ -20,11 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-pub(crate) fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into())
-}
+pub(crate) use shardfs_common::join::host_name;
 
 fn user_name() -> String {
     // SAFETY: getpwuid returns a pointer into static storage or null; read at once.

@@ -223,6 +223,24 @@ impl Cluster {
         assert_eq!(r, 0, "kill({pid}, {sig})");
     }
 
+    /// The address storage node `i` listens on.
+    pub fn node_addr(&self, i: usize) -> std::net::SocketAddr {
+        fs::read_to_string(self.node_dir(i).join("listen.addr"))
+            .expect("listen.addr")
+            .trim()
+            .parse()
+            .expect("node address")
+    }
+
+    /// Storage node `i`'s id.
+    pub fn node_id(&self, i: usize) -> shardfs_common::NodeId {
+        fs::read_to_string(self.node_dir(i).join("node.id"))
+            .expect("node.id")
+            .trim()
+            .parse()
+            .expect("node id")
+    }
+
     pub fn node_dir(&self, i: usize) -> PathBuf {
         self.path(&format!("node{i}"))
     }

@@ -158,12 +158,7 @@ async fn assert_each_rejected<R: serde::de::DeserializeOwned + std::fmt::Debug>(
 fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
     let c = Cluster::start(6, "4+2");
     let master: std::net::SocketAddr = c.master_addr().parse().unwrap();
-    let node_addr: std::net::SocketAddr =
-        std::fs::read_to_string(c.node_dir(0).join("listen.addr"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+    let node_addr = c.node_addr(0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ep = net::client_endpoint(false).unwrap();

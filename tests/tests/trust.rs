@@ -108,29 +108,30 @@ fn chain_of(
     (c.chain(), c.key())
 }
 
-fn node_addr(c: &Cluster, i: usize) -> SocketAddr {
-    std::fs::read_to_string(c.node_dir(i).join("listen.addr"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// A request through the real client code path (mutual TLS with `cred`), for the answer.
-async fn call_master(
+async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    alpn: &[u8],
     cred: &Credential,
     addr: SocketAddr,
-    req: MasterRequest,
-) -> Result<MasterResponse, String> {
-    let d = shardfs_common::dial::Dialer::new(ALPN_MASTER, cred, Duration::from_secs(5))
+    req: Req,
+) -> Result<Resp, String> {
+    let d = shardfs_common::dial::Dialer::new(alpn, cred, Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     let r = d
-        .call::<_, MasterResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(5))
+        .call::<_, Resp>(addr, &req, Bytes::new(), 0, Duration::from_secs(5))
         .await
         .map(|(r, _)| r)
         .map_err(|e| e.to_string());
     d.close();
     r
+}
+
+async fn call_master(
+    cred: &Credential,
+    addr: SocketAddr,
+    req: MasterRequest,
+) -> Result<MasterResponse, String> {
+    call(ALPN_MASTER, cred, addr, req).await
 }
 
 async fn call_node(
@@ -138,15 +139,7 @@ async fn call_node(
     addr: SocketAddr,
     req: NodeRequest,
 ) -> Result<NodeResponse, String> {
-    let d = shardfs_common::dial::Dialer::new(ALPN_NODE, cred, Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
-    let r = d
-        .call::<_, NodeResponse>(addr, &req, Bytes::new(), 0, Duration::from_secs(5))
-        .await
-        .map(|(r, _)| r)
-        .map_err(|e| e.to_string());
-    d.close();
-    r
+    call(ALPN_NODE, cred, addr, req).await
 }
 
 fn refused_master(r: &Result<MasterResponse, String>) -> bool {
@@ -161,7 +154,7 @@ fn refused_node(r: &Result<NodeResponse, String>) -> bool {
 fn only_credentials_of_the_cluster_get_through_the_handshake() {
     let c = Cluster::start(3, "2+1");
     let master: SocketAddr = c.master_addr().parse().unwrap();
-    let node = node_addr(&c, 0);
+    let node = c.node_addr(0);
     let admin = c.credential("admin.cred");
     let other_cluster = Ca::create()
         .unwrap()
@@ -361,7 +354,7 @@ fn nodes_join_once_per_token_under_their_own_id_and_revoked_ones_are_refused() {
         .unwrap();
     assert!(line.contains("\"revoked\":true"), "{line}");
     // The other nodes refuse it too once they heard (from the next heartbeat answer).
-    let peer = node_addr(&c, 0);
+    let peer = c.node_addr(0);
     let get = NodeRequest::Get {
         block: BlockId::of(b"nothing"),
         index: 0,
@@ -381,14 +374,10 @@ fn nodes_join_once_per_token_under_their_own_id_and_revoked_ones_are_refused() {
 fn each_role_sends_only_its_own_requests() {
     let mut c = Cluster::start(3, "2+1");
     let master: SocketAddr = c.master_addr().parse().unwrap();
-    let node = node_addr(&c, 0);
+    let node = c.node_addr(0);
     let client = c.credential("client.cred");
     let admin = c.credential("admin.cred");
-    let node_id: NodeId = std::fs::read_to_string(c.node_dir(0).join("node.id"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let node_id = c.node_id(0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let master_only_for_others = [
