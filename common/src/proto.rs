@@ -13,7 +13,7 @@ pub use crate::pki::Role;
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const PROTOCOL_VERSION: u8 = 6;
+pub const PROTOCOL_VERSION: u8 = 7;
 /// ALPN of the master's service (clients and nodes connect to it).
 pub const ALPN_MASTER: &[u8] = b"shardfs-master/6";
 /// ALPN of a storage node's service.
@@ -474,10 +474,14 @@ pub enum MasterRequest {
         /// ACCESS_READ and/or ACCESS_WRITE (0: a look at the content, checked as a read).
         access: u8,
     },
-    /// The mount closed its last handle of `ino`.
+    /// The mount closed its last handle of `ino`, which it had opened `opens` times through
+    /// `Open` (or `Create`) on `session`. A count, not a flag: a close and a new open of the
+    /// same file travel on separate streams, so an `Open` may arrive before the `Close` of the
+    /// handles before it; the file stays held while the master counts more opens than closes.
     Close {
         session: u64,
         ino: Ino,
+        opens: u32,
     },
     /// Start a mount's session (id 0: a new one), or take up an existing id again after a
     /// master restart with the files it has open and the locks it holds. Answered with

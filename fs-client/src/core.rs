@@ -21,7 +21,7 @@ use shardfs_common::{Error, Ino, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
@@ -151,6 +151,9 @@ pub(crate) struct OpenFile {
     st: Mutex<FileState>,
     changed: Notify,
     opens: AtomicUsize,
+    /// How many times this mount opened the file at the master (`Open` or `Create` on its
+    /// session) while this entry stood; its `Close` names the count.
+    held: AtomicU32,
 }
 
 struct FileState {
@@ -604,13 +607,14 @@ impl Core {
     }
 
     /// Inodes this mount has open (claimed again when the session is re-opened).
+    /// The files this mount has open, to claim on a new session: each then counts one open
+    /// at the master, as the master counts them.
     pub(crate) fn open_inos(&self) -> Vec<Ino> {
-        self.files
-            .lock()
-            .expect("files lock")
-            .keys()
-            .copied()
-            .collect()
+        let files = self.files.lock().expect("files lock");
+        for of in files.values() {
+            of.held.store(1, Ordering::SeqCst);
+        }
+        files.keys().copied().collect()
     }
 
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
@@ -1277,7 +1281,8 @@ impl Core {
         }
     }
 
-    fn register_open(&self, ino: Ino, attr: Attr, slots: Vec<Slot>) -> Arc<OpenFile> {
+    /// Add a local open of `ino` (`held`: the master was told of it on this session).
+    fn register_open(&self, ino: Ino, attr: Attr, slots: Vec<Slot>, held: bool) -> Arc<OpenFile> {
         let mut files = self.files.lock().expect("files lock");
         let of = files.entry(ino).or_insert_with(|| {
             Arc::new(OpenFile {
@@ -1285,8 +1290,12 @@ impl Core {
                 st: Mutex::new(FileState::new(attr.clone(), vec![])),
                 changed: Notify::new(),
                 opens: AtomicUsize::new(0),
+                held: AtomicU32::new(0),
             })
         });
+        if held {
+            of.held.fetch_add(1, Ordering::SeqCst);
+        }
         {
             let mut st = of.st.lock().expect("file lock");
             if !st.has_local_changes() {
@@ -1304,11 +1313,11 @@ impl Core {
             true => self.known_read(ino),
             false => None,
         };
-        let (attr, slots) = match offline {
-            Some(b) => b,
+        let ((attr, slots), held) = match offline {
+            Some(b) => (b, false),
             None => match self.fetch_map(ino, true, access).await {
-                Ok(b) => b,
-                Err(e) => self.offline_open(ino, e)?,
+                Ok(b) => (b, true),
+                Err(e) => (self.offline_open(ino, e)?, false),
             },
         };
         if attr.kind == FileKind::Dir {
@@ -1318,7 +1327,7 @@ impl Core {
             ));
         }
         self.remember_read(&attr, &slots);
-        let of = self.register_open(ino, attr, slots);
+        let of = self.register_open(ino, attr, slots, held);
         Ok(self.add_handle(Handle::File(of, Default::default())))
     }
 
@@ -1335,7 +1344,7 @@ impl Core {
             .create_inode(parent, name, FileKind::File, mode, uid, gid, 0, session)
             .await?;
         self.name_of(attr.ino, parent, name);
-        let of = self.register_open(attr.ino, attr.clone(), vec![]);
+        let of = self.register_open(attr.ino, attr.clone(), vec![], session != 0);
         Ok((attr, self.add_handle(Handle::File(of, Default::default()))))
     }
 
@@ -1409,7 +1418,7 @@ impl Core {
             && of.opens.load(Ordering::SeqCst) == 0
         {
             files.remove(&of.ino);
-            self.closed(of.ino);
+            self.closed(of.ino, of.held.load(Ordering::SeqCst));
         }
     }
 
@@ -1696,6 +1705,7 @@ impl Core {
             st: Mutex::new(FileState::new(attr, slots)),
             changed: Notify::new(),
             opens: AtomicUsize::new(0),
+            held: AtomicU32::new(0),
         })
     }
 
@@ -1983,7 +1993,8 @@ impl Core {
     /// Show the master's current content of an open file again (after its content changed
     /// under this mount), unless this mount has written more since.
     async fn reload(&self, of: &OpenFile, attr: Attr) {
-        let fresh = self.fetch_map(of.ino, true, 0).await.ok();
+        // The file is already held by this mount's session: a look is enough.
+        let fresh = self.fetch_map(of.ino, false, 0).await.ok();
         {
             let mut st = of.st.lock().expect("file lock");
             if !st.has_local_changes() {

@@ -178,15 +178,22 @@ impl Core {
         }
     }
 
-    /// This mount closed its last handle of `ino`.
-    pub(crate) fn closed(&self, ino: Ino) {
+    /// The mount closed its last handle of `ino`, opened `opens` times at the master.
+    pub(crate) fn closed(&self, ino: Ino, opens: u32) {
         let session = self.session.load(Ordering::Relaxed);
-        if session == 0 {
+        if session == 0 || opens == 0 {
             return;
         }
         let master = self.master.clone();
         self.rt.spawn(async move {
-            if let Err(e) = master.call(MasterRequest::Close { session, ino }).await {
+            if let Err(e) = master
+                .call(MasterRequest::Close {
+                    session,
+                    ino,
+                    opens,
+                })
+                .await
+            {
                 debug!(ino, "close not delivered to the master: {e}");
             }
         });

@@ -682,8 +682,12 @@ impl Master {
                 self.sessions.opened(&self.meta, session, ino, write);
                 A::Opened { attr, slots }
             }
-            R::Close { session, ino } => {
-                self.sessions.closed(&self.meta, session, ino)?;
+            R::Close {
+                session,
+                ino,
+                opens,
+            } => {
+                self.sessions.closed(&self.meta, session, ino, opens)?;
                 A::Ok
             }
             R::SessionOpen {

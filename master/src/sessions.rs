@@ -29,7 +29,8 @@ struct Session {
     user: String,
     mountpoint: String,
     last_seen: Instant,
-    opens: HashSet<Ino>,
+    /// Files the mount has open, each with the number of opens not yet closed.
+    opens: HashMap<Ino, u32>,
     /// Files opened for writing (or created) through this session: only they take its commits
     /// from a credential that is not allowed root.
     writes: HashSet<Ino>,
@@ -113,13 +114,15 @@ impl Sessions {
             user,
             mountpoint,
             last_seen: Instant::now(),
-            opens: HashSet::new(),
+            opens: HashMap::new(),
             // Claimed after a restart: the master's record of who opened what for writing did
             // not survive it, so the mount's word is taken (see docs/SECURITY.md).
             writes: opens.iter().copied().collect(),
         };
         for ino in opens {
-            if s.opens.insert(ino) && !old.as_ref().is_some_and(|o| o.opens.contains(&ino)) {
+            if s.opens.insert(ino, 1).is_none()
+                && !old.as_ref().is_some_and(|o| o.opens.contains_key(&ino))
+            {
                 meta.hold(ino);
             }
         }
@@ -142,7 +145,13 @@ impl Sessions {
             "mount session opened"
         );
         let stale: Vec<Ino> = old
-            .map(|o| o.opens.difference(&s.opens).copied().collect())
+            .map(|o| {
+                o.opens
+                    .keys()
+                    .filter(|ino| !s.opens.contains_key(ino))
+                    .copied()
+                    .collect()
+            })
             .unwrap_or_default();
         g.sessions.insert(id, s);
         g.peers.retain(|_, s| *s != id);
@@ -233,9 +242,11 @@ impl Sessions {
         }
         let mut g = self.inner.lock().expect("sessions lock");
         if let Some(s) = g.sessions.get_mut(&id) {
-            if s.opens.insert(ino) {
+            let n = s.opens.entry(ino).or_insert(0);
+            if *n == 0 {
                 meta.hold(ino);
             }
+            *n = n.saturating_add(1);
             if write {
                 s.writes.insert(ino);
             }
@@ -248,12 +259,21 @@ impl Sessions {
         g.sessions.get(&id).is_some_and(|s| s.writes.contains(&ino))
     }
 
-    pub fn closed(&self, meta: &Meta, id: u64, ino: Ino) -> Result<(), MasterError> {
+    /// Session `id` closed `opens` of its opens of `ino`; the last close lets the file go.
+    pub fn closed(&self, meta: &Meta, id: u64, ino: Ino, opens: u32) -> Result<(), MasterError> {
         let was_open = {
             let mut g = self.inner.lock().expect("sessions lock");
             g.sessions.get_mut(&id).is_some_and(|s| {
+                let Some(n) = s.opens.get_mut(&ino) else {
+                    return false;
+                };
+                *n = n.saturating_sub(opens);
+                if *n > 0 {
+                    return false;
+                }
+                s.opens.remove(&ino);
                 s.writes.remove(&ino);
-                s.opens.remove(&ino)
+                true
             })
         };
         if was_open {
@@ -280,7 +300,7 @@ impl Sessions {
         }
         if let Some(s) = s {
             info!(session = %format!("{id:016x}"), host = %s.host, mountpoint = %s.mountpoint, files = s.opens.len(), "mount session ended: {why}");
-            for ino in s.opens {
+            for ino in s.opens.into_keys() {
                 if let Err(e) = meta.unhold(ino) {
                     warn!(ino, "cannot delete an orphaned file: {e}");
                 }

@@ -409,6 +409,64 @@ impl Drop for Cluster {
     }
 }
 
+/// A request through the real client code path (mutual TLS with `cred`), for the answer.
+pub async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    alpn: &[u8],
+    cred: &shardfs_common::pki::Credential,
+    addr: std::net::SocketAddr,
+    req: Req,
+) -> Result<Resp, String> {
+    let d = shardfs_common::dial::Dialer::new(alpn, cred, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let r = d
+        .call::<_, Resp>(addr, &req, bytes::Bytes::new(), 0, Duration::from_secs(5))
+        .await
+        .map(|(r, _)| r)
+        .map_err(|e| e.to_string());
+    d.close();
+    r
+}
+
+pub async fn call_master(
+    cred: &shardfs_common::pki::Credential,
+    addr: std::net::SocketAddr,
+    req: shardfs_common::proto::MasterRequest,
+) -> Result<shardfs_common::proto::MasterResponse, String> {
+    call(shardfs_common::proto::ALPN_MASTER, cred, addr, req).await
+}
+
+pub async fn call_node(
+    cred: &shardfs_common::pki::Credential,
+    addr: std::net::SocketAddr,
+    req: shardfs_common::proto::NodeRequest,
+) -> Result<shardfs_common::proto::NodeResponse, String> {
+    call(shardfs_common::proto::ALPN_NODE, cred, addr, req).await
+}
+
+/// Open a new mount session with `cred` (no files, no locks), for its id.
+pub async fn open_session(
+    cred: &shardfs_common::pki::Credential,
+    master: std::net::SocketAddr,
+) -> u64 {
+    let r = call_master(
+        cred,
+        master,
+        shardfs_common::proto::MasterRequest::SessionOpen {
+            id: 0,
+            host: "h".into(),
+            user: "u".into(),
+            mountpoint: "/m".into(),
+            opens: vec![],
+            locks: vec![],
+        },
+    )
+    .await;
+    match r {
+        Ok(shardfs_common::proto::MasterResponse::Session { id, .. }) => id,
+        other => panic!("session not opened: {other:?}"),
+    }
+}
+
 /// The request a mount sends to create regular file `name` in `parent` (mode 0644, as root).
 pub fn create_request(parent: u64, name: &str) -> shardfs_common::proto::MasterRequest {
     shardfs_common::proto::MasterRequest::Create {

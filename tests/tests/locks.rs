@@ -213,26 +213,33 @@ fn a_process_waiting_for_a_lock_can_be_interrupted() {
 #[test]
 fn an_open_file_unlinked_elsewhere_stays_readable_until_closed() {
     let mut c = Cluster::start(3, "2+1");
+    use std::io::Read;
     let (m1, m2) = (c.mount("m1"), c.mount("m2"));
     let data = random_bytes(11, 9 << 20);
-    fs::write(m1.join("f"), &data).unwrap();
-    let mut f = fs::File::open(m1.join("f")).unwrap();
-    fs::remove_file(m2.join("f")).unwrap();
-    assert!(
-        !m1.join("f").exists() || {
-            // m1's entry cache may need its TTL (1 s) to notice.
-            std::thread::sleep(Duration::from_millis(1500));
-            !m1.join("f").exists()
-        }
-    );
-    use std::io::Read;
-    let mut back = Vec::new();
-    f.read_to_end(&mut back).unwrap();
-    assert!(
-        back == data,
-        "an open file unlinked on another mount reads back whole"
-    );
-    drop(f);
+    // Several rounds: the close of the writing handle races the new open (a close that
+    // arrived after the open once let the file go at the unlink).
+    for round in 0..6 {
+        let name = format!("f{round}");
+        let content = &data[..(9 << 20) >> (5 - round)];
+        fs::write(m1.join(&name), content).unwrap();
+        let mut f = fs::File::open(m1.join(&name)).unwrap();
+        fs::remove_file(m2.join(&name)).unwrap();
+        assert!(
+            !m1.join(&name).exists() || {
+                // m1's entry cache may need its TTL (1 s) to notice.
+                std::thread::sleep(Duration::from_millis(1500));
+                !m1.join(&name).exists()
+            }
+        );
+        let mut back = Vec::new();
+        f.read_to_end(&mut back)
+            .unwrap_or_else(|e| panic!("round {round}: reading the unlinked open file: {e}"));
+        assert!(
+            back == content,
+            "round {round}: an open file unlinked on another mount reads back whole"
+        );
+        drop(f);
+    }
 
     // Same mount: fstat says nlink 0, and the file still takes writes and reads.
     let path = m1.join("g");
@@ -252,4 +259,60 @@ fn an_open_file_unlinked_elsewhere_stays_readable_until_closed() {
     let mut back = Vec::new();
     g.read_to_end(&mut back).unwrap();
     assert!(back == data[..1 << 20]);
+}
+
+/// The master counts a session's opens of a file. A close and a new open of the same file
+/// travel on separate streams, so the open can arrive first: the close then names fewer opens
+/// than the master saw, and the file — unlinked meanwhile — must stay until the last close.
+#[test]
+fn a_close_overtaken_by_a_new_open_keeps_the_unlinked_file() {
+    use shardfs_common::proto::{MasterRequest as R, MasterResponse as A, Timespec, ACCESS_READ};
+    let c = Cluster::start(3, "2+1");
+    let master = c.master_addr().parse().unwrap();
+    let cred = c.credential("client.cred");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let call = |req| call_master(&cred, master, req);
+        let session = open_session(&cred, master).await;
+        let mut create = create_request(1, "f");
+        if let R::Create { session: s, .. } = &mut create {
+            *s = session;
+        }
+        let r = call(create).await;
+        let Ok(A::Changed { attr: Some(f), .. }) = r else {
+            panic!("{r:?}")
+        };
+        let open = |session| R::Open {
+            ino: f.ino,
+            session,
+            access: ACCESS_READ,
+        };
+        let close = R::Close {
+            session,
+            ino: f.ino,
+            opens: 1,
+        };
+        // Opened twice (create, open); the close of the first arrives after the second open.
+        assert!(matches!(call(open(session)).await, Ok(A::Opened { .. })));
+        assert!(matches!(call(close.clone()).await, Ok(A::Ok)));
+        let r = call(R::Unlink {
+            parent: 1,
+            name: b"f".to_vec(),
+            now: Timespec::now(),
+        })
+        .await;
+        assert!(matches!(r, Ok(A::Changed { .. })), "{r:?}");
+        let r = call(open(0)).await;
+        assert!(
+            matches!(r, Ok(A::Opened { .. })),
+            "an unlinked file still open once went with a close that overtook: {r:?}"
+        );
+        // The last close lets it go.
+        assert!(matches!(call(close).await, Ok(A::Ok)));
+        let r = call(open(0)).await;
+        assert!(
+            matches!(&r, Ok(A::Err(e)) if e.code == shardfs_common::ErrorCode::NotFound),
+            "an unlinked file outlived its last close: {r:?}"
+        );
+    });
 }

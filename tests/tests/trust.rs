@@ -108,40 +108,6 @@ fn chain_of(
     (c.chain(), c.key())
 }
 
-/// A request through the real client code path (mutual TLS with `cred`), for the answer.
-async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
-    alpn: &[u8],
-    cred: &Credential,
-    addr: SocketAddr,
-    req: Req,
-) -> Result<Resp, String> {
-    let d = shardfs_common::dial::Dialer::new(alpn, cred, Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
-    let r = d
-        .call::<_, Resp>(addr, &req, Bytes::new(), 0, Duration::from_secs(5))
-        .await
-        .map(|(r, _)| r)
-        .map_err(|e| e.to_string());
-    d.close();
-    r
-}
-
-async fn call_master(
-    cred: &Credential,
-    addr: SocketAddr,
-    req: MasterRequest,
-) -> Result<MasterResponse, String> {
-    call(ALPN_MASTER, cred, addr, req).await
-}
-
-async fn call_node(
-    cred: &Credential,
-    addr: SocketAddr,
-    req: NodeRequest,
-) -> Result<NodeResponse, String> {
-    call(ALPN_NODE, cred, addr, req).await
-}
-
 fn refused_master(r: &Result<MasterResponse, String>) -> bool {
     matches!(r, Ok(MasterResponse::Err(e)) if e.code == shardfs_common::ErrorCode::Permission)
 }
@@ -623,22 +589,7 @@ fn the_master_enforces_permissions_and_squashes_root_for_clients_that_bypass_the
         let r = call(commit_request(secret.ino, vec![], 0)).await;
         assert_eq!(code_of(&r), Some(ErrorCode::Access), "{r:?}");
         // Sessions are their credential's: another mount's cannot be ended or used.
-        let r = call_master(
-            &root_cred,
-            master,
-            MasterRequest::SessionOpen {
-                id: 0,
-                host: "h".into(),
-                user: "u".into(),
-                mountpoint: "/m".into(),
-                opens: vec![],
-                locks: vec![],
-            },
-        )
-        .await;
-        let Ok(MasterResponse::Session { id, .. }) = r else {
-            panic!("{r:?}")
-        };
+        let id = open_session(&root_cred, master).await;
         let r = call(MasterRequest::SessionClose { id }).await;
         assert_eq!(code_of(&r), Some(ErrorCode::Permission), "{r:?}");
         let r = call(MasterRequest::ReleaseLocks {
