@@ -3,7 +3,9 @@
 # sequential write/read of 1 GiB, 4 KiB random read/write, create/stat/rename/unlink of 10,000
 # files, and extracting a 5,000-file tree; then scripts/bench-apps.sh (git clone, SQLite inserts).
 #
-#   scripts/bench.sh [TARGET...]      TARGETs: shardfs bindfs moosefs (default: all three)
+#   scripts/bench.sh [TARGET...]      TARGETs: shardfs bindfs moosefs (default: all three), and
+#                                     shardfs-old: another checkout of ShardFS (SHARDFS_OLD, its
+#                                     binaries in SHARDFS_OLD_TARGET/release), for before/after runs
 #
 # Env: SHARDFS_LAB (the measurement lab, default ../shared/lab beside the repo), BENCH_ROUNDS
 # (default 1; targets are interleaved per round), BENCH_RESULTS (default bench/results/bench.jsonl),
@@ -34,6 +36,11 @@ up() {
     shardfs)
       rm -rf "$BH" && mkdir -p "$BH/mnt"
       SHARDFS_HOME=$BH/home "$ROOT/scripts/cluster.sh" up "$BH/mnt" >&2 && echo "$BH/mnt" ;;
+    shardfs-old)
+      [ -x "${SHARDFS_OLD:-}/scripts/cluster.sh" ] || { say "set SHARDFS_OLD to a checkout"; return 1; }
+      rm -rf "$BH-old" && mkdir -p "$BH-old/mnt"
+      SHARDFS_HOME=$BH-old/home CARGO_TARGET_DIR=${SHARDFS_OLD_TARGET:?} SHARDFS_BIN_DIR=$SHARDFS_OLD_TARGET/release \
+        "$SHARDFS_OLD/scripts/cluster.sh" up "$BH-old/mnt" >&2 && echo "$BH-old/mnt" ;;
     bindfs) "$LAB/peers/bindfs-up.sh" /tmp/lab-bindfs/mnt -o big_writes >&2 && echo /tmp/lab-bindfs/mnt ;;
     moosefs)
       command -v mfsmaster >/dev/null 2>&1 ||
@@ -46,6 +53,10 @@ up() {
 down() {
   case $1 in
     shardfs) SHARDFS_HOME=$BH/home "$ROOT/scripts/cluster.sh" down >&2 || true; rm -rf "$BH" ;;
+    shardfs-old)
+      SHARDFS_HOME=$BH-old/home CARGO_TARGET_DIR=$SHARDFS_OLD_TARGET SHARDFS_BIN_DIR=$SHARDFS_OLD_TARGET/release \
+        "$SHARDFS_OLD/scripts/cluster.sh" down >&2 || true
+      rm -rf "$BH-old" ;;
     bindfs) "$LAB/peers/bindfs-down.sh" >&2 || true ;;
     moosefs) "$LAB/peers/moosefs-down.sh" >&2 || true ;;
   esac

@@ -8,6 +8,7 @@
 //! that turns one block into k data + m parity shards, and [`error`] holds the error type and the
 //! one place where errors become errnos.
 
+pub mod cap;
 pub mod config;
 pub mod daemon;
 pub mod dial;

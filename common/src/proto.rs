@@ -5,6 +5,7 @@
 //! the ALPN string, so a peer of another version fails the handshake with a clear error instead
 //! of misreading frames.
 
+use crate::cap::Cap;
 use crate::ec::EcParams;
 use crate::error::RemoteError;
 use crate::ids::{BlockId, Ino, NodeId};
@@ -223,6 +224,9 @@ pub struct Slot {
     pub index: u64,
     pub used: u64,
     pub block: BlockMeta,
+    /// The holder's capability to read the block's shards (filled in by the master for the
+    /// credential it answers; not stored).
+    pub cap: Cap,
 }
 
 /// A slot a client wants to commit: either a block it just stored (`meta` given), or a block the
@@ -237,10 +241,12 @@ pub struct NewSlot {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Placement {
-    /// The cluster already holds this block; commit it by id without uploading.
-    Exists(BlockMeta),
-    /// Store shard i on node i of this list (k + m distinct nodes).
-    Place(Vec<NodeId>),
+    /// The cluster already holds this block; commit it by id without uploading (with a
+    /// capability to read it).
+    Exists(BlockMeta, Cap),
+    /// Store shard i on node i of this list (k + m distinct nodes), with a capability to
+    /// store and read the block's shards.
+    Place(Vec<NodeId>, Cap),
 }
 
 /// A storage node as the master sees it.
@@ -389,6 +395,95 @@ impl Caller {
 
 /// The uid and gid of nobody.
 pub const NOBODY: u32 = 65534;
+
+/// A set of uids or gids as inclusive ranges; empty: any. What a client credential may act as.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRanges(pub Vec<(u32, u32)>);
+
+impl IdRanges {
+    /// Most ranges one set may hold.
+    pub const MAX: usize = 64;
+
+    pub fn is_any(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.0.is_empty() || self.0.iter().any(|&(lo, hi)| lo <= id && id <= hi)
+    }
+
+    /// Refuses sets too long or with a range that ends before it starts.
+    pub fn check(&self) -> crate::Result<()> {
+        if self.0.len() > Self::MAX {
+            return Err(crate::Error::invalid(format!(
+                "{} id ranges, at most {} allowed",
+                self.0.len(),
+                Self::MAX
+            )));
+        }
+        match self.0.iter().find(|(lo, hi)| lo > hi) {
+            Some((lo, hi)) => Err(crate::Error::invalid(format!(
+                "id range {lo}-{hi} is empty"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for IdRanges {
+    type Err = String;
+
+    /// `1000`, `1000-1999`, or a comma-separated list of them.
+    fn from_str(s: &str) -> Result<IdRanges, String> {
+        let id = |t: &str| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{t:?} is not a uid/gid"))
+        };
+        let mut v = Vec::new();
+        for part in s.split(',') {
+            let r = match part.split_once('-') {
+                Some((lo, hi)) => (id(lo)?, id(hi)?),
+                None => (id(part)?, id(part)?),
+            };
+            v.push(r);
+        }
+        let r = IdRanges(v);
+        r.check().map_err(|e| e.to_string())?;
+        Ok(r)
+    }
+}
+
+impl std::fmt::Display for IdRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("any");
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(lo, hi)| match lo == hi {
+                true => lo.to_string(),
+                false => format!("{lo}-{hi}"),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// The users a client credential may act as: uids and gids (empty: any but root, which is
+/// squashed unless the credential allows root).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Users {
+    pub uids: IdRanges,
+    pub gids: IdRanges,
+}
+
+impl Users {
+    pub fn is_any(&self) -> bool {
+        self.uids.is_any() && self.gids.is_any()
+    }
+}
 /// Most supplementary groups a caller may name.
 pub const MAX_GROUPS: usize = 256;
 /// Access a file is opened for (bits of `MasterRequest::Open::access`).
@@ -659,6 +754,8 @@ pub enum MasterRequest {
         role: Role,
         ttl_secs: u64,
         allow_root: bool,
+        /// For a client credential: the uids and gids it may act as.
+        users: Users,
     },
     /// Every credential the cluster issued (admin only).
     Credentials,
@@ -688,6 +785,8 @@ pub struct CredentialInfo {
     pub last_seen: u64,
     pub revoked: bool,
     pub allow_root: bool,
+    /// The uids and gids a client credential may act as.
+    pub users: Users,
 }
 
 /// One entry of a file's history of concurrent changes.
@@ -772,23 +871,31 @@ pub enum MasterResponse {
     Credentials(Vec<CredentialInfo>),
     /// The answer to a node's heartbeat: the ids of every revoked credential.
     Revoked(Vec<String>),
+    /// The answer to a node's `Register`: the key that checks clients' capabilities.
+    Registered {
+        cap_key: [u8; 32],
+    },
     Err(RemoteError),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRequest {
-    /// Store shard `index` of `block`; its bytes follow as bulk and must hash to `hash`.
+    /// Store shard `index` of `block`; its bytes follow as bulk and must hash to `hash`. A
+    /// client needs a capability with the write right for the block.
     Put {
         block: BlockId,
         index: u8,
         hash: [u8; 32],
+        cap: Cap,
     },
     /// Fetch a shard, or the `(offset, length)` range of it; the bytes come back as bulk. The
-    /// whole shard is verified against its stored hash either way.
+    /// whole shard is verified against its stored hash either way. A client needs a
+    /// capability with the read right for the block.
     Get {
         block: BlockId,
         index: u8,
         range: Option<(u32, u32)>,
+        cap: Cap,
     },
     Delete {
         shards: Vec<(BlockId, u8)>,
@@ -911,6 +1018,21 @@ pub fn check_name(name: &[u8]) -> crate::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_ranges_parse_print_and_contain() {
+        let r: IdRanges = "1000-1999, 3000".parse().unwrap();
+        assert_eq!(r.0, vec![(1000, 1999), (3000, 3000)]);
+        assert_eq!(r.to_string(), "1000-1999,3000");
+        assert!(r.contains(1000) && r.contains(1999) && r.contains(3000));
+        assert!(!r.contains(999) && !r.contains(2000) && !r.contains(0));
+        assert!(IdRanges::default().contains(0));
+        assert!("5-1".parse::<IdRanges>().is_err());
+        assert!("x".parse::<IdRanges>().is_err());
+        assert!("".parse::<IdRanges>().is_err());
+        let long = vec!["1"; IdRanges::MAX + 1].join(",");
+        assert!(long.parse::<IdRanges>().is_err());
+    }
 
     #[test]
     fn timespec_round_trip() {

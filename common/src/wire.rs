@@ -251,6 +251,11 @@ pub trait Service: Send + Sync + 'static {
         bulk: Self::Bulk,
         peer: Peer,
     ) -> impl Future<Output = (Self::Resp, Bytes)> + Send;
+    /// Whether `peer` may send `req`, decided from its header before any of its bulk is
+    /// received (a refused upload costs the server nothing).
+    fn check(&self, _req: &Self::Req, _peer: &Peer) -> std::result::Result<(), RemoteError> {
+        Ok(())
+    }
     /// Whether a peer that completed the handshake may be served (for example: not revoked).
     /// A refused connection is closed with the reason, which its peer sees.
     fn admit(&self, _peer: &Peer, _conn: &Connection) -> std::result::Result<(), String> {
@@ -350,10 +355,17 @@ async fn serve_stream<S: Service>(
     peer: Peer,
 ) {
     let addr = peer.addr;
-    let read = tokio::time::timeout(
-        REQUEST_DEADLINE,
-        read_frame_as::<S::Req, S::Bulk>(&mut recv, S::MAX_REQUEST_BULK),
-    )
+    let read = tokio::time::timeout(REQUEST_DEADLINE, async {
+        let (req, blen) = read_head::<S::Req>(&mut recv, S::MAX_REQUEST_BULK).await?;
+        if let Err(e) = service.check(&req, &peer) {
+            return Ok(Err(e));
+        }
+        let mut bulk = S::Bulk::for_len(blen);
+        read_bulk(&mut recv, bulk.unfilled()).await?;
+        // SAFETY: read_bulk initialised every byte of unfilled().
+        unsafe { bulk.assume_filled() };
+        Ok(Ok((req, bulk)))
+    })
     .await
     .unwrap_or_else(|_| {
         Err(Error::Protocol(format!(
@@ -361,7 +373,12 @@ async fn serve_stream<S: Service>(
         )))
     });
     let (resp, bulk) = match read {
-        Ok((req, bulk)) => service.handle(req, bulk, peer).await,
+        Ok(Ok((req, bulk))) => service.handle(req, bulk, peer).await,
+        Ok(Err(refused)) => {
+            warn!(peer = %peer, "request refused: {}", refused.message);
+            let _ = recv.stop(1u32.into());
+            (S::error_response(refused), Bytes::new())
+        }
         Err(e) => {
             warn!(peer = %peer, "rejected a malformed request: {e}");
             let _ = recv.stop(1u32.into());

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use shardfs_client::master::MasterClient;
 use shardfs_common::pki::{Credential, Role};
-use shardfs_common::proto::{Health, MasterRequest, MasterResponse, NodeInfo, NodeState};
+use shardfs_common::proto::{Health, MasterRequest, MasterResponse, NodeInfo, NodeState, Users};
 use shardfs_common::NodeId;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -368,12 +368,21 @@ pub fn drain(to: &Remote, id: &str, wait: bool, timeout: u64, cancel: bool) -> a
     })
 }
 
-pub fn create_token(to: &Remote, role: &str, ttl: u64, allow_root: bool) -> anyhow::Result<()> {
+pub fn create_token(
+    to: &Remote,
+    role: &str,
+    ttl: u64,
+    allow_root: bool,
+    users: Users,
+) -> anyhow::Result<()> {
     let Some(role) = Role::parse(role).filter(|r| *r != Role::Master) else {
         bail!("--role must be node, client or admin (not {role:?})");
     };
     if allow_root && role != Role::Client {
         bail!("--allow-root is for client tokens");
+    }
+    if !users.is_any() && role != Role::Client {
+        bail!("--uids and --gids are for client tokens");
     }
     let answer = runtime()?.block_on(async {
         let mc = client(to, Duration::from_secs(10))?;
@@ -382,6 +391,7 @@ pub fn create_token(to: &Remote, role: &str, ttl: u64, allow_root: bool) -> anyh
                 role,
                 ttl_secs: ttl,
                 allow_root,
+                users,
             })
             .await;
         mc.close();
@@ -413,6 +423,7 @@ pub fn list_credentials(to: &Remote, json: bool) -> anyhow::Result<()> {
             let v = serde_json::json!({
                 "id": c.id, "role": c.role.as_str(), "host": c.host, "created": c.created,
                 "last_seen": c.last_seen, "revoked": c.revoked, "allow_root": c.allow_root,
+                "uids": c.users.uids.to_string(), "gids": c.users.gids.to_string(),
             });
             writeln!(out, "{v}")?;
         }
@@ -428,11 +439,14 @@ pub fn list_credentials(to: &Remote, json: bool) -> anyhow::Result<()> {
             0 => "never (since restart)".to_string(),
             t => when(t),
         };
-        let state = match (c.revoked, c.allow_root) {
-            (true, _) => "revoked",
-            (false, true) => "active (root allowed)",
-            (false, false) => "active",
+        let mut state = match (c.revoked, c.allow_root) {
+            (true, _) => "revoked".to_string(),
+            (false, true) => "active (root allowed)".to_string(),
+            (false, false) => "active".to_string(),
         };
+        if !c.users.is_any() {
+            state += &format!(" uids {} gids {}", c.users.uids, c.users.gids);
+        }
         writeln!(
             out,
             "{:<24} {:<7} {:<20} {:<22} {:<22} {state}",

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures::future::{AbortHandle, BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
 use lru::LruCache;
+use shardfs_common::cap::Cap;
 use shardfs_common::dial::Dialer;
 use shardfs_common::ec::Codec;
 use shardfs_common::ids::shard_hash;
@@ -167,7 +168,8 @@ impl BlockStore {
     /// node while the others carry on; the stalled upload races the new one (see
     /// [`crate::upload`]). Fails after the put timeout, or once a shard was tried
     /// [`MAX_TRIES`] times.
-    pub async fn put(self: &Arc<Self>, data: Arc<Vec<u8>>) -> Result<BlockMeta> {
+    /// Returns the block's description and this mount's capability to read it.
+    pub async fn put(self: &Arc<Self>, data: Arc<Vec<u8>>) -> Result<(BlockMeta, Cap)> {
         let d = data.clone();
         let id = tokio::task::spawn_blocking(move || BlockId::of(&d))
             .await
@@ -182,10 +184,10 @@ impl BlockStore {
         })
         .await
         .map_err(|e| Error::Unavailable(format!("encoder failed: {e}")))??;
-        let nodes = match placement {
+        let (nodes, cap) = match placement {
             // Stored already: only if its shards are exactly these (nodes check every shard
             // against its hash on each read) do they hold this content.
-            Placement::Exists(meta)
+            Placement::Exists(meta, cap)
                 if meta.ec == self.codec.params()
                     && meta.len == data.len() as u64
                     && meta
@@ -195,14 +197,14 @@ impl BlockStore {
                         .eq(hashes.iter().copied()) =>
             {
                 self.cache_insert(id, data);
-                return Ok(meta);
+                return Ok((meta, cap));
             }
-            Placement::Exists(_) => {
+            Placement::Exists(..) => {
                 warn!(block = %id, "the cluster's description of this block does not match its content; storing it again");
                 self.place_more(id, data.len() as u64, shards.len(), Vec::new())
                     .await?
             }
-            Placement::Place(nodes) => nodes,
+            Placement::Place(nodes, cap) => (nodes, cap),
         };
         if nodes.len() != shards.len() {
             return Err(Error::Protocol(format!(
@@ -213,7 +215,7 @@ impl BlockStore {
         }
         let shard_len = shards[0].len();
         let nodes = self
-            .store_shards(id, data.len() as u64, &shards, &hashes, nodes, give_up)
+            .store_shards(id, cap, data.len() as u64, &shards, &hashes, nodes, give_up)
             .await?;
         let meta = BlockMeta {
             id,
@@ -227,14 +229,16 @@ impl BlockStore {
                 .collect(),
         };
         self.cache_insert(id, data);
-        Ok(meta)
+        Ok((meta, cap))
     }
 
     /// Send shard i to `nodes[i]`, re-placing shards whose upload fails or stalls, until every
     /// shard is stored on a distinct node; returns the node of each.
+    #[allow(clippy::too_many_arguments)]
     async fn store_shards(
         self: &Arc<Self>,
         id: BlockId,
+        cap: Cap,
         len: u64,
         shards: &[Bytes],
         hashes: &[[u8; 32]],
@@ -250,7 +254,7 @@ impl BlockStore {
             let (this, shard, hash) = (self.clone(), shards[i].clone(), hashes[i]);
             let (task, handle) = futures::future::abortable(async move {
                 let t = Instant::now();
-                let r = this.put_shard(node, id, i as u8, hash, shard).await;
+                let r = this.put_shard(node, id, cap, i as u8, hash, shard).await;
                 (r, t.elapsed())
             });
             (aid, handle, task.map(move |r| (i, aid, node, r)))
@@ -288,7 +292,7 @@ impl BlockStore {
                         self.health.failed(n, "upload stalled");
                     }
                     match self.place_more(id, len, need.len(), up.holding()).await {
-                        Ok(more) => {
+                        Ok((more, _)) => {
                             for (&i, node) in need.iter().zip(more) {
                                 debug!(block = %id, shard = i, %node, "shard placed again");
                                 let (aid, handle, task) = start(&mut up, i, node);
@@ -359,14 +363,15 @@ impl BlockStore {
         }
     }
 
-    /// `count` more nodes for block `id`, none in `holding`.
+    /// `count` more nodes for block `id`, none in `holding` (and the capability to store on
+    /// them).
     async fn place_more(
         &self,
         id: BlockId,
         len: u64,
         count: usize,
         holding: Vec<NodeId>,
-    ) -> Result<Vec<NodeId>> {
+    ) -> Result<(Vec<NodeId>, Cap)> {
         let req = MasterRequest::PlaceMore {
             block: id,
             len,
@@ -376,7 +381,7 @@ impl BlockStore {
         };
         match self.master.call(req).await? {
             MasterResponse::Placements(mut p) if p.len() == 1 => match p.remove(0) {
-                Placement::Place(nodes) if nodes.len() == count => Ok(nodes),
+                Placement::Place(nodes, cap) if nodes.len() == count => Ok((nodes, cap)),
                 other => Err(Error::Protocol(format!("unexpected placement {other:?}"))),
             },
             other => Err(unexpected(other)),
@@ -387,12 +392,18 @@ impl BlockStore {
         &self,
         node: NodeId,
         block: BlockId,
+        cap: Cap,
         index: u8,
         hash: [u8; 32],
         data: Bytes,
     ) -> Result<()> {
         let addr = self.addr(node).await?;
-        let req = NodeRequest::Put { block, index, hash };
+        let req = NodeRequest::Put {
+            block,
+            index,
+            hash,
+            cap,
+        };
         let timeout = self.cfg.shard_timeout + Duration::from_millis(data.len() as u64 / 1024);
         match self
             .dialer
@@ -412,6 +423,7 @@ impl BlockStore {
         &self,
         loc: &ShardLoc,
         block: BlockId,
+        cap: Cap,
         index: u8,
         dst: &mut [MaybeUninit<u8>],
     ) -> Result<()> {
@@ -420,6 +432,7 @@ impl BlockStore {
             block,
             index,
             range: None,
+            cap,
         };
         let size = dst.len();
         let t = Instant::now();
@@ -453,6 +466,7 @@ impl BlockStore {
     pub async fn get_range(
         self: &Arc<Self>,
         meta: &BlockMeta,
+        cap: Cap,
         lo: usize,
         hi: usize,
     ) -> Option<Vec<u8>> {
@@ -488,6 +502,7 @@ impl BlockStore {
                     block: id,
                     index: i as u8,
                     range: Some((off as u32, len as u32)),
+                    cap,
                 };
                 // The node reads its whole shard: give it the time that takes, no more (a
                 // range read that fails falls back to a hedged whole-block read).
@@ -517,7 +532,8 @@ impl BlockStore {
 
     /// The content of a block, from the cache or the nodes. Concurrent reads of one block share
     /// one fetch.
-    pub async fn get(self: &Arc<Self>, meta: &BlockMeta) -> Result<Arc<Vec<u8>>> {
+    /// `cap`: this mount's capability to read it.
+    pub async fn get(self: &Arc<Self>, meta: &BlockMeta, cap: Cap) -> Result<Arc<Vec<u8>>> {
         if let Some(d) = self.cached(&meta.id) {
             return Ok(d);
         }
@@ -528,7 +544,7 @@ impl BlockStore {
                     let this = self.clone();
                     let meta = meta.clone();
                     async move {
-                        let r = this.fetch(&meta).await;
+                        let r = this.fetch(&meta, cap).await;
                         this.fetching
                             .lock()
                             .expect("fetching lock")
@@ -550,7 +566,7 @@ impl BlockStore {
     }
 
     /// Start fetching a block into the cache without waiting for it.
-    pub fn prefetch(self: &Arc<Self>, meta: BlockMeta) {
+    pub fn prefetch(self: &Arc<Self>, meta: BlockMeta, cap: Cap) {
         if self.cached(&meta.id).is_some()
             || self
                 .fetching
@@ -562,13 +578,13 @@ impl BlockStore {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.get(&meta).await {
+            if let Err(e) = this.get(&meta, cap).await {
                 debug!(block = %meta.id, "read-ahead failed: {e}");
             }
         });
     }
 
-    async fn fetch(self: &Arc<Self>, meta: &BlockMeta) -> Result<Arc<Vec<u8>>> {
+    async fn fetch(self: &Arc<Self>, meta: &BlockMeta, cap: Cap) -> Result<Arc<Vec<u8>>> {
         // Checked before anything is allocated for it: the description came from the master,
         // which got it from some client.
         meta.check_shape()
@@ -585,7 +601,12 @@ impl BlockStore {
         let mut excluded: Vec<usize> = Vec::new();
         for attempt in 0..2 {
             let got = self
-                .collect(meta, &excluded, &mut block.spare_capacity_mut()[..k * size])
+                .collect(
+                    meta,
+                    cap,
+                    &excluded,
+                    &mut block.spare_capacity_mut()[..k * size],
+                )
                 .await?;
             if got.data_ok.iter().all(|ok| *ok) {
                 // SAFETY: every data shard's region of the spare capacity was filled.
@@ -654,6 +675,7 @@ impl BlockStore {
     async fn collect(
         self: &Arc<Self>,
         meta: &BlockMeta,
+        cap: Cap,
         excluded: &[usize],
         data: &mut [MaybeUninit<u8>],
     ) -> Result<Collected> {
@@ -673,11 +695,14 @@ impl BlockStore {
             let region = regions.get_mut(i).and_then(Option::take);
             async move {
                 let r = match region {
-                    Some(dst) => this.get_shard(&loc, id, i as u8, dst).await.map(|()| None),
+                    Some(dst) => this
+                        .get_shard(&loc, id, cap, i as u8, dst)
+                        .await
+                        .map(|()| None),
                     None => {
                         let mut v = Vec::with_capacity(size);
                         let r = this
-                            .get_shard(&loc, id, i as u8, &mut v.spare_capacity_mut()[..size])
+                            .get_shard(&loc, id, cap, i as u8, &mut v.spare_capacity_mut()[..size])
                             .await;
                         r.map(|()| {
                             // SAFETY: get_shard filled all `size` bytes.

@@ -787,6 +787,8 @@ impl Core {
     pub(crate) async fn offline_replayed(&self, ino: Ino) {
         if let Some(of) = self.open_file(ino) {
             if let Ok((attr, slots)) = self.fetch_map(ino, true, 0).await {
+                // Opened offline, so the master did not count it until now.
+                of.held.fetch_add(1, Ordering::SeqCst);
                 of.st.lock().expect("file lock").reset(attr, slots);
             }
         }
@@ -1471,7 +1473,7 @@ impl Core {
         match slot {
             None => Ok(None),
             Some(s) => {
-                let d = self.blocks.get(&s.block).await?;
+                let d = self.blocks.get(&s.block, s.cap).await?;
                 if (s.used as usize) < d.len() {
                     Ok(Some(Arc::new(d[..s.used as usize].to_vec())))
                 } else {
@@ -1600,11 +1602,12 @@ impl Core {
                     st.inflight.remove(&idx);
                 }
                 match r {
-                    Ok(meta) => {
+                    Ok((meta, cap)) => {
                         let slot = Slot {
                             index: idx,
                             used: data.len() as u64,
                             block: meta,
+                            cap,
                         };
                         match st.pending.get(&idx) {
                             Some((p, _)) if *p > seq => st.superseded.push((seq, slot)),
@@ -2062,14 +2065,14 @@ impl Core {
                     // A random read of part of a block fetches only that part; sequential
                     // readers get whole blocks (and read-ahead).
                     let partial = if !nearby && b - a <= RANGE_READ_MAX && b - a < avail / 2 {
-                        self.blocks.get_range(&s.block, a, b).await
+                        self.blocks.get_range(&s.block, s.cap, a, b).await
                     } else {
                         None
                     };
                     match partial {
                         Some(p) => out.extend_from_slice(&p),
                         None => {
-                            let d = self.blocks.get(&s.block).await?;
+                            let d = self.blocks.get(&s.block, s.cap).await?;
                             let avail = d.len().min(s.used as usize);
                             if first == last && hi <= avail {
                                 whole = Some(ReadData::Slice(d, lo..hi));
@@ -2097,7 +2100,7 @@ impl Core {
             }
         };
         for s in ahead {
-            self.blocks.prefetch(s.block);
+            self.blocks.prefetch(s.block, s.cap);
         }
         Ok(whole.unwrap_or(ReadData::Owned(out)))
     }

@@ -121,6 +121,13 @@ enum TokenCmd {
         /// A client credential that may act as root (otherwise root is squashed to nobody).
         #[arg(long)]
         allow_root: bool,
+        /// The uids a client credential may act as, e.g. `1000-1999,3000` (default: any).
+        #[arg(long, value_name = "RANGES")]
+        uids: Option<shardfs_common::proto::IdRanges>,
+        /// The gids a client credential may act as (default: any); other supplementary
+        /// groups of a caller count for nothing.
+        #[arg(long, value_name = "RANGES")]
+        gids: Option<shardfs_common::proto::IdRanges>,
         #[command(flatten)]
         cred: AdminCred,
     },
@@ -308,9 +315,18 @@ fn main() -> ExitCode {
                     role,
                     ttl,
                     allow_root,
+                    uids,
+                    gids,
                     cred,
                 },
-        } => remote(&master, cred).and_then(|r| admin::create_token(&r, &role, ttl, allow_root)),
+        } => {
+            let users = shardfs_common::proto::Users {
+                uids: uids.unwrap_or_default(),
+                gids: gids.unwrap_or_default(),
+            };
+            remote(&master, cred)
+                .and_then(|r| admin::create_token(&r, &role, ttl, allow_root, users))
+        }
         Cmd::Credentials {
             cmd: CredCmd::List { master, json, cred },
         } => remote(&master, cred).and_then(|r| admin::list_credentials(&r, json)),

@@ -6,8 +6,11 @@ use shardfs_common::pki::{Credential, Identity, JoinToken};
 use shardfs_common::proto::{MasterRequest, MasterResponse, NodeRequest, NodeResponse};
 use shardfs_common::wire;
 
+/// A fuzz target: takes any bytes, must never panic.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the name is also the directory of its inputs).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
     ("shard", shard),
     ("journal", journal),

@@ -13,8 +13,9 @@
 use crate::meta::Meta;
 use crate::MasterError;
 use serde::{Deserialize, Serialize};
+use shardfs_common::cap::CapKey;
 use shardfs_common::pki::{self, Ca, Credential, Identity, JoinToken, Role};
-use shardfs_common::proto::{CredentialInfo, MasterRequest};
+use shardfs_common::proto::{CredentialInfo, MasterRequest, Users};
 use shardfs_common::wire::Peer;
 use shardfs_common::{Error, ErrorCode, NodeId};
 use std::collections::{HashMap, HashSet};
@@ -25,6 +26,10 @@ use tracing::{info, warn};
 
 const CRED: u8 = b'K';
 const TOKEN: u8 = b'J';
+/// The users a client credential may act as (only for credentials limited to some).
+const USERS: u8 = b'U';
+/// The same, for a token not used yet.
+const TOKEN_USERS: u8 = b'V';
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct CredentialRecord {
@@ -61,6 +66,9 @@ fn denied(msg: impl Into<String>) -> MasterError {
 
 pub struct Authority {
     ca: Ca,
+    /// The key of clients' capabilities for shard reads and writes (`cap.key`), which nodes
+    /// learn when they register.
+    pub cap_key: CapKey,
     /// The master's own credential (presented to every peer).
     pub own: Credential,
     records: Mutex<HashMap<String, CredentialRecord>>,
@@ -71,6 +79,10 @@ pub struct Authority {
     /// Unused join tokens by secret hash (a mirror of the `J` records); also read by the
     /// handshake's verifier. Tokens are taken under this lock (check, delete, issue).
     tokens: Arc<Mutex<HashMap<[u8; 32], TokenRecord>>>,
+    /// The users each limited client credential (by id) or unused token (by secret hash, hex)
+    /// may act as (mirrors of the `U` and `V` records); absent: any.
+    users: RwLock<HashMap<String, Users>>,
+    token_users: Mutex<HashMap<[u8; 32], Users>>,
 }
 
 impl Authority {
@@ -101,14 +113,28 @@ impl Authority {
                 tokens.insert(hash, t);
             }
         }
+        let users: HashMap<String, Users> = meta
+            .records::<Users>(USERS)?
+            .into_iter()
+            .map(|(k, u)| (String::from_utf8_lossy(&k).into_owned(), u))
+            .collect();
+        let token_users: HashMap<[u8; 32], Users> = meta
+            .records::<Users>(TOKEN_USERS)?
+            .into_iter()
+            .filter_map(|(k, u)| Some((<[u8; 32]>::try_from(&k[..]).ok()?, u)))
+            .collect();
+        let cap_key = CapKey::open_or_create(&dir.join("cap.key"))?;
         let auth = Authority {
             ca,
+            cap_key,
             own,
             records: Mutex::new(records),
             revoked: RwLock::new(revoked),
             last_seen: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             tokens: Arc::new(Mutex::new(tokens)),
+            users: RwLock::new(users),
+            token_users: Mutex::new(token_users),
         };
         let admin_path = dir.join("admin.cred");
         if made {
@@ -194,6 +220,19 @@ impl Authority {
                 .expect("credentials lock")
                 .get(&who.id)
                 .is_some_and(|r| r.allow_root)
+    }
+
+    /// The users credential `who` may act as (admins: anyone).
+    pub fn users(&self, who: &Identity) -> Users {
+        if who.role == Role::Admin {
+            return Users::default();
+        }
+        self.users
+            .read()
+            .expect("users lock")
+            .get(&who.id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// A new connection: a credential the cluster issued and did not revoke, or none (join).
@@ -293,9 +332,15 @@ impl Authority {
         role: Role,
         ttl_secs: u64,
         allow_root: bool,
+        users: Users,
     ) -> Result<(String, u64), MasterError> {
         if !matches!(role, Role::Node | Role::Client | Role::Admin) {
             return Err(Error::invalid(format!("no token can make a {role} credential")).into());
+        }
+        users.uids.check()?;
+        users.gids.check()?;
+        if role != Role::Client && !users.is_any() {
+            return Err(Error::invalid("only client credentials are limited to some users").into());
         }
         if ttl_secs == 0 || ttl_secs > MAX_TOKEN_TTL {
             return Err(Error::invalid(format!(
@@ -315,6 +360,13 @@ impl Authority {
         tokens.retain(|_, t| t.expires >= now());
         if tokens.len() >= 10_000 {
             return Err(Error::fs(ErrorCode::NoSpace, "too many unused join tokens").into());
+        }
+        if !users.is_any() {
+            meta.put_record(TOKEN_USERS, &hash, &users)?;
+            self.token_users
+                .lock()
+                .expect("token users lock")
+                .insert(hash, users);
         }
         meta.put_record(TOKEN, &hash, &rec)?;
         tokens.insert(hash, rec);
@@ -376,6 +428,19 @@ impl Authority {
         // never lets one be used twice.
         meta.delete_record(TOKEN, &hash)?;
         tokens.remove(&hash);
+        let users = self
+            .token_users
+            .lock()
+            .expect("token users lock")
+            .remove(&hash);
+        if let Some(u) = users {
+            meta.put_record(USERS, id.as_bytes(), &u)?;
+            meta.delete_record(TOKEN_USERS, &hash)?;
+            self.users
+                .write()
+                .expect("users lock")
+                .insert(id.clone(), u);
+        }
         self.record(meta, &id, tok.role, &host, tok.allow_root)?;
         info!(%who, %host, %peer, "credential issued");
         Ok((cert.to_vec(), self.ca.cert().to_vec()))
@@ -383,6 +448,7 @@ impl Authority {
 
     pub fn list(&self) -> Vec<CredentialInfo> {
         let seen = self.last_seen.lock().expect("last seen lock").clone();
+        let users = self.users.read().expect("users lock").clone();
         let records = self.records.lock().expect("credentials lock");
         let mut v: Vec<CredentialInfo> = records
             .iter()
@@ -394,6 +460,7 @@ impl Authority {
                 last_seen: seen.get(id).copied().unwrap_or(0),
                 revoked: r.revoked,
                 allow_root: r.allow_root,
+                users: users.get(id).cloned().unwrap_or_default(),
             })
             .collect();
         v.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));

@@ -19,6 +19,7 @@ pub mod sessions;
 use bytes::Bytes;
 use meta::{Changes, Meta};
 use nodes::Registry;
+use shardfs_common::cap::{self, Cap};
 use shardfs_common::dial::Dialer;
 use shardfs_common::ec::EcParams;
 use shardfs_common::error::RemoteError;
@@ -228,6 +229,14 @@ impl wire::Service for Master {
 }
 
 impl Master {
+    /// A capability over block `id` for the credential `from` speaks with.
+    fn cap(&self, from: &wire::Peer, rights: u8, id: &BlockId) -> Cap {
+        match &from.who {
+            Some(w) => self.auth.cap_key.grant(rights, &w.id, id),
+            None => Cap::default(),
+        }
+    }
+
     /// A commit that describes an already stored block differently: one of the two
     /// descriptions is false (content addressing makes honest ones identical). The new one is
     /// checked by a node; if true, it replaces the stored one (a forged description, committed
@@ -316,7 +325,8 @@ impl Master {
         }
         self.auth.authorize(&req, peer)?;
         let root_ok = peer.who.as_ref().is_some_and(|w| self.auth.allows_root(w));
-        let caller = match caller {
+        let acts_for_user = caller.is_some();
+        let mut caller = match caller {
             Some(c) if c.groups.len() > shardfs_common::proto::MAX_GROUPS => {
                 return Err(Error::invalid("too many supplementary groups").into())
             }
@@ -330,6 +340,9 @@ impl Master {
             None if root_ok => shardfs_common::proto::Caller::root(),
             None => shardfs_common::proto::Caller::nobody(),
         };
+        if let (true, Some(who)) = (acts_for_user, &peer.who) {
+            perms::within(&self.auth.users(who), who, &mut caller)?;
+        }
         perms::check(&self.meta, &caller, &mut req)?;
         Ok(req)
     }
@@ -562,10 +575,11 @@ impl Master {
                 role,
                 ttl_secs,
                 allow_root,
+                users,
             } => {
                 let (token, expires) = self
                     .auth
-                    .create_token(&self.meta, role, ttl_secs, allow_root)?;
+                    .create_token(&self.meta, role, ttl_secs, allow_root, users)?;
                 info!(by = %from, %role, ttl_secs, "join token made");
                 A::Token { token, expires }
             }
@@ -677,7 +691,10 @@ impl Master {
                 session,
                 access,
             } => {
-                let (attr, slots) = self.meta.open_file(ino)?;
+                let (attr, mut slots) = self.meta.open_file(ino)?;
+                for s in &mut slots {
+                    s.cap = self.cap(from, cap::READ, &s.block.id);
+                }
                 let write = access & shardfs_common::proto::ACCESS_WRITE != 0;
                 self.sessions.opened(&self.meta, session, ino, write);
                 A::Opened { attr, slots }
@@ -748,15 +765,12 @@ impl Master {
                 let mut out = Vec::with_capacity(blocks.len());
                 for (id, len) in blocks {
                     if let Some(meta) = self.meta.place_lookup(&id, &self.collecting)? {
-                        out.push(Placement::Exists(meta));
+                        out.push(Placement::Exists(meta, self.cap(from, cap::READ, &id)));
                     } else {
                         let need = shard_space(ec, len);
-                        out.push(Placement::Place(self.nodes.place(
-                            ec.total(),
-                            need,
-                            &[],
-                            &exclude,
-                        )?));
+                        let nodes = self.nodes.place(ec.total(), need, &[], &exclude)?;
+                        let cap = self.cap(from, cap::READ | cap::WRITE, &id);
+                        out.push(Placement::Place(nodes, cap));
                     }
                 }
                 A::Placements(out)
@@ -783,7 +797,8 @@ impl Master {
                 self.nodes.reported(&failing, peer);
                 let need = shard_space(ec, len);
                 let nodes = self.nodes.place(count as usize, need, &holding, &failing)?;
-                A::Placements(vec![Placement::Place(nodes)])
+                let cap = self.cap(from, cap::READ | cap::WRITE, &block);
+                A::Placements(vec![Placement::Place(nodes, cap)])
             }
             R::Commit {
                 ino,
@@ -939,7 +954,9 @@ impl Master {
             } => {
                 self.nodes
                     .register(&self.meta, id, addr, capacity, free, used, shards)?;
-                A::Ok
+                A::Registered {
+                    cap_key: self.auth.cap_key.bytes(),
+                }
             }
             R::Heartbeat {
                 id,

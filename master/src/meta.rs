@@ -1056,6 +1056,7 @@ impl Meta {
                 index,
                 used: s.used,
                 block: b.meta,
+                cap: Default::default(),
             });
         }
         Ok((rec.attr, out))

@@ -8,8 +8,9 @@
 
 use crate::meta::Meta;
 use crate::MasterError;
+use shardfs_common::pki::Identity;
 use shardfs_common::proto::{
-    Attr, Caller, FileKind, MasterRequest, SetAttr, ACCESS_READ, ACCESS_WRITE,
+    Attr, Caller, FileKind, MasterRequest, SetAttr, Users, ACCESS_READ, ACCESS_WRITE, NOBODY,
 };
 use shardfs_common::{Error, ErrorCode, Ino};
 
@@ -107,6 +108,26 @@ fn check_setattr(meta: &Meta, ino: Ino, set: &SetAttr, c: &Caller) -> Result<(),
             c.uid
         )));
     }
+    Ok(())
+}
+
+/// Keep caller `c` within the users credential `who` may act as: a uid or primary gid outside
+/// them is refused, supplementary groups outside them count for nothing. Nobody (what root
+/// is squashed to) is always allowed.
+pub fn within(users: &Users, who: &Identity, c: &mut Caller) -> Result<(), MasterError> {
+    if c.uid != NOBODY && !users.uids.contains(c.uid) {
+        return Err(not_permitted(format!(
+            "{who} may not act as uid {} (it may act as uids {})",
+            c.uid, users.uids
+        )));
+    }
+    if c.gid != NOBODY && !users.gids.contains(c.gid) {
+        return Err(not_permitted(format!(
+            "{who} may not act as gid {} (it may act as gids {})",
+            c.gid, users.gids
+        )));
+    }
+    c.groups.retain(|g| users.gids.contains(*g));
     Ok(())
 }
 

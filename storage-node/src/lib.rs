@@ -12,6 +12,7 @@
 pub mod store;
 
 use bytes::Bytes;
+use shardfs_common::cap::{self, Cap, CapKey};
 use shardfs_common::dial::Dialer;
 use shardfs_common::ec::Codec;
 use shardfs_common::error::RemoteError;
@@ -100,6 +101,8 @@ struct Node {
     id: NodeId,
     /// Credentials revoked cluster-wide (learnt from heartbeat answers).
     revoked: Arc<RwLock<HashSet<String>>>,
+    /// The key that checks clients' capabilities (learnt when registering with the master).
+    cap_key: Arc<RwLock<Option<CapKey>>>,
     store: Arc<ShardStore>,
     /// The address other nodes and the master know this node by.
     advertise: String,
@@ -108,8 +111,9 @@ struct Node {
 }
 
 impl Node {
-    /// Shard reads and writes come from mounts and (rebuilding) other nodes; deletes, scrubs
-    /// and rebuild orders only from the master.
+    /// Shard reads and writes come from mounts (for blocks the master gave them a capability
+    /// for), admins and (rebuilding) other nodes; deletes, scrubs and rebuild orders only from
+    /// the master.
     fn authorize(&self, req: &NodeRequest, peer: &wire::Peer) -> Result<(), Error> {
         let Some(who) = &peer.who else {
             return Err(Error::fs(ErrorCode::Permission, "no credential"));
@@ -131,12 +135,36 @@ impl Node {
             | NodeRequest::Rebuild { .. }
             | NodeRequest::Verify { .. } => &[Role::Master],
         };
-        if roles.contains(&who.role) {
+        if !roles.contains(&who.role) {
+            return Err(Error::fs(
+                ErrorCode::Permission,
+                format!("{who} may not send this request to a node"),
+            ));
+        }
+        let (block, cap, right) = match req {
+            NodeRequest::Put { block, cap, .. } => (block, cap, cap::WRITE),
+            NodeRequest::Get { block, cap, .. } => (block, cap, cap::READ),
+            _ => return Ok(()),
+        };
+        if who.role != Role::Client {
+            return Ok(());
+        }
+        let key = self.cap_key.read().expect("cap key lock");
+        let Some(key) = key.as_ref() else {
+            return Err(Error::fs(
+                ErrorCode::Unavailable,
+                "this node has not registered with the master yet",
+            ));
+        };
+        if key.allows(cap, right, &who.id, block) {
             Ok(())
         } else {
             Err(Error::fs(
                 ErrorCode::Permission,
-                format!("{who} may not send this request to a node"),
+                format!(
+                    "{who} has no capability to {} block {block}",
+                    if right == cap::WRITE { "store" } else { "read" }
+                ),
             ))
         }
     }
@@ -150,6 +178,10 @@ impl wire::Service for Node {
 
     fn error_response(e: RemoteError) -> NodeResponse {
         NodeResponse::Err(e)
+    }
+
+    fn check(&self, req: &NodeRequest, peer: &wire::Peer) -> Result<(), RemoteError> {
+        self.authorize(req, peer).map_err(|e| e.to_remote())
     }
 
     fn admit(&self, peer: &wire::Peer, _conn: &quinn::Connection) -> Result<(), String> {
@@ -166,23 +198,20 @@ impl wire::Service for Node {
         self: Arc<Self>,
         req: NodeRequest,
         bulk: ShardBuf,
-        peer: wire::Peer,
+        _peer: wire::Peer,
     ) -> (NodeResponse, Bytes) {
-        if let Err(e) = self.authorize(&req, &peer) {
-            warn!(%peer, "request refused: {e}");
-            return (NodeResponse::Err(e.to_remote()), Bytes::new());
-        }
         let store = self.store.clone();
         let result = match req {
-            NodeRequest::Put { block, index, hash } => {
-                tokio::task::spawn_blocking(move || store.put(&block, index, &hash, bulk))
-                    .await
-                    .map(|r| r.map(|()| (NodeResponse::Ok, Bytes::new())))
-            }
+            NodeRequest::Put {
+                block, index, hash, ..
+            } => tokio::task::spawn_blocking(move || store.put(&block, index, &hash, bulk))
+                .await
+                .map(|r| r.map(|()| (NodeResponse::Ok, Bytes::new()))),
             NodeRequest::Get {
                 block,
                 index,
                 range,
+                ..
             } => {
                 tokio::task::spawn_blocking(move || {
                     let (hash, data) = store.get(&block, index)?;
@@ -311,6 +340,7 @@ impl Node {
             block: id,
             index: i,
             range: None,
+            cap: Cap::default(),
         };
         let local = addr == self.advertise;
         let (hash, d) = if local {
@@ -451,6 +481,7 @@ impl Node {
                         block: id,
                         index: i,
                         hash,
+                        cap: Cap::default(),
                     };
                     match this
                         .peers
@@ -622,6 +653,7 @@ struct Heartbeats {
     interval: Duration,
     cred: Arc<Credential>,
     revoked: Arc<RwLock<HashSet<String>>>,
+    cap_key: Arc<RwLock<Option<CapKey>>>,
 }
 
 /// This node's credential (`node.cred` in its data directory), made on first start by
@@ -698,9 +730,11 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     info!(%id, %bound, data = %cfg.data_dir.display(), "storage node listening");
 
     let revoked = Arc::new(RwLock::new(HashSet::new()));
+    let cap_key = Arc::new(RwLock::new(None));
     let node = Arc::new(Node {
         id,
         revoked: revoked.clone(),
+        cap_key: cap_key.clone(),
         store: store.clone(),
         advertise: advertise.clone(),
         peers: Dialer::new(ALPN_NODE, &cred, Duration::from_secs(3))?,
@@ -713,6 +747,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
             interval: cfg.heartbeat,
             cred: cred.clone(),
             revoked,
+            cap_key,
         },
         store.clone(),
         shutdown.clone(),
@@ -832,6 +867,7 @@ async fn heartbeat_loop(
         interval,
         cred,
         revoked,
+        cap_key,
     } = hb;
     let endpoint = match net::client_endpoint(master.is_ipv6()) {
         Ok(e) => e,
@@ -906,10 +942,9 @@ async fn heartbeat_loop(
             )
             .await;
             match res {
-                Ok(Ok((MasterResponse::Ok, _))) => {
-                    if !registered {
-                        info!(%id, %master, "registered with master");
-                    }
+                Ok(Ok((MasterResponse::Registered { cap_key: k }, _))) => {
+                    *cap_key.write().expect("cap key lock") = Some(CapKey::from_bytes(k));
+                    info!(%id, %master, "registered with master");
                     registered = true;
                 }
                 Ok(Ok((MasterResponse::Revoked(ids), _))) => {

@@ -206,6 +206,7 @@ fn malformed_frames_get_an_error_and_the_servers_keep_serving() {
             block: shardfs_common::BlockId::of(b"x"),
             index: 0,
             hash: [0; 32],
+            cap: Default::default(),
         };
         let (resp, _) =
             wire::request::<_, NodeResponse>(&conn, &put, bytes::Bytes::from_static(b"data"), 0)

@@ -108,6 +108,20 @@ fn chain_of(
     (c.chain(), c.key())
 }
 
+/// Every node's address, by id, as the master lists them.
+async fn node_addrs(
+    cred: &Credential,
+    master: SocketAddr,
+) -> std::collections::HashMap<NodeId, SocketAddr> {
+    match call_master(cred, master, MasterRequest::Nodes).await {
+        Ok(MasterResponse::Nodes(n)) => n
+            .into_iter()
+            .map(|n| (n.id, n.addr.parse().unwrap()))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn refused_master(r: &Result<MasterResponse, String>) -> bool {
     matches!(r, Ok(MasterResponse::Err(e)) if e.code == shardfs_common::ErrorCode::Permission)
 }
@@ -325,6 +339,7 @@ fn nodes_join_once_per_token_under_their_own_id_and_revoked_ones_are_refused() {
         block: BlockId::of(b"nothing"),
         index: 0,
         range: None,
+        cap: Default::default(),
     };
     wait_until(
         Duration::from_secs(10),
@@ -377,6 +392,7 @@ fn each_role_sends_only_its_own_requests() {
                 role: Role::Admin,
                 ttl_secs: 60,
                 allow_root: false,
+                users: Default::default(),
             },
             MasterRequest::Credentials,
             MasterRequest::Revoke {
@@ -612,6 +628,77 @@ fn the_master_enforces_permissions_and_squashes_root_for_clients_that_bypass_the
         std::fs::read(mp.join("secret")).unwrap(),
         b"uid 1000's secret"
     );
+
+    // A credential limited to some users acts only as them.
+    let (ok, _, err) = c.admin_around(&["token", "create"], &["--role", "node", "--uids", "1000"]);
+    assert!(!ok && err.contains("client tokens"), "{err}");
+    let (ok, _, err) = c.admin_around(
+        &["token", "create"],
+        &["--role", "client", "--uids", "1999-1000"],
+    );
+    assert!(!ok && err.contains("empty"), "{err}");
+    let token = c.token("client", &["--uids", "1000-1999", "--gids", "1000-1999"]);
+    let limited = c.path("limited.cred").display().to_string();
+    let (ok, out, err) = c.admin_around(
+        &["credentials", "join"],
+        &["--token", &token, "--credentials", &limited],
+    );
+    assert!(ok, "{out}{err}");
+    let limited = Credential::load(&c.path("limited.cred")).unwrap();
+    rt.block_on(async {
+        let call = |req: MasterRequest| call_master(&limited, master, req);
+        let lookup = || MasterRequest::Lookup {
+            parent: 1,
+            name: b"secret".to_vec(),
+        };
+        let r = call(as_user(1000, lookup())).await;
+        let Ok(MasterResponse::Attr(secret)) = r else {
+            panic!("a uid within the credential's was refused: {r:?}")
+        };
+        let r = call(as_user(
+            1000,
+            MasterRequest::Open {
+                ino: secret.ino,
+                session: 0,
+                access: ACCESS_READ,
+            },
+        ))
+        .await;
+        assert!(matches!(r, Ok(MasterResponse::Opened { .. })), "{r:?}");
+        let r = call(as_user(2000, lookup())).await;
+        assert_eq!(
+            code_of(&r),
+            Some(ErrorCode::Permission),
+            "a uid outside the credential's was served: {r:?}"
+        );
+        let r = call(MasterRequest::As {
+            caller: shardfs_common::proto::Caller {
+                uid: 1000,
+                gid: 3000,
+                groups: vec![],
+            },
+            req: Box::new(lookup()),
+        })
+        .await;
+        assert_eq!(
+            code_of(&r),
+            Some(ErrorCode::Permission),
+            "a gid outside the credential's was served: {r:?}"
+        );
+        // Root is squashed to nobody, which is always allowed.
+        let r = call(as_user(0, lookup())).await;
+        assert!(matches!(r, Ok(MasterResponse::Attr(_))), "{r:?}");
+    });
+    let (ok, list, _) = c.admin_around(&["credentials", "list", "--json"], &[]);
+    assert!(ok);
+    let line = list
+        .lines()
+        .find(|l| l.contains(&limited.identity.id))
+        .unwrap();
+    assert!(
+        line.contains("\"uids\":\"1000-1999\"") && line.contains("\"gids\":\"1000-1999\""),
+        "{line}"
+    );
 }
 
 /// A client stores shards of other bytes and commits them under the id of content another
@@ -632,10 +719,7 @@ fn a_forged_block_description_cannot_poison_dedup() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let forge = |name: &str| {
         rt.block_on(async {
-            let nodes = match call_master(&attacker, master, MasterRequest::Nodes).await {
-                Ok(MasterResponse::Nodes(n)) => n,
-                other => panic!("{other:?}"),
-            };
+            let nodes = node_addrs(&attacker, master).await;
             let placed = match call_master(
                 &attacker,
                 master,
@@ -649,9 +733,31 @@ fn a_forged_block_description_cannot_poison_dedup() {
                 Ok(MasterResponse::Placements(mut p)) => p.remove(0),
                 other => panic!("{other:?}"),
             };
-            let on = match placed {
-                Placement::Place(n) => n,
-                Placement::Exists(m) => m.shards.iter().map(|l| l.node).collect(),
+            let (on, cap) = match placed {
+                Placement::Place(n, cap) => (n, cap),
+                // Stored already: a read capability only; ask for nodes to store it again, as a
+                // mount does whose content does not match the stored description.
+                Placement::Exists(..) => {
+                    let r = call_master(
+                        &attacker,
+                        master,
+                        MasterRequest::PlaceMore {
+                            block: id,
+                            len: victim_bytes.len() as u64,
+                            count: 3,
+                            holding: vec![],
+                            failing: vec![],
+                        },
+                    )
+                    .await;
+                    match r {
+                        Ok(MasterResponse::Placements(mut p)) => match p.remove(0) {
+                            Placement::Place(n, cap) => (n, cap),
+                            other => panic!("{other:?}"),
+                        },
+                        other => panic!("{other:?}"),
+                    }
+                }
             };
             let shards = Codec::new(ec).unwrap().encode(&garbage).unwrap();
             let d = shardfs_common::dial::Dialer::new(ALPN_NODE, &attacker, Duration::from_secs(5))
@@ -659,21 +765,15 @@ fn a_forged_block_description_cannot_poison_dedup() {
             let mut locs = Vec::new();
             for (i, (s, node)) in shards.iter().zip(&on).enumerate() {
                 let hash = shardfs_common::ids::shard_hash(s);
-                let addr: SocketAddr = nodes
-                    .iter()
-                    .find(|n| n.id == *node)
-                    .unwrap()
-                    .addr
-                    .parse()
-                    .unwrap();
                 let req = NodeRequest::Put {
                     block: id,
                     index: i as u8,
                     hash,
+                    cap,
                 };
                 let (r, _) = d
                     .call::<_, NodeResponse>(
-                        addr,
+                        nodes[node],
                         &req,
                         Bytes::from(s.clone()),
                         0,
@@ -732,4 +832,173 @@ fn a_forged_block_description_cannot_poison_dedup() {
     );
     let log = std::fs::read_to_string(c.path("logs/master.log")).unwrap();
     assert!(log.contains("replaced by a verified one"), "{log}");
+}
+
+/// The first slot of file `name` (in the root directory), as the master maps it for `cred`.
+async fn first_slot(
+    cred: &Credential,
+    master: SocketAddr,
+    name: &str,
+) -> shardfs_common::proto::Slot {
+    let r = call_master(
+        cred,
+        master,
+        MasterRequest::Lookup {
+            parent: 1,
+            name: name.as_bytes().to_vec(),
+        },
+    )
+    .await;
+    let Ok(MasterResponse::Attr(a)) = r else {
+        panic!("{r:?}")
+    };
+    let r = call_master(
+        cred,
+        master,
+        MasterRequest::Open {
+            ino: a.ino,
+            session: 0,
+            access: shardfs_common::proto::ACCESS_READ,
+        },
+    )
+    .await;
+    let Ok(MasterResponse::Opened { slots, .. }) = r else {
+        panic!("{r:?}")
+    };
+    slots.into_iter().next().expect("a block")
+}
+
+/// Nodes take a client's shard reads and writes only with a capability from the master: for
+/// that block, that credential and that right.
+#[test]
+fn nodes_serve_clients_only_the_blocks_the_master_gave_them() {
+    use shardfs_common::cap::{self, Cap};
+    use shardfs_common::proto::Placement;
+    use shardfs_common::ErrorCode;
+    let mut c = Cluster::start(3, "2+1");
+    let master: SocketAddr = c.master_addr().parse().unwrap();
+    let mp = c.mount("m");
+    let content = random_bytes(3, 1 << 20);
+    std::fs::write(mp.join("f"), &content).unwrap();
+    std::fs::write(mp.join("other"), b"another block").unwrap();
+    let mine = c.credential("client.cred");
+    let token = c.token("client", &[]);
+    let path = c.path("second.cred").display().to_string();
+    let (ok, out, err) = c.admin_around(
+        &["credentials", "join"],
+        &["--token", &token, "--credentials", &path],
+    );
+    assert!(ok, "{out}{err}");
+    let second = Credential::load(&c.path("second.cred")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let nodes = node_addrs(&mine, master).await;
+        let slot = first_slot(&second, master, "f").await;
+        let other = first_slot(&second, master, "other").await;
+        let theirs = first_slot(&mine, master, "f").await;
+        let loc = slot.block.shards[0].clone();
+        let d =
+            shardfs_common::dial::Dialer::new(ALPN_NODE, &second, Duration::from_secs(5)).unwrap();
+        let at = nodes[&loc.node];
+        let get = |cap: Cap| {
+            let d = &d;
+            let req = NodeRequest::Get {
+                block: slot.block.id,
+                index: 0,
+                range: None,
+                cap,
+            };
+            async move {
+                d.call::<_, NodeResponse>(at, &req, Bytes::new(), 1 << 20, Duration::from_secs(5))
+                    .await
+                    .map(|(r, _)| r)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let refused = |r: &Result<NodeResponse, String>, why: &str| {
+            assert!(
+                matches!(r, Ok(NodeResponse::Err(e)) if e.code == ErrorCode::Permission),
+                "{why}: {r:?}"
+            );
+        };
+        // With the capability the master gave it with the block map: served.
+        let r = get(slot.cap).await;
+        assert!(
+            matches!(&r, Ok(NodeResponse::Shard { hash }) if *hash == loc.hash),
+            "{r:?}"
+        );
+        // Without one, with another block's, or with another credential's: refused.
+        refused(
+            &get(Cap::default()).await,
+            "a read with no capability was served",
+        );
+        refused(
+            &get(other.cap).await,
+            "a read with another block's capability was served",
+        );
+        refused(
+            &get(theirs.cap).await,
+            "a read with another credential's capability was served",
+        );
+        // A read capability does not store; a placement's capability does.
+        let shard = random_bytes(4, 1000);
+        let hash = shardfs_common::ids::shard_hash(&shard);
+        let fresh = BlockId::of(b"a block of its own");
+        let put = |block: BlockId, cap: Cap| NodeRequest::Put {
+            block,
+            index: 0,
+            hash,
+            cap,
+        };
+        let send = |req: NodeRequest| {
+            let (d, shard) = (&d, shard.clone());
+            async move {
+                d.call::<_, NodeResponse>(at, &req, Bytes::from(shard), 0, Duration::from_secs(5))
+                    .await
+                    .map(|(r, _)| r)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        refused(
+            &send(put(fresh, Cap::default())).await,
+            "a write with no capability was stored",
+        );
+        refused(
+            &send(put(slot.block.id, slot.cap)).await,
+            "a write with a read capability was stored",
+        );
+        let forged = Cap {
+            rights: cap::READ | cap::WRITE,
+            ..slot.cap
+        };
+        refused(
+            &send(put(slot.block.id, forged)).await,
+            "a write with a read capability claiming more rights was stored",
+        );
+        let r = call_master(
+            &second,
+            master,
+            MasterRequest::Place {
+                blocks: vec![(fresh, 1000)],
+                exclude: vec![],
+            },
+        )
+        .await;
+        let Ok(MasterResponse::Placements(p)) = r else {
+            panic!("{r:?}")
+        };
+        let Placement::Place(_, placed) = p[0] else {
+            panic!("{p:?}")
+        };
+        let r = send(put(fresh, placed)).await;
+        assert!(matches!(r, Ok(NodeResponse::Ok)), "{r:?}");
+        d.close();
+    });
+    // The mount, using its capabilities throughout, still reads everything back.
+    let fresh = c.mount_with("fresh", &["--cache-mib", "0"]);
+    assert!(std::fs::read(fresh.join("f")).unwrap() == content);
+    let log = std::fs::read_to_string(c.path("logs/node0.log")).unwrap()
+        + &std::fs::read_to_string(c.path("logs/node1.log")).unwrap()
+        + &std::fs::read_to_string(c.path("logs/node2.log")).unwrap();
+    assert!(log.contains("has no capability"), "no refusal logged");
 }

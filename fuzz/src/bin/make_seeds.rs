@@ -37,7 +37,7 @@ fn main() {
             .collect(),
     };
     let now = Timespec::now();
-    let reqs = vec![
+    let reqs = [
         MasterRequest::Cluster,
         MasterRequest::Lookup {
             parent: 1,
@@ -80,17 +80,30 @@ fn main() {
     for (i, r) in reqs.iter().enumerate() {
         write("frame", &format!("master-{i}"), &frame(r));
     }
-    write("frame", "node-put", &frame(&NodeRequest::Put {
-        block: meta.id,
-        index: 0,
-        hash: [1; 32],
-    }));
-    write("frame", "node-rebuild", &frame(&NodeRequest::Rebuild {
-        block: meta.clone(),
-        sources: vec![(0, "127.0.0.1:1".into())],
-        rebuild: vec![(1, "127.0.0.1:2".into())],
-    }));
-    write("frame", "response", &frame(&MasterResponse::Revoked(vec!["client-1".into()])));
+    write(
+        "frame",
+        "node-put",
+        &frame(&NodeRequest::Put {
+            block: meta.id,
+            index: 0,
+            hash: [1; 32],
+            cap: Default::default(),
+        }),
+    );
+    write(
+        "frame",
+        "node-rebuild",
+        &frame(&NodeRequest::Rebuild {
+            block: meta.clone(),
+            sources: vec![(0, "127.0.0.1:1".into())],
+            rebuild: vec![(1, "127.0.0.1:2".into())],
+        }),
+    );
+    write(
+        "frame",
+        "response",
+        &frame(&MasterResponse::Revoked(vec!["client-1".into()])),
+    );
     let _ = wire::MAX_BULK;
 
     let content = b"shard content".to_vec();
@@ -122,6 +135,7 @@ fn main() {
             index: 0,
             used: meta.len,
             block: meta,
+            cap: Default::default(),
         }],
         content: b"line 1\nline 2\n".to_vec(),
     };
@@ -137,7 +151,9 @@ fn main() {
     write("merge_doc", "two-lines", &doc.save());
 
     let ca = Ca::create().unwrap();
-    let cred = ca.credential(&Identity::new(Role::Client, "client-1")).unwrap();
+    let cred = ca
+        .credential(&Identity::new(Role::Client, "client-1"))
+        .unwrap();
     write("credential", "pem", cred.to_pem().as_bytes());
     write("credential", "cert", &cred.cert);
     let token = JoinToken {
