@@ -17,7 +17,8 @@
 //! | `X` node-id                       | the node is being drained (value: unix seconds since) |
 //! | `A` ino name                      | extended attribute value                |
 //! | `O` ino                           | unlinked file still open on some mount (an orphan) |
-//! | `M` session-id                    | a mount session was open (claims its locks after a restart) |
+//! | `M` session-id                    | a mount session was open (value: its credential; claims its locks after a restart) |
+//! | `W` session-id ino                | the session has the file open for writing (so a claim after a restart is checked) |
 //! | `T` ino                           | merge document of a text file edited concurrently (see `merge`) |
 //! | `K` credential-id                 | a credential the CA issued: role, host, created, revoked (see `credentials`) |
 //! | `J` blake3(token secret)          | an unused join token: role, expiry                   |
@@ -219,6 +220,10 @@ fn k_merge(ino: Ino) -> Vec<u8> {
 
 fn k_session(id: u64) -> Vec<u8> {
     key(b'M', &[&id.to_be_bytes()])
+}
+
+fn k_write(session: u64, ino: Ino) -> Vec<u8> {
+    key(b'W', &[&session.to_be_bytes(), &ino.to_be_bytes()])
 }
 
 /// Linux's limits: XATTR_NAME_MAX and XATTR_SIZE_MAX.
@@ -1687,22 +1692,67 @@ impl Meta {
     }
 
     /// Record that mount session `id` is open (`open`) or over.
-    pub fn record_session(&self, id: u64, open: bool) -> Result<(), MasterError> {
+    /// Record that session `id` is open for credential `owner` with `writes` open for writing,
+    /// or (None) that it ended.
+    pub fn record_session(&self, id: u64, open: Option<(&str, &[Ino])>) -> Result<(), MasterError> {
         let mut b = WriteBatch::default();
-        if open {
-            b.put(k_session(id), [VERSION]);
-        } else {
-            b.delete(k_session(id));
+        for k in self.keys(&key(b'W', &[&id.to_be_bytes()]))? {
+            b.delete(k);
+        }
+        match open {
+            Some((owner, writes)) => {
+                let mut v = vec![VERSION];
+                v.extend_from_slice(owner.as_bytes());
+                b.put(k_session(id), v);
+                for &ino in writes {
+                    b.put(k_write(id, ino), [VERSION]);
+                }
+            }
+            None => b.delete(k_session(id)),
         }
         self.write(b)
     }
 
-    /// Sessions open when the master last stopped.
-    pub fn recorded_sessions(&self) -> Result<Vec<u64>, MasterError> {
+    /// Sessions open when the master last stopped, with the credential of each ("" if the
+    /// record predates owners).
+    pub fn recorded_sessions(&self) -> Result<Vec<(u64, String)>, MasterError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(b"M") {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(b"M") {
+                break;
+            }
+            let Some(id) = k.get(1..9).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            let owner = String::from_utf8_lossy(v.get(1..).unwrap_or_default()).into_owned();
+            out.push((u64::from_be_bytes(id), owner));
+        }
+        Ok(out)
+    }
+
+    /// Record that session `session` has (or no longer has) `ino` open for writing.
+    pub fn record_write(&self, session: u64, ino: Ino, open: bool) -> Result<(), MasterError> {
+        let mut b = WriteBatch::default();
+        match open {
+            true => b.put(k_write(session, ino), [VERSION]),
+            false => b.delete(k_write(session, ino)),
+        }
+        // In the WAL, not synced: an open for writing must stay cheap. It survives the
+        // master's crash, not always a power loss (docs/SECURITY.md).
+        self.db.write(b).map_err(db_err)
+    }
+
+    /// Every (session, file) open for writing when the master last stopped.
+    pub fn recorded_writes(&self) -> Result<HashSet<(u64, Ino)>, MasterError> {
         Ok(self
-            .keys(b"M")?
+            .keys(b"W")?
             .iter()
-            .filter_map(|k| Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+            .filter_map(|k| {
+                let s = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+                let i = Ino::from_be_bytes(k.get(9..17)?.try_into().ok()?);
+                Some((s, i))
+            })
             .collect())
     }
 

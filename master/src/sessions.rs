@@ -46,8 +46,11 @@ struct Inner {
 pub struct Sessions {
     lease: Duration,
     started: Instant,
-    /// Sessions open before a restart that have not come back yet.
-    returning: Mutex<HashSet<u64>>,
+    /// Sessions open before a restart that have not come back yet, with their credentials.
+    returning: Mutex<HashMap<u64, String>>,
+    /// Files each session had open for writing before a restart (the `W` records): a claim
+    /// of a write open after a restart is taken only if it is on record.
+    recorded_writes: Mutex<HashSet<(u64, Ino)>>,
     inner: Mutex<Inner>,
     /// Woken whenever a lock is released, so waiting lock requests look again.
     released: Notify,
@@ -71,6 +74,10 @@ impl Sessions {
             lease,
             started: Instant::now(),
             returning: Mutex::new(returning.into_iter().collect()),
+            recorded_writes: Mutex::new(meta.recorded_writes().unwrap_or_else(|e| {
+                warn!("cannot read the recorded write opens: {e}");
+                HashSet::new()
+            })),
             inner: Mutex::new(Inner {
                 sessions: HashMap::new(),
                 peers: HashMap::new(),
@@ -115,10 +122,23 @@ impl Sessions {
             mountpoint,
             last_seen: Instant::now(),
             opens: HashMap::new(),
-            // Claimed after a restart: the master's record of who opened what for writing did
-            // not survive it, so the mount's word is taken (see docs/SECURITY.md).
-            writes: opens.iter().copied().collect(),
+            writes: HashSet::new(),
         };
+        // A claimed write open counts if this master saw it (the session was open here) or
+        // recorded it before a restart; otherwise the file is open for reading only.
+        {
+            let recorded = self.recorded_writes.lock().expect("recorded writes lock");
+            s.writes = opens
+                .iter()
+                .copied()
+                .filter(|ino| {
+                    old.as_ref().is_some_and(|o| o.writes.contains(ino))
+                        || recorded.contains(&(id, *ino))
+                })
+                .collect();
+        }
+        let writes: Vec<Ino> = s.writes.iter().copied().collect();
+        let unclaimed_writes = opens.len() - writes.len();
         for ino in opens {
             if s.opens.insert(ino, 1).is_none()
                 && !old.as_ref().is_some_and(|o| o.opens.contains_key(&ino))
@@ -142,6 +162,7 @@ impl Sessions {
             mountpoint = %s.mountpoint,
             files = s.opens.len(),
             lost_locks = lost,
+            unrecorded_writes = unclaimed_writes,
             "mount session opened"
         );
         let stale: Vec<Ino> = old
@@ -158,7 +179,11 @@ impl Sessions {
         g.peers.insert(peer, id);
         drop(g);
         self.returning.lock().expect("returning lock").remove(&id);
-        if let Err(e) = meta.record_session(id, true) {
+        self.recorded_writes
+            .lock()
+            .expect("recorded writes lock")
+            .retain(|(s, _)| *s != id);
+        if let Err(e) = meta.record_session(id, Some((owner, &writes))) {
             warn!("cannot record session: {e}");
         }
         for ino in stale {
@@ -167,11 +192,19 @@ impl Sessions {
         id
     }
 
-    /// Whether credential `who` may use session `id`: the one that opened it (a session not
-    /// open now, such as one returning after a restart, is claimed by whoever opens it).
+    /// Whether credential `who` may use session `id`: the one that opened it, also for a
+    /// session returning after a restart (one recorded without its credential, or not known
+    /// at all, is anyone's).
     pub fn owned_by(&self, id: u64, who: &str) -> bool {
         let g = self.inner.lock().expect("sessions lock");
-        g.sessions.get(&id).is_none_or(|s| s.owner == who)
+        if let Some(s) = g.sessions.get(&id) {
+            return s.owner == who;
+        }
+        drop(g);
+        let returning = self.returning.lock().expect("returning lock");
+        returning
+            .get(&id)
+            .is_none_or(|owner| owner.is_empty() || owner == who)
     }
 
     /// Forget the sessions open before a restart that never came back.
@@ -181,10 +214,15 @@ impl Sessions {
             .lock()
             .expect("returning lock")
             .drain()
+            .map(|(id, _)| id)
             .collect();
+        self.recorded_writes
+            .lock()
+            .expect("recorded writes lock")
+            .clear();
         for id in gone {
             info!(session = %format!("{id:016x}"), "mount session did not come back after the restart");
-            let _ = meta.record_session(id, false);
+            let _ = meta.record_session(id, None);
         }
     }
 
@@ -247,8 +285,11 @@ impl Sessions {
                 meta.hold(ino);
             }
             *n = n.saturating_add(1);
-            if write {
-                s.writes.insert(ino);
+            if write && s.writes.insert(ino) {
+                drop(g);
+                if let Err(e) = meta.record_write(id, ino, true) {
+                    warn!(ino, "cannot record a write open: {e}");
+                }
             }
         }
     }
@@ -261,21 +302,28 @@ impl Sessions {
 
     /// Session `id` closed `opens` of its opens of `ino`; the last close lets the file go.
     pub fn closed(&self, meta: &Meta, id: u64, ino: Ino, opens: u32) -> Result<(), MasterError> {
-        let was_open = {
+        let (was_open, was_write) = {
             let mut g = self.inner.lock().expect("sessions lock");
-            g.sessions.get_mut(&id).is_some_and(|s| {
-                let Some(n) = s.opens.get_mut(&ino) else {
-                    return false;
-                };
-                *n = n.saturating_sub(opens);
-                if *n > 0 {
-                    return false;
-                }
-                s.opens.remove(&ino);
-                s.writes.remove(&ino);
-                true
-            })
+            match g.sessions.get_mut(&id) {
+                Some(s) => match s.opens.get_mut(&ino) {
+                    Some(n) => {
+                        *n = n.saturating_sub(opens);
+                        match *n {
+                            0 => {
+                                s.opens.remove(&ino);
+                                (true, s.writes.remove(&ino))
+                            }
+                            _ => (false, false),
+                        }
+                    }
+                    None => (false, false),
+                },
+                None => (false, false),
+            }
         };
+        if was_write {
+            meta.record_write(id, ino, false)?;
+        }
         if was_open {
             meta.unhold(ino)?;
         }
@@ -295,7 +343,7 @@ impl Sessions {
             self.released.notify_waiters();
         }
         self.returning.lock().expect("returning lock").remove(&id);
-        if let Err(e) = meta.record_session(id, false) {
+        if let Err(e) = meta.record_session(id, None) {
             warn!("cannot record the end of a session: {e}");
         }
         if let Some(s) = s {

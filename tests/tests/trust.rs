@@ -475,13 +475,23 @@ fn commit_request(
     slots: Vec<shardfs_common::proto::NewSlot>,
     size: u64,
 ) -> MasterRequest {
+    commit_in(0, ino, slots, size)
+}
+
+/// A commit on `session`, with no base.
+fn commit_in(
+    session: u64,
+    ino: u64,
+    slots: Vec<shardfs_common::proto::NewSlot>,
+    size: u64,
+) -> MasterRequest {
     MasterRequest::Commit {
         ino,
         slots,
         size,
         mtime: shardfs_common::proto::Timespec::now(),
         base: None,
-        session: 0,
+        session,
         seq: 0,
         cut: None,
         mergeable: false,
@@ -1001,4 +1011,105 @@ fn nodes_serve_clients_only_the_blocks_the_master_gave_them() {
         + &std::fs::read_to_string(c.path("logs/node1.log")).unwrap()
         + &std::fs::read_to_string(c.path("logs/node2.log")).unwrap();
     assert!(log.contains("has no capability"), "no refusal logged");
+}
+
+/// A mount's claim of session `id` with files `opens`, as after a master restart.
+fn claim(id: u64, opens: Vec<u64>) -> MasterRequest {
+    MasterRequest::SessionOpen {
+        id,
+        host: "h".into(),
+        user: "u".into(),
+        mountpoint: "/m".into(),
+        opens,
+        locks: vec![],
+    }
+}
+
+/// After a master restart a mount claims its session again with the files it has open. The
+/// claim counts only as far as the master recorded it: another credential cannot take the
+/// session, and a file opened for reading does not become writable by claiming it.
+#[test]
+fn claims_after_a_master_restart_are_checked_against_the_record() {
+    use shardfs_common::proto::{ACCESS_READ, ACCESS_WRITE};
+    use shardfs_common::ErrorCode;
+    let mut c = Cluster::start(3, "2+1");
+    let mp = c.mount("m");
+    std::fs::write(mp.join("mine"), b"uid 1000's file").unwrap();
+    std::fs::write(mp.join("theirs"), b"uid 2000's file").unwrap();
+    sh_ok(&format!(
+        "chown 1000:1000 {0}/mine && chown 2000:2000 {0}/theirs && chmod 644 {0}/mine {0}/theirs",
+        mp.display()
+    ));
+    let token = c.token("client", &[]);
+    let path = c.path("plain.cred").display().to_string();
+    let (ok, out, err) = c.admin_around(
+        &["credentials", "join"],
+        &["--token", &token, "--credentials", &path],
+    );
+    assert!(ok, "{out}{err}");
+    let plain = Credential::load(&c.path("plain.cred")).unwrap();
+    let other = c.credential("client.cred");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let at: SocketAddr = c.master_addr().parse().unwrap();
+    let (id, mine, theirs) = rt.block_on(async {
+        let id = open_session(&plain, at).await;
+        let ino = |name: &str| {
+            let req = as_user(
+                1000,
+                MasterRequest::Lookup {
+                    parent: 1,
+                    name: name.as_bytes().to_vec(),
+                },
+            );
+            let plain = &plain;
+            async move {
+                match call_master(plain, at, req).await {
+                    Ok(MasterResponse::Attr(a)) => a.ino,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let (mine, theirs) = (ino("mine").await, ino("theirs").await);
+        for (ino, access) in [(mine, ACCESS_WRITE), (theirs, ACCESS_READ)] {
+            let r = call_master(
+                &plain,
+                at,
+                as_user(
+                    1000,
+                    MasterRequest::Open {
+                        ino,
+                        session: id,
+                        access,
+                    },
+                ),
+            )
+            .await;
+            assert!(matches!(r, Ok(MasterResponse::Opened { .. })), "{r:?}");
+        }
+        (id, mine, theirs)
+    });
+    c.kill_master();
+    c.start_master();
+    let at: SocketAddr = c.master_addr().parse().unwrap();
+    rt.block_on(async {
+        let r = call_master(&other, at, claim(id, vec![mine, theirs])).await;
+        assert_eq!(
+            code_of(&r),
+            Some(ErrorCode::Permission),
+            "another credential took a session back after the restart: {r:?}"
+        );
+        let r = call_master(&plain, at, claim(id, vec![mine, theirs])).await;
+        assert!(matches!(r, Ok(MasterResponse::Session { .. })), "{r:?}");
+        let r = call_master(&plain, at, commit_in(id, theirs, vec![], 0)).await;
+        assert_eq!(
+            code_of(&r),
+            Some(ErrorCode::Access),
+            "a file opened for reading took a commit after it was claimed: {r:?}"
+        );
+        let r = call_master(&plain, at, commit_in(id, mine, vec![], 0)).await;
+        assert!(
+            matches!(r, Ok(MasterResponse::Attr(_))),
+            "a recorded write open was lost in the restart: {r:?}"
+        );
+    });
 }
