@@ -218,6 +218,18 @@ fn k_merge(ino: Ino) -> Vec<u8> {
     key(b'T', &[&ino.to_be_bytes()])
 }
 
+/// The first key after every key that starts with `prefix` (None: there is none).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 fn k_session(id: u64) -> Vec<u8> {
     key(b'M', &[&id.to_be_bytes()])
 }
@@ -522,6 +534,18 @@ impl Meta {
         }
     }
 
+    /// Keys from `start` on, up to the end of `prefix`: the upper bound lets RocksDB stop at
+    /// the prefix's end instead of walking over deleted keys after it (thousands of them after
+    /// a burst of short-lived records, on every scan that finds nothing more).
+    fn iter_within(&self, prefix: &[u8], start: &[u8]) -> rocksdb::DBIterator<'_> {
+        let mut ro = rocksdb::ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        self.db
+            .iterator_opt(IteratorMode::From(start, Direction::Forward), ro)
+    }
+
     fn scan<T: DeserializeOwned>(
         &self,
         prefix: &[u8],
@@ -529,10 +553,7 @@ impl Meta {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, T)>, MasterError> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator(IteratorMode::From(start, Direction::Forward))
-        {
+        for item in self.iter_within(prefix, start) {
             let (k, v) = item.map_err(db_err)?;
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
@@ -545,7 +566,7 @@ impl Meta {
     /// Every key starting with `prefix`, values not decoded.
     fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, MasterError> {
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(prefix) {
+        for item in self.iter_within(prefix, prefix) {
             let (k, _) = item.map_err(db_err)?;
             if !k.starts_with(prefix) {
                 break;
@@ -825,7 +846,7 @@ impl Meta {
 
     fn is_empty_dir(&self, ino: Ino) -> Result<bool, MasterError> {
         let p = k_dentry_prefix(ino);
-        let mut it = self.db.iterator(IteratorMode::From(&p, Direction::Forward));
+        let mut it = self.iter_within(&p, &p);
         match it.next() {
             Some(item) => Ok(!item.map_err(db_err)?.0.starts_with(&p)),
             None => Ok(true),
@@ -1717,7 +1738,7 @@ impl Meta {
     /// record predates owners).
     pub fn recorded_sessions(&self) -> Result<Vec<(u64, String)>, MasterError> {
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(b"M") {
+        for item in self.iter_within(b"M", b"M") {
             let (k, v) = item.map_err(db_err)?;
             if !k.starts_with(b"M") {
                 break;
@@ -1791,6 +1812,13 @@ fn db_err(e: rocksdb::Error) -> MasterError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_ends_before_the_next_prefix() {
+        assert_eq!(prefix_end(b"S\x01"), Some(b"S\x02".to_vec()));
+        assert_eq!(prefix_end(b"S\xff"), Some(b"T".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
     use shardfs_common::proto::ShardLoc;
 
     fn meta_for(id: BlockId) -> BlockMeta {
