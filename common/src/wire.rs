@@ -179,11 +179,16 @@ pub async fn read_frame_as<T: DeserializeOwned, B: BulkBuf>(
     max_bulk: usize,
 ) -> Result<(T, B)> {
     let (msg, blen) = read_head(recv, max_bulk).await?;
+    Ok((msg, read_body(recv, blen).await?))
+}
+
+/// The `blen` bulk bytes that follow a header (see [`read_head`]), into a new `B`.
+async fn read_body<B: BulkBuf>(recv: &mut RecvStream, blen: usize) -> Result<B> {
     let mut bulk = B::for_len(blen);
     read_bulk(recv, bulk.unfilled()).await?;
     // SAFETY: read_bulk initialised every byte of unfilled().
     unsafe { bulk.assume_filled() };
-    Ok((msg, bulk))
+    Ok(bulk)
 }
 
 /// Read one frame, refusing headers over [`MAX_HEADER`] and bulk over `max_bulk`.
@@ -360,10 +365,7 @@ async fn serve_stream<S: Service>(
         if let Err(e) = service.check(&req, &peer) {
             return Ok(Err(e));
         }
-        let mut bulk = S::Bulk::for_len(blen);
-        read_bulk(&mut recv, bulk.unfilled()).await?;
-        // SAFETY: read_bulk initialised every byte of unfilled().
-        unsafe { bulk.assume_filled() };
+        let bulk = read_body::<S::Bulk>(&mut recv, blen).await?;
         Ok(Ok((req, bulk)))
     })
     .await

@@ -150,6 +150,19 @@ impl Cluster {
         out.trim().to_string()
     }
 
+    /// A new client credential `name` (in the cluster dir), joined with a client token made
+    /// with `token_args` (e.g. `--uids 1000-1999`), as `shardfs credentials join` makes it.
+    pub fn join_client(&self, name: &str, token_args: &[&str]) -> shardfs_common::pki::Credential {
+        let token = self.token("client", token_args);
+        let path = self.path(name).display().to_string();
+        let (ok, out, err) = self.admin_around(
+            &["credentials", "join"],
+            &["--token", &token, "--credentials", &path],
+        );
+        assert!(ok, "credentials join failed: {out}{err}");
+        self.credential(name)
+    }
+
     /// The master's process id.
     pub fn master_pid(&self) -> u32 {
         self.master.as_ref().expect("master running").id()

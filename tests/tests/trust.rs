@@ -535,14 +535,7 @@ fn the_master_enforces_permissions_and_squashes_root_for_clients_that_bypass_the
         mp.display()
     ));
     // A client credential that does not allow root, used without a kernel.
-    let token = c.token("client", &[]);
-    let plain = c.path("plain.cred").display().to_string();
-    let (ok, out, err) = c.admin_around(
-        &["credentials", "join"],
-        &["--token", &token, "--credentials", &plain],
-    );
-    assert!(ok, "{out}{err}");
-    let cred = Credential::load(&c.path("plain.cred")).unwrap();
+    let cred = c.join_client("plain.cred", &[]);
     let root_cred = c.credential("client.cred");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -647,14 +640,10 @@ fn the_master_enforces_permissions_and_squashes_root_for_clients_that_bypass_the
         &["--role", "client", "--uids", "1999-1000"],
     );
     assert!(!ok && err.contains("empty"), "{err}");
-    let token = c.token("client", &["--uids", "1000-1999", "--gids", "1000-1999"]);
-    let limited = c.path("limited.cred").display().to_string();
-    let (ok, out, err) = c.admin_around(
-        &["credentials", "join"],
-        &["--token", &token, "--credentials", &limited],
+    let limited = c.join_client(
+        "limited.cred",
+        &["--uids", "1000-1999", "--gids", "1000-1999"],
     );
-    assert!(ok, "{out}{err}");
-    let limited = Credential::load(&c.path("limited.cred")).unwrap();
     rt.block_on(async {
         let call = |req: MasterRequest| call_master(&limited, master, req);
         let lookup = || MasterRequest::Lookup {
@@ -892,14 +881,7 @@ fn nodes_serve_clients_only_the_blocks_the_master_gave_them() {
     std::fs::write(mp.join("f"), &content).unwrap();
     std::fs::write(mp.join("other"), b"another block").unwrap();
     let mine = c.credential("client.cred");
-    let token = c.token("client", &[]);
-    let path = c.path("second.cred").display().to_string();
-    let (ok, out, err) = c.admin_around(
-        &["credentials", "join"],
-        &["--token", &token, "--credentials", &path],
-    );
-    assert!(ok, "{out}{err}");
-    let second = Credential::load(&c.path("second.cred")).unwrap();
+    let second = c.join_client("second.cred", &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let nodes = node_addrs(&mine, master).await;
@@ -1040,14 +1022,7 @@ fn claims_after_a_master_restart_are_checked_against_the_record() {
         "chown 1000:1000 {0}/mine && chown 2000:2000 {0}/theirs && chmod 644 {0}/mine {0}/theirs",
         mp.display()
     ));
-    let token = c.token("client", &[]);
-    let path = c.path("plain.cred").display().to_string();
-    let (ok, out, err) = c.admin_around(
-        &["credentials", "join"],
-        &["--token", &token, "--credentials", &path],
-    );
-    assert!(ok, "{out}{err}");
-    let plain = Credential::load(&c.path("plain.cred")).unwrap();
+    let plain = c.join_client("plain.cred", &[]);
     let other = c.credential("client.cred");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let at: SocketAddr = c.master_addr().parse().unwrap();
