@@ -29,6 +29,12 @@ impl EcParams {
         len.div_ceil(self.k as usize).max(1)
     }
 
+    /// The code of pieces of small writes beside this one: m + 1 full copies (one data shard,
+    /// m parity shards, which for k = 1 are copies of it), so they survive the same m failures.
+    pub fn replicated(&self) -> EcParams {
+        EcParams { k: 1, m: self.m }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.k == 0 || self.m == 0 || self.total() > 255 {
             return Err(Error::Config(format!(
@@ -93,6 +99,13 @@ impl Codec {
             s.extend_from_slice(&block[start..end]);
             s.resize(size, 0);
             shards.push(s);
+        }
+        if k == 1 {
+            // One data shard: every parity shard is a copy of it (all rows of the code are 1).
+            for _ in 0..self.params.m {
+                shards.push(shards[0].clone());
+            }
+            return Ok(shards);
         }
         for _ in 0..self.params.m {
             shards.push(vec![0u8; size]);
@@ -186,6 +199,24 @@ mod tests {
         codec.reconstruct(&mut v).unwrap();
         assert_eq!(v[1].as_ref(), Some(&shards[1]));
         assert_eq!(v[5].as_ref(), Some(&shards[5]));
+    }
+
+    #[test]
+    fn one_data_shard_is_replication() {
+        let p = EcParams::DEFAULT.replicated();
+        assert_eq!((p.k, p.m), (1, 2));
+        let c = Codec::new(p).unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let shards = c.encode(&data).unwrap();
+        assert!(shards.iter().all(|s| s == &data), "every shard is a copy");
+        // The code's own parity agrees with the copies: the Reed–Solomon rebuild of a lost
+        // copy from another is the same bytes.
+        for keep in 0..3 {
+            let mut v: Vec<Option<Vec<u8>>> = vec![None, None, None];
+            v[keep] = Some(data.clone());
+            c.reconstruct(&mut v).unwrap();
+            assert!(v.iter().all(|s| s.as_deref() == Some(&data[..])));
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dial;
 pub mod ec;
 pub mod error;
+pub mod extent;
 pub mod ids;
 pub mod join;
 pub mod locks;

@@ -8,13 +8,14 @@
 use crate::cap::Cap;
 use crate::ec::EcParams;
 use crate::error::RemoteError;
+use crate::extent::Extent;
 use crate::ids::{BlockId, Ino, NodeId};
 use crate::locks::{LockOwner, LockRange};
 pub use crate::pki::Role;
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const PROTOCOL_VERSION: u8 = 7;
+pub const PROTOCOL_VERSION: u8 = 8;
 /// ALPN of the master's service (clients and nodes connect to it).
 pub const ALPN_MASTER: &[u8] = b"shardfs-master/6";
 /// ALPN of a storage node's service.
@@ -192,13 +193,18 @@ impl BlockMeta {
         Ok(())
     }
 
-    /// Whether this is a description the cluster could have made: code `ec`, at most
-    /// `block_size` bytes, a consistent shape, one shard per node on distinct nodes. Anything
-    /// a client sends is checked with it before it is stored.
+    /// Whether this is a description the cluster could have made: code `ec` (or its
+    /// replicated form, m + 1 copies, for pieces), at most `block_size` bytes, a consistent
+    /// shape, one shard per node on distinct nodes. Anything a client sends is checked with
+    /// it before it is stored.
     pub fn check(&self, ec: EcParams, block_size: u64) -> crate::Result<()> {
         let bad = |why: String| Err(crate::Error::invalid(format!("block {}: {why}", self.id)));
-        if self.ec != ec {
-            return bad(format!("code {} is not the cluster's {ec}", self.ec));
+        if self.ec != ec && self.ec != ec.replicated() {
+            return bad(format!(
+                "code {} is neither the cluster's {ec} nor {}",
+                self.ec,
+                ec.replicated()
+            ));
         }
         if self.len > block_size {
             return bad(format!(
@@ -217,26 +223,69 @@ impl BlockMeta {
     }
 }
 
-/// Block `index` of a file (covering bytes `index * block_size ..`): the block, and how many of
-/// its bytes belong to the file (less than its length after a truncate; the rest reads as zeros).
+/// Block `index` of a file (covering bytes `index * block_size ..`): its base block (absent
+/// for a slot made only of small writes), how many of the base's bytes belong to the file (less
+/// than its length after a truncate; the rest reads as zeros), and the small writes laid over
+/// it (see [`crate::extent`]): each byte reads from the extent covering it, else the base.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
     pub index: u64,
     pub used: u64,
-    pub block: BlockMeta,
-    /// The holder's capability to read the block's shards (filled in by the master for the
-    /// credential it answers; not stored).
+    pub block: Option<BlockMeta>,
+    /// The holder's capability to read the base block's shards (filled in by the master for
+    /// the credential it answers; not stored).
     pub cap: Cap,
+    /// Sorted, disjoint, newer than the base.
+    pub extents: Vec<Extent>,
+    /// The pieces the extents refer to, each with the holder's capability to read it.
+    pub pieces: Vec<(BlockMeta, Cap)>,
 }
 
-/// A slot a client wants to commit: either a block it just stored (`meta` given), or a block the
-/// master already knows (`meta` None, found by id).
+impl Slot {
+    /// A slot holding just `block`.
+    pub fn whole(index: u64, used: u64, block: BlockMeta, cap: Cap) -> Slot {
+        Slot {
+            index,
+            used,
+            block: Some(block),
+            cap,
+            extents: Vec::new(),
+            pieces: Vec::new(),
+        }
+    }
+
+    /// The description of piece `id` and the capability to read it.
+    pub fn piece(&self, id: &BlockId) -> Option<&(BlockMeta, Cap)> {
+        self.pieces.iter().find(|(m, _)| m.id == *id)
+    }
+
+    /// Bytes of the base block that belong to the file.
+    pub fn base_len(&self) -> u64 {
+        self.block.as_ref().map_or(0, |b| b.len.min(self.used))
+    }
+
+    /// This slot as a commit sends it.
+    pub fn to_new(&self) -> NewSlot {
+        NewSlot {
+            index: self.index,
+            id: self.block.as_ref().map(|b| b.id),
+            used: self.used,
+            meta: self.block.clone(),
+            extents: self.extents.clone(),
+        }
+    }
+}
+
+/// A slot a client wants to commit: its base block, either one it just stored (`meta` given)
+/// or one the master already knows (`meta` None, found by id), or none; and its extents (the
+/// pieces they name: known to the master, or described in the commit's `pieces`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewSlot {
     pub index: u64,
-    pub id: BlockId,
+    pub id: Option<BlockId>,
     pub used: u64,
     pub meta: Option<BlockMeta>,
+    pub extents: Vec<Extent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -620,6 +669,8 @@ pub enum MasterRequest {
     /// Where to store new blocks (or that they exist already).
     Place {
         blocks: Vec<(BlockId, u64)>,
+        /// Pieces of small writes: stored as m + 1 full copies (the code 1+m), not k + m shards.
+        replicated: bool,
         /// Nodes the client just failed to reach: used only if there are not enough others,
         /// and avoided for every client's placements for a few seconds.
         exclude: Vec<NodeId>,
@@ -640,6 +691,9 @@ pub enum MasterRequest {
     Commit {
         ino: Ino,
         slots: Vec<NewSlot>,
+        /// Descriptions of the pieces the slots' extents name (the master keeps the one it
+        /// has for a piece it knows).
+        pieces: Vec<BlockMeta>,
         size: u64,
         mtime: Timespec,
         /// The content version the writer started from (None: no check). If the file has

@@ -64,6 +64,8 @@ type Fetch = Shared<BoxFuture<'static, std::result::Result<Arc<Vec<u8>>, String>
 pub struct BlockStore {
     master: Arc<MasterClient>,
     codec: Arc<Codec>,
+    /// The code of pieces of small writes: m + 1 full copies.
+    replica: Arc<Codec>,
     dialer: Dialer,
     cfg: BlockConfig,
     addrs: Mutex<HashMap<NodeId, SocketAddr>>,
@@ -104,9 +106,11 @@ impl BlockStore {
         codec: Arc<Codec>,
         cfg: BlockConfig,
     ) -> Result<Arc<Self>> {
+        let replica = Arc::new(Codec::new(codec.params().replicated())?);
         Ok(Arc::new(BlockStore {
             master,
             codec,
+            replica,
             dialer: Dialer::new(ALPN_NODE, cred, Duration::from_secs(2))?,
             cache: Mutex::new(Cache {
                 lru: LruCache::unbounded(),
@@ -170,13 +174,33 @@ impl BlockStore {
     /// [`MAX_TRIES`] times.
     /// Returns the block's description and this mount's capability to read it.
     pub async fn put(self: &Arc<Self>, data: Arc<Vec<u8>>) -> Result<(BlockMeta, Cap)> {
+        self.put_coded(data, false).await
+    }
+
+    /// Store a piece of small writes as m + 1 full copies on distinct nodes (same rules as
+    /// [`BlockStore::put`]: acknowledged only once every copy is durable).
+    pub async fn put_piece(self: &Arc<Self>, data: Arc<Vec<u8>>) -> Result<(BlockMeta, Cap)> {
+        self.put_coded(data, true).await
+    }
+
+    async fn put_coded(
+        self: &Arc<Self>,
+        data: Arc<Vec<u8>>,
+        replicated: bool,
+    ) -> Result<(BlockMeta, Cap)> {
+        let codec = match replicated {
+            true => self.replica.clone(),
+            false => self.codec.clone(),
+        };
         let d = data.clone();
         let id = tokio::task::spawn_blocking(move || BlockId::of(&d))
             .await
             .map_err(|e| Error::Unavailable(format!("hasher failed: {e}")))?;
         let give_up = Instant::now() + self.cfg.put_timeout;
-        let placement = self.place(id, data.len() as u64, give_up).await?;
-        let (d, codec) = (data.clone(), self.codec.clone());
+        let placement = self
+            .place(id, data.len() as u64, replicated, give_up)
+            .await?;
+        let (d, params) = (data.clone(), codec.params());
         let (shards, hashes) = tokio::task::spawn_blocking(move || {
             let shards: Vec<Bytes> = codec.encode(&d)?.into_iter().map(Bytes::from).collect();
             let hashes: Vec<[u8; 32]> = shards.iter().map(|s| shard_hash(s)).collect();
@@ -188,7 +212,7 @@ impl BlockStore {
             // Stored already: only if its shards are exactly these (nodes check every shard
             // against its hash on each read) do they hold this content.
             Placement::Exists(meta, cap)
-                if meta.ec == self.codec.params()
+                if meta.ec == params
                     && meta.len == data.len() as u64
                     && meta
                         .shards
@@ -215,11 +239,20 @@ impl BlockStore {
         }
         let shard_len = shards[0].len();
         let nodes = self
-            .store_shards(id, cap, data.len() as u64, &shards, &hashes, nodes, give_up)
+            .store_shards(
+                id,
+                cap,
+                data.len() as u64,
+                params.k,
+                &shards,
+                &hashes,
+                nodes,
+                give_up,
+            )
             .await?;
         let meta = BlockMeta {
             id,
-            ec: self.codec.params(),
+            ec: params,
             len: data.len() as u64,
             shard_size: shard_len as u32,
             shards: nodes
@@ -240,13 +273,14 @@ impl BlockStore {
         id: BlockId,
         cap: Cap,
         len: u64,
+        k: u8,
         shards: &[Bytes],
         hashes: &[[u8; 32]],
         nodes: Vec<NodeId>,
         give_up: Instant,
     ) -> Result<Vec<NodeId>> {
         let shard_len = shards[0].len();
-        let mut up = ShardUploads::new(self.codec.params().k as usize, shards.len());
+        let mut up = ShardUploads::new(k as usize, shards.len());
         let mut running = FuturesUnordered::new();
         let mut aborts: HashMap<u64, AbortHandle> = HashMap::new();
         let start = |up: &mut ShardUploads, i: usize, node: NodeId| {
@@ -345,10 +379,17 @@ impl BlockStore {
 
     /// Where to store a new block (or that the cluster has it), asking again while the master
     /// cannot place it (nodes coming and going) until `give_up`.
-    async fn place(&self, id: BlockId, len: u64, give_up: Instant) -> Result<Placement> {
+    async fn place(
+        &self,
+        id: BlockId,
+        len: u64,
+        replicated: bool,
+        give_up: Instant,
+    ) -> Result<Placement> {
         loop {
             let req = MasterRequest::Place {
                 blocks: vec![(id, len)],
+                replicated,
                 exclude: self.health.failing(),
             };
             match self.master.call(req).await {
@@ -489,45 +530,69 @@ impl BlockStore {
             parts.push((i, pos - i * size, end - pos));
             pos = end;
         }
-        let fetches = parts.iter().map(|&(i, off, len)| {
-            let loc = meta.shards[i].clone();
-            let this = self.clone();
-            let id = meta.id;
-            async move {
-                if this.health.is_failing(loc.node) {
-                    return None;
-                }
-                let addr = this.addr(loc.node).await.ok()?;
-                let req = NodeRequest::Get {
-                    block: id,
-                    index: i as u8,
-                    range: Some((off as u32, len as u32)),
-                    cap,
-                };
-                // The node reads its whole shard: give it the time that takes, no more (a
-                // range read that fails falls back to a hedged whole-block read).
-                let deadline = this.health.deadline(loc.node, size);
-                match this
-                    .dialer
-                    .call::<_, NodeResponse>(addr, &req, Bytes::new(), len, deadline)
-                    .await
-                {
-                    Ok((NodeResponse::Shard { hash }, d)) if hash == loc.hash && d.len() == len => {
-                        Some(d)
-                    }
-                    Ok(_) => None,
-                    Err(e) => {
-                        this.health.failed(loc.node, &e.to_string());
-                        None
-                    }
+        if k == 1 {
+            // A replicated piece: every shard is a full copy; try them in turn.
+            let mut order: Vec<usize> = (0..meta.shards.len()).collect();
+            order.sort_by_key(|&i| self.health.is_failing(meta.shards[i].node));
+            for i in order {
+                let got = self
+                    .range_of_shard(meta, cap, i, lo, hi - lo, size, true)
+                    .await;
+                if got.is_some() {
+                    return got;
                 }
             }
-        });
+            return None;
+        }
+        let fetches = parts
+            .iter()
+            .map(|&(i, off, len)| self.range_of_shard(meta, cap, i, off, len, size, false));
         let mut out = Vec::with_capacity(hi - lo);
         for d in futures::future::join_all(fetches).await {
             out.extend_from_slice(&d?);
         }
         Some(out)
+    }
+
+    /// Bytes `[off, off + len)` of shard `i` of a block (None if the node cannot give them;
+    /// `any`: try it even if its node failed lately).
+    #[allow(clippy::too_many_arguments)]
+    async fn range_of_shard(
+        self: &Arc<Self>,
+        meta: &BlockMeta,
+        cap: Cap,
+        i: usize,
+        off: usize,
+        len: usize,
+        size: usize,
+        any: bool,
+    ) -> Option<Vec<u8>> {
+        let loc = &meta.shards[i];
+        if self.health.is_failing(loc.node) && !any {
+            return None;
+        }
+        let addr = self.addr(loc.node).await.ok()?;
+        let req = NodeRequest::Get {
+            block: meta.id,
+            index: i as u8,
+            range: Some((off as u32, len as u32)),
+            cap,
+        };
+        // The node reads its whole shard: give it the time that takes, no more (a range read
+        // that fails falls back to a hedged whole-block read).
+        let deadline = self.health.deadline(loc.node, size);
+        match self
+            .dialer
+            .call::<_, NodeResponse>(addr, &req, Bytes::new(), len, deadline)
+            .await
+        {
+            Ok((NodeResponse::Shard { hash }, d)) if hash == loc.hash && d.len() == len => Some(d),
+            Ok(_) => None,
+            Err(e) => {
+                self.health.failed(loc.node, &e.to_string());
+                None
+            }
+        }
     }
 
     /// The content of a block, from the cache or the nodes. Concurrent reads of one block share

@@ -11,11 +11,13 @@
 
 use crate::blocks::{BlockConfig, BlockStore};
 use crate::master::{unexpected, MasterClient};
+use crate::pieces::{self, cut_slot, PieceJob, PIECE_MAX};
 use shardfs_common::ec::Codec;
+use shardfs_common::extent::{self, Sparse, MAX_EXTENTS};
 use shardfs_common::locks::LockTable;
 use shardfs_common::proto::{
-    conflicted_name, Attr, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest, MasterResponse,
-    NewSlot, SetAttr, Slot, Timespec, ACCESS_READ, ACCESS_WRITE,
+    conflicted_name, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest,
+    MasterResponse, NewSlot, SetAttr, Slot, Timespec, ACCESS_READ, ACCESS_WRITE,
 };
 use shardfs_common::{Error, Ino, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -163,6 +165,14 @@ struct FileState {
     /// Byte ranges of each dirty block written since it became dirty (merged, sorted).
     written: BTreeMap<u64, Vec<(usize, usize)>>,
     dirty_bytes: usize,
+    /// Small writes into blocks the cluster holds, kept apart instead of merged into a copy
+    /// of the whole block (see [`crate::pieces`]); a slot is in `dirty` or here, never both.
+    sparse: BTreeMap<u64, SparseSlot>,
+    /// Pieces stored since the last commit; the next commit names them all, so the master
+    /// also collects those whose bytes were overwritten before it saw them.
+    landed_pieces: Vec<BlockMeta>,
+    /// Raised by every truncate: a piece taken before it carries bytes that are gone.
+    epoch: u64,
     inflight: BTreeMap<u64, (u64, Arc<Vec<u8>>)>,
     pending: BTreeMap<u64, (u64, Slot)>,
     /// Uploaded blocks replaced by a newer upload of the same index before being committed.
@@ -197,6 +207,16 @@ struct FileState {
     /// the rewrite), which a merge would take for deleting every line.
     changes: u64,
     published: u64,
+}
+
+/// The small writes of one slot not yet stored.
+#[derive(Default)]
+struct SparseSlot {
+    data: Sparse,
+    /// Raised by every write into it.
+    gen: u64,
+    /// Being stored: the generation taken and how many pieces carry it.
+    taken: Option<(u64, u32)>,
 }
 
 /// This task's turn to flush a file; the next waiting flush goes on when it is dropped.
@@ -310,6 +330,9 @@ impl FileState {
             dirty: BTreeMap::new(),
             written: BTreeMap::new(),
             dirty_bytes: 0,
+            sparse: BTreeMap::new(),
+            landed_pieces: Vec::new(),
+            epoch: 0,
             inflight: BTreeMap::new(),
             pending: BTreeMap::new(),
             superseded: Vec::new(),
@@ -324,10 +347,98 @@ impl FileState {
     fn has_local_changes(&self) -> bool {
         self.meta_dirty
             || !self.dirty.is_empty()
+            || !self.sparse.is_empty()
             || !self.inflight.is_empty()
             || !self.pending.is_empty()
             || !self.superseded.is_empty()
             || self.running > 0
+    }
+
+    /// Uploaded content for slot `idx` (upload number `seq`): the slot to commit, unless a
+    /// newer upload of it landed first.
+    fn landed(&mut self, idx: u64, seq: u64, slot: Slot) {
+        let old = match self.pending.get(&idx) {
+            Some((p, _)) if *p > seq => Some((seq, slot)),
+            _ => self.pending.insert(idx, (seq, slot)),
+        };
+        // Committed just before its replacement, so the master knows (and collects) its
+        // block; its pieces need not be: every commit names the pieces stored since the last.
+        if let Some((seq, mut s)) = old.filter(|(_, s)| s.block.is_some()) {
+            s.extents.clear();
+            s.pieces.clear();
+            self.superseded.push((seq, s));
+        }
+    }
+
+    /// Pack the small writes not being stored yet into pieces: (upload number, epoch, job).
+    fn take_sparse(&mut self) -> Vec<(u64, u64, PieceJob)> {
+        let ready = self
+            .sparse
+            .iter()
+            .filter(|(_, sp)| sp.taken.is_none() && !sp.data.is_empty())
+            .map(|(i, sp)| (*i, &sp.data));
+        let jobs = pieces::pack(ready, PIECE_MAX);
+        // One upload number for all pieces of this take: they carry disjoint bytes and are
+        // laid in whatever order they land (a later-numbered sibling must not hide one).
+        self.seq += 1;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            for p in &job.parts {
+                let sp = self.sparse.get_mut(&p.idx).expect("packed from here");
+                sp.taken = Some(match sp.taken {
+                    Some((g, n)) => (g, n + 1),
+                    None => (sp.gen, 1),
+                });
+            }
+            self.running += 1;
+            out.push((self.seq, self.epoch, job));
+        }
+        out
+    }
+
+    /// A piece carrying slot `idx`'s small writes was stored (`stored`) or not: once the
+    /// last such piece is back, the buffer goes if nothing was written into it meanwhile.
+    fn piece_back(&mut self, idx: u64, stored: bool) {
+        let Some(sp) = self.sparse.get_mut(&idx) else {
+            return;
+        };
+        let Some((g, n)) = sp.taken else {
+            return;
+        };
+        if n > 1 {
+            sp.taken = Some((g, n - 1));
+            return;
+        }
+        sp.taken = None;
+        if stored && g == sp.gen {
+            let sp = self.sparse.remove(&idx).expect("present");
+            self.dirty_bytes -= sp.data.bytes();
+        }
+    }
+
+    /// Make slot `idx`'s small writes part of a whole copy of the block: `stored` (its
+    /// current content in the cluster) with the writes laid over it.
+    fn sparse_to_dirty(&mut self, idx: u64, stored: Option<Arc<Vec<u8>>>, bs: u64) {
+        if self.dirty.contains_key(&idx) {
+            return;
+        }
+        let sp = self.sparse.remove(&idx).unwrap_or_default();
+        let mut v = Vec::with_capacity(bs as usize);
+        if let Some(b) = stored {
+            v.extend_from_slice(&b);
+        }
+        let end = (sp.data.end() as usize).max(v.len());
+        v.resize(end, 0);
+        sp.data.apply(0, &mut v);
+        self.dirty_bytes = self.dirty_bytes - sp.data.bytes() + v.len();
+        let written = sp
+            .data
+            .ranges()
+            .iter()
+            .map(|(o, d)| (*o as usize, *o as usize + d.len()))
+            .collect();
+        self.written.insert(idx, written);
+        self.dirty.insert(idx, v);
     }
 
     /// Move block `idx` from dirty to inflight; returns what to upload.
@@ -346,17 +457,28 @@ impl FileState {
     fn truncate(&mut self, size: u64, bs: u64) {
         self.slots.retain(|&i, _| i * bs < size);
         for (&i, s) in self.slots.iter_mut() {
-            s.used = s.used.min(size - i * bs);
+            cut_slot(s, size - i * bs);
         }
         // Uploaded blocks not committed yet: what lies past the new end goes too.
         self.pending.retain(|&i, _| i * bs < size);
         for (&i, (_, s)) in self.pending.iter_mut() {
-            s.used = s.used.min(size - i * bs);
+            cut_slot(s, size - i * bs);
         }
         self.superseded.retain(|(_, s)| s.index * bs < size);
         for (_, s) in self.superseded.iter_mut() {
-            s.used = s.used.min(size - s.index * bs);
+            cut_slot(s, size - s.index * bs);
         }
+        self.epoch += 1;
+        for (&i, sp) in self.sparse.iter_mut() {
+            if i * bs + sp.data.end() as u64 > size {
+                let before = sp.data.bytes();
+                sp.data.cut(size.saturating_sub(i * bs).min(bs) as u32);
+                self.dirty_bytes -= before - sp.data.bytes();
+                sp.gen += 1;
+            }
+        }
+        self.sparse
+            .retain(|_, sp| !sp.data.is_empty() || sp.taken.is_some());
         self.inflight.retain(|&i, _| i * bs < size);
         for (&i, (_, d)) in self.inflight.iter_mut() {
             let keep = (size - i * bs) as usize;
@@ -398,6 +520,16 @@ fn mark_written(ranges: &mut Vec<(usize, usize)>, start: usize, end: usize, full
     }
     *ranges = merged;
     ranges.len() == 1 && ranges[0].0 == 0 && ranges[0].1 >= full
+}
+
+/// At most this many extents in one file (about 5 MiB of slot records to commit or open);
+/// past it the most fragmented slots are stored whole again.
+const COMMIT_EXTENTS_MAX: usize = 128 << 10;
+
+/// How many bytes of its block a stored slot holds (past them it reads as zeros).
+fn content_len(s: &Slot) -> usize {
+    let ext = s.extents.last().map_or(0, |e| e.end() as usize);
+    (s.base_len() as usize).max(ext)
 }
 
 /// Random reads up to this size fetch only the bytes asked for, not the whole block.
@@ -1472,8 +1604,13 @@ impl Core {
         };
         match slot {
             None => Ok(None),
+            Some(s) if !s.extents.is_empty() || s.block.is_none() => {
+                let len = content_len(&s);
+                Ok(Some(Arc::new(self.slot_bytes(&s, 0, len, false).await?)))
+            }
             Some(s) => {
-                let d = self.blocks.get(&s.block, s.cap).await?;
+                let b = s.block.as_ref().expect("checked");
+                let d = self.blocks.get(b, s.cap).await?;
                 if (s.used as usize) < d.len() {
                     Ok(Some(Arc::new(d[..s.used as usize].to_vec())))
                 } else {
@@ -1481,6 +1618,59 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Bytes `[lo, hi)` of a stored slot: its base block with its extents over it, zeros
+    /// where neither has bytes. `random`: a small read not part of a stream, which fetches
+    /// just the ranges it needs.
+    async fn slot_bytes(&self, s: &Slot, lo: usize, hi: usize, random: bool) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; hi - lo];
+        let over = extent::within(&s.extents, lo as u32, hi as u32);
+        let covered: usize = over.iter().map(|e| e.len as usize).sum();
+        let avail = s.base_len() as usize;
+        if let (Some(b), true) = (&s.block, covered < hi - lo && lo < avail) {
+            let (a, e) = (lo, hi.min(avail));
+            let part = match random && e - a <= RANGE_READ_MAX {
+                true => self.blocks.get_range(b, s.cap, a, e).await,
+                false => None,
+            };
+            match part {
+                Some(p) => out[..e - a].copy_from_slice(&p),
+                None => {
+                    let d = self.blocks.get(b, s.cap).await?;
+                    let e = e.min(d.len());
+                    out[..e.saturating_sub(a)].copy_from_slice(&d[a.min(e)..e]);
+                }
+            }
+        }
+        // A few ranges are fetched as ranges; many (a stream over a fragmented block) as whole
+        // pieces, which the block cache then keeps.
+        let ranged = over.len() <= 8;
+        let fetches = over.iter().map(|e| async move {
+            let (meta, cap) = s.piece(&e.piece).ok_or_else(|| {
+                Error::Protocol(format!("slot {}: piece {} not described", s.index, e.piece))
+            })?;
+            let (a, b) = (e.piece_off as usize, (e.piece_off + e.len) as usize);
+            if b as u64 > meta.len {
+                return Err(Error::Protocol(format!(
+                    "slot {}: extent past the end of piece {}",
+                    s.index, e.piece
+                )));
+            }
+            if ranged {
+                if let Some(p) = self.blocks.get_range(meta, *cap, a, b).await {
+                    return Ok::<_, Error>((e, p));
+                }
+            }
+            let d = self.blocks.get(meta, *cap).await?;
+            Ok((e, d[a..b].to_vec()))
+        });
+        for r in futures::future::join_all(fetches).await {
+            let (e, bytes) = r?;
+            let at = e.off as usize - lo;
+            out[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
+        Ok(out)
     }
 
     /// Write through handle `fh` on behalf of thread `pid` (0: unknown).
@@ -1515,28 +1705,80 @@ impl Core {
             let idx = off / bs;
             let within = (off % bs) as usize;
             let n = (bs as usize - within).min(data.len() - pos);
-            let present = of.st.lock().expect("file lock").dirty.contains_key(&idx);
-            if !present {
-                let whole = within == 0 && n == bs as usize;
-                let base = if whole {
-                    None
-                } else {
-                    self.stored_block(&of, idx).await?
-                };
+            let whole = within == 0 && n == bs as usize;
+            let sparse = {
                 let mut st = of.st.lock().expect("file lock");
-                st.journaled = false;
-                if !st.dirty.contains_key(&idx) {
-                    // Room for the whole block up front: no reallocation while it fills.
-                    let mut v = Vec::with_capacity(bs as usize);
-                    if let Some(b) = base {
-                        v.extend_from_slice(&b);
+                if whole {
+                    if let Some(sp) = st.sparse.remove(&idx) {
+                        st.dirty_bytes -= sp.data.bytes();
                     }
-                    st.dirty_bytes += v.len();
-                    st.dirty.insert(idx, v);
                 }
-            }
+                // A part of a block the cluster holds (and this mount has no copy of in
+                // memory) is kept as a small write, not merged into a fetched copy.
+                !whole
+                    && !st.dirty.contains_key(&idx)
+                    && (st.sparse.contains_key(&idx)
+                        || (!st.inflight.contains_key(&idx)
+                            && (st.pending.contains_key(&idx) || st.slots.contains_key(&idx))))
+            };
             let mut to_upload = Vec::new();
-            {
+            let mut pieces_out = Vec::new();
+            if sparse {
+                let convert = {
+                    let mut st = of.st.lock().expect("file lock");
+                    st.journaled = false;
+                    let sp = st.sparse.entry(idx).or_default();
+                    let before = sp.data.bytes();
+                    sp.data.write(within as u32, &data[pos..pos + n]);
+                    sp.gen += 1;
+                    let grown = sp.data.bytes() - before;
+                    let complete = sp.data.covers(0, bs as u32);
+                    // Mostly rewritten in pieces (not one stream from the start): cheaper as
+                    // a whole block than as many extents.
+                    let convert = !complete
+                        && sp.data.bytes() > bs as usize / 2
+                        && sp.data.ranges().len() > 1;
+                    st.dirty_bytes += grown;
+                    Self::note_write(&mut st, &h, off + n as u64, now);
+                    if complete {
+                        st.sparse_to_dirty(idx, None, bs);
+                        to_upload.extend(st.take_for_upload(idx).map(|(s, d)| (idx, s, d)));
+                    }
+                    convert
+                };
+                if convert {
+                    let stored = self.stored_block(&of, idx).await?;
+                    of.st
+                        .lock()
+                        .expect("file lock")
+                        .sparse_to_dirty(idx, stored, bs);
+                }
+            } else {
+                let present = of.st.lock().expect("file lock").dirty.contains_key(&idx);
+                if !present {
+                    let base = if whole {
+                        None
+                    } else {
+                        self.stored_block(&of, idx).await?
+                    };
+                    let mut st = of.st.lock().expect("file lock");
+                    st.journaled = false;
+                    if !st.dirty.contains_key(&idx) {
+                        // Room for the whole block up front: no reallocation while it fills.
+                        let mut v = Vec::with_capacity(bs as usize);
+                        if let Some(b) = base {
+                            v.extend_from_slice(&b);
+                        }
+                        // Written meanwhile as small writes: they are newer than the base.
+                        if let Some(sp) = st.sparse.remove(&idx) {
+                            st.dirty_bytes -= sp.data.bytes();
+                            v.resize(v.len().max(sp.data.end() as usize), 0);
+                            sp.data.apply(0, &mut v);
+                        }
+                        st.dirty_bytes += v.len();
+                        st.dirty.insert(idx, v);
+                    }
+                }
                 let mut st = of.st.lock().expect("file lock");
                 let Some(buf) = st.dirty.get_mut(&idx) else {
                     continue;
@@ -1553,11 +1795,7 @@ impl Core {
                 }
                 let grown = buf.len() - before;
                 st.dirty_bytes += grown;
-                st.attr.size = st.attr.size.max(off + n as u64);
-                st.attr.mtime = now;
-                st.attr.ctime = now;
-                st.meta_dirty = true;
-                h.touched.fetch_max(st.touch(), Ordering::SeqCst);
+                Self::note_write(&mut st, &h, off + n as u64, now);
                 // A block rewritten end to end (in whatever order the writes came) goes out now.
                 if mark_written(
                     st.written.entry(idx).or_default(),
@@ -1567,28 +1805,107 @@ impl Core {
                 ) {
                     to_upload.extend(st.take_for_upload(idx).map(|(s, d)| (idx, s, d)));
                 }
+            }
+            {
+                let mut st = of.st.lock().expect("file lock");
                 if st.dirty_bytes > self.cfg.dirty_limit {
                     let all: Vec<u64> = st.dirty.keys().copied().collect();
                     for i in all {
                         to_upload.extend(st.take_for_upload(i).map(|(s, d)| (i, s, d)));
                     }
+                    pieces_out = st.take_sparse();
                 }
             }
             for (i, seq, d) in to_upload {
                 self.start_upload(&of, i, seq, d).await;
+            }
+            for (seq, epoch, job) in pieces_out {
+                self.start_piece(&of, seq, epoch, job).await;
             }
             pos += n;
         }
         Ok(data.len() as u32)
     }
 
-    async fn start_upload(&self, of: &Arc<OpenFile>, idx: u64, seq: u64, data: Arc<Vec<u8>>) {
-        let permit = self
-            .uploads
+    /// Record a write ending at `end` in the file's attributes and change count.
+    fn note_write(st: &mut FileState, h: &HandleState, end: u64, now: Timespec) {
+        st.attr.size = st.attr.size.max(end);
+        st.attr.mtime = now;
+        st.attr.ctime = now;
+        st.meta_dirty = true;
+        h.touched.fetch_max(st.touch(), Ordering::SeqCst);
+    }
+
+    /// A place in the upload window (which bounds the memory of uploads under way).
+    async fn upload_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.uploads
             .clone()
             .acquire_owned()
             .await
-            .expect("upload semaphore never closes");
+            .expect("upload semaphore never closes")
+    }
+
+    /// Store one piece of small writes (m + 1 copies) and lay it over the slots it carries.
+    async fn start_piece(&self, of: &Arc<OpenFile>, seq: u64, epoch: u64, job: PieceJob) {
+        let permit = self.upload_permit().await;
+        let blocks = self.blocks.clone();
+        let of = of.clone();
+        tokio::spawn(async move {
+            debug!(
+                ino = of.ino,
+                seq,
+                len = job.data.len(),
+                slots = job.parts.len(),
+                "piece"
+            );
+            let r = blocks.put_piece(Arc::new(job.data)).await;
+            {
+                let mut st = of.st.lock().expect("file lock");
+                st.running = st.running.saturating_sub(1);
+                match r {
+                    // Laid over the slots unless a truncate came since: those bytes are gone
+                    // (the master collects the piece, named by the next commit).
+                    Ok((meta, cap)) => {
+                        let current = st.epoch == epoch;
+                        for p in &job.parts {
+                            if current {
+                                let base = match st.pending.get(&p.idx) {
+                                    Some((_, s)) => Some(s.clone()),
+                                    None => st.slots.get(&p.idx).cloned(),
+                                };
+                                let slot = pieces::lay(base, p.idx, p, &meta, cap);
+                                // Built on the pending slot: it replaces it (no superseded
+                                // copy to commit), unless a newer upload landed first.
+                                match st.pending.get(&p.idx) {
+                                    Some((q, _)) if *q > seq => {}
+                                    _ => {
+                                        st.pending.insert(p.idx, (seq, slot));
+                                    }
+                                }
+                            }
+                            st.piece_back(p.idx, current);
+                        }
+                        st.landed_pieces.push(meta);
+                    }
+                    Err(e) => {
+                        warn!(ino = of.ino, "could not store a piece of small writes: {e}");
+                        for p in &job.parts {
+                            st.piece_back(p.idx, false);
+                        }
+                        st.error = Some(format!(
+                            "could not store small writes of inode {}: {e}",
+                            of.ino
+                        ));
+                    }
+                }
+            }
+            drop(permit);
+            of.changed.notify_waiters();
+        });
+    }
+
+    async fn start_upload(&self, of: &Arc<OpenFile>, idx: u64, seq: u64, data: Arc<Vec<u8>>) {
+        let permit = self.upload_permit().await;
         let blocks = self.blocks.clone();
         let of = of.clone();
         tokio::spawn(async move {
@@ -1603,20 +1920,8 @@ impl Core {
                 }
                 match r {
                     Ok((meta, cap)) => {
-                        let slot = Slot {
-                            index: idx,
-                            used: data.len() as u64,
-                            block: meta,
-                            cap,
-                        };
-                        match st.pending.get(&idx) {
-                            Some((p, _)) if *p > seq => st.superseded.push((seq, slot)),
-                            _ => {
-                                if let Some(old) = st.pending.insert(idx, (seq, slot)) {
-                                    st.superseded.push(old);
-                                }
-                            }
-                        }
+                        let slot = Slot::whole(idx, data.len() as u64, meta, cap);
+                        st.landed(idx, seq, slot);
                     }
                     Err(e) => {
                         warn!(ino = of.ino, block = idx, "could not store block: {e}");
@@ -1639,6 +1944,37 @@ impl Core {
             drop(permit);
             of.changed.notify_waiters();
         });
+    }
+
+    /// Slots that hold too many extents (one past [`MAX_EXTENTS`], or so many in the file that
+    /// its block map would be large to commit and to open): the most fragmented first.
+    fn too_fragmented(&self, of: &OpenFile) -> Vec<u64> {
+        let st = of.st.lock().expect("file lock");
+        if st.pending.is_empty() && st.sparse.is_empty() && st.dirty.is_empty() {
+            // Nothing written here: a reader does not rewrite the file.
+            return Vec::new();
+        }
+        // The file's slots as the commit will leave them: pending ones over committed ones.
+        let mut counts: Vec<(usize, u64)> = st
+            .slots
+            .iter()
+            .filter(|(i, _)| !st.pending.contains_key(i))
+            .map(|(_, s)| s)
+            .chain(st.pending.values().map(|(_, s)| s))
+            .filter(|s| !st.dirty.contains_key(&s.index) && !st.inflight.contains_key(&s.index))
+            .map(|s| (s.extents.len(), s.index))
+            .collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let mut total: usize = counts.iter().map(|c| c.0).sum();
+        let mut out = Vec::new();
+        for (n, idx) in counts {
+            if n <= MAX_EXTENTS && total <= COMMIT_EXTENTS_MAX {
+                break;
+            }
+            out.push(idx);
+            total -= n;
+        }
+        out
     }
 
     /// Upload everything dirty, wait for it, and commit the new block list to the master.
@@ -1806,35 +2142,52 @@ impl Core {
         // master would publish must never cover bytes that are not in the cluster. A failure
         // stays recorded (later writes and flushes see it) until a retry succeeds or a
         // truncate drops the data.
-        for round in 0..3 {
-            let taken: Vec<(u64, u64, Arc<Vec<u8>>)> = {
+        for round in 0..4 {
+            // Slots with more extents than a commit may carry are stored whole again.
+            for idx in self.too_fragmented(of) {
+                let stored = self.stored_block(of, idx).await?;
+                let bs = self.cluster.block_size;
+                of.st
+                    .lock()
+                    .expect("file lock")
+                    .sparse_to_dirty(idx, stored, bs);
+            }
+            let (taken, pieces_out) = {
                 let mut st = of.st.lock().expect("file lock");
-                if !st.dirty.is_empty() {
+                if !st.dirty.is_empty() || !st.sparse.is_empty() {
                     st.error = None;
                 }
                 let idxs: Vec<u64> = st.dirty.keys().copied().collect();
-                idxs.into_iter()
+                let taken: Vec<(u64, u64, Arc<Vec<u8>>)> = idxs
+                    .into_iter()
                     .filter_map(|i| st.take_for_upload(i).map(|(s, d)| (i, s, d)))
-                    .collect()
+                    .collect();
+                (taken, st.take_sparse())
             };
             for (i, seq, d) in taken {
                 self.start_upload(of, i, seq, d).await;
             }
+            for (seq, epoch, job) in pieces_out {
+                self.start_piece(of, seq, epoch, job).await;
+            }
             of.uploads_settled().await;
+            if !self.too_fragmented(of).is_empty() && round < 3 {
+                continue;
+            }
             let st = of.st.lock().expect("file lock");
             if let Some(e) = &st.error {
                 return Err(Error::Unavailable(e.clone()));
             }
-            if st.dirty.is_empty() {
+            if st.dirty.is_empty() && st.sparse.is_empty() {
                 break;
             }
             // Written to meanwhile (another thread of this mount): upload those blocks too,
             // a few rounds at most; what is still being written is committed by its own flush.
-            if round == 2 {
+            if round >= 2 {
                 break;
             }
         }
-        let (slots, size, mtime, base, mergeable, cut, seq, included) = {
+        let (slots, size, mtime, base, mergeable, cut, seq, included, landed) = {
             let mut st = of.st.lock().expect("file lock");
             if let Some(e) = &st.error {
                 return Err(Error::Unavailable(e.clone()));
@@ -1854,10 +2207,11 @@ impl Core {
             let seq = self.commit_seq.fetch_add(1, Ordering::Relaxed);
             // The local changes this commit publishes: all of them unless some are still
             // being written or uploaded.
-            let included = match st.dirty.is_empty() && st.inflight.is_empty() {
-                true => st.changes,
-                false => st.published,
-            };
+            let included =
+                match st.dirty.is_empty() && st.sparse.is_empty() && st.inflight.is_empty() {
+                    true => st.changes,
+                    false => st.published,
+                };
             (
                 slots,
                 st.attr.size,
@@ -1867,17 +2221,24 @@ impl Core {
                 cut,
                 seq,
                 included,
+                st.landed_pieces.len(),
             )
         };
-        let new: Vec<NewSlot> = slots
-            .iter()
-            .map(|(_, s)| NewSlot {
-                index: s.index,
-                id: s.block.id,
-                used: s.used,
-                meta: Some(s.block.clone()),
-            })
-            .collect();
+        let new: Vec<NewSlot> = slots.iter().map(|(_, s)| s.to_new()).collect();
+        // Every piece the slots name, and every piece stored since the last commit (those
+        // overwritten meanwhile are collected by the master).
+        let mut pieces: Vec<BlockMeta> = Vec::new();
+        {
+            let st = of.st.lock().expect("file lock");
+            let named = slots
+                .iter()
+                .flat_map(|(_, s)| s.pieces.iter().map(|(m, _)| m));
+            for m in named.chain(st.landed_pieces[..landed].iter()) {
+                if !pieces.iter().any(|p| p.id == m.id) {
+                    pieces.push(m.clone());
+                }
+            }
+        }
         debug!(
             ino = of.ino,
             blocks = new.len(),
@@ -1891,6 +2252,7 @@ impl Core {
             .call(MasterRequest::Commit {
                 ino: of.ino,
                 slots: new,
+                pieces,
                 size,
                 mtime,
                 base: Some(base),
@@ -1905,6 +2267,7 @@ impl Core {
             match r {
                 Ok(MasterResponse::Attr(a)) => {
                     self.remember(&a);
+                    st.landed_pieces.drain(..landed);
                     st.published = st.published.max(included);
                     let committed: Vec<u64> = slots.iter().map(|(seq, _)| *seq).collect();
                     st.superseded.retain(|(seq, _)| !committed.contains(seq));
@@ -1945,6 +2308,7 @@ impl Core {
                         "the file changed elsewhere; this mount's version was saved as a conflicted copy"
                     );
                     self.remember(&copy_attr);
+                    st.landed_pieces.drain(..landed);
                     st.published = st.published.max(included);
                     st.outcome = Some(format!(
                         "kept as {:?} (changed elsewhere, not mergeable)",
@@ -2037,9 +2401,15 @@ impl Core {
             let start = idx * bs;
             let lo = (offset.max(start) - start) as usize;
             let hi = (end.min(start + bs) - start) as usize;
-            let src = {
+            let (src, sparse) = {
                 let st = of.st.lock().expect("file lock");
-                if let Some(d) = st.dirty.get(&idx) {
+                // Small writes not stored yet, laid over whatever the block reads as.
+                let sparse = st
+                    .sparse
+                    .get(&idx)
+                    .map(|sp| sp.data.within(lo as u32, hi as u32))
+                    .filter(|sp| !sp.is_empty());
+                let src = if let Some(d) = st.dirty.get(&idx) {
                     Source::Bytes(d[lo.min(d.len())..hi.min(d.len())].to_vec())
                 } else if let Some((_, d)) = st.inflight.get(&idx) {
                     Source::Shared(d.clone())
@@ -2049,32 +2419,45 @@ impl Core {
                     Source::Stored(s.clone())
                 } else {
                     Source::Hole
-                }
+                };
+                (src, sparse)
             };
             let before = out.len();
+            let src = match (src, &sparse) {
+                (_, Some(sp)) if sp.covers(lo as u32, hi as u32) => Source::Hole,
+                (Source::Stored(s), _) if !s.extents.is_empty() || s.block.is_none() => {
+                    let random = !nearby && hi - lo <= RANGE_READ_MAX;
+                    Source::Bytes(self.slot_bytes(&s, lo, hi, random).await?)
+                }
+                (src, _) => src,
+            };
             match src {
-                Source::Bytes(b) if first == last && b.len() == hi - lo => {
+                Source::Bytes(b) if first == last && b.len() == hi - lo && sparse.is_none() => {
                     whole = Some(ReadData::Owned(b));
                     break;
                 }
                 Source::Bytes(b) => out.extend_from_slice(&b),
                 Source::Shared(d) => out.extend_from_slice(&d[lo.min(d.len())..hi.min(d.len())]),
                 Source::Stored(s) => {
-                    let avail = (s.block.len as usize).min(s.used as usize);
+                    let block = s
+                        .block
+                        .as_ref()
+                        .expect("slots without a block are read above");
+                    let avail = s.base_len() as usize;
                     let (a, b) = (lo.min(avail), hi.min(avail));
                     // A random read of part of a block fetches only that part; sequential
                     // readers get whole blocks (and read-ahead).
                     let partial = if !nearby && b - a <= RANGE_READ_MAX && b - a < avail / 2 {
-                        self.blocks.get_range(&s.block, s.cap, a, b).await
+                        self.blocks.get_range(block, s.cap, a, b).await
                     } else {
                         None
                     };
                     match partial {
                         Some(p) => out.extend_from_slice(&p),
                         None => {
-                            let d = self.blocks.get(&s.block, s.cap).await?;
+                            let d = self.blocks.get(block, s.cap).await?;
                             let avail = d.len().min(s.used as usize);
-                            if first == last && hi <= avail {
+                            if first == last && hi <= avail && sparse.is_none() {
                                 whole = Some(ReadData::Slice(d, lo..hi));
                                 break;
                             }
@@ -2085,6 +2468,9 @@ impl Core {
                 Source::Hole => {}
             }
             out.resize(before + (hi - lo), 0);
+            if let Some(sp) = sparse {
+                sp.apply(lo as u32, &mut out[before..]);
+            }
         }
         // Read-ahead for sequential readers.
         let ahead: Vec<Slot> = {
@@ -2100,7 +2486,12 @@ impl Core {
             }
         };
         for s in ahead {
-            self.blocks.prefetch(s.block, s.cap);
+            if let Some(b) = s.block {
+                self.blocks.prefetch(b, s.cap);
+            }
+            for (m, c) in s.pieces {
+                self.blocks.prefetch(m, c);
+            }
         }
         Ok(whole.unwrap_or(ReadData::Owned(out)))
     }

@@ -16,5 +16,6 @@ pub mod health;
 pub mod kmount;
 pub mod master;
 pub mod offline;
+pub mod pieces;
 pub mod session;
 pub mod upload;

@@ -40,12 +40,21 @@ pub fn frame(data: &[u8]) {
 fn master_checks(req: &MasterRequest) {
     let ec = shardfs_common::ec::EcParams { k: 4, m: 2 };
     match req {
-        MasterRequest::Commit { slots, mtime, .. } => {
+        MasterRequest::Commit {
+            slots,
+            pieces,
+            mtime,
+            ..
+        } => {
             let _ = mtime.check().map(|()| mtime.to_system());
             for s in slots {
                 if let Some(meta) = &s.meta {
                     let _ = meta.check(ec, 4 << 20);
                 }
+                let _ = shardfs_common::extent::check(&s.extents, 4 << 20);
+            }
+            for m in pieces {
+                let _ = m.check(ec, 4 << 20);
             }
         }
         MasterRequest::SetAttr { set, .. } => {
@@ -67,7 +76,13 @@ pub fn shard(data: &[u8]) {
 pub fn journal(data: &[u8]) {
     if let Ok(e) = shardfs_client::offline::decode_entry(data) {
         for s in &e.base_slots {
-            let _ = s.block.check_shape();
+            if let Some(b) = &s.block {
+                let _ = b.check_shape();
+            }
+            for (m, _) in &s.pieces {
+                let _ = m.check_shape();
+            }
+            let _ = shardfs_common::extent::check(&s.extents, 4 << 20);
         }
     }
 }

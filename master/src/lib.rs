@@ -15,6 +15,7 @@ pub mod nodes;
 pub mod perms;
 pub mod repair;
 pub mod sessions;
+pub mod slots;
 
 use bytes::Bytes;
 use meta::{Changes, Meta};
@@ -162,8 +163,12 @@ impl wire::Service for Master {
             warn!(%peer, "request refused: {e}");
             return (MasterResponse::Err(e.to_remote()), Bytes::new());
         }
-        if let MasterRequest::Commit { slots, .. } = &req {
-            if let Err(e) = self.settle_descriptions(slots).await {
+        if let MasterRequest::Commit { slots, pieces, .. } = &req {
+            let described = slots
+                .iter()
+                .filter_map(|s| s.meta.as_ref().filter(|m| Some(m.id) == s.id))
+                .chain(pieces.iter());
+            if let Err(e) = self.settle_descriptions(described).await {
                 let e = Error::fs(
                     ErrorCode::Corrupt,
                     format!("a block of this commit is stored under another description, and this one does not hold: {e}"),
@@ -243,13 +248,10 @@ impl Master {
     /// earlier to poison dedup, loses its block), if not, the commit is refused.
     async fn settle_descriptions(
         &self,
-        slots: &[shardfs_common::proto::NewSlot],
+        described: impl Iterator<Item = &shardfs_common::proto::BlockMeta>,
     ) -> Result<(), MasterError> {
-        for s in slots {
-            let Some(m) = s.meta.as_ref().filter(|m| m.id == s.id) else {
-                continue;
-            };
-            let Some(old) = self.meta.block_meta(&s.id)? else {
+        for m in described {
+            let Some(old) = self.meta.block_meta(&m.id)? else {
                 continue;
             };
             let same = old.ec == m.ec
@@ -693,7 +695,12 @@ impl Master {
             } => {
                 let (attr, mut slots) = self.meta.open_file(ino)?;
                 for s in &mut slots {
-                    s.cap = self.cap(from, cap::READ, &s.block.id);
+                    if let Some(b) = &s.block {
+                        s.cap = self.cap(from, cap::READ, &b.id);
+                    }
+                    for (m, c) in &mut s.pieces {
+                        *c = self.cap(from, cap::READ, &m.id);
+                    }
                 }
                 let write = access & shardfs_common::proto::ACCESS_WRITE != 0;
                 self.sessions.opened(&self.meta, session, ino, write);
@@ -756,8 +763,15 @@ impl Master {
                 self.sessions.release_locks(ino, owner);
                 A::Ok
             }
-            R::Place { blocks, exclude } => {
-                let ec = self.meta.cluster.ec;
+            R::Place {
+                blocks,
+                replicated,
+                exclude,
+            } => {
+                let ec = match replicated {
+                    true => self.meta.cluster.ec.replicated(),
+                    false => self.meta.cluster.ec,
+                };
                 if blocks.len() > 1024 || exclude.len() > 1024 {
                     return Err(Error::invalid("placement request too large").into());
                 }
@@ -803,6 +817,7 @@ impl Master {
             R::Commit {
                 ino,
                 slots,
+                pieces,
                 size,
                 mtime,
                 base,
@@ -827,7 +842,7 @@ impl Master {
                     .host(session)
                     .unwrap_or_else(|| "another mount".into());
                 match self.meta.commit(
-                    ino, &slots, size, mtime, cut, base, mergeable, session, &host,
+                    ino, &slots, &pieces, size, mtime, cut, base, mergeable, session, &host,
                 )? {
                     meta::Committed::Done(a) => {
                         self.sessions.applied(session, ino, seq);

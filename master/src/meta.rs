@@ -9,7 +9,7 @@
 //! | `c` `next_ino`                    | next inode number (u64)                 |
 //! | `I` ino                           | inode: attributes, parent, link target  |
 //! | `D` parent name                   | directory entry: child ino and kind     |
-//! | `S` ino index                     | file slot: block id and bytes used      |
+//! | `S` ino index                     | file slot: base block, bytes used, extents of small writes (see `slots`) |
 //! | `B` block-id                      | block: code, length, shard hashes+nodes, reference count |
 //! | `G` block-id                      | unreferenced block waiting for its shards to be deleted |
 //! | `N` node-id                       | storage node: address and last reported capacity |
@@ -27,10 +27,12 @@
 //! prepared under the writer lock (so its checks and its writes see the same state) and
 //! written with the WAL, so a committed operation survives kill -9.
 
+use crate::slots::{dec_slot, enc_slot, SlotRecord};
 use crate::MasterError;
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use shardfs_common::ec::EcParams;
+use shardfs_common::extent;
 use shardfs_common::proto::{
     check_name, conflicted_name, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, NewSlot,
     SetAttr, Slot, Timespec, RENAME_EXCHANGE, RENAME_NOREPLACE,
@@ -55,12 +57,6 @@ pub struct InodeRecord {
 struct DentryRecord {
     ino: Ino,
     kind: FileKind,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct SlotRecord {
-    block: BlockId,
-    used: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -307,7 +303,7 @@ impl<'a> Txn<'a> {
         let slots = self.meta.slot_records(ino)?;
         for (index, s) in slots {
             self.batch.delete(k_slot(ino, index));
-            self.unref(&s.block)?;
+            self.unref_slot(&s)?;
         }
         Ok(())
     }
@@ -319,6 +315,14 @@ impl<'a> Txn<'a> {
         let rec = self.meta.get::<BlockRecord>(&k_block(id))?;
         self.blocks.insert(*id, rec.clone());
         Ok(rec)
+    }
+
+    /// Drop the references slot `s` holds (its base block and its pieces).
+    fn unref_slot(&mut self, s: &SlotRecord) -> Result<(), MasterError> {
+        for id in s.refs() {
+            self.unref(&id)?;
+        }
+        Ok(())
     }
 
     fn unref(&mut self, id: &BlockId) -> Result<(), MasterError> {
@@ -576,18 +580,25 @@ impl Meta {
         Ok(out)
     }
 
+    fn slot_record(&self, key: &[u8]) -> Result<Option<SlotRecord>, MasterError> {
+        match self.db.get_pinned(key).map_err(db_err)? {
+            Some(raw) => Ok(Some(dec_slot(key, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
     fn slot_records(&self, ino: Ino) -> Result<Vec<(u64, SlotRecord)>, MasterError> {
         let p = k_slot_prefix(ino);
-        Ok(self
-            .scan::<SlotRecord>(&p, &p, usize::MAX)?
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    u64::from_be_bytes(k[9..17].try_into().expect("slot key")),
-                    v,
-                )
-            })
-            .collect())
+        let mut out = Vec::new();
+        for item in self.iter_within(&p, &p) {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(&p) || k.len() != 17 {
+                break;
+            }
+            let index = u64::from_be_bytes(k[9..17].try_into().expect("slot key"));
+            out.push((index, dec_slot(&k, &v)?));
+        }
+        Ok(out)
     }
 
     fn dentry(&self, parent: Ino, name: &[u8]) -> Result<Option<DentryRecord>, MasterError> {
@@ -677,20 +688,7 @@ impl Meta {
                 return Err(fs_err(ErrorCode::IsDir, "cannot truncate a directory"));
             }
             if size < a.size {
-                let bs = self.cluster.block_size;
-                for (index, s) in self.slot_records(ino)? {
-                    let start = index * bs;
-                    if start >= size {
-                        txn.batch.delete(k_slot(ino, index));
-                        txn.unref(&s.block)?;
-                    } else if start + s.used > size {
-                        let s2 = SlotRecord {
-                            block: s.block,
-                            used: size - start,
-                        };
-                        txn.batch.put(k_slot(ino, index), enc(&s2));
-                    }
-                }
+                self.cut_slots(&mut txn, ino, size, &HashSet::new())?;
             }
             if size != a.size {
                 a.mtime = set.now;
@@ -1068,21 +1066,31 @@ impl Meta {
     pub fn open_file(&self, ino: Ino) -> Result<(Attr, Vec<Slot>), MasterError> {
         let rec = self.inode(ino)?;
         let slots = self.slot_records(ino)?;
-        let keys: Vec<Vec<u8>> = slots.iter().map(|(_, s)| k_block(&s.block)).collect();
+        let refs: Vec<Vec<BlockId>> = slots.iter().map(|(_, s)| s.refs()).collect();
+        let keys: Vec<Vec<u8>> = refs.iter().flatten().map(k_block).collect();
+        let mut metas = self.db.multi_get(&keys).into_iter();
         let mut out = Vec::with_capacity(slots.len());
-        for ((index, s), raw) in slots.into_iter().zip(self.db.multi_get(&keys)) {
-            let raw = raw.map_err(db_err)?.ok_or_else(|| {
-                MasterError::Corrupt(format!(
-                    "inode {ino} slot {index}: block {} missing",
-                    s.block
-                ))
-            })?;
-            let b: BlockRecord = dec(b"B", &raw)?;
+        for ((index, s), ids) in slots.into_iter().zip(refs) {
+            let mut found = HashMap::new();
+            for id in ids {
+                let raw = metas.next().expect("one answer per key").map_err(db_err)?;
+                let raw = raw.ok_or_else(|| {
+                    MasterError::Corrupt(format!("inode {ino} slot {index}: block {id} missing"))
+                })?;
+                let b: BlockRecord = dec(b"B", &raw)?;
+                found.insert(id, b.meta);
+            }
+            let pieces = extent::pieces(&s.extents)
+                .iter()
+                .map(|p| (found[p].clone(), Default::default()))
+                .collect();
             out.push(Slot {
                 index,
                 used: s.used,
-                block: b.meta,
+                block: s.block.map(|b| found[&b].clone()),
                 cap: Default::default(),
+                extents: s.extents,
+                pieces,
             });
         }
         Ok((rec.attr, out))
@@ -1097,6 +1105,7 @@ impl Meta {
         &self,
         ino: Ino,
         slots: &[NewSlot],
+        pieces: &[BlockMeta],
         size: u64,
         mtime: Timespec,
         cut: Option<u64>,
@@ -1128,58 +1137,91 @@ impl Meta {
         let ino = rec.attr.ino;
         // A block uploaded again while another client committed the same content keeps the
         // first description; the second copy's shards on other nodes are left for the scrubber.
-        let mut written: HashMap<u64, BlockId> = HashMap::new();
+        if pieces.len() > 4 * extent::MAX_EXTENTS * slots.len().max(1) {
+            return Err(fs_err(ErrorCode::Invalid, "too many piece descriptions"));
+        }
+        let described: HashMap<BlockId, &BlockMeta> = pieces.iter().map(|m| (m.id, m)).collect();
+        let mut written: HashMap<u64, SlotRecord> = HashMap::new();
         for s in slots {
+            let bad = |why: String| fs_err(ErrorCode::Invalid, format!("slot {}: {why}", s.index));
             if s.used > bs {
-                return Err(fs_err(
-                    ErrorCode::Invalid,
-                    "slot larger than the block size",
-                ));
+                return Err(bad("larger than the block size".into()));
             }
-            match (txn.block(&s.id)?, &s.meta) {
-                (Some(mut b), _) => {
-                    b.refs += 1;
-                    txn.blocks.insert(s.id, Some(b));
-                }
-                (None, Some(m)) => {
-                    if m.id != s.id || s.used > m.len {
-                        return Err(fs_err(ErrorCode::Invalid, "inconsistent block description"));
+            extent::check(&s.extents, bs).map_err(bad)?;
+            if s.id.is_none() && (s.meta.is_some() || s.used > 0) {
+                return Err(bad("a description or used bytes without a block".into()));
+            }
+            // Bytes past the file's end are not part of the file: if it grows again, that
+            // range must read as zeros.
+            let new = SlotRecord {
+                block: s.id,
+                used: s.used,
+                extents: s.extents.clone(),
+            }
+            .cut(size.saturating_sub(s.index * bs));
+            for id in new.refs() {
+                let own = s.meta.as_ref().filter(|_| Some(id) == s.id);
+                let len = match (txn.block(&id)?, own.or(described.get(&id).copied())) {
+                    (Some(mut b), _) => {
+                        b.refs += 1;
+                        let len = b.meta.len;
+                        txn.blocks.insert(id, Some(b));
+                        len
                     }
-                    m.check(self.cluster.ec, bs)?;
-                    txn.blocks.insert(
-                        s.id,
-                        Some(BlockRecord {
-                            meta: m.clone(),
-                            refs: 1,
-                        }),
-                    );
-                }
-                (None, None) => {
-                    return Err(fs_err(
-                        ErrorCode::NotFound,
-                        format!("block {} is no longer stored; upload it again", s.id),
-                    ))
+                    (None, Some(m)) => {
+                        if m.id != id {
+                            return Err(bad("inconsistent block description".into()));
+                        }
+                        m.check(self.cluster.ec, bs)?;
+                        txn.blocks.insert(
+                            id,
+                            Some(BlockRecord {
+                                meta: m.clone(),
+                                refs: 1,
+                            }),
+                        );
+                        m.len
+                    }
+                    (None, None) => {
+                        return Err(fs_err(
+                            ErrorCode::NotFound,
+                            format!("block {id} is no longer stored; upload it again"),
+                        ))
+                    }
+                };
+                let past = new
+                    .extents
+                    .iter()
+                    .any(|e| e.piece == id && e.piece_off as u64 + e.len as u64 > len);
+                if (Some(id) == s.id && s.used > len) || past {
+                    return Err(bad(format!("refers past the end of block {id}")));
                 }
             }
             let key = k_slot(ino, s.index);
-            // The slot's previous block: set earlier in this same commit, or as stored.
-            let old = match written.get(&s.index) {
-                Some(id) => Some(*id),
-                None => self.get::<SlotRecord>(&key)?.map(|o| o.block),
+            // The slot's previous content: set earlier in this same commit, or as stored.
+            let old = match written.remove(&s.index) {
+                Some(r) => Some(r),
+                None => self.slot_record(&key)?,
             };
             if let Some(old) = old {
-                txn.unref(&old)?;
+                txn.unref_slot(&old)?;
             }
-            written.insert(s.index, s.id);
-            txn.batch.put(
-                key,
-                enc(&SlotRecord {
-                    block: s.id,
-                    // Bytes of the block past the file's end are not part of the file: if
-                    // it grows again, that range must read as zeros.
-                    used: s.used.min(size.saturating_sub(s.index * bs)),
-                }),
-            );
+            txn.batch.put(key, enc_slot(&new));
+            written.insert(s.index, new);
+        }
+        // Pieces stored for this file whose bytes were all overwritten before this commit:
+        // known now, so they are collected.
+        for m in pieces {
+            if txn.block(&m.id)?.is_none() {
+                m.check(self.cluster.ec, bs)?;
+                txn.blocks.insert(
+                    m.id,
+                    Some(BlockRecord {
+                        meta: m.clone(),
+                        refs: 0,
+                    }),
+                );
+            }
         }
         // Stored blocks past the new size, or past a truncate of the open file since its last
         // commit (`cut`), are gone; the blocks this commit writes replace theirs.
@@ -1191,10 +1233,10 @@ impl Meta {
         }
         // Blocks written in this commit entirely past the new size (a truncate raced the
         // upload) are not kept: they would reappear if the file grew again.
-        for (index, id) in &written {
-            if index * bs >= size {
+        for (index, r) in &written {
+            if index * bs >= size || r.is_empty() {
                 txn.batch.delete(k_slot(ino, *index));
-                txn.unref(id)?;
+                txn.unref_slot(r)?;
             }
         }
         rec.attr.size = size;
@@ -1234,13 +1276,18 @@ impl Meta {
             }
             if index * bs >= size {
                 txn.batch.delete(k_slot(ino, index));
-                txn.unref(&s.block)?;
-            } else if index * bs + s.used > size {
-                let trimmed = SlotRecord {
-                    block: s.block,
-                    used: size - index * bs,
-                };
-                txn.batch.put(k_slot(ino, index), enc(&trimmed));
+                txn.unref_slot(&s)?;
+            } else {
+                let trimmed = s.cut(size - index * bs);
+                if trimmed != s {
+                    // Pieces no extent names any more lose this slot's reference.
+                    for id in s.refs() {
+                        if !trimmed.refs().contains(&id) {
+                            txn.unref(&id)?;
+                        }
+                    }
+                    txn.batch.put(k_slot(ino, index), enc_slot(&trimmed));
+                }
             }
         }
         Ok(())
@@ -1839,9 +1886,10 @@ mod tests {
     fn slot(index: u64, id: BlockId) -> NewSlot {
         NewSlot {
             index,
-            id,
+            id: Some(id),
             used: 10,
             meta: Some(meta_for(id)),
+            extents: Vec::new(),
         }
     }
 
@@ -1877,6 +1925,7 @@ mod tests {
         m.commit(
             h.ino,
             &[slot(0, a), slot(1, b)],
+            &[],
             10,
             now,
             None,
@@ -1898,13 +1947,14 @@ mod tests {
             BlockId::of(b"partial"),
             BlockId::of(b"new"),
         );
-        m.commit(f.ino, &[slot(0, o)], 10, now, None, None, false, 0, "")
+        m.commit(f.ino, &[slot(0, o)], &[], 10, now, None, None, false, 0, "")
             .unwrap();
         assert_eq!(refs(&m, &o), Some(1));
         // A superseded upload and its replacement for the same slot, in one commit.
         m.commit(
             f.ino,
             &[slot(0, p), slot(0, n)],
+            &[],
             10,
             now,
             None,
@@ -1940,10 +1990,12 @@ mod tests {
             g.ino,
             &[NewSlot {
                 index: 0,
-                id: n,
+                id: Some(n),
                 used: 10,
                 meta: None,
+                extents: Vec::new(),
             }],
+            &[],
             10,
             now,
             None,
@@ -1982,7 +2034,7 @@ mod tests {
             .unwrap();
         assert_eq!(f.version, 0);
         let Committed::Done(a) = m
-            .commit(f.ino, &[], 0, now, None, Some(0), false, 1, "a")
+            .commit(f.ino, &[], &[], 0, now, None, Some(0), false, 1, "a")
             .unwrap()
         else {
             panic!("a commit on the current version goes through")
@@ -1990,13 +2042,13 @@ mod tests {
         assert_eq!(a.version, 1);
         // Session 1 racing itself is not a conflict.
         assert!(matches!(
-            m.commit(f.ino, &[], 0, now, None, Some(0), false, 1, "a")
+            m.commit(f.ino, &[], &[], 0, now, None, Some(0), false, 1, "a")
                 .unwrap(),
             Committed::Done(_)
         ));
         // Session 2 read version 0: a mergeable writer is told to merge, others get a copy.
         assert!(matches!(
-            m.commit(f.ino, &[], 0, now, None, Some(0), true, 2, "b")
+            m.commit(f.ino, &[], &[], 0, now, None, Some(0), true, 2, "b")
                 .unwrap(),
             Committed::Stale(_)
         ));
@@ -2006,7 +2058,7 @@ mod tests {
             copy,
             ..
         } = m
-            .commit(f.ino, &[], 0, now, None, Some(0), false, 2, "hostb")
+            .commit(f.ino, &[], &[], 0, now, None, Some(0), false, 2, "hostb")
             .unwrap()
         else {
             panic!("expected a conflicted copy")
@@ -2019,7 +2071,7 @@ mod tests {
         assert_eq!((copy.uid, copy.gid, copy.perm), (7, 8, 0o640));
         assert_eq!(m.lookup(ROOT_INO, &name).unwrap().ino, copy.ino);
         let Committed::Copy { name, .. } = m
-            .commit(f.ino, &[], 0, now, None, Some(0), false, 2, "hostb")
+            .commit(f.ino, &[], &[], 0, now, None, Some(0), false, 2, "hostb")
             .unwrap()
         else {
             panic!()
@@ -2039,10 +2091,10 @@ mod tests {
             .create(ROOT_INO, b"f", FileKind::File, 0o644, 0, 0, 0, None, now)
             .unwrap();
         let a = BlockId([7; 32]);
-        m.commit(f.ino, &[slot(0, a)], 10, now, None, None, false, 0, "")
+        m.commit(f.ino, &[slot(0, a)], &[], 10, now, None, None, false, 0, "")
             .unwrap();
         // Truncated to 4 then grown to 8 before the next commit: bytes 4.. must be a hole.
-        m.commit(f.ino, &[], 8, now, Some(4), None, false, 0, "")
+        m.commit(f.ino, &[], &[], 8, now, Some(4), None, false, 0, "")
             .unwrap();
         let (_, slots) = m.open_file(f.ino).unwrap();
         assert_eq!(slots[0].used, 4);

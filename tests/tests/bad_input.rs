@@ -280,7 +280,8 @@ fn crafted_commits_are_refused_and_mounts_keep_working() {
             ino: attr.ino,
             slots: vec![NewSlot {
                 index: 0,
-                id,
+                id: Some(id),
+                extents: vec![],
                 used: data.len() as u64,
                 meta: Some(BlockMeta {
                     id,
@@ -290,6 +291,7 @@ fn crafted_commits_are_refused_and_mounts_keep_working() {
                     shards: nodes.clone(),
                 }),
             }],
+            pieces: vec![],
             size: data.len() as u64,
             mtime,
             base: None,

@@ -488,6 +488,7 @@ fn commit_in(
     MasterRequest::Commit {
         ino,
         slots,
+        pieces: vec![],
         size,
         mtime: shardfs_common::proto::Timespec::now(),
         base: None,
@@ -724,6 +725,7 @@ fn a_forged_block_description_cannot_poison_dedup() {
                 master,
                 MasterRequest::Place {
                     blocks: vec![(id, victim_bytes.len() as u64)],
+                    replicated: false,
                     exclude: vec![],
                 },
             )
@@ -802,7 +804,8 @@ fn a_forged_block_description_cannot_poison_dedup() {
                     a.ino,
                     vec![NewSlot {
                         index: 0,
-                        id,
+                        id: Some(id),
+                        extents: vec![],
                         used: forged.len,
                         meta: Some(forged.clone()),
                     }],
@@ -888,14 +891,14 @@ fn nodes_serve_clients_only_the_blocks_the_master_gave_them() {
         let slot = first_slot(&second, master, "f").await;
         let other = first_slot(&second, master, "other").await;
         let theirs = first_slot(&mine, master, "f").await;
-        let loc = slot.block.shards[0].clone();
+        let loc = slot.block.as_ref().unwrap().shards[0].clone();
         let d =
             shardfs_common::dial::Dialer::new(ALPN_NODE, &second, Duration::from_secs(5)).unwrap();
         let at = nodes[&loc.node];
         let get = |cap: Cap| {
             let d = &d;
             let req = NodeRequest::Get {
-                block: slot.block.id,
+                block: slot.block.as_ref().unwrap().id,
                 index: 0,
                 range: None,
                 cap,
@@ -956,7 +959,7 @@ fn nodes_serve_clients_only_the_blocks_the_master_gave_them() {
             "a write with no capability was stored",
         );
         refused(
-            &send(put(slot.block.id, slot.cap)).await,
+            &send(put(slot.block.as_ref().unwrap().id, slot.cap)).await,
             "a write with a read capability was stored",
         );
         let forged = Cap {
@@ -964,7 +967,7 @@ fn nodes_serve_clients_only_the_blocks_the_master_gave_them() {
             ..slot.cap
         };
         refused(
-            &send(put(slot.block.id, forged)).await,
+            &send(put(slot.block.as_ref().unwrap().id, forged)).await,
             "a write with a read capability claiming more rights was stored",
         );
         let r = call_master(
@@ -972,6 +975,7 @@ fn nodes_serve_clients_only_the_blocks_the_master_gave_them() {
             master,
             MasterRequest::Place {
                 blocks: vec![(fresh, 1000)],
+                replicated: false,
                 exclude: vec![],
             },
         )

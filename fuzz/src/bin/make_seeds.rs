@@ -47,10 +47,17 @@ fn main() {
             ino: 2,
             slots: vec![NewSlot {
                 index: 0,
-                id: meta.id,
+                id: Some(meta.id),
                 used: meta.len,
                 meta: Some(meta.clone()),
+                extents: vec![shardfs_common::extent::Extent {
+                    off: 10,
+                    len: 20,
+                    piece: meta.id,
+                    piece_off: 0,
+                }],
             }],
+            pieces: vec![meta.clone()],
             size: meta.len,
             mtime: now,
             base: Some(1),
@@ -134,8 +141,15 @@ fn main() {
         base_slots: vec![shardfs_common::proto::Slot {
             index: 0,
             used: meta.len,
-            block: meta,
+            block: Some(meta.clone()),
             cap: Default::default(),
+            extents: vec![shardfs_common::extent::Extent {
+                off: 0,
+                len: 4,
+                piece: meta.id,
+                piece_off: 2,
+            }],
+            pieces: vec![(meta, Default::default())],
         }],
         content: b"line 1\nline 2\n".to_vec(),
     };
