@@ -70,6 +70,10 @@ pub struct Core {
     /// Attributes from the master's answers (including the parents a change touched), so the
     /// kernel's re-validation after a create or unlink does not cost a round trip.
     attrs: Mutex<HashMap<Ino, (Attr, Instant)>>,
+    /// Extended attributes read from the master (None: the file has none of that name), for
+    /// the attribute TTL and until a change to the inode is heard of. The kernel asks for
+    /// `security.capability` before every write; this answers it without a round trip.
+    xattrs: Mutex<lru::LruCache<Ino, XattrCache>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     uploads: Arc<Semaphore>,
@@ -147,6 +151,9 @@ struct Listing {
     entries: std::collections::VecDeque<DirEntry>,
     more: bool,
 }
+
+/// The extended attributes of one inode this mount read, by name, with when.
+type XattrCache = HashMap<Vec<u8>, (Option<Vec<u8>>, Instant)>;
 
 pub(crate) struct OpenFile {
     pub(crate) ino: Ino,
@@ -613,6 +620,9 @@ impl Core {
             cluster,
             files: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
+            xattrs: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(4096).expect("non-zero"),
+            )),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             commit_seq: AtomicU64::new(1),
@@ -711,6 +721,7 @@ impl Core {
     /// kernel may need a FUSE request answered before the invalidation completes).
     pub(crate) fn invalidate(&self, ino: Ino) {
         self.attrs.lock().expect("attrs lock").remove(&ino);
+        self.xattrs.lock().expect("xattrs lock").pop(&ino);
         if let Some(n) = self.notifier.get().cloned() {
             self.rt.spawn_blocking(move || {
                 if let Err(e) = n.inval_inode(ino, 0, 0) {
@@ -723,6 +734,7 @@ impl Core {
     /// Forget every attribute this mount caches (the change log was lost).
     pub(crate) fn forget_cached(&self) {
         self.attrs.lock().expect("attrs lock").clear();
+        self.xattrs.lock().expect("xattrs lock").clear();
     }
 
     /// Drop the kernel's cached entry `parent/name`.
@@ -1108,6 +1120,7 @@ impl Core {
 
     /// Change attributes; `fh`: the open handle the change came through, if any.
     pub async fn setattr(&self, ino: Ino, fh: Option<u64>, mut set: SetAttr) -> Result<Attr> {
+        self.xattrs.lock().expect("xattrs lock").pop(&ino);
         let of = self.open_file(ino);
         if let (Some(of), Some(size)) = (&of, set.size) {
             // A file open here changes size locally, like a write: the new size is committed
@@ -1185,21 +1198,58 @@ impl Core {
             value: value.to_vec(),
             flags,
         };
-        self.call_attr(req).await.map(drop)
+        let r = self.call_attr(req).await.map(drop);
+        // After the answer too: a read racing the change may have cached the old value.
+        self.xattrs.lock().expect("xattrs lock").pop(&ino);
+        r
     }
 
     pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         if name == HISTORY_XATTR {
             return self.history(ino).await;
         }
+        let ttl = self.cfg.attr_ttl;
+        let known = self
+            .xattrs
+            .lock()
+            .expect("xattrs lock")
+            .get(&ino)
+            .and_then(|m| m.get(name))
+            .filter(|(_, t)| t.elapsed() < ttl)
+            .map(|(v, _)| v.clone());
+        match known {
+            Some(Some(v)) => return Ok(v),
+            Some(None) => {
+                return Err(Error::fs(
+                    shardfs_common::ErrorCode::NoData,
+                    "no such attribute",
+                ))
+            }
+            None => {}
+        }
         let req = MasterRequest::GetXattr {
             ino,
             name: name.to_vec(),
         };
-        match self.call(req).await? {
-            MasterResponse::Xattr(v) => Ok(v),
-            other => Err(unexpected(other)),
+        let r = match self.call(req).await {
+            Ok(MasterResponse::Xattr(v)) => Ok(v),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(e),
+        };
+        let keep = match &r {
+            Ok(v) => Some(Some(v.clone())),
+            Err(e) if e.code() == shardfs_common::ErrorCode::NoData => Some(None),
+            Err(_) => None,
+        };
+        if let (Some(v), false) = (keep, ttl.is_zero()) {
+            let mut c = self.xattrs.lock().expect("xattrs lock");
+            if let Some(m) = c.get_mut(&ino) {
+                m.insert(name.to_vec(), (v, Instant::now()));
+            } else {
+                c.put(ino, HashMap::from([(name.to_vec(), (v, Instant::now()))]));
+            }
         }
+        r
     }
 
     /// The file's history of concurrent changes (merges, conflicted copies, replays) as JSON
@@ -1241,7 +1291,10 @@ impl Core {
             ino,
             name: name.to_vec(),
         };
-        self.call_attr(req).await.map(drop)
+        let r = self.call_attr(req).await.map(drop);
+        // After the answer too: a read racing the change may have cached the old value.
+        self.xattrs.lock().expect("xattrs lock").pop(&ino);
+        r
     }
 
     pub async fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {

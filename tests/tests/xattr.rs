@@ -64,3 +64,47 @@ fn extended_attributes_set_get_list_remove_with_linux_errors() {
     ));
     assert_eq!(list.trim(), "[]");
 }
+
+/// A mount keeps what it read of a file's attributes (the kernel asks for
+/// `security.capability` before every write), and a change made on another mount still shows
+/// at once: the change log drops the kept values.
+#[test]
+fn attributes_kept_by_a_mount_follow_changes_made_on_another() {
+    let mut c = Cluster::start(3, "2+1");
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    fs::write(a.join("f"), b"content").unwrap();
+    let get = |mp: &std::path::Path| {
+        sh_ok(&format!(
+            "python3 -c 'import os,sys\ntry: print(os.getxattr(sys.argv[1], \"user.k\").decode())\nexcept OSError as e: print(e.errno)' {}",
+            mp.join("f").display()
+        ))
+        .trim()
+        .to_string()
+    };
+    let set = |mp: &std::path::Path, v: &str| {
+        sh_ok(&format!(
+            "python3 -c 'import os,sys; os.setxattr(sys.argv[1], \"user.k\", sys.argv[2].encode())' {} {v}",
+            mp.join("f").display()
+        ))
+    };
+    let enodata = libc::ENODATA.to_string();
+    assert_eq!(get(&b), enodata, "none yet (and b keeps that)");
+    for v in ["one", "two", "three"] {
+        set(&a, v);
+        wait_until(
+            std::time::Duration::from_millis(900),
+            "the other mount to see the new value within the attribute TTL",
+            || get(&b) == v,
+        );
+        assert_eq!(get(&a), v, "the writing mount sees its own value");
+    }
+    sh_ok(&format!(
+        "python3 -c 'import os,sys; os.removexattr(sys.argv[1], \"user.k\")' {}",
+        b.join("f").display()
+    ));
+    wait_until(
+        std::time::Duration::from_millis(900),
+        "the removal to show on the first mount",
+        || get(&a) == enodata,
+    );
+}
