@@ -10,6 +10,7 @@
 //! background it re-verifies its shards at a bounded rate and reports corrupt ones.
 
 pub mod store;
+pub mod sums;
 
 use bytes::Bytes;
 use shardfs_common::cap::{self, Cap, CapKey};
@@ -214,20 +215,10 @@ impl wire::Service for Node {
                 ..
             } => {
                 tokio::task::spawn_blocking(move || {
-                    let (hash, data) = store.get(&block, index)?;
-                    let data = match range {
-                        None => data,
+                    let (hash, data) = match range {
+                        None => store.get(&block, index)?,
                         Some((off, len)) => {
-                            let (off, len) = (off as usize, len as usize);
-                            if off.checked_add(len).is_none_or(|end| end > data.len()) {
-                                return Err(NodeError::Common(shardfs_common::Error::invalid(
-                                    format!(
-                                        "range {off}+{len} outside a shard of {} bytes",
-                                        data.len()
-                                    ),
-                                )));
-                            }
-                            data.slice(off..off + len)
+                            store.get_range(&block, index, off as usize, len as usize)?
                         }
                     };
                     Ok((NodeResponse::Shard { hash }, data))

@@ -5,8 +5,11 @@
 //! the payload. Writes go to a temp file that is fsynced, renamed into place, and the directory
 //! fsynced, so a shard is either whole on disk or absent. Every read re-hashes the payload; a
 //! shard that no longer matches its hash is moved to `quarantine/` and reported as corrupt.
+//! Shards of 128 KiB and more also get chunk sums beside them (`<B>.<i>.sum`, see
+//! [`crate::sums`]): a range read reads and checks only the 64 KiB chunks it returns, and falls
+//! back to reading (and judging) the whole shard when a chunk does not match.
 
-use crate::NodeError;
+use crate::{sums, NodeError};
 use shardfs_common::wire::BulkBuf;
 use shardfs_common::BlockId;
 use std::fs::{self, File, OpenOptions};
@@ -215,7 +218,8 @@ impl ShardStore {
             let dir = dir.map_err(|e| NodeError::io(root, e))?;
             if let Ok(rd) = fs::read_dir(dir.path()) {
                 for f in rd.flatten() {
-                    if let Ok(md) = f.metadata() {
+                    let shard = parse_shard_name(&f.file_name().to_string_lossy()).is_some();
+                    if let (true, Ok(md)) = (shard, f.metadata()) {
                         used += md.len();
                         shards += 1;
                     }
@@ -298,6 +302,17 @@ impl ShardStore {
             .join("tmp")
             .join(format!("{}.{index}.{seq}", block.to_hex()));
         shard.set_header(&shard_header(len, hash));
+        // Not fsynced: a lost or torn sums file only makes range reads verify the whole shard.
+        if len >= sums::MIN_CONTENT {
+            let sums_path = sums_path(&path);
+            let tmp_sums = tmp.with_extension(format!("{seq}.sum"));
+            let written = fs::write(&tmp_sums, sums::encode(shard.data(), hash))
+                .and_then(|()| fs::rename(&tmp_sums, &sums_path));
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp_sums);
+                tracing::warn!(shard = %path.display(), "chunk sums not written: {e}");
+            }
+        }
         let write = || -> std::io::Result<()> {
             // Large shards bypass the page cache (O_DIRECT, padded to whole pages): the copy
             // into the cache is the node's largest CPU cost on the write path, and the bytes
@@ -370,6 +385,7 @@ impl ShardStore {
                 .join("quarantine")
                 .join(path.file_name().expect("file name"));
             let _ = fs::rename(&path, &q);
+            let _ = fs::remove_file(sums_path(&path));
             self.shards.fetch_sub(1, Ordering::Relaxed);
             self.used.fetch_sub(raw.len() as u64, Ordering::Relaxed);
             tracing::error!(shard = %path.display(), "corrupt shard quarantined: {why}");
@@ -381,6 +397,61 @@ impl ShardStore {
             Shard::Aligned(b) => bytes::Bytes::from_owner(b),
         };
         Ok((hash, bytes.slice(HEADER_LEN..HEADER_LEN + len)))
+    }
+
+    /// Bytes `[off, off + len)` of a shard, verified by the chunk sums of the chunks they lie
+    /// in (the whole shard is read and verified if it has no usable sums, or a chunk does not
+    /// match them: that read decides, and quarantines a corrupt shard).
+    pub fn get_range(
+        &self,
+        block: &BlockId,
+        index: u8,
+        off: usize,
+        len: usize,
+    ) -> Result<([u8; 32], bytes::Bytes), NodeError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(block, index);
+        let outside = |size: usize| {
+            NodeError::Common(shardfs_common::Error::invalid(format!(
+                "range {off}+{len} outside a shard of {size} bytes"
+            )))
+        };
+        let whole = || {
+            let (hash, data) = self.get(block, index)?;
+            match off.checked_add(len) {
+                Some(end) if end <= data.len() => Ok((hash, data.slice(off..end))),
+                _ => Err(outside(data.len())),
+            }
+        };
+        let Ok(f) = File::open(&path) else {
+            return whole();
+        };
+        let mut head = [0u8; HEADER_LEN];
+        if f.read_exact_at(&mut head, 0).is_err()
+            || &head[..4] != MAGIC
+            || head[4] != FORMAT_VERSION
+        {
+            return whole();
+        }
+        let size = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes")) as usize;
+        let hash: [u8; 32] = head[16..48].try_into().expect("32 bytes");
+        if off.checked_add(len).is_none_or(|end| end > size) {
+            return Err(outside(size));
+        }
+        let sums = fs::read(sums_path(&path))
+            .ok()
+            .and_then(|raw| sums::parse(&raw))
+            .filter(|s| s.len == size && s.hash == hash);
+        let Some(sums) = sums else {
+            return whole();
+        };
+        let (a, b) = sums.span(off, len);
+        let mut buf = vec![0u8; b - a];
+        if f.read_exact_at(&mut buf, (HEADER_LEN + a) as u64).is_err() || !sums.verify(a, &buf) {
+            tracing::warn!(shard = %path.display(), off, len, "chunk does not match its sum; verifying the whole shard");
+            return whole();
+        }
+        Ok((hash, bytes::Bytes::from(buf).slice(off - a..off - a + len)))
     }
 
     /// Read a whole page-padded shard file with O_DIRECT; None if it is not one.
@@ -451,6 +522,7 @@ impl ShardStore {
         match fs::metadata(&path) {
             Ok(md) => {
                 fs::remove_file(&path).map_err(|e| NodeError::io(&path, e))?;
+                let _ = fs::remove_file(sums_path(&path));
                 self.used.fetch_sub(md.len(), Ordering::Relaxed);
                 self.shards.fetch_sub(1, Ordering::Relaxed);
                 Ok(())
@@ -459,6 +531,13 @@ impl ShardStore {
             Err(e) => Err(NodeError::io(&path, e)),
         }
     }
+}
+
+/// Where the chunk sums of the shard at `shard` live.
+fn sums_path(shard: &Path) -> PathBuf {
+    let mut p = shard.as_os_str().to_owned();
+    p.push(".sum");
+    PathBuf::from(p)
 }
 
 /// `<64 hex digits>.<index>` → (block, index).

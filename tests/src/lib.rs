@@ -357,13 +357,19 @@ impl Cluster {
         self.mounts.retain(|m| m != mp);
     }
 
-    /// Shard files stored by node `i`.
+    /// Shard files stored by node `i` (`<block>.<index>`).
     pub fn shard_files(&self, i: usize) -> Vec<PathBuf> {
         let mut out = Vec::new();
         if let Ok(rd) = fs::read_dir(self.node_dir(i).join("shards")) {
             for d in rd.flatten() {
                 if let Ok(files) = fs::read_dir(d.path()) {
-                    out.extend(files.flatten().map(|f| f.path()));
+                    // Shard files, not the chunk sums kept beside them.
+                    out.extend(
+                        files
+                            .flatten()
+                            .map(|f| f.path())
+                            .filter(|p| p.extension().is_none_or(|e| e != "sum")),
+                    );
                 }
             }
         }

@@ -273,7 +273,7 @@ fn shard_files(c: &Cluster, ids: &[String]) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     for i in 0..c.node_count() {
         for f in sh_ok(&format!(
-            "find {} -type f",
+            "find {} -type f ! -name '*.sum'",
             c.node_dir(i).join("shards").display()
         ))
         .lines()

@@ -190,3 +190,79 @@ fn scattered_writes_appends_and_truncates_read_back_as_written() {
     let other = c.mount("other");
     assert_eq!(fs::read(other.join("f")).unwrap(), want, "another mount");
 }
+
+/// Flip 4 KiB of a stored file's payload (after its 48-byte header) at `at`.
+fn corrupt(path: &Path, at: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    let start = 48 + at as usize;
+    for b in &mut bytes[start..start + 4096] {
+        *b ^= 0x5a;
+    }
+    fs::write(path, bytes).unwrap();
+}
+
+/// A corrupted 4 KiB region of a stored shard, and of one copy of a piece, is found by a
+/// 4 KiB read of it (the node checks the 64 KiB chunk the range lies in against its sum, then
+/// judges the whole shard and quarantines it), and the read still returns the right bytes: by
+/// decoding from other shards, or from another copy of the piece.
+#[test]
+fn a_corrupted_region_is_found_by_a_small_read_and_the_right_bytes_come_back() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount("m");
+    let size = 4 << 20;
+    let mut model = random_bytes(21, size);
+    fs::write(mp.join("f"), &model).unwrap();
+    let block = blake3::hash(&model).to_hex().to_string();
+    // Small writes into the second half only (the first half stays the base block's).
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(mp.join("f"))
+        .unwrap();
+    let mut lowest = usize::MAX;
+    for i in 0..40u64 {
+        let off = (2 << 20) + (position(i, 2 << 20) & !4095);
+        let data = random_bytes(500 + i, 4096);
+        f.write_at(&data, off as u64).unwrap();
+        model[off..off + 4096].copy_from_slice(&data);
+        lowest = lowest.min(off);
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let h = holders(&c);
+    let (bnode, _) = h[&block].iter().find(|(_, i)| i == "0").unwrap().clone();
+    let pieces: Vec<(&String, usize)> = h
+        .iter()
+        .filter(|(id, _)| **id != block)
+        .map(|(id, v)| (id, v.iter().find(|(_, i)| i == "0").unwrap().0))
+        .collect();
+    assert_eq!(pieces.len(), 1, "one flush, one piece: {h:?}");
+    let shard_path =
+        |node: usize, name: &str| c.node_dir(node).join("shards").join(&name[..2]).join(name);
+    // Data shard 0 holds block bytes 0..1 MiB: corrupt 64..68 KiB of it.
+    corrupt(&shard_path(bnode, &format!("{block}.0")), 64 << 10);
+    // The piece's first bytes are the lowest small write: corrupt them in its first copy.
+    let (piece, pnode) = pieces[0];
+    corrupt(&shard_path(pnode, &format!("{piece}.0")), 0);
+
+    let m2 = c.mount("fresh");
+    let g = fs::File::open(m2.join("f")).unwrap();
+    for at in [64usize << 10, lowest] {
+        let mut back = vec![0u8; 4096];
+        g.read_exact_at(&mut back, at as u64).unwrap();
+        assert!(
+            back == model[at..at + 4096],
+            "4 KiB read at {at} returned wrong bytes"
+        );
+    }
+    let quarantined =
+        |node: usize, name: String| c.node_dir(node).join("quarantine").join(name).exists();
+    assert!(
+        quarantined(bnode, format!("{block}.0")),
+        "the corrupt shard was found by the 4 KiB read"
+    );
+    assert!(
+        quarantined(pnode, format!("{piece}.0")),
+        "the corrupt piece copy was found by the 4 KiB read"
+    );
+    assert!(same(&m2.join("f"), &model), "the whole file reads right");
+}
