@@ -222,6 +222,10 @@ struct MountArgs {
     /// Blocks uploading at once.
     #[arg(long)]
     upload_window: Option<usize>,
+    /// MiB of writes one open file may hold in memory before they are stored (without
+    /// waiting for close or fsync). Default 64.
+    #[arg(long)]
+    dirty_mib: Option<usize>,
     /// Milliseconds to wait for data shards before also asking parity nodes.
     #[arg(long)]
     hedge_ms: Option<u64>,
@@ -265,6 +269,7 @@ struct FileConfig {
     cache_mib: Option<usize>,
     readahead_blocks: Option<usize>,
     upload_window: Option<usize>,
+    dirty_mib: Option<usize>,
     hedge_ms: Option<u64>,
     merge_max_bytes: Option<u64>,
     journal_dir: Option<PathBuf>,
@@ -532,6 +537,10 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
             other => bail!("unknown mount option {other:?} (known: ro, rw, allow_other, allow_root, default_permissions)"),
         });
     }
+    let dirty_mib = a.dirty_mib.or(f.dirty_mib).unwrap_or(64);
+    if !(1..=4096).contains(&dirty_mib) {
+        bail!("--dirty-mib {dirty_mib}: give 1 to 4096 (MiB of writes per open file in memory)");
+    }
     // fstab entries name the credential as an option: credentials=PATH.
     let opt_cred = opts
         .iter()
@@ -574,7 +583,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
                     ),
             ),
         },
-        dirty_limit: 64 << 20,
+        dirty_limit: dirty_mib << 20,
         hedge_delay: Duration::from_millis(a.hedge_ms.or(f.hedge_ms).unwrap_or(500)),
         shard_timeout: Duration::from_secs_f64(timeout.min(10.0)),
     };

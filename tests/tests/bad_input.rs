@@ -57,6 +57,15 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     assert!(took < Duration::from_secs(15), "took {took:?}");
     assert!(!is_mounted(&mp));
 
+    // A write-back bound out of range.
+    let (ok, text, _) = run(Command::new(bin("shardfs"))
+        .args(["mount", &addr, "--dirty-mib", "0", "--credentials"])
+        .arg(&cred)
+        .arg(&mp));
+    assert!(!ok);
+    assert!(text.contains("--dirty-mib 0: give 1 to 4096"), "{text}");
+    assert!(!is_mounted(&mp));
+
     let (ok, text, _) = run(Command::new(bin("shardfs"))
         .args(["mount", "not an address"])
         .arg(&mp));
