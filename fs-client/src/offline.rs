@@ -36,9 +36,53 @@ pub struct JournalEntry {
     pub content: Vec<u8>,
 }
 
-/// Decode a journal entry as replay reads it back from disk.
+/// What a journal entry starts with since slots have extents; entries without it were written
+/// by a mount of protocol 7.
+const ENTRY_MAGIC: &[u8; 4] = b"SFJ\x02";
+
+/// A journal entry as it is written to disk.
+pub fn encode_entry(e: &JournalEntry) -> Vec<u8> {
+    let mut out = ENTRY_MAGIC.to_vec();
+    out.extend(postcard::to_stdvec(e).expect("encoding an entry cannot fail"));
+    out
+}
+
+/// Decode a journal entry as replay reads it back from disk (also one written by a mount of
+/// protocol 7, before slots had extents).
 pub fn decode_entry(raw: &[u8]) -> Result<JournalEntry, postcard::Error> {
-    postcard::from_bytes(raw)
+    /// A slot as protocol 7 wrote it: always a block, no extents.
+    #[derive(Deserialize)]
+    struct SlotV7 {
+        index: u64,
+        used: u64,
+        block: shardfs_common::proto::BlockMeta,
+        cap: shardfs_common::cap::Cap,
+    }
+    #[derive(Deserialize)]
+    struct EntryV7 {
+        ino: Ino,
+        parent: Ino,
+        name: Vec<u8>,
+        base: Attr,
+        base_slots: Vec<SlotV7>,
+        content: Vec<u8>,
+    }
+    if let Some(rest) = raw.strip_prefix(&ENTRY_MAGIC[..]) {
+        return postcard::from_bytes::<JournalEntry>(rest);
+    }
+    let e = postcard::from_bytes::<EntryV7>(raw)?;
+    Ok(JournalEntry {
+        ino: e.ino,
+        parent: e.parent,
+        name: e.name,
+        base: e.base,
+        base_slots: e
+            .base_slots
+            .into_iter()
+            .map(|s| Slot::whole(s.index, s.used, s.block, s.cap))
+            .collect(),
+        content: e.content,
+    })
 }
 
 fn entry_path(dir: &Path, ino: Ino) -> PathBuf {
@@ -137,7 +181,7 @@ impl Core {
             base_slots,
             content,
         };
-        let bytes = postcard::to_stdvec(&entry).map_err(|e| Error::Protocol(e.to_string()))?;
+        let bytes = encode_entry(&entry);
         std::fs::create_dir_all(&dir)?;
         let path = entry_path(&dir, of.ino);
         let old = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -245,5 +289,79 @@ impl Core {
         self.report_replay(e.ino, &outcome).await;
         self.offline_replayed(e.ino).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardfs_common::proto::{BlockMeta, FileKind, Timespec};
+
+    #[test]
+    fn an_entry_written_before_extents_still_replays() {
+        #[derive(Serialize)]
+        struct SlotV7 {
+            index: u64,
+            used: u64,
+            block: BlockMeta,
+            cap: shardfs_common::cap::Cap,
+        }
+        #[derive(Serialize)]
+        struct EntryV7 {
+            ino: Ino,
+            parent: Ino,
+            name: Vec<u8>,
+            base: Attr,
+            base_slots: Vec<SlotV7>,
+            content: Vec<u8>,
+        }
+        let block = BlockMeta {
+            id: shardfs_common::BlockId::of(b"x"),
+            ec: shardfs_common::ec::EcParams::DEFAULT,
+            len: 1,
+            shard_size: 1,
+            shards: Vec::new(),
+        };
+        let base = Attr {
+            ino: 5,
+            kind: FileKind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            atime: Timespec::now(),
+            mtime: Timespec::now(),
+            ctime: Timespec::now(),
+            rdev: 0,
+            version: 3,
+        };
+        let old = EntryV7 {
+            ino: 5,
+            parent: 1,
+            name: b"doc.txt".to_vec(),
+            base: base.clone(),
+            base_slots: vec![SlotV7 {
+                index: 0,
+                used: 1,
+                block: block.clone(),
+                cap: Default::default(),
+            }],
+            content: b"edited offline".to_vec(),
+        };
+        let e = decode_entry(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!(e.content, b"edited offline");
+        assert_eq!(e.base.version, 3);
+        assert_eq!(
+            e.base_slots,
+            vec![Slot::whole(0, 1, block, Default::default())]
+        );
+        // And an entry of today round-trips.
+        let now = JournalEntry {
+            content: b"new".to_vec(),
+            ..e
+        };
+        let back = decode_entry(&encode_entry(&now)).unwrap();
+        assert_eq!(back.content, b"new");
     }
 }

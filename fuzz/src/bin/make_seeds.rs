@@ -153,7 +153,7 @@ fn main() {
         }],
         content: b"line 1\nline 2\n".to_vec(),
     };
-    write("journal", "entry", &postcard::to_stdvec(&entry).unwrap());
+    write("journal", "entry", &shardfs_client::offline::encode_entry(&entry));
 
     let mut doc = automerge::AutoCommit::new();
     use automerge::transaction::Transactable;
