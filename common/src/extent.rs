@@ -27,8 +27,10 @@ pub struct Extent {
 }
 
 impl Extent {
+    /// One past the last byte (saturating: a map from the network is checked with
+    /// [`check`] before use, and nothing here may panic on one that was not).
     pub fn end(&self) -> u32 {
-        self.off + self.len
+        self.off.saturating_add(self.len)
     }
 
     /// The part of this extent within `[lo, hi)`, if any.
@@ -39,7 +41,7 @@ impl Extent {
             off: s,
             len: e - s,
             piece: self.piece,
-            piece_off: self.piece_off + (s - self.off),
+            piece_off: self.piece_off.saturating_add(s - self.off),
         })
     }
 }
@@ -96,7 +98,8 @@ pub fn check(list: &[Extent], slot_len: u64) -> Result<(), String> {
     }
     let mut pos = 0u64;
     for e in list {
-        if e.len == 0 || (e.off as u64) < pos || e.end() as u64 > slot_len {
+        let end = e.off as u64 + e.len as u64;
+        if e.len == 0 || (e.off as u64) < pos || end > slot_len {
             return Err(format!(
                 "extent {}+{} is empty, overlaps or leaves the slot",
                 e.off, e.len
@@ -105,7 +108,7 @@ pub fn check(list: &[Extent], slot_len: u64) -> Result<(), String> {
         e.piece_off
             .checked_add(e.len)
             .ok_or_else(|| "extent past the end of its piece".to_string())?;
-        pos = e.end() as u64;
+        pos = end;
     }
     Ok(())
 }
@@ -301,6 +304,9 @@ mod tests {
         assert!(check(&[x(0, 5, 1, 0), x(4, 2, 1, 0)], 10).is_err());
         assert!(check(&[x(8, 5, 1, 0)], 10).is_err());
         assert!(check(&[x(0, 5, 1, u32::MAX - 2)], 10).is_err());
+        // An end past 4 GiB must not wrap around into the slot.
+        assert!(check(&[x(4_000_000, u32::MAX - 100, 1, 0)], 4 << 20).is_err());
+        assert!(within(&[x(u32::MAX - 1, 5, 1, 0)], 0, 10).is_empty());
         let many: Vec<Extent> = (0..=MAX_EXTENTS as u32).map(|i| x(i, 1, 1, 0)).collect();
         assert!(check(&many, 1 << 20).is_err());
     }

@@ -1658,7 +1658,7 @@ impl Core {
         match slot {
             None => Ok(None),
             Some(s) if !s.extents.is_empty() || s.block.is_none() => {
-                let len = content_len(&s);
+                let len = content_len(&s).min(self.cluster.block_size as usize);
                 Ok(Some(Arc::new(self.slot_bytes(&s, 0, len, false).await?)))
             }
             Some(s) => {
@@ -1703,7 +1703,7 @@ impl Core {
             let (meta, cap) = s.piece(&e.piece).ok_or_else(|| {
                 Error::Protocol(format!("slot {}: piece {} not described", s.index, e.piece))
             })?;
-            let (a, b) = (e.piece_off as usize, (e.piece_off + e.len) as usize);
+            let (a, b) = (e.piece_off as usize, e.piece_off as usize + e.len as usize);
             if b as u64 > meta.len {
                 return Err(Error::Protocol(format!(
                     "slot {}: extent past the end of piece {}",
