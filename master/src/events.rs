@@ -47,8 +47,10 @@ impl Events {
     }
 
     /// Events after sequence number `after` (`u64::MAX`: none, just the current position),
-    /// waiting up to `wait` for the first one.
-    pub async fn watch(&self, after: u64, wait: Duration) -> MasterResponse {
+    /// waiting up to `wait` for the first one. Events made by the watcher's own session `me`
+    /// (0: unknown) do not end the wait: a mount has nothing to drop for its own changes, and
+    /// answering it for each of them doubled the master's work per namespace operation.
+    pub async fn watch(&self, mut after: u64, wait: Duration, me: u64) -> MasterResponse {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let added = self.added.notified();
@@ -73,9 +75,16 @@ impl Events {
                         events: Vec::new(),
                     };
                 }
-                if after < last {
+                let start = (after + 1).max(first);
+                let others = log
+                    .iter()
+                    .skip((start - first) as usize)
+                    .any(|e| me == 0 || e.origin != me);
+                if after < last && !others && after + 1 >= first {
+                    // Only the watcher's own changes since: move past them and wait on.
+                    after = last;
+                } else if after < last {
                     let lost = after + 1 < first;
-                    let start = (after + 1).max(first);
                     let events: Vec<ChangeEvent> = log
                         .iter()
                         .skip((start - first) as usize)
@@ -171,12 +180,13 @@ mod tests {
     #[tokio::test]
     async fn watchers_get_what_came_after_their_mark() {
         let e = Events::default();
-        let MasterResponse::Changes { next, .. } = e.watch(u64::MAX, Duration::ZERO).await else {
+        let MasterResponse::Changes { next, .. } = e.watch(u64::MAX, Duration::ZERO, 0).await
+        else {
             panic!()
         };
         assert_eq!(next, 0);
         e.push(7, vec![Change::Inode(5), Change::Inode(6)]);
-        let MasterResponse::Changes { next, lost, events } = e.watch(next, Duration::ZERO).await
+        let MasterResponse::Changes { next, lost, events } = e.watch(next, Duration::ZERO, 0).await
         else {
             panic!()
         };
@@ -186,17 +196,45 @@ mod tests {
         // Nothing new: an empty answer after the wait, same mark.
         let MasterResponse::Changes {
             next: n2, events, ..
-        } = e.watch(next, Duration::from_millis(10)).await
+        } = e.watch(next, Duration::from_millis(10), 0).await
         else {
             panic!()
         };
         assert!(events.is_empty());
         assert_eq!(n2, 2);
         e.push(7, vec![Change::Inode(9)]);
-        let MasterResponse::Changes { events, next, .. } = e.watch(n2, Duration::ZERO).await else {
+        let MasterResponse::Changes { events, next, .. } = e.watch(n2, Duration::ZERO, 0).await
+        else {
             panic!()
         };
         assert_eq!(events[0].change, Change::Inode(9));
         assert_eq!(next, 3);
+    }
+
+    #[tokio::test]
+    async fn a_watcher_is_not_woken_for_its_own_changes() {
+        let e = Events::default();
+        let MasterResponse::Changes { next, .. } = e.watch(u64::MAX, Duration::ZERO, 7).await
+        else {
+            panic!()
+        };
+        e.push(7, vec![Change::Inode(5)]);
+        // Only its own change: no answer within the wait, and the position moves past it.
+        let MasterResponse::Changes {
+            next: n2, events, ..
+        } = e.watch(next, Duration::from_millis(20), 7).await
+        else {
+            panic!()
+        };
+        assert!(events.is_empty());
+        assert_eq!(n2, next + 1);
+        // Another session's change wakes it, with its own change too if still unseen.
+        e.push(7, vec![Change::Inode(6)]);
+        e.push(8, vec![Change::Inode(9)]);
+        let MasterResponse::Changes { events, .. } = e.watch(n2, Duration::ZERO, 7).await else {
+            panic!()
+        };
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].origin, 8);
     }
 }

@@ -185,7 +185,7 @@ impl wire::Service for Master {
                 // Other mounts' session ids are theirs: a watcher only learns which events
                 // are its own.
                 let me = self.sessions.of_peer(peer.addr);
-                let mut r = self.events.watch(after, Duration::from_secs(10)).await;
+                let mut r = self.events.watch(after, Duration::from_secs(10), me).await;
                 if let MasterResponse::Changes { events, .. } = &mut r {
                     for e in events.iter_mut().filter(|e| e.origin != me) {
                         e.origin = 0;
