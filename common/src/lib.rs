@@ -5,8 +5,9 @@
 //! fixed prefix, a postcard-encoded header (one request/response enum per service, see
 //! [`proto`]), then the bulk bytes (shard data) streamed after it. [`wire`] does the framing with a
 //! size limit on every read, [`net`] builds the QUIC endpoints, [`ec`] wraps the Reed–Solomon code
-//! that turns one block into k data + m parity shards, and [`error`] holds the error type and the
-//! one place where errors become errnos.
+//! that turns one block into k data + m parity shards, [`extent`] holds the extent maps of small
+//! writes laid over a block, and [`error`] holds the error type and the one place where errors
+//! become errnos.
 
 pub mod cap;
 pub mod config;

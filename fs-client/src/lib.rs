@@ -2,7 +2,8 @@
 //! carries the `umount` and `status` commands.
 //!
 //! A POSIX call arrives in [`fuse`], which hands it to the async [`core`] and returns at once.
-//! The core asks the master ([`master`]) for names, attributes and block maps, and moves block
+//! The core asks the master ([`master`]) for names, attributes and block maps, keeps writes into
+//! part of a stored block apart and stores them as replicated pieces ([`pieces`]), and moves block
 //! content through [`blocks`]: erasure-coded shards to and from the storage nodes over QUIC,
 //! with a byte-bounded LRU cache of decoded blocks and read-ahead for sequential readers. The
 //! mount's [`session`] with the master keeps its open files and advisory locks known there.
