@@ -1816,21 +1816,8 @@ impl Core {
                     };
                     let mut st = of.st.lock().expect("file lock");
                     st.journaled = false;
-                    if !st.dirty.contains_key(&idx) {
-                        // Room for the whole block up front: no reallocation while it fills.
-                        let mut v = Vec::with_capacity(bs as usize);
-                        if let Some(b) = base {
-                            v.extend_from_slice(&b);
-                        }
-                        // Written meanwhile as small writes: they are newer than the base.
-                        if let Some(sp) = st.sparse.remove(&idx) {
-                            st.dirty_bytes -= sp.data.bytes();
-                            v.resize(v.len().max(sp.data.end() as usize), 0);
-                            sp.data.apply(0, &mut v);
-                        }
-                        st.dirty_bytes += v.len();
-                        st.dirty.insert(idx, v);
-                    }
+                    // Small writes made meanwhile are newer than the base.
+                    st.sparse_to_dirty(idx, base, bs);
                 }
                 let mut st = of.st.lock().expect("file lock");
                 let Some(buf) = st.dirty.get_mut(&idx) else {

@@ -47,26 +47,29 @@ pub fn encode_entry(e: &JournalEntry) -> Vec<u8> {
     out
 }
 
+/// A slot as protocol 7 wrote it: always a block, no extents.
+#[derive(Serialize, Deserialize)]
+struct SlotV7 {
+    index: u64,
+    used: u64,
+    block: shardfs_common::proto::BlockMeta,
+    cap: shardfs_common::cap::Cap,
+}
+
+/// A journal entry as protocol 7 wrote it (no format mark).
+#[derive(Serialize, Deserialize)]
+struct EntryV7 {
+    ino: Ino,
+    parent: Ino,
+    name: Vec<u8>,
+    base: Attr,
+    base_slots: Vec<SlotV7>,
+    content: Vec<u8>,
+}
+
 /// Decode a journal entry as replay reads it back from disk (also one written by a mount of
 /// protocol 7, before slots had extents).
 pub fn decode_entry(raw: &[u8]) -> Result<JournalEntry, postcard::Error> {
-    /// A slot as protocol 7 wrote it: always a block, no extents.
-    #[derive(Deserialize)]
-    struct SlotV7 {
-        index: u64,
-        used: u64,
-        block: shardfs_common::proto::BlockMeta,
-        cap: shardfs_common::cap::Cap,
-    }
-    #[derive(Deserialize)]
-    struct EntryV7 {
-        ino: Ino,
-        parent: Ino,
-        name: Vec<u8>,
-        base: Attr,
-        base_slots: Vec<SlotV7>,
-        content: Vec<u8>,
-    }
     if let Some(rest) = raw.strip_prefix(&ENTRY_MAGIC[..]) {
         return postcard::from_bytes::<JournalEntry>(rest);
     }
@@ -299,22 +302,6 @@ mod tests {
 
     #[test]
     fn an_entry_written_before_extents_still_replays() {
-        #[derive(Serialize)]
-        struct SlotV7 {
-            index: u64,
-            used: u64,
-            block: BlockMeta,
-            cap: shardfs_common::cap::Cap,
-        }
-        #[derive(Serialize)]
-        struct EntryV7 {
-            ino: Ino,
-            parent: Ino,
-            name: Vec<u8>,
-            base: Attr,
-            base_slots: Vec<SlotV7>,
-            content: Vec<u8>,
-        }
         let block = BlockMeta {
             id: shardfs_common::BlockId::of(b"x"),
             ec: shardfs_common::ec::EcParams::DEFAULT,

@@ -266,3 +266,37 @@ fn a_corrupted_region_is_found_by_a_small_read_and_the_right_bytes_come_back() {
     );
     assert!(same(&m2.join("f"), &model), "the whole file reads right");
 }
+
+/// A slot that would hold more extents than a commit may carry (1,024) is stored whole again
+/// by its writer: 1,500 small writes that do not touch each other, in one flush, end as a new
+/// erasure-coded block, and the file reads back as written.
+#[test]
+fn a_slot_with_too_many_extents_is_stored_whole_again() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount("m");
+    let mut model = random_bytes(31, 4 << 20);
+    fs::write(mp.join("f"), &model).unwrap();
+    let before: HashSet<String> = holders(&c).into_keys().collect();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(mp.join("f"))
+        .unwrap();
+    for i in 0..1500usize {
+        let (off, data) = (i * 2048, random_bytes(9000 + i as u64, 100));
+        f.write_at(&data, off as u64).unwrap();
+        model[off..off + 100].copy_from_slice(&data);
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let h = holders(&c);
+    let rewritten = h
+        .iter()
+        .filter(|(id, v)| !before.contains(*id) && v.len() == 6)
+        .count();
+    assert_eq!(
+        rewritten, 1,
+        "the slot was stored whole as a 4+2 block: {h:?}"
+    );
+    let other = c.mount("other");
+    assert!(same(&other.join("f"), &model), "another mount reads it");
+}
