@@ -113,6 +113,33 @@ pub fn check(list: &[Extent], slot_len: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Copy the bytes the extents of `list` take from `piece` (its whole content: `data`) into
+/// `out`, the slot's bytes. Refused, before anything is copied, if an extent leaves `out` or
+/// `data` (a map or a piece that does not fit the other).
+pub fn copy_from(
+    list: &[Extent],
+    piece: &BlockId,
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<(), String> {
+    let mine = || list.iter().filter(|e| e.piece == *piece);
+    for e in mine() {
+        let (o, p, n) = (e.off as usize, e.piece_off as usize, e.len as usize);
+        // u32 + u32 cannot overflow a usize of 64 bits.
+        if o + n > out.len() || p + n > data.len() {
+            return Err(format!(
+                "extent {}+{} of piece {piece} does not fit the slot or the piece",
+                e.off, e.len
+            ));
+        }
+    }
+    for e in mine() {
+        let (o, p, n) = (e.off as usize, e.piece_off as usize, e.len as usize);
+        out[o..o + n].copy_from_slice(&data[p..p + n]);
+    }
+    Ok(())
+}
+
 /// The distinct pieces `list` refers to, in first-use order.
 pub fn pieces(list: &[Extent]) -> Vec<BlockId> {
     let mut out: Vec<BlockId> = Vec::new();
@@ -345,5 +372,49 @@ mod tests {
         s.cut(13);
         assert_eq!(s.end(), 13);
         assert_eq!(s.bytes(), 3 + 3);
+    }
+
+    #[test]
+    fn copy_from_takes_a_pieces_extents_and_refuses_ones_that_do_not_fit() {
+        let (a, b) = (BlockId::of(b"a"), BlockId::of(b"b"));
+        let list = vec![
+            Extent {
+                off: 1,
+                len: 2,
+                piece: a,
+                piece_off: 3,
+            },
+            Extent {
+                off: 4,
+                len: 1,
+                piece: b,
+                piece_off: 0,
+            },
+            Extent {
+                off: 6,
+                len: 2,
+                piece: a,
+                piece_off: 0,
+            },
+        ];
+        let mut out = vec![0u8; 8];
+        copy_from(&list, &a, b"ABCDE", &mut out).unwrap();
+        assert_eq!(&out, b"\0DE\0\0\0AB");
+        copy_from(&list, &b, b"z", &mut out).unwrap();
+        assert_eq!(&out, b"\0DE\0z\0AB");
+        let mut short = vec![0u8; 7];
+        assert!(
+            copy_from(&list, &a, b"ABCDE", &mut short).is_err(),
+            "leaves the slot"
+        );
+        assert_eq!(
+            short,
+            vec![0u8; 7],
+            "nothing copied from a map that does not fit"
+        );
+        assert!(
+            copy_from(&list, &a, b"ABC", &mut out).is_err(),
+            "leaves the piece"
+        );
     }
 }

@@ -32,7 +32,10 @@ impl fmt::Debug for NodeId {
 }
 
 /// A block's id is the blake3 hash of its content, so equal blocks share one id (the base for
-/// dedup and version history) and a cached block can never be stale.
+/// dedup and version history) and a cached block can never be stale. A block stored as full
+/// copies (a piece of small writes) is hashed in its own domain ([`BlockId::of_copies`]), so
+/// it never shares an id with an erasure-coded block of the same bytes: shard `i` of the two
+/// are different bytes, and one id must name one set of shards.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BlockId(pub [u8; 32]);
 
@@ -40,6 +43,14 @@ impl BlockId {
     /// The id of a block with this content.
     pub fn of(data: &[u8]) -> Self {
         BlockId(*blake3::hash(data).as_bytes())
+    }
+
+    /// The id of a block with this content stored as full copies.
+    pub fn of_copies(data: &[u8]) -> Self {
+        let mut h =
+            blake3::Hasher::new_derive_key("shardfs 2026-12-01 block stored as full copies");
+        h.update(data);
+        BlockId(*h.finalize().as_bytes())
     }
 
     pub fn to_hex(&self) -> String {
@@ -79,5 +90,6 @@ mod tests {
         assert_eq!(BlockId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(BlockId::from_hex("zz"), None);
         assert_ne!(BlockId::of(b"hello"), BlockId::of(b"hellp"));
+        assert_ne!(BlockId::of(b"hello"), BlockId::of_copies(b"hello"));
     }
 }

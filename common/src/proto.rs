@@ -169,6 +169,21 @@ pub struct BlockMeta {
 }
 
 impl BlockMeta {
+    /// The id of `data` stored with code `ec`: one data shard (full copies) has ids of its own.
+    pub fn content_id(ec: EcParams, data: &[u8]) -> BlockId {
+        match ec.k {
+            1 => BlockId::of_copies(data),
+            _ => BlockId::of(data),
+        }
+    }
+
+    /// Whether `data` is this block's content. Pieces stored before copies had ids of their
+    /// own carry the plain hash, and still read.
+    pub fn holds(&self, data: &[u8]) -> bool {
+        self.id == Self::content_id(self.ec, data)
+            || (self.ec.k == 1 && self.id == BlockId::of(data))
+    }
+
     /// Whether the description is self-consistent: a usable code, shards of ceil(len / k)
     /// bytes (no larger than a frame's bulk), one per shard index. A mount checks this before
     /// it allocates anything to read the block.
@@ -346,6 +361,13 @@ pub struct Health {
     pub repair_failures: u64,
     /// Milliseconds since the last completed scan (None: no scan yet).
     pub scanned_ms_ago: Option<u64>,
+    /// Files holding small writes not sealed into erasure-coded blocks yet.
+    pub unsealed_files: u64,
+    /// Slots sealed since the master started, and the bytes of their new blocks.
+    pub sealed_slots: u64,
+    pub sealed_bytes: u64,
+    /// Seals that failed since the master started (they are retried).
+    pub seal_failures: u64,
 }
 
 /// What a scrub found on the nodes it checked.
@@ -982,6 +1004,25 @@ pub enum NodeRequest {
         block: BlockMeta,
         sources: Vec<(u8, String)>,
     },
+    /// Seal a slot (master only): see [`SealJob`]. Answered `Sealed`.
+    Seal(SealJob),
+}
+
+/// A slot to seal: read its base block (`base`, with (index, address) of holders of its
+/// shards) and its pieces (the same), lay `extents` over the first `base_len` bytes of the
+/// base, encode the `len` bytes that result with code `ec` and store shard i on `targets[i]`
+/// (node, address). Answered `Sealed` with the new block's description once every shard is
+/// stored; on a failure after some were stored, `Sealed` too, with `complete: false`, so the
+/// master can collect them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealJob {
+    pub base: Option<(BlockMeta, Vec<(u8, String)>)>,
+    pub base_len: u64,
+    pub pieces: Vec<(BlockMeta, Vec<(u8, String)>)>,
+    pub extents: Vec<crate::extent::Extent>,
+    pub len: u64,
+    pub ec: EcParams,
+    pub targets: Vec<(NodeId, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1003,6 +1044,12 @@ pub enum NodeResponse {
         intact: Vec<(BlockId, u8)>,
         corrupt: Vec<(BlockId, u8)>,
         next: Option<(BlockId, u8)>,
+    },
+    /// A sealed slot's new block; `complete`: every shard is stored (see `NodeRequest::Seal`).
+    Sealed {
+        block: BlockMeta,
+        complete: bool,
+        error: Option<String>,
     },
     Err(RemoteError),
 }

@@ -236,6 +236,15 @@ fn describe(h: &Health) -> String {
             h.repair_failures
         ));
     }
+    if h.unsealed_files > 0 || h.sealed_slots > 0 || h.seal_failures > 0 {
+        s.push_str(&format!(
+            "\nsmall writes: {} files not sealed yet; {} slots sealed ({}) since the master started, {} seals failed and retried",
+            h.unsealed_files,
+            h.sealed_slots,
+            human(h.sealed_bytes),
+            h.seal_failures
+        ));
+    }
     s
 }
 

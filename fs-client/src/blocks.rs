@@ -192,8 +192,8 @@ impl BlockStore {
             true => self.replica.clone(),
             false => self.codec.clone(),
         };
-        let d = data.clone();
-        let id = tokio::task::spawn_blocking(move || BlockId::of(&d))
+        let (d, ec) = (data.clone(), codec.params());
+        let id = tokio::task::spawn_blocking(move || BlockMeta::content_id(ec, &d))
             .await
             .map_err(|e| Error::Unavailable(format!("hasher failed: {e}")))?;
         let give_up = Instant::now() + self.cfg.put_timeout;
@@ -694,7 +694,7 @@ impl BlockStore {
                 let arrived: Vec<usize> =
                     (0..shards.len()).filter(|i| shards[*i].is_some()).collect();
                 let data = codec.decode(&mut shards, meta2.len as usize)?;
-                if BlockId::of(&data) == meta2.id {
+                if meta2.holds(&data) {
                     return Ok::<_, Error>(Ok(Arc::new(data)));
                 }
                 // Which of the shards that arrived are not what was written?

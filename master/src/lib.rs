@@ -5,7 +5,8 @@
 //! operation one atomic batch. The node registry ([`nodes`]) tracks which nodes are alive and
 //! chooses k + m distinct nodes for each new block, weighted by free space. Background tasks
 //! delete the shards of blocks nothing references any more, after a grace period, and keep
-//! every block at full strength ([`repair`]: rebuild lost shards, scrub, drain, rebalance).
+//! every block at full strength ([`repair`]: rebuild lost shards, scrub, drain, rebalance), and
+//! turn small writes that went quiet into erasure-coded blocks ([`seal`]).
 
 pub mod credentials;
 pub mod events;
@@ -14,6 +15,7 @@ pub mod meta;
 pub mod nodes;
 pub mod perms;
 pub mod repair;
+pub mod seal;
 pub mod sessions;
 pub mod slots;
 
@@ -103,6 +105,7 @@ pub struct MasterConfig {
     pub sync: bool,
     /// Largest merge document kept per text file (bytes); past it, it is compacted.
     pub merge_doc_max: usize,
+    pub seal: seal::SealConfig,
 }
 
 struct Master {
@@ -124,6 +127,7 @@ struct Master {
     /// The latest merges, conflicted copies and replays, cluster-wide (for `shardfs status`).
     recent: Mutex<std::collections::VecDeque<HistoryEntry>>,
     merge_doc_max: usize,
+    seal_stats: Mutex<seal::SealStats>,
 }
 
 impl wire::Service for Master {
@@ -693,7 +697,17 @@ impl Master {
                 session,
                 access,
             } => {
-                let (attr, mut slots) = self.meta.open_file(ino)?;
+                // Held before its map is read: a seal swaps slots only of files no session
+                // holds, so a map read here is never one a seal is about to replace.
+                let write = access & shardfs_common::proto::ACCESS_WRITE != 0;
+                self.sessions.opened(&self.meta, session, ino, write);
+                let (attr, mut slots) = match self.meta.open_file(ino) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = self.sessions.closed(&self.meta, session, ino, 1);
+                        return Err(e);
+                    }
+                };
                 for s in &mut slots {
                     if let Some(b) = &s.block {
                         s.cap = self.cap(from, cap::READ, &b.id);
@@ -702,8 +716,6 @@ impl Master {
                         *c = self.cap(from, cap::READ, &m.id);
                     }
                 }
-                let write = access & shardfs_common::proto::ACCESS_WRITE != 0;
-                self.sessions.opened(&self.meta, session, ino, write);
                 A::Opened { attr, slots }
             }
             R::Close {
@@ -909,7 +921,13 @@ impl Master {
                 &name,
                 shardfs_common::proto::Timespec::now(),
             )?),
-            R::Health => A::Health(self.repair.health()),
+            R::Health => {
+                let mut h = self.repair.health();
+                let s = *self.seal_stats.lock().expect("seal stats lock");
+                h.unsealed_files = self.meta.unsealed_files()?;
+                (h.sealed_slots, h.sealed_bytes, h.seal_failures) = (s.slots, s.bytes, s.failed);
+                A::Health(h)
+            }
             R::Repair => {
                 self.repair.force();
                 A::Ok
@@ -1068,6 +1086,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         merged: Mutex::new(HashSet::new()),
         recent: Mutex::new(Default::default()),
         merge_doc_max: cfg.merge_doc_max,
+        seal_stats: Mutex::new(Default::default()),
     });
     let session_loop = tokio::spawn(session_loop(master.clone(), cfg.session_lease));
     let repairs = tokio::spawn(repair::repair_loop(master.clone(), shutdown.clone()));
@@ -1077,7 +1096,20 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cfg.gc_interval,
         shutdown.clone(),
     ));
+    // Mounts that had files open before a restart claim them back within two leases; until
+    // then no file counts as closed.
+    let settle = match master.meta.recorded_sessions() {
+        Ok(s) if s.is_empty() => Duration::ZERO,
+        _ => cfg.session_lease * 2,
+    };
+    let seals = tokio::spawn(seal::seal_loop(
+        master.clone(),
+        cfg.seal.clone(),
+        settle,
+        shutdown.clone(),
+    ));
     wire::serve(endpoint, master, shutdown).await;
+    seals.abort();
     gc.abort();
     repairs.abort();
     session_loop.abort();

@@ -56,6 +56,13 @@ struct Args {
     /// to the current text; the file's merge log stays).
     #[arg(long, env = "SHARDFS_MERGE_DOC_MIB")]
     merge_doc_mib: Option<u64>,
+    /// Seconds a file's small writes must have been quiet before they are sealed into
+    /// erasure-coded blocks (0: never seal; small writes then stay as full copies).
+    #[arg(long, env = "SHARDFS_SEAL_QUIET_SECS")]
+    seal_quiet_secs: Option<u64>,
+    /// Most MiB of sealed blocks written per second (0: no limit).
+    #[arg(long, env = "SHARDFS_SEAL_MIB_PER_SEC")]
+    seal_mib_per_sec: Option<u64>,
     /// fsync the metadata log on every operation.
     #[arg(long)]
     sync: bool,
@@ -80,6 +87,8 @@ struct FileConfig {
     rebalance_pct: Option<f64>,
     session_lease_secs: Option<f64>,
     merge_doc_mib: Option<u64>,
+    seal_quiet_secs: Option<u64>,
+    seal_mib_per_sec: Option<u64>,
     sync: Option<bool>,
 }
 
@@ -147,6 +156,18 @@ fn real_main() -> anyhow::Result<()> {
                 anyhow::bail!("--merge-doc-mib must be between 1 and 1024");
             }
             (mib << 20) as usize
+        },
+        seal: {
+            let quiet = a.seal_quiet_secs.or(f.seal_quiet_secs).unwrap_or(300);
+            let rate = a.seal_mib_per_sec.or(f.seal_mib_per_sec).unwrap_or(64);
+            if quiet > 30 * 86_400 || rate > 1 << 20 {
+                anyhow::bail!("--seal-quiet-secs is at most 2592000 (30 days), --seal-mib-per-sec at most 1048576");
+            }
+            shardfs_master::seal::SealConfig {
+                quiet: Duration::from_secs(quiet),
+                interval: Duration::from_secs(quiet.clamp(1, 30)),
+                rate: rate << 20,
+            }
         },
         sync: a.sync || f.sync.unwrap_or(false),
     };

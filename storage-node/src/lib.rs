@@ -6,20 +6,22 @@
 //! then heartbeats with its capacity, free space and shard count, so the master knows it is alive
 //! and how much it can take. Many requests are served at once: each QUIC stream is its own task
 //! and disk work runs on the blocking pool. At the master's request a node rebuilds lost shards
-//! of a block from its peers, verifies all its shards (scrub) and deletes leftovers; in the
-//! background it re-verifies its shards at a bounded rate and reports corrupt ones.
+//! of a block from its peers ([`rebuild`]), seals slots (a base block and the replicated
+//! pieces laid over it become one erasure-coded block, [`seal`]), verifies all its shards
+//! (scrub) and deletes leftovers; in the background it re-verifies its shards at a bounded rate
+//! and reports corrupt ones.
 
+mod peers;
+mod rebuild;
+mod seal;
 pub mod store;
 pub mod sums;
 
 use bytes::Bytes;
-use shardfs_common::cap::{self, Cap, CapKey};
+use shardfs_common::cap::{self, CapKey};
 use shardfs_common::dial::Dialer;
-use shardfs_common::ec::Codec;
 use shardfs_common::error::RemoteError;
-use shardfs_common::ids::shard_hash;
 use shardfs_common::pki::{Credential, Role};
-use shardfs_common::proto::BlockMeta;
 use shardfs_common::proto::{
     MasterRequest, MasterResponse, NodeRequest, NodeResponse, ALPN_MASTER, ALPN_NODE,
 };
@@ -134,6 +136,7 @@ impl Node {
             | NodeRequest::DeleteOrphans { .. }
             | NodeRequest::Scrub { .. }
             | NodeRequest::Rebuild { .. }
+            | NodeRequest::Seal(_)
             | NodeRequest::Verify { .. } => &[Role::Master],
         };
         if !roles.contains(&who.role) {
@@ -248,6 +251,14 @@ impl wire::Service for Node {
                 .verify(block, sources)
                 .await
                 .map(|()| (NodeResponse::Ok, Bytes::new()))),
+            NodeRequest::Seal(job) => Ok(self.clone().seal(job).await.map(|s| {
+                let r = NodeResponse::Sealed {
+                    block: s.block,
+                    complete: s.complete,
+                    error: s.error,
+                };
+                (r, Bytes::new())
+            })),
             NodeRequest::Scrub { after, limit } => {
                 tokio::task::spawn_blocking(move || {
                     let p = scrub_page(&store, after, limit.clamp(1, 10_000))?;
@@ -311,262 +322,6 @@ impl wire::Service for Node {
                 Bytes::new(),
             ),
         }
-    }
-}
-
-impl Node {
-    /// Rebuild shards of `meta` from k of `sources` and store each on its node (here or sent
-    /// on). Every source shard and every rebuilt shard is checked against its recorded hash.
-    /// Shard `i` of block `id` from the node at `addr`, if it is the one recorded (`want`).
-    async fn fetch_shard(
-        &self,
-        id: BlockId,
-        i: u8,
-        want: [u8; 32],
-        size: usize,
-        addr: &str,
-    ) -> Result<Vec<u8>, Error> {
-        let a = peer_addr(addr)?;
-        let req = NodeRequest::Get {
-            block: id,
-            index: i,
-            range: None,
-            cap: Cap::default(),
-        };
-        let local = addr == self.advertise;
-        let (hash, d) = if local {
-            let store = self.store.clone();
-            let (hash, d) = tokio::task::spawn_blocking(move || store.get(&id, i))
-                .await
-                .map_err(|e| Error::Unavailable(format!("store worker failed: {e}")))?
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
-            (hash, d.to_vec())
-        } else {
-            match self
-                .peers
-                .call::<_, NodeResponse>(a, &req, Bytes::new(), size, PEER_TIMEOUT)
-                .await?
-            {
-                (NodeResponse::Shard { hash }, d) => (hash, d),
-                (NodeResponse::Err(e), _) => return Err(Error::from(e)),
-                (other, _) => return Err(Error::Protocol(format!("unexpected answer {other:?}"))),
-            }
-        };
-        if hash == want && d.len() == size {
-            Ok(d)
-        } else {
-            Err(Error::Corrupt(format!(
-                "shard {id}.{i} from {addr} is not the one recorded"
-            )))
-        }
-    }
-
-    /// Check that a block description is true: its shards, read from `sources`, decode to
-    /// content whose blake3 is the block's id, and encoding that content again gives every
-    /// recorded shard hash.
-    async fn verify(
-        self: Arc<Self>,
-        meta: BlockMeta,
-        sources: Vec<(u8, String)>,
-    ) -> Result<(), NodeError> {
-        meta.check_shape()?;
-        let (n, size) = (meta.ec.total(), meta.shard_size as usize);
-        if sources.iter().any(|(i, _)| *i as usize >= n) || sources.len() > n {
-            return Err(Error::invalid("verify request does not match the block's code").into());
-        }
-        let fetches = sources.into_iter().map(|(i, addr)| {
-            let this = self.clone();
-            let (id, want) = (meta.id, meta.shards[i as usize].hash);
-            async move { (i, this.fetch_shard(id, i, want, size, &addr).await) }
-        });
-        let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
-        for (i, r) in futures::future::join_all(fetches).await {
-            if let Ok(d) = r {
-                shards[i as usize] = Some(d);
-            }
-        }
-        let codec = Codec::new(meta.ec)?;
-        tokio::task::spawn_blocking(move || {
-            let data = codec.decode(&mut shards, meta.len as usize)?;
-            if BlockId::of(&data) != meta.id {
-                return Err(Error::Corrupt(format!(
-                    "the shards of block {} decode to other content",
-                    meta.id
-                )));
-            }
-            let again = codec.encode(&data)?;
-            if again
-                .iter()
-                .zip(&meta.shards)
-                .any(|(s, l)| shard_hash(s) != l.hash)
-            {
-                return Err(Error::Corrupt(format!(
-                    "block {}: recorded shard hashes are not those of its content",
-                    meta.id
-                )));
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::Unavailable(format!("verify worker failed: {e}")))?
-        .map_err(NodeError::from)
-    }
-
-    async fn rebuild(
-        self: Arc<Self>,
-        meta: BlockMeta,
-        mut sources: Vec<(u8, String)>,
-        rebuild: Vec<(u8, String)>,
-    ) -> Result<(), NodeError> {
-        let (n, size) = (meta.ec.total(), meta.shard_size as usize);
-        if meta.shards.len() != n
-            || sources
-                .iter()
-                .chain(&rebuild)
-                .any(|(i, _)| *i as usize >= n)
-        {
-            return Err(Error::invalid("rebuild request does not match the block's code").into());
-        }
-        // Data shards first: with all k of them, nothing needs decoding twice.
-        sources.sort_by_key(|(i, _)| *i);
-        let fetch = |i: u8, addr: String| {
-            let this = self.clone();
-            let (id, want) = (meta.id, meta.shards[i as usize].hash);
-            async move {
-                let r = this.fetch_shard(id, i, want, size, &addr).await;
-                (i, addr, r)
-            }
-        };
-        // A shard still readable somewhere (a move: drain, rebalance) is copied as it is.
-        let mut copied: Vec<(u8, String, Vec<u8>)> = Vec::new();
-        let mut rest: Vec<(u8, String)> = Vec::new();
-        for (i, target) in rebuild {
-            let direct = match sources.iter().find(|(j, _)| *j == i) {
-                Some((_, a)) => fetch(i, a.clone()).await.2.ok(),
-                None => None,
-            };
-            match direct {
-                Some(d) => copied.push((i, target, d)),
-                None => rest.push((i, target)),
-            }
-        }
-        let rebuilt = if rest.is_empty() {
-            Vec::new()
-        } else {
-            self.reconstruct(&meta, &sources, rest, &fetch).await?
-        };
-        let stores = copied.into_iter().chain(rebuilt).map(|(i, addr, d)| {
-            let this = self.clone();
-            let (id, hash) = (meta.id, meta.shards[i as usize].hash);
-            async move {
-                if addr == this.advertise {
-                    let store = this.store.clone();
-                    tokio::task::spawn_blocking(move || {
-                        store.put(&id, i, &hash, ShardBuf::from_slice(&d))
-                    })
-                    .await
-                    .map_err(|e| Error::Unavailable(format!("store worker failed: {e}")))?
-                } else {
-                    let a = peer_addr(&addr)?;
-                    let req = NodeRequest::Put {
-                        block: id,
-                        index: i,
-                        hash,
-                        cap: Cap::default(),
-                    };
-                    match this
-                        .peers
-                        .call::<_, NodeResponse>(a, &req, Bytes::from(d), 0, PEER_TIMEOUT)
-                        .await?
-                    {
-                        (NodeResponse::Ok, _) => Ok(()),
-                        (NodeResponse::Err(e), _) => Err(Error::from(e).into()),
-                        (other, _) => {
-                            Err(Error::Protocol(format!("unexpected answer {other:?}")).into())
-                        }
-                    }
-                }
-            }
-        });
-        for r in futures::future::join_all(stores).await {
-            r?;
-        }
-        Ok(())
-    }
-
-    /// Fetch k of `sources` and reconstruct the shards `wanted` from them, each checked
-    /// against its recorded hash.
-    async fn reconstruct<F, Fut>(
-        &self,
-        meta: &BlockMeta,
-        sources: &[(u8, String)],
-        wanted: Vec<(u8, String)>,
-        fetch: &F,
-    ) -> Result<Vec<(u8, String, Vec<u8>)>, NodeError>
-    where
-        F: Fn(u8, String) -> Fut,
-        Fut: std::future::Future<Output = (u8, String, Result<Vec<u8>, Error>)>,
-    {
-        use futures::stream::{FuturesUnordered, StreamExt};
-        let (k, n) = (meta.ec.k as usize, meta.ec.total());
-        let codec = Codec::new(meta.ec)?;
-        let sources: Vec<(u8, String)> = sources
-            .iter()
-            .filter(|(i, _)| !wanted.iter().any(|(w, _)| w == i))
-            .cloned()
-            .collect();
-        let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
-        let mut running = FuturesUnordered::new();
-        let mut queue = sources.into_iter();
-        for (i, a) in queue.by_ref().take(k) {
-            running.push(fetch(i, a));
-        }
-        let (mut have, mut errors) = (0usize, Vec::new());
-        while let Some((i, addr, r)) = running.next().await {
-            match r {
-                Ok(d) => {
-                    shards[i as usize] = Some(d);
-                    have += 1;
-                    if have == k {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    errors.push(format!("shard {i} on {addr}: {e}"));
-                    if let Some((i, a)) = queue.next() {
-                        running.push(fetch(i, a));
-                    }
-                }
-            }
-        }
-        drop(running);
-        if have < k {
-            return Err(Error::Unavailable(format!(
-                "block {}: only {have} of the {k} shards needed could be read ({})",
-                meta.id,
-                errors.join("; ")
-            ))
-            .into());
-        }
-        let meta2 = meta.clone();
-        let rebuilt: Vec<(u8, String, Vec<u8>)> = tokio::task::spawn_blocking(move || {
-            codec.reconstruct(&mut shards)?;
-            let mut out = Vec::new();
-            for (i, addr) in wanted {
-                let d = shards[i as usize].take().expect("reconstructed");
-                if shard_hash(&d) != meta2.shards[i as usize].hash {
-                    return Err(Error::Corrupt(format!(
-                        "rebuilt shard {}.{i} does not match its recorded hash",
-                        meta2.id
-                    )));
-                }
-                out.push((i, addr, d));
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| Error::Unavailable(format!("rebuild worker failed: {e}")))??;
-        Ok(rebuilt)
     }
 }
 

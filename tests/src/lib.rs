@@ -377,6 +377,22 @@ impl Cluster {
         out
     }
 
+    /// What the nodes store: block or piece id (hex) -> (node, shard index) of each shard file.
+    pub fn holders(&self) -> std::collections::HashMap<String, Vec<(usize, String)>> {
+        let mut out: std::collections::HashMap<String, Vec<(usize, String)>> = Default::default();
+        for i in 0..self.node_count() {
+            for f in self.shard_files(i) {
+                let name = f.file_name().unwrap().to_string_lossy().to_string();
+                if let Some((id, idx)) = name.rsplit_once('.') {
+                    out.entry(id.to_string())
+                        .or_default()
+                        .push((i, idx.to_string()));
+                }
+            }
+        }
+        out
+    }
+
     /// Bytes of shard files stored by each node.
     pub fn node_usage(&self) -> Vec<u64> {
         (0..self.nodes.len())

@@ -2,26 +2,10 @@
 //! block, not as a rewrite of the whole erasure-coded block. Real master, nodes and mounts.
 
 use shardfs_tests::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-
-/// Stored objects on the nodes: block or piece id -> (node, shard index) of each file.
-fn holders(c: &Cluster) -> HashMap<String, Vec<(usize, String)>> {
-    let mut out: HashMap<String, Vec<(usize, String)>> = HashMap::new();
-    for i in 0..c.node_count() {
-        for f in c.shard_files(i) {
-            let name = f.file_name().unwrap().to_string_lossy().to_string();
-            if let Some((id, idx)) = name.rsplit_once('.') {
-                out.entry(id.to_string())
-                    .or_default()
-                    .push((i, idx.to_string()));
-            }
-        }
-    }
-    out
-}
 
 /// A pseudo-random 4 KiB write position in a file of `size` bytes: page-aligned mostly, now
 /// and then not (SQLite pages are aligned; logs and editors are not).
@@ -53,7 +37,7 @@ fn fsynced_small_writes_are_pieces_that_survive_client_master_and_node_crashes()
     let size = 16 << 20;
     let mut model = random_bytes(5, size);
     fs::write(mp.join("db"), &model).unwrap();
-    let blocks_before: HashSet<String> = holders(&c).into_keys().collect();
+    let blocks_before: HashSet<String> = c.holders().into_keys().collect();
     assert_eq!(blocks_before.len(), 4, "four 4 MiB blocks");
     let stored_before: u64 = c.node_usage().iter().sum();
 
@@ -92,7 +76,7 @@ fn fsynced_small_writes_are_pieces_that_survive_client_master_and_node_crashes()
         stored < 5 * app,
         "small writes stored {stored} bytes for {app} written"
     );
-    let h = holders(&c);
+    let h = c.holders();
     let pieces: Vec<&Vec<(usize, String)>> = h
         .iter()
         .filter(|(id, _)| !blocks_before.contains(*id))
@@ -228,7 +212,7 @@ fn a_corrupted_region_is_found_by_a_small_read_and_the_right_bytes_come_back() {
     }
     f.sync_all().unwrap();
     drop(f);
-    let h = holders(&c);
+    let h = c.holders();
     let (bnode, _) = h[&block].iter().find(|(_, i)| i == "0").unwrap().clone();
     let pieces: Vec<(&String, usize)> = h
         .iter()
@@ -276,7 +260,7 @@ fn a_slot_with_too_many_extents_is_stored_whole_again() {
     let mp = c.mount("m");
     let mut model = random_bytes(31, 4 << 20);
     fs::write(mp.join("f"), &model).unwrap();
-    let before: HashSet<String> = holders(&c).into_keys().collect();
+    let before: HashSet<String> = c.holders().into_keys().collect();
     let f = fs::OpenOptions::new()
         .write(true)
         .open(mp.join("f"))
@@ -288,7 +272,7 @@ fn a_slot_with_too_many_extents_is_stored_whole_again() {
     }
     f.sync_all().unwrap();
     drop(f);
-    let h = holders(&c);
+    let h = c.holders();
     let rewritten = h
         .iter()
         .filter(|(id, v)| !before.contains(*id) && v.len() == 6)

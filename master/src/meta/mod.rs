@@ -27,9 +27,13 @@
 //! prepared under the writer lock (so its checks and its writes see the same state) and
 //! written with the WAL, so a committed operation survives kill -9.
 
+mod sealing;
+
 use crate::slots::{dec_slot, enc_slot, SlotRecord};
 use crate::MasterError;
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use sealing::k_frag;
+pub use sealing::Swap;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use shardfs_common::ec::EcParams;
 use shardfs_common::extent;
@@ -296,6 +300,7 @@ impl<'a> Txn<'a> {
     fn delete_inode(&mut self, ino: Ino) -> Result<(), MasterError> {
         self.inodes.insert(ino, None);
         self.batch.delete(k_orphan(ino));
+        self.batch.delete(k_frag(ino));
         for k in self.meta.keys(&k_xattr_prefix(ino))? {
             self.batch.delete(k);
         }
@@ -1182,12 +1187,27 @@ impl Meta {
                         );
                         m.len
                     }
-                    (None, None) => {
-                        return Err(fs_err(
-                            ErrorCode::NotFound,
-                            format!("block {id} is no longer stored; upload it again"),
-                        ))
-                    }
+                    // Unreferenced but not yet collected (a writer's view from before a
+                    // seal or another mount's overwrite): referenced again, it stays.
+                    (None, None) => match self.get::<GcRecord>(&k_gc(&id))? {
+                        Some(g) => {
+                            let len = g.meta.len;
+                            txn.blocks.insert(
+                                id,
+                                Some(BlockRecord {
+                                    meta: g.meta,
+                                    refs: 1,
+                                }),
+                            );
+                            len
+                        }
+                        None => {
+                            return Err(fs_err(
+                                ErrorCode::NotFound,
+                                format!("block {id} is no longer stored; upload it again"),
+                            ))
+                        }
+                    },
                 };
                 let past = new
                     .extents
@@ -1208,6 +1228,10 @@ impl Meta {
             }
             txn.batch.put(key, enc_slot(&new));
             written.insert(s.index, new);
+        }
+        // Extents wait for sealing: the quiet period starts again.
+        if written.values().any(|r| !r.extents.is_empty()) {
+            txn.batch.put(k_frag(ino), enc(&unix_now()));
         }
         // Pieces stored for this file whose bytes were all overwritten before this commit:
         // known now, so they are collected.
@@ -1717,7 +1741,8 @@ impl Meta {
         Ok(out)
     }
 
-    fn is_held(&self, ino: Ino) -> bool {
+    /// Whether some session has `ino` open.
+    pub fn is_held(&self, ino: Ino) -> bool {
         self.held.lock().expect("held lock").contains_key(&ino)
     }
 
@@ -2098,5 +2123,104 @@ mod tests {
             .unwrap();
         let (_, slots) = m.open_file(f.ino).unwrap();
         assert_eq!(slots[0].used, 4);
+    }
+
+    fn piece_for(id: BlockId) -> BlockMeta {
+        BlockMeta {
+            id,
+            ec: EcParams::DEFAULT.replicated(),
+            len: 10,
+            shard_size: 10,
+            shards: (0..3)
+                .map(|i| ShardLoc {
+                    node: NodeId(i),
+                    hash: [9; 32],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_seal_swaps_only_an_unchanged_closed_slot_and_frees_its_pieces() {
+        let (_dir, m, f, now) = store_with_file(b"f");
+        let (o, p, sealed) = (
+            BlockId::of(b"old"),
+            BlockId::of_copies(b"piece"),
+            BlockId::of(b"sealed"),
+        );
+        let mut s = slot(0, o);
+        s.extents = vec![shardfs_common::extent::Extent {
+            off: 2,
+            len: 3,
+            piece: p,
+            piece_off: 0,
+        }];
+        m.commit(
+            f.ino,
+            &[s],
+            &[piece_for(p)],
+            10,
+            now,
+            None,
+            None,
+            false,
+            0,
+            "",
+        )
+        .unwrap();
+        let cands = m.seal_candidates(0, 10).unwrap();
+        assert_eq!(cands.len(), 1, "a file with extents waits for sealing");
+        assert!(
+            m.seal_candidates(3600, 10).unwrap().is_empty(),
+            "not quiet yet"
+        );
+        let (ino, since) = cands[0];
+        let (index, rec) = m.fragmented_slots(ino).unwrap().remove(0);
+        let collecting = Mutex::new(HashSet::new());
+        let block = meta_for(sealed);
+
+        m.hold(ino);
+        assert_eq!(
+            m.seal_slot(ino, index, &rec, &block, &collecting).unwrap(),
+            Swap::Changed,
+            "a file some session holds open keeps its map"
+        );
+        m.unhold(ino).unwrap();
+        let mut other = rec.clone();
+        other.extents[0].len = 2;
+        assert_eq!(
+            m.seal_slot(ino, index, &other, &block, &collecting)
+                .unwrap(),
+            Swap::Changed,
+            "a slot that changed since the seal was made is left alone"
+        );
+        assert_eq!(
+            m.seal_slot(ino, index, &rec, &block, &collecting).unwrap(),
+            Swap::Sealed
+        );
+        let now_slot = m.slot_records(ino).unwrap().remove(0).1;
+        assert_eq!(now_slot.block, Some(sealed));
+        assert!(now_slot.extents.is_empty());
+        assert_eq!(refs(&m, &sealed), Some(1));
+        assert_eq!(refs(&m, &o), None, "the old base is left to the collector");
+        assert_eq!(refs(&m, &p), None, "the piece is left to the collector");
+        m.seal_done(ino, since).unwrap();
+        assert!(
+            m.seal_candidates(0, 10).unwrap().is_empty(),
+            "sealed: off the list"
+        );
+
+        // A writer whose view is from before the seal commits over the old base: the block is
+        // still uncollected, so it is taken back rather than refused.
+        let mut stale = slot(0, o);
+        stale.meta = None;
+        m.commit(f.ino, &[stale], &[], 10, now, None, None, false, 0, "")
+            .unwrap();
+        assert_eq!(
+            refs(&m, &o),
+            Some(1),
+            "an uncollected block is referenced again"
+        );
+        assert_eq!(refs(&m, &sealed), None);
     }
 }

@@ -1,0 +1,209 @@
+//! Sealing: once a file's small writes have been quiet for the quiet period, its fragmented
+//! slots are rewritten as erasure-coded blocks by a storage node and the replicated pieces are
+//! freed, so data at rest costs (k + m) / k again. Real master, nodes and mounts.
+
+use shardfs_tests::*;
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// Ids stored as 3 copies (pieces) and as 6 shards (4+2 blocks).
+fn census(c: &Cluster) -> (usize, usize) {
+    let h = c.holders();
+    let copies = h.values().filter(|v| v.len() == 3).count();
+    let blocks = h.values().filter(|v| v.len() == 6).count();
+    (copies, blocks)
+}
+
+fn same(p: &Path, model: &[u8]) -> bool {
+    hash_file(p) == blake3::hash(model).to_hex().to_string()
+}
+
+/// `n` fsync'd 4 KiB writes at pseudo-random page offsets of the file at `p`, mirrored in
+/// `model`.
+fn small_writes(p: &Path, model: &mut [u8], n: u64, seed: u64) {
+    let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+    let pages = (model.len() / 4096) as u64;
+    for i in 0..n {
+        let x = (seed + i)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+        let off = ((x % pages) * 4096) as usize;
+        let data = random_bytes(seed * 1000 + i, 4096);
+        f.write_at(&data, off as u64).unwrap();
+        model[off..off + 4096].copy_from_slice(&data);
+        if i % 16 == 15 {
+            f.sync_all().unwrap();
+        }
+    }
+    f.sync_all().unwrap();
+}
+
+/// Stored bytes over logical bytes, after sealing.
+fn space(c: &Cluster, logical: usize) -> f64 {
+    c.node_usage().iter().sum::<u64>() as f64 / logical as f64
+}
+
+/// 4 KiB random writes into a file are stored as pieces (3 copies); after the quiet period
+/// the file's slots are sealed into 4+2 blocks: no piece is left on any node, every stored
+/// object is 6 shards on 6 distinct nodes, the bytes stored are (k + m) / k of the file's
+/// size, and the file reads back identical, also with any 2 nodes down and after the master
+/// is killed and restarted.
+#[test]
+fn quiet_small_writes_are_sealed_into_erasure_coded_blocks() {
+    let mut c = Cluster::start_with(
+        6,
+        "4+2",
+        &["--seal-quiet-secs", "2", "--gc-grace-secs", "1"],
+    );
+    let mp = c.mount("m");
+    let size = 8 << 20;
+    let mut model = random_bytes(1, size);
+    fs::write(mp.join("f"), &model).unwrap();
+    small_writes(&mp.join("f"), &mut model, 96, 7);
+    let (copies, _) = census(&c);
+    assert!(copies > 0, "the small writes were stored as pieces first");
+    assert!(space(&c, size) > 1.6, "pieces cost more than the code");
+
+    wait_until(Duration::from_secs(90), "the file to be sealed", || {
+        census(&c) == (0, 2) && c.holders().len() == 2
+    });
+    for (id, v) in c.holders() {
+        let nodes: HashSet<usize> = v.iter().map(|(n, _)| *n).collect();
+        assert_eq!(nodes.len(), 6, "block {id}: six shards on six nodes: {v:?}");
+    }
+    wait_until(Duration::from_secs(10), "status to show the seals", || {
+        c.status()
+            .is_some_and(|s| s["health"]["unsealed_files"] == 0 && s["health"]["sealed_slots"] == 2)
+    });
+    let ratio = space(&c, size);
+    eprintln!("stored / logical after sealing: {ratio:.4}");
+    assert!(
+        (1.5..1.52).contains(&ratio),
+        "after sealing, 4+2 costs 1.5x: {ratio}"
+    );
+    let fresh = c.mount("fresh");
+    assert!(same(&fresh.join("f"), &model), "the sealed file reads back");
+    c.umount(&fresh);
+
+    for (a, b) in [(0, 1), (3, 5)] {
+        c.kill_node(a);
+        c.kill_node(b);
+        let m = c.mount(&format!("down{a}{b}"));
+        assert!(
+            same(&m.join("f"), &model),
+            "sealed blocks read with nodes {a} and {b} down"
+        );
+        c.umount(&m);
+        c.start_node(a);
+        c.start_node(b);
+        c.wait_nodes_up(6);
+    }
+    c.kill_master();
+    c.start_master();
+    c.wait_nodes_up(6);
+    let after = c.mount("after");
+    assert!(
+        same(&after.join("f"), &model),
+        "the sealed file reads back after a master kill -9"
+    );
+    // Small writes again after sealing: pieces over the sealed blocks, sealed in turn.
+    small_writes(&after.join("f"), &mut model, 40, 99);
+    assert!(
+        same(&mp.join("f"), &model),
+        "the first mount reads the new writes"
+    );
+    wait_until(
+        Duration::from_secs(90),
+        "the new writes to be sealed",
+        || census(&c).0 == 0,
+    );
+    assert!(
+        same(&after.join("f"), &model),
+        "sealed twice, still identical"
+    );
+}
+
+/// A file open on a mount is not sealed (its map would go stale under it); closed, it is.
+#[test]
+fn an_open_file_is_sealed_only_once_closed() {
+    let mut c = Cluster::start_with(
+        6,
+        "4+2",
+        &["--seal-quiet-secs", "1", "--gc-grace-secs", "1"],
+    );
+    let mp = c.mount("m");
+    let size = 4 << 20;
+    let mut model = random_bytes(3, size);
+    fs::write(mp.join("f"), &model).unwrap();
+    small_writes(&mp.join("f"), &mut model, 20, 5);
+    let reader = c.mount("reader");
+    let open = fs::File::open(reader.join("f")).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(census(&c).0 > 0, "pieces of an open file stay");
+    let mut back = vec![0u8; size];
+    open.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == model, "the open file reads right");
+    drop(open);
+    wait_until(
+        Duration::from_secs(60),
+        "the closed file to be sealed",
+        || census(&c) == (0, 1),
+    );
+    assert!(same(&reader.join("f"), &model), "sealed, it reads right");
+}
+
+/// The master killed (kill -9) and a node killed while slots are being sealed: nothing is
+/// lost, sealing finishes after the restarts, no piece is left, and once a scrub has taken
+/// the leftovers of the interrupted seal the bytes stored are (k + m) / k again.
+#[test]
+fn killing_the_master_and_a_node_during_sealing_loses_nothing() {
+    let mut c = Cluster::start_with(
+        6,
+        "4+2",
+        &[
+            "--seal-quiet-secs",
+            "1",
+            "--seal-mib-per-sec",
+            "4",
+            "--gc-grace-secs",
+            "1",
+            "--orphan-grace-secs",
+            "1",
+        ],
+    );
+    let mp = c.mount("m");
+    let size = 48 << 20;
+    let mut model = random_bytes(11, size);
+    fs::write(mp.join("f"), &model).unwrap();
+    small_writes(&mp.join("f"), &mut model, 200, 3);
+    c.umount(&mp);
+    let slots = size / (4 << 20);
+    wait_until(Duration::from_secs(60), "sealing to start", || {
+        census(&c).1 > slots
+    });
+    c.kill_master();
+    c.kill_node(4);
+    c.start_master();
+    let m = c.mount("during");
+    assert!(same(&m.join("f"), &model), "reads with a seal interrupted");
+    c.umount(&m);
+    c.start_node(4);
+    c.wait_nodes_up(6);
+    wait_until(Duration::from_secs(180), "sealing to finish", || {
+        census(&c).0 == 0
+    });
+    let m = c.mount("after");
+    assert!(same(&m.join("f"), &model), "reads after sealing");
+    c.umount(&m);
+    let (ok, out, err) = c.admin(&["scrub"]);
+    assert!(ok, "scrub: {out}{err}");
+    wait_until(Duration::from_secs(60), "leftovers to be deleted", || {
+        c.holders().len() == slots
+    });
+    let ratio = space(&c, size);
+    eprintln!("stored / logical after sealing through crashes: {ratio:.4}");
+    assert!((1.5..1.52).contains(&ratio), "1.5x after sealing: {ratio}");
+}
