@@ -17,6 +17,9 @@ pub struct EcParams {
     pub m: u8,
 }
 
+/// Most shards a storage policy may spread a block over.
+pub const POLICY_MAX_SHARDS: usize = 32;
+
 impl EcParams {
     pub const DEFAULT: EcParams = EcParams { k: 4, m: 2 };
 
@@ -33,6 +36,44 @@ impl EcParams {
     /// m parity shards, which for k = 1 are copies of it), so they survive the same m failures.
     pub fn replicated(&self) -> EcParams {
         EcParams { k: 1, m: self.m }
+    }
+
+    /// The code as a storage policy reads: `ec:K+M`, or `replica:N` for N full copies.
+    pub fn policy(&self) -> String {
+        match self.k {
+            1 => format!("replica:{}", self.m as usize + 1),
+            _ => format!("ec:{}+{}", self.k, self.m),
+        }
+    }
+
+    /// A storage policy: `ec:K+M` (k data and m parity shards on k + m distinct nodes) or
+    /// `replica:N` (N full copies on N distinct nodes, N >= 2), at most [`POLICY_MAX_SHARDS`]
+    /// shards in all.
+    pub fn parse_policy(s: &str) -> Result<EcParams> {
+        let bad = |why: &str| {
+            Error::invalid(format!(
+                "storage policy {s:?} {why}: use ec:K+M (e.g. ec:6+3) or replica:N (e.g. replica:3)"
+            ))
+        };
+        let p = if let Some(code) = s.strip_prefix("ec:") {
+            let p: EcParams = code.parse().map_err(|_| bad("is not a code"))?;
+            if p.k < 2 {
+                return Err(bad("has one data shard; say replica:N for copies"));
+            }
+            p
+        } else if let Some(n) = s.strip_prefix("replica:") {
+            let n: u8 = n.trim().parse().map_err(|_| bad("has no copy count"))?;
+            if n < 2 {
+                return Err(bad("keeps fewer than 2 copies"));
+            }
+            EcParams { k: 1, m: n - 1 }
+        } else {
+            return Err(bad("is not understood"));
+        };
+        if p.total() > POLICY_MAX_SHARDS {
+            return Err(bad(&format!("has more than {POLICY_MAX_SHARDS} shards")));
+        }
+        Ok(p)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -236,5 +277,27 @@ mod tests {
         assert!("4".parse::<EcParams>().is_err());
         assert!("0+2".parse::<EcParams>().is_err());
         assert!("200+100".parse::<EcParams>().is_err());
+    }
+
+    #[test]
+    fn policies_parse_and_print_back() {
+        for (text, k, m) in [("ec:6+3", 6, 3), ("replica:3", 1, 2), ("ec:4+2", 4, 2)] {
+            let p = EcParams::parse_policy(text).unwrap();
+            assert_eq!((p.k, p.m), (k, m), "{text}");
+            assert_eq!(p.policy(), text);
+        }
+        for bad in [
+            "",
+            "6+3",
+            "ec:",
+            "ec:1+2",
+            "ec:6+0",
+            "replica:1",
+            "replica:x",
+            "ec:30+5",
+            "raid:5",
+        ] {
+            assert!(EcParams::parse_policy(bad).is_err(), "{bad:?} refused");
+        }
     }
 }

@@ -32,10 +32,11 @@ impl fmt::Debug for NodeId {
 }
 
 /// A block's id is the blake3 hash of its content, so equal blocks share one id (the base for
-/// dedup and version history) and a cached block can never be stale. A block stored as full
-/// copies (a piece of small writes) is hashed in its own domain ([`BlockId::of_copies`]), so
-/// it never shares an id with an erasure-coded block of the same bytes: shard `i` of the two
-/// are different bytes, and one id must name one set of shards.
+/// dedup and version history) and a cached block can never be stale. A block stored with
+/// another code than the cluster's (a piece of small writes as full copies, a directory's
+/// storage policy) is hashed in a domain of that code ([`BlockId::of_coded`]), so blocks of the
+/// same bytes under two codes never share an id: shard `i` of the two are different bytes, and
+/// one id must name one set of shard files.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BlockId(pub [u8; 32]);
 
@@ -45,10 +46,11 @@ impl BlockId {
         BlockId(*blake3::hash(data).as_bytes())
     }
 
-    /// The id of a block with this content stored as full copies.
-    pub fn of_copies(data: &[u8]) -> Self {
-        let mut h =
-            blake3::Hasher::new_derive_key("shardfs 2026-12-01 block stored as full copies");
+    /// The id of a block with this content stored with code `k`+`m`, when that is not the
+    /// cluster's own code (whose blocks have the plain hash, [`BlockId::of`]).
+    pub fn of_coded(k: u8, m: u8, data: &[u8]) -> Self {
+        let context = format!("shardfs 2026-12-01 block coded {k}+{m}");
+        let mut h = blake3::Hasher::new_derive_key(&context);
         h.update(data);
         BlockId(*h.finalize().as_bytes())
     }
@@ -90,6 +92,10 @@ mod tests {
         assert_eq!(BlockId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(BlockId::from_hex("zz"), None);
         assert_ne!(BlockId::of(b"hello"), BlockId::of(b"hellp"));
-        assert_ne!(BlockId::of(b"hello"), BlockId::of_copies(b"hello"));
+        assert_ne!(BlockId::of(b"hello"), BlockId::of_coded(1, 2, b"hello"));
+        assert_ne!(
+            BlockId::of_coded(6, 3, b"hello"),
+            BlockId::of_coded(1, 2, b"hello")
+        );
     }
 }

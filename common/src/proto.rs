@@ -15,11 +15,11 @@ pub use crate::pki::Role;
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const PROTOCOL_VERSION: u8 = 8;
+pub const PROTOCOL_VERSION: u8 = 9;
 /// ALPN of the master's service (clients and nodes connect to it).
-pub const ALPN_MASTER: &[u8] = b"shardfs-master/6";
+pub const ALPN_MASTER: &[u8] = b"shardfs-master/9";
 /// ALPN of a storage node's service.
-pub const ALPN_NODE: &[u8] = b"shardfs-node/6";
+pub const ALPN_NODE: &[u8] = b"shardfs-node/9";
 
 /// Longest file name, as on ext4.
 pub const NAME_MAX: usize = 255;
@@ -169,19 +169,20 @@ pub struct BlockMeta {
 }
 
 impl BlockMeta {
-    /// The id of `data` stored with code `ec`: one data shard (full copies) has ids of its own.
-    pub fn content_id(ec: EcParams, data: &[u8]) -> BlockId {
-        match ec.k {
-            1 => BlockId::of_copies(data),
-            _ => BlockId::of(data),
+    /// The id of `data` stored with code `ec` in a cluster whose own code is `cluster`.
+    pub fn content_id(ec: EcParams, cluster: EcParams, data: &[u8]) -> BlockId {
+        if ec == cluster {
+            BlockId::of(data)
+        } else {
+            BlockId::of_coded(ec.k, ec.m, data)
         }
     }
 
-    /// Whether `data` is this block's content. Pieces stored before copies had ids of their
-    /// own carry the plain hash, and still read.
-    pub fn holds(&self, data: &[u8]) -> bool {
-        self.id == Self::content_id(self.ec, data)
-            || (self.ec.k == 1 && self.id == BlockId::of(data))
+    /// Whether `data` is this block's content (in a cluster whose code is `cluster`). Pieces
+    /// stored before ids told codes apart carry the plain hash, and still read.
+    pub fn holds(&self, data: &[u8], cluster: EcParams) -> bool {
+        self.id == Self::content_id(self.ec, cluster, data)
+            || (self.ec.k == 1 && self.ec != cluster && self.id == BlockId::of(data))
     }
 
     /// Whether the description is self-consistent: a usable code, shards of ceil(len / k)
@@ -693,6 +694,8 @@ pub enum MasterRequest {
         blocks: Vec<(BlockId, u64)>,
         /// Pieces of small writes: stored as m + 1 full copies (the code 1+m), not k + m shards.
         replicated: bool,
+        /// The code of the file the blocks are for (its storage policy); None: the cluster's.
+        code: Option<EcParams>,
         /// Nodes the client just failed to reach: used only if there are not enough others,
         /// and avoided for every client's placements for a few seconds.
         exclude: Vec<NodeId>,
@@ -708,6 +711,8 @@ pub enum MasterRequest {
         count: u8,
         holding: Vec<NodeId>,
         failing: Vec<NodeId>,
+        /// The block's code (None: the cluster's).
+        code: Option<EcParams>,
     },
     /// Make written blocks part of a file, atomically with its new size and mtime.
     Commit {
@@ -889,6 +894,8 @@ pub enum MasterResponse {
         attr: Option<Attr>,
         changed: Vec<Attr>,
         gone: Vec<Ino>,
+        /// For a file just created: the code its blocks are stored with (None: the cluster's).
+        code: Option<EcParams>,
     },
     Link(Vec<u8>),
     Entries {
@@ -898,6 +905,8 @@ pub enum MasterResponse {
     Opened {
         attr: Attr,
         slots: Vec<Slot>,
+        /// The code new blocks of this file are stored with (None: the cluster's).
+        code: Option<EcParams>,
     },
     Placements(Vec<Placement>),
     StatFs(FsStats),
@@ -950,6 +959,8 @@ pub enum MasterResponse {
     /// The answer to a node's `Register`: the key that checks clients' capabilities.
     Registered {
         cap_key: [u8; 32],
+        /// The cluster's code (blocks in it have plain ids; see `BlockMeta::content_id`).
+        ec: EcParams,
     },
     Err(RemoteError),
 }

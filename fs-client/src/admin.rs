@@ -36,15 +36,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// A progress bar on stderr: redrawn in place on a terminal, one line per change otherwise.
 struct Progress {
     label: &'static str,
+    unit: &'static str,
     tty: bool,
     first: Option<u64>,
     last: String,
 }
 
 impl Progress {
-    fn new(label: &'static str) -> Self {
+    fn new(label: &'static str, unit: &'static str) -> Self {
         Progress {
             label,
+            unit,
             tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             first: None,
             last: String::new(),
@@ -57,10 +59,11 @@ impl Progress {
         let done = total.saturating_sub(left);
         let fill = (done as usize * 30 / total as usize).min(30);
         let line = format!(
-            "{} [{}{}] {done}/{total} shards, {detail}",
+            "{} [{}{}] {done}/{total} {}, {detail}",
             self.label,
             "#".repeat(fill),
-            "-".repeat(30 - fill)
+            "-".repeat(30 - fill),
+            self.unit
         );
         if self.tty {
             eprint!("\r{line}");
@@ -159,11 +162,11 @@ fn when(secs: u64) -> String {
     format!("{date} {:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
 }
 
-/// `shardfs history FILE`: the file's merge history, which its mount serves as an attribute.
-pub fn history(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+/// Extended attribute `name` of `file`.
+fn get_xattr(file: &std::path::Path, name: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(file.as_os_str().as_bytes())?;
-    let name = std::ffi::CString::new(shardfs_client::core::HISTORY_XATTR)?;
+    let name = std::ffi::CString::new(name)?;
     let mut buf = vec![0u8; 1 << 20];
     // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
     let n = unsafe {
@@ -175,13 +178,118 @@ pub fn history(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
         )
     };
     if n < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENODATA) || e.raw_os_error() == Some(libc::ENOTSUP) {
-            bail!("{} is not a file on a ShardFS mount", file.display());
-        }
-        bail!("cannot read the history of {}: {e}", file.display());
+        return Err(std::io::Error::last_os_error());
     }
     buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Set extended attribute `name` of `file` to `value`.
+fn set_xattr(file: &std::path::Path, name: &[u8], value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(file.as_os_str().as_bytes())?;
+    let name = std::ffi::CString::new(name)?;
+    // SAFETY: both strings are NUL-terminated and `value` is readable for its length.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn not_shardfs(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP))
+}
+
+/// `shardfs policy get PATH`: the storage policy of a file or directory.
+pub fn policy_get(path: &std::path::Path) -> anyhow::Result<()> {
+    match get_xattr(path, POLICY) {
+        Ok(v) => {
+            println!("{}", String::from_utf8_lossy(&v));
+            Ok(())
+        }
+        Err(e) if not_shardfs(&e) => bail!("{} is not on a ShardFS mount", path.display()),
+        Err(e) => bail!("cannot read the policy of {}: {e}", path.display()),
+    }
+}
+
+/// `shardfs policy set PATH POLICY`.
+pub fn policy_set(path: &std::path::Path, policy: &str) -> anyhow::Result<()> {
+    let code = match policy {
+        "default" => None,
+        p => Some(shardfs_common::ec::EcParams::parse_policy(p)?),
+    };
+    match set_xattr(path, POLICY, policy.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => bail!(
+            "cannot set {policy} on {}: it needs {} distinct nodes, the cluster has fewer",
+            path.display(),
+            code.map_or(0, |c| c.total())
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => bail!(
+            "cannot set the policy of {}: only its owner or root may",
+            path.display()
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+            bail!("{} is not on a ShardFS mount", path.display())
+        }
+        Err(e) => bail!("cannot set the policy of {}: {e}", path.display()),
+    }
+}
+
+/// `shardfs policy apply DIR`: give everything under DIR its policy and have existing data
+/// rewritten; with `wait`, until no file in the cluster waits for rewriting.
+pub fn policy_apply(dir: &std::path::Path, wait: bool, timeout: u64) -> anyhow::Result<()> {
+    let pending = || -> anyhow::Result<u64> {
+        let v = get_xattr(dir, PENDING)
+            .with_context(|| format!("cannot follow the rewriting under {}", dir.display()))?;
+        Ok(String::from_utf8_lossy(&v).trim().parse()?)
+    };
+    match set_xattr(dir, APPLY, b"1") {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+            bail!("{} is not on a ShardFS mount", dir.display())
+        }
+        Err(e) => bail!("cannot apply the policy of {}: {e}", dir.display()),
+    }
+    if !wait {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let mut bar = Progress::new("policy apply", "files");
+    loop {
+        let left = pending()?;
+        bar.draw(left, "rewritten in the new code");
+        if left == 0 {
+            bar.finish();
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{left} files not rewritten yet after {timeout} s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+const POLICY: &[u8] = shardfs_client::core::POLICY_XATTR;
+const APPLY: &[u8] = b"user.shardfs.policy.apply";
+const PENDING: &[u8] = b"user.shardfs.policy.pending";
+
+/// `shardfs history FILE`: the file's merge history, which its mount serves as an attribute.
+pub fn history(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let buf = match get_xattr(file, shardfs_client::core::HISTORY_XATTR) {
+        Ok(b) => b,
+        Err(e) if not_shardfs(&e) => bail!("{} is not a file on a ShardFS mount", file.display()),
+        Err(e) => bail!("cannot read the history of {}: {e}", file.display()),
+    };
     let text = String::from_utf8_lossy(&buf);
     if json {
         print!("{text}");
@@ -291,7 +399,7 @@ pub fn repair(to: &Remote, timeout: u64) -> anyhow::Result<()> {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(timeout);
         mc.call(MasterRequest::Repair).await?;
-        let mut bar = Progress::new("repair");
+        let mut bar = Progress::new("repair", "shards");
         loop {
             let h = health(&mc).await?;
             // Only a scan that ran after the request counts.
@@ -347,7 +455,7 @@ pub fn drain(to: &Remote, id: &str, wait: bool, timeout: u64, cancel: bool) -> a
             return Ok(());
         }
         let deadline = Instant::now() + Duration::from_secs(timeout);
-        let mut bar = Progress::new("drain");
+        let mut bar = Progress::new("drain", "shards");
         loop {
             let n = match mc.call(MasterRequest::Nodes).await? {
                 MasterResponse::Nodes(list) => list.into_iter().find(|n| n.id == node),

@@ -24,7 +24,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use lru::LruCache;
 use shardfs_common::cap::Cap;
 use shardfs_common::dial::Dialer;
-use shardfs_common::ec::Codec;
+use shardfs_common::ec::{Codec, EcParams};
 use shardfs_common::ids::shard_hash;
 use shardfs_common::proto::{
     BlockMeta, MasterRequest, MasterResponse, NodeRequest, NodeResponse, NodeState, Placement,
@@ -63,9 +63,10 @@ type Fetch = Shared<BoxFuture<'static, std::result::Result<Arc<Vec<u8>>, String>
 
 pub struct BlockStore {
     master: Arc<MasterClient>,
+    /// The cluster's code.
     codec: Arc<Codec>,
-    /// The code of pieces of small writes: m + 1 full copies.
-    replica: Arc<Codec>,
+    /// Codecs of other codes met (pieces, storage policies), made once each.
+    codecs: Mutex<HashMap<EcParams, Arc<Codec>>>,
     dialer: Dialer,
     cfg: BlockConfig,
     addrs: Mutex<HashMap<NodeId, SocketAddr>>,
@@ -106,11 +107,10 @@ impl BlockStore {
         codec: Arc<Codec>,
         cfg: BlockConfig,
     ) -> Result<Arc<Self>> {
-        let replica = Arc::new(Codec::new(codec.params().replicated())?);
         Ok(Arc::new(BlockStore {
             master,
             codec,
-            replica,
+            codecs: Mutex::new(HashMap::new()),
             dialer: Dialer::new(ALPN_NODE, cred, Duration::from_secs(2))?,
             cache: Mutex::new(Cache {
                 lru: LruCache::unbounded(),
@@ -173,32 +173,57 @@ impl BlockStore {
     /// [`crate::upload`]). Fails after the put timeout, or once a shard was tried
     /// [`MAX_TRIES`] times.
     /// Returns the block's description and this mount's capability to read it.
-    pub async fn put(self: &Arc<Self>, data: Arc<Vec<u8>>) -> Result<(BlockMeta, Cap)> {
-        self.put_coded(data, false).await
+    /// `code`: the file's (its storage policy), None for the cluster's.
+    pub async fn put(
+        self: &Arc<Self>,
+        data: Arc<Vec<u8>>,
+        code: Option<EcParams>,
+    ) -> Result<(BlockMeta, Cap)> {
+        self.put_coded(data, code, false).await
     }
 
-    /// Store a piece of small writes as m + 1 full copies on distinct nodes (same rules as
-    /// [`BlockStore::put`]: acknowledged only once every copy is durable).
-    pub async fn put_piece(self: &Arc<Self>, data: Arc<Vec<u8>>) -> Result<(BlockMeta, Cap)> {
-        self.put_coded(data, true).await
+    /// Store a piece of small writes as m + 1 full copies on distinct nodes (m of the file's
+    /// code; same rules as [`BlockStore::put`]: acknowledged only once every copy is durable).
+    pub async fn put_piece(
+        self: &Arc<Self>,
+        data: Arc<Vec<u8>>,
+        code: Option<EcParams>,
+    ) -> Result<(BlockMeta, Cap)> {
+        self.put_coded(data, code, true).await
+    }
+
+    /// The codec of `ec`.
+    fn codec_of(&self, ec: EcParams) -> Result<Arc<Codec>> {
+        if ec == self.codec.params() {
+            return Ok(self.codec.clone());
+        }
+        let mut codecs = self.codecs.lock().expect("codecs lock");
+        if let Some(c) = codecs.get(&ec) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Codec::new(ec)?);
+        codecs.insert(ec, c.clone());
+        Ok(c)
     }
 
     async fn put_coded(
         self: &Arc<Self>,
         data: Arc<Vec<u8>>,
+        code: Option<EcParams>,
         replicated: bool,
     ) -> Result<(BlockMeta, Cap)> {
+        let file_code = code.unwrap_or(self.codec.params());
         let codec = match replicated {
-            true => self.replica.clone(),
-            false => self.codec.clone(),
+            true => self.codec_of(file_code.replicated())?,
+            false => self.codec_of(file_code)?,
         };
-        let (d, ec) = (data.clone(), codec.params());
-        let id = tokio::task::spawn_blocking(move || BlockMeta::content_id(ec, &d))
+        let (d, ec, cluster) = (data.clone(), codec.params(), self.codec.params());
+        let id = tokio::task::spawn_blocking(move || BlockMeta::content_id(ec, cluster, &d))
             .await
             .map_err(|e| Error::Unavailable(format!("hasher failed: {e}")))?;
         let give_up = Instant::now() + self.cfg.put_timeout;
         let placement = self
-            .place(id, data.len() as u64, replicated, give_up)
+            .place(id, data.len() as u64, replicated, code, give_up)
             .await?;
         let (d, params) = (data.clone(), codec.params());
         let (shards, hashes) = tokio::task::spawn_blocking(move || {
@@ -225,7 +250,7 @@ impl BlockStore {
             }
             Placement::Exists(..) => {
                 warn!(block = %id, "the cluster's description of this block does not match its content; storing it again");
-                self.place_more(id, data.len() as u64, shards.len(), Vec::new())
+                self.place_more(id, data.len() as u64, params, shards.len(), Vec::new())
                     .await?
             }
             Placement::Place(nodes, cap) => (nodes, cap),
@@ -243,7 +268,7 @@ impl BlockStore {
                 id,
                 cap,
                 data.len() as u64,
-                params.k,
+                params,
                 &shards,
                 &hashes,
                 nodes,
@@ -273,14 +298,14 @@ impl BlockStore {
         id: BlockId,
         cap: Cap,
         len: u64,
-        k: u8,
+        ec: EcParams,
         shards: &[Bytes],
         hashes: &[[u8; 32]],
         nodes: Vec<NodeId>,
         give_up: Instant,
     ) -> Result<Vec<NodeId>> {
         let shard_len = shards[0].len();
-        let mut up = ShardUploads::new(k as usize, shards.len());
+        let mut up = ShardUploads::new(ec.k as usize, shards.len());
         let mut running = FuturesUnordered::new();
         let mut aborts: HashMap<u64, AbortHandle> = HashMap::new();
         let start = |up: &mut ShardUploads, i: usize, node: NodeId| {
@@ -325,7 +350,7 @@ impl BlockStore {
                     for n in up.stalled_nodes(&need) {
                         self.health.failed(n, "upload stalled");
                     }
-                    match self.place_more(id, len, need.len(), up.holding()).await {
+                    match self.place_more(id, len, ec, need.len(), up.holding()).await {
                         Ok((more, _)) => {
                             for (&i, node) in need.iter().zip(more) {
                                 debug!(block = %id, shard = i, %node, "shard placed again");
@@ -384,6 +409,7 @@ impl BlockStore {
         id: BlockId,
         len: u64,
         replicated: bool,
+        code: Option<EcParams>,
         give_up: Instant,
     ) -> Result<Placement> {
         loop {
@@ -391,6 +417,7 @@ impl BlockStore {
                 blocks: vec![(id, len)],
                 replicated,
                 exclude: self.health.failing(),
+                code,
             };
             match self.master.call(req).await {
                 Ok(MasterResponse::Placements(mut p)) if p.len() == 1 => return Ok(p.remove(0)),
@@ -410,6 +437,7 @@ impl BlockStore {
         &self,
         id: BlockId,
         len: u64,
+        ec: EcParams,
         count: usize,
         holding: Vec<NodeId>,
     ) -> Result<(Vec<NodeId>, Cap)> {
@@ -419,6 +447,7 @@ impl BlockStore {
             count: count as u8,
             holding,
             failing: self.health.failing(),
+            code: Some(ec),
         };
         match self.master.call(req).await? {
             MasterResponse::Placements(mut p) if p.len() == 1 => match p.remove(0) {
@@ -689,12 +718,13 @@ impl BlockStore {
                     shards[i] = Some(region.to_vec());
                 }
             }
-            let (codec, meta2) = (self.codec_for(meta)?, meta.clone());
+            let (codec, meta2, cluster) =
+                (self.codec_for(meta)?, meta.clone(), self.codec.params());
             let r = tokio::task::spawn_blocking(move || {
                 let arrived: Vec<usize> =
                     (0..shards.len()).filter(|i| shards[*i].is_some()).collect();
                 let data = codec.decode(&mut shards, meta2.len as usize)?;
-                if meta2.holds(&data) {
+                if meta2.holds(&data, cluster) {
                     return Ok::<_, Error>(Ok(Arc::new(data)));
                 }
                 // Which of the shards that arrived are not what was written?
@@ -728,11 +758,7 @@ impl BlockStore {
     }
 
     fn codec_for(&self, meta: &BlockMeta) -> Result<Arc<Codec>> {
-        if meta.ec == self.codec.params() {
-            Ok(self.codec.clone())
-        } else {
-            Ok(Arc::new(Codec::new(meta.ec)?))
-        }
+        self.codec_of(meta.ec)
     }
 
     /// Fetch k shards of a block (not those in `excluded`): data shards first, into their

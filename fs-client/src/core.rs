@@ -12,7 +12,7 @@
 use crate::blocks::{BlockConfig, BlockStore};
 use crate::master::{unexpected, MasterClient};
 use crate::pieces::{self, cut_slot, PieceJob, PIECE_MAX};
-use shardfs_common::ec::Codec;
+use shardfs_common::ec::{Codec, EcParams};
 use shardfs_common::extent::{self, Sparse, MAX_EXTENTS};
 use shardfs_common::locks::LockTable;
 use shardfs_common::proto::{
@@ -74,6 +74,10 @@ pub struct Core {
     /// the attribute TTL and until a change to the inode is heard of. The kernel asks for
     /// `security.capability` before every write; this answers it without a round trip.
     xattrs: Mutex<lru::LruCache<Ino, XattrCache>>,
+    /// The code new blocks of a file are stored with, as the master last said (its storage
+    /// policy; absent: the cluster's). The master accepts the cluster's code for any file and
+    /// rewrites such blocks later, so a forgotten entry costs a rewrite, never a refusal.
+    codes: Mutex<lru::LruCache<Ino, EcParams>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     uploads: Arc<Semaphore>,
@@ -108,6 +112,9 @@ enum Handle {
 
 /// The read-only attribute that shows a file's merge history.
 pub const HISTORY_XATTR: &[u8] = b"user.shardfs.history";
+/// Storage policies (`user.shardfs.policy`, `.policy.apply`, `.policy.pending`): answered by
+/// the master.
+pub const POLICY_XATTR: &[u8] = b"user.shardfs.policy";
 
 /// What a file handle did: the number of its last local change (see `FileState::changes`) and
 /// the processes that changed the file through it.
@@ -623,6 +630,9 @@ impl Core {
             xattrs: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
+            codes: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(65_536).expect("non-zero"),
+            )),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             commit_seq: AtomicU64::new(1),
@@ -667,7 +677,11 @@ impl Core {
                 attr,
                 changed,
                 gone,
+                code,
             } => {
+                if let Some(a) = &attr {
+                    self.note_code(a.ino, code);
+                }
                 {
                     let mut attrs = self.attrs.lock().expect("attrs lock");
                     for ino in gone {
@@ -1186,6 +1200,10 @@ impl Core {
     }
 
     pub async fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if name.starts_with(POLICY_XATTR) {
+            // The file's code may change: ask the master again at the next open.
+            self.codes.lock().expect("codes lock").pop(&ino);
+        }
         if name == HISTORY_XATTR {
             return Err(Error::fs(
                 shardfs_common::ErrorCode::Permission,
@@ -1888,7 +1906,7 @@ impl Core {
     /// Store one piece of small writes (m + 1 copies) and lay it over the slots it carries.
     async fn start_piece(&self, of: &Arc<OpenFile>, seq: u64, epoch: u64, job: PieceJob) {
         let permit = self.upload_permit().await;
-        let blocks = self.blocks.clone();
+        let (blocks, code) = (self.blocks.clone(), self.code_of(of.ino));
         let of = of.clone();
         tokio::spawn(async move {
             debug!(
@@ -1898,7 +1916,7 @@ impl Core {
                 slots = job.parts.len(),
                 "piece"
             );
-            let r = blocks.put_piece(Arc::new(job.data)).await;
+            let r = blocks.put_piece(Arc::new(job.data), code).await;
             {
                 let mut st = of.st.lock().expect("file lock");
                 st.running = st.running.saturating_sub(1);
@@ -1946,11 +1964,11 @@ impl Core {
 
     async fn start_upload(&self, of: &Arc<OpenFile>, idx: u64, seq: u64, data: Arc<Vec<u8>>) {
         let permit = self.upload_permit().await;
-        let blocks = self.blocks.clone();
+        let (blocks, code) = (self.blocks.clone(), self.code_of(of.ino));
         let of = of.clone();
         tokio::spawn(async move {
             debug!(ino = of.ino, block = idx, seq, len = data.len(), "upload");
-            let r = blocks.put(data.clone()).await;
+            let r = blocks.put(data.clone(), code).await;
             {
                 let mut st = of.st.lock().expect("file lock");
                 st.running = st.running.saturating_sub(1);
@@ -2377,6 +2395,24 @@ impl Core {
         Ok(None)
     }
 
+    /// Remember the code of `ino`'s new blocks (None: the cluster's).
+    fn note_code(&self, ino: Ino, code: Option<EcParams>) {
+        let mut codes = self.codes.lock().expect("codes lock");
+        match code {
+            Some(c) => {
+                codes.put(ino, c);
+            }
+            None => {
+                codes.pop(&ino);
+            }
+        }
+    }
+
+    /// The code `ino`'s new blocks are stored with, if not the cluster's.
+    fn code_of(&self, ino: Ino) -> Option<EcParams> {
+        self.codes.lock().expect("codes lock").get(&ino).copied()
+    }
+
     /// A file's attributes and block map from the master; `hold`: the file stays open on this
     /// mount's session (see `MasterRequest::Open`).
     async fn fetch_map(&self, ino: Ino, hold: bool, access: u8) -> Result<ReadBase> {
@@ -2392,7 +2428,10 @@ impl Core {
             })
             .await?
         {
-            MasterResponse::Opened { attr, slots } => Ok((attr, slots)),
+            MasterResponse::Opened { attr, slots, code } => {
+                self.note_code(attr.ino, code);
+                Ok((attr, slots))
+            }
             other => Err(unexpected(other)),
         }
     }

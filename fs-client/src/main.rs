@@ -95,6 +95,41 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CredCmd,
     },
+    /// Storage policies of directories and files on a mount: how their data is stored.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Show the policy of a file or directory (the cluster's code unless one was set).
+    Get {
+        /// A file or directory on a mounted ShardFS.
+        path: PathBuf,
+    },
+    /// Set the policy of a directory (inherited by what is created in it from now on) or of a
+    /// file (its data is rewritten): ec:K+M (K data + M parity shards on K+M distinct nodes),
+    /// replica:N (N full copies on N nodes), or default (the cluster's code).
+    Set {
+        /// A file or directory on a mounted ShardFS (you must own it, or be root).
+        path: PathBuf,
+        /// ec:K+M, replica:N or default.
+        policy: String,
+    },
+    /// Give everything under a directory the directory's policy, and rewrite its existing data
+    /// in that code in the background.
+    Apply {
+        /// A directory on a mounted ShardFS.
+        dir: PathBuf,
+        /// Wait, with a progress bar, until the data is rewritten.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit status 1).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
 }
 
 /// The admin credential a command shows the master.
@@ -346,6 +381,11 @@ fn main() -> ExitCode {
         Cmd::Credentials {
             cmd: CredCmd::Revoke { master, id, cred },
         } => remote(&master, cred).and_then(|r| admin::revoke(&r, &id)),
+        Cmd::Policy { cmd } => match cmd {
+            PolicyCmd::Get { path } => admin::policy_get(&path),
+            PolicyCmd::Set { path, policy } => admin::policy_set(&path, &policy),
+            PolicyCmd::Apply { dir, wait, timeout } => admin::policy_apply(&dir, wait, timeout),
+        },
     };
     shardfs_common::daemon::exit("shardfs", r.map_err(|e| format!("{e:#}")))
 }

@@ -110,7 +110,7 @@ mod tests {
 
     fn piece(data: &[u8]) -> BlockMeta {
         BlockMeta {
-            id: BlockId::of_copies(data),
+            id: BlockId::of_coded(1, 2, data),
             ec: EcParams::DEFAULT.replicated(),
             len: data.len() as u64,
             shard_size: data.len() as u32,

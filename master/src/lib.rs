@@ -14,6 +14,7 @@ pub mod merge;
 pub mod meta;
 pub mod nodes;
 pub mod perms;
+mod policy;
 pub mod repair;
 pub mod seal;
 pub mod sessions;
@@ -380,6 +381,20 @@ impl Master {
     }
 }
 
+impl Master {
+    /// The code a placement asks for, if the cluster could hold it: the cluster's, or a
+    /// storage policy's with no more shards than there are nodes.
+    fn placeable(&self, code: Option<EcParams>) -> Result<EcParams, MasterError> {
+        let Some(c) = code else {
+            return Ok(self.meta.cluster.ec);
+        };
+        match self.meta.storable(c) {
+            true => Ok(c),
+            false => Err(Error::invalid(format!("code {c} cannot be stored")).into()),
+        }
+    }
+}
+
 /// Free space a node needs for one shard of a block of `len` bytes (with its header).
 fn shard_space(ec: EcParams, len: u64) -> u64 {
     ec.shard_size(len as usize) as u64 + 4096
@@ -624,7 +639,12 @@ impl Master {
                     self.sessions
                         .opened(&self.meta, session, created.0.ino, true);
                 }
-                changed(created)
+                let code = self.meta.policy(created.0.ino)?;
+                let mut r = changed(created);
+                if let A::Changed { code: c, .. } = &mut r {
+                    *c = code;
+                }
+                r
             }
             R::Symlink {
                 parent,
@@ -716,7 +736,8 @@ impl Master {
                         *c = self.cap(from, cap::READ, &m.id);
                     }
                 }
-                A::Opened { attr, slots }
+                let code = self.meta.policy(ino)?;
+                A::Opened { attr, slots, code }
             }
             R::Close {
                 session,
@@ -779,10 +800,12 @@ impl Master {
                 blocks,
                 replicated,
                 exclude,
+                code,
             } => {
+                let code = self.placeable(code)?;
                 let ec = match replicated {
-                    true => self.meta.cluster.ec.replicated(),
-                    false => self.meta.cluster.ec,
+                    true => code.replicated(),
+                    false => code,
                 };
                 if blocks.len() > 1024 || exclude.len() > 1024 {
                     return Err(Error::invalid("placement request too large").into());
@@ -807,8 +830,9 @@ impl Master {
                 count,
                 holding,
                 failing,
+                code,
             } => {
-                let ec = self.meta.cluster.ec;
+                let ec = self.placeable(code)?;
                 if count == 0
                     || count as usize > ec.total()
                     || len > self.meta.cluster.block_size
@@ -903,6 +927,19 @@ impl Master {
             }
             R::Nodes => A::Nodes(self.nodes.list()),
             R::SetXattr {
+                ino, name, value, ..
+            } if name.starts_with(policy::PREFIX) => {
+                policy::set(self, ino, &name, &value)?;
+                A::Attr(self.meta.getattr(ino)?)
+            }
+            R::RemoveXattr { ino, name } if name.starts_with(policy::PREFIX) => {
+                policy::set(self, ino, &name, b"")?;
+                A::Attr(self.meta.getattr(ino)?)
+            }
+            R::GetXattr { ino, name } if name.starts_with(policy::PREFIX) => {
+                A::Xattr(policy::get(self, ino, &name)?)
+            }
+            R::SetXattr {
                 ino,
                 name,
                 value,
@@ -989,6 +1026,7 @@ impl Master {
                     .register(&self.meta, id, addr, capacity, free, used, shards)?;
                 A::Registered {
                     cap_key: self.auth.cap_key.bytes(),
+                    ec: self.meta.cluster.ec,
                 }
             }
             R::Heartbeat {
@@ -1012,6 +1050,7 @@ fn changed((attr, c): (shardfs_common::proto::Attr, Changes)) -> MasterResponse 
         attr: Some(attr),
         changed: c.attrs,
         gone: c.gone,
+        code: None,
     }
 }
 
@@ -1020,6 +1059,7 @@ fn removed(c: Changes) -> MasterResponse {
         attr: None,
         changed: c.attrs,
         gone: c.gone,
+        code: None,
     }
 }
 

@@ -217,9 +217,18 @@ pub fn check(meta: &Meta, c: &Caller, req: &mut MasterRequest) -> Result<(), Mas
     Ok(())
 }
 
-/// user.* attributes follow the file's permissions; others (trusted.*, security.*) are root's.
+/// user.* attributes follow the file's permissions, but user.shardfs.policy* (storage
+/// policies) are read by anyone and set by the owner or root; others (trusted.*, security.*) are root's.
 fn xattr(meta: &Meta, ino: Ino, name: &[u8], c: &Caller, want: u32) -> Result<(), MasterError> {
-    if name.starts_with(b"user.") {
+    if name.starts_with(crate::policy::PREFIX) {
+        if want == R || c.uid == 0 || meta.getattr(ino)?.uid == c.uid {
+            Ok(())
+        } else {
+            Err(not_permitted(
+                "only the owner or root may change a storage policy",
+            ))
+        }
+    } else if name.starts_with(b"user.") {
         need(meta, ino, c, want, "use this file's attributes")?;
         Ok(())
     } else if c.uid == 0 || want == R {

@@ -102,7 +102,7 @@ pub(crate) async fn seal_loop(
 /// Seal every fragmented slot of `ino`; true if none is left.
 async fn seal_file(master: &Master, cfg: &SealConfig, ino: Ino) -> Result<bool, MasterError> {
     let mut all = true;
-    for (index, rec) in master.meta.fragmented_slots(ino)? {
+    for (index, rec) in master.meta.slots_to_seal(ino)? {
         if master.meta.is_held(ino) {
             return Ok(false);
         }
@@ -146,7 +146,7 @@ async fn seal_slot(
     index: u64,
     rec: &SlotRecord,
 ) -> Result<Option<u64>, MasterError> {
-    let (ec, bs) = (master.meta.cluster.ec, master.meta.cluster.block_size);
+    let (ec, bs) = (master.meta.code_of(ino)?, master.meta.cluster.block_size);
     let missing = |id| {
         MasterError::Corrupt(format!(
             "slot {index} of inode {ino}: block {id} has no record"

@@ -20,6 +20,7 @@ pub mod sums;
 use bytes::Bytes;
 use shardfs_common::cap::{self, CapKey};
 use shardfs_common::dial::Dialer;
+use shardfs_common::ec::EcParams;
 use shardfs_common::error::RemoteError;
 use shardfs_common::pki::{Credential, Role};
 use shardfs_common::proto::{
@@ -106,6 +107,8 @@ struct Node {
     revoked: Arc<RwLock<HashSet<String>>>,
     /// The key that checks clients' capabilities (learnt when registering with the master).
     cap_key: Arc<RwLock<Option<CapKey>>>,
+    /// The cluster's code (learnt when registering): how block ids are derived.
+    cluster_ec: Arc<RwLock<Option<EcParams>>>,
     store: Arc<ShardStore>,
     /// The address other nodes and the master know this node by.
     advertise: String,
@@ -400,6 +403,7 @@ struct Heartbeats {
     cred: Arc<Credential>,
     revoked: Arc<RwLock<HashSet<String>>>,
     cap_key: Arc<RwLock<Option<CapKey>>>,
+    cluster_ec: Arc<RwLock<Option<EcParams>>>,
 }
 
 /// This node's credential (`node.cred` in its data directory), made on first start by
@@ -477,10 +481,12 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
 
     let revoked = Arc::new(RwLock::new(HashSet::new()));
     let cap_key = Arc::new(RwLock::new(None));
+    let cluster_ec = Arc::new(RwLock::new(None));
     let node = Arc::new(Node {
         id,
         revoked: revoked.clone(),
         cap_key: cap_key.clone(),
+        cluster_ec: cluster_ec.clone(),
         store: store.clone(),
         advertise: advertise.clone(),
         peers: Dialer::new(ALPN_NODE, &cred, Duration::from_secs(3))?,
@@ -494,6 +500,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
             cred: cred.clone(),
             revoked,
             cap_key,
+            cluster_ec,
         },
         store.clone(),
         shutdown.clone(),
@@ -614,6 +621,7 @@ async fn heartbeat_loop(
         cred,
         revoked,
         cap_key,
+        cluster_ec,
     } = hb;
     let endpoint = match net::client_endpoint(master.is_ipv6()) {
         Ok(e) => e,
@@ -688,8 +696,9 @@ async fn heartbeat_loop(
             )
             .await;
             match res {
-                Ok(Ok((MasterResponse::Registered { cap_key: k }, _))) => {
+                Ok(Ok((MasterResponse::Registered { cap_key: k, ec }, _))) => {
                     *cap_key.write().expect("cap key lock") = Some(CapKey::from_bytes(k));
+                    *cluster_ec.write().expect("cluster code lock") = Some(ec);
                     info!(%id, %master, "registered with master");
                     registered = true;
                 }

@@ -8,11 +8,21 @@ use crate::{peer_addr, Node, NodeError, PEER_TIMEOUT};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use shardfs_common::cap::Cap;
-use shardfs_common::ec::Codec;
+use shardfs_common::ec::{Codec, EcParams};
 use shardfs_common::proto::{BlockMeta, NodeRequest, NodeResponse};
 use shardfs_common::{BlockId, Error};
 
 impl Node {
+    /// The cluster's code, once this node has registered with the master.
+    pub(crate) fn cluster_code(&self) -> Result<EcParams, Error> {
+        self.cluster_ec
+            .read()
+            .expect("cluster code lock")
+            .ok_or_else(|| {
+                Error::Unavailable("this node has not registered with the master yet".into())
+            })
+    }
+
     /// Shard `i` of block `id` from the node at `addr`, if it is the one recorded (`want`).
     pub(crate) async fn fetch_shard(
         &self,
@@ -147,14 +157,15 @@ impl Node {
 }
 
 /// The content of block `meta` decoded from `shards` (at least k present), if it is the
-/// content the block's id names.
+/// content the block's id names (in a cluster of code `cluster`).
 pub(crate) fn decode_checked(
     codec: &Codec,
     shards: &mut [Option<Vec<u8>>],
     meta: &BlockMeta,
+    cluster: EcParams,
 ) -> Result<Vec<u8>, Error> {
     let data = codec.decode(shards, meta.len as usize)?;
-    if !meta.holds(&data) {
+    if !meta.holds(&data, cluster) {
         return Err(Error::Corrupt(format!(
             "the shards of block {} decode to other content",
             meta.id

@@ -33,9 +33,9 @@ impl Node {
                 shards[i as usize] = Some(d);
             }
         }
-        let codec = Codec::new(meta.ec)?;
+        let (codec, cluster) = (Codec::new(meta.ec)?, self.cluster_code()?);
         tokio::task::spawn_blocking(move || {
-            let data = decode_checked(&codec, &mut shards, &meta)?;
+            let data = decode_checked(&codec, &mut shards, &meta, cluster)?;
             let again = codec.encode(&data)?;
             if again
                 .iter()

@@ -94,9 +94,9 @@ impl Node {
             let data = self.read_block(m, sources).await?;
             extent::copy_from(&job.extents, &m.id, &data, &mut out).map_err(Error::invalid)?;
         }
-        let (codec, ec) = (Codec::new(job.ec)?, job.ec);
+        let (codec, ec, cluster) = (Codec::new(job.ec)?, job.ec, self.cluster_code()?);
         let (id, shards) = tokio::task::spawn_blocking(move || {
-            let id = BlockMeta::content_id(ec, &out);
+            let id = BlockMeta::content_id(ec, cluster, &out);
             codec.encode(&out).map(|s| (id, s))
         })
         .await
@@ -154,8 +154,8 @@ impl Node {
         sources: &[(u8, String)],
     ) -> Result<Vec<u8>, NodeError> {
         let mut shards = self.fetch_k(m, sources).await?;
-        let (codec, meta) = (Codec::new(m.ec)?, m.clone());
-        tokio::task::spawn_blocking(move || decode_checked(&codec, &mut shards, &meta))
+        let (codec, meta, cluster) = (Codec::new(m.ec)?, m.clone(), self.cluster_code()?);
+        tokio::task::spawn_blocking(move || decode_checked(&codec, &mut shards, &meta, cluster))
             .await
             .map_err(|e| Error::Unavailable(format!("decoder failed: {e}")))?
             .map_err(NodeError::from)

@@ -727,6 +727,7 @@ fn a_forged_block_description_cannot_poison_dedup() {
                     blocks: vec![(id, victim_bytes.len() as u64)],
                     replicated: false,
                     exclude: vec![],
+                    code: None,
                 },
             )
             .await
@@ -748,6 +749,7 @@ fn a_forged_block_description_cannot_poison_dedup() {
                             count: 3,
                             holding: vec![],
                             failing: vec![],
+                            code: None,
                         },
                     )
                     .await;
@@ -977,6 +979,7 @@ fn nodes_serve_clients_only_the_blocks_the_master_gave_them() {
                 blocks: vec![(fresh, 1000)],
                 replicated: false,
                 exclude: vec![],
+                code: None,
             },
         )
         .await;

@@ -27,10 +27,12 @@
 //! prepared under the writer lock (so its checks and its writes see the same state) and
 //! written with the WAL, so a committed operation survives kill -9.
 
+mod policy;
 mod sealing;
 
 use crate::slots::{dec_slot, enc_slot, SlotRecord};
 use crate::MasterError;
+use policy::k_policy;
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use sealing::k_frag;
 pub use sealing::Swap;
@@ -301,6 +303,7 @@ impl<'a> Txn<'a> {
         self.inodes.insert(ino, None);
         self.batch.delete(k_orphan(ino));
         self.batch.delete(k_frag(ino));
+        self.batch.delete(k_policy(ino));
         for k in self.meta.keys(&k_xattr_prefix(ino))? {
             self.batch.delete(k);
         }
@@ -770,6 +773,9 @@ impl Meta {
         };
         txn.batch
             .put(k_dentry(parent, name), enc(&DentryRecord { ino, kind }));
+        if let Some(code) = self.policy(parent)? {
+            txn.batch.put(k_policy(ino), enc(&code));
+        }
         txn.put_inode(InodeRecord {
             attr: attr.clone(),
             parent,
@@ -1146,6 +1152,17 @@ impl Meta {
             return Err(fs_err(ErrorCode::Invalid, "too many piece descriptions"));
         }
         let described: HashMap<BlockId, &BlockMeta> = pieces.iter().map(|m| (m.id, m)).collect();
+        let code = self.code_of(ino)?;
+        // Blocks in the file's code, or another storable one (a writer that learnt the file's
+        // policy before it changed); those are rewritten by sealing.
+        let check = |m: &BlockMeta| match self.storable(m.ec) {
+            true => m.check(m.ec, bs),
+            false => Err(Error::invalid(format!(
+                "block {}: code {} cannot be stored",
+                m.id, m.ec
+            ))),
+        };
+        let mut recode = false;
         let mut written: HashMap<u64, SlotRecord> = HashMap::new();
         for s in slots {
             let bad = |why: String| fs_err(ErrorCode::Invalid, format!("slot {}: {why}", s.index));
@@ -1177,7 +1194,8 @@ impl Meta {
                         if m.id != id {
                             return Err(bad("inconsistent block description".into()));
                         }
-                        m.check(self.cluster.ec, bs)?;
+                        check(m)?;
+                        recode |= Some(id) == s.id && m.ec != code;
                         txn.blocks.insert(
                             id,
                             Some(BlockRecord {
@@ -1230,14 +1248,14 @@ impl Meta {
             written.insert(s.index, new);
         }
         // Extents wait for sealing: the quiet period starts again.
-        if written.values().any(|r| !r.extents.is_empty()) {
+        if recode || written.values().any(|r| !r.extents.is_empty()) {
             txn.batch.put(k_frag(ino), enc(&unix_now()));
         }
         // Pieces stored for this file whose bytes were all overwritten before this commit:
         // known now, so they are collected.
         for m in pieces {
             if txn.block(&m.id)?.is_none() {
-                m.check(self.cluster.ec, bs)?;
+                check(m)?;
                 txn.blocks.insert(
                     m.id,
                     Some(BlockRecord {
@@ -2145,7 +2163,7 @@ mod tests {
         let (_dir, m, f, now) = store_with_file(b"f");
         let (o, p, sealed) = (
             BlockId::of(b"old"),
-            BlockId::of_copies(b"piece"),
+            BlockId::of_coded(1, 2, b"piece"),
             BlockId::of(b"sealed"),
         );
         let mut s = slot(0, o);
@@ -2175,7 +2193,7 @@ mod tests {
             "not quiet yet"
         );
         let (ino, since) = cands[0];
-        let (index, rec) = m.fragmented_slots(ino).unwrap().remove(0);
+        let (index, rec) = m.slots_to_seal(ino).unwrap().remove(0);
         let collecting = Mutex::new(HashSet::new());
         let block = meta_for(sealed);
 

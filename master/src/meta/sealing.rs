@@ -1,5 +1,6 @@
-//! What sealing needs from the store: the index of files holding extents (`F` ino → Unix
-//! seconds of the last commit that left extents in the file), and the swap of a sealed slot.
+//! What sealing needs from the store: the index of files with work for it (`F` ino → Unix
+//! seconds of the last commit that left extents in the file, or 0 for a file whose policy
+//! changed), and the swap of a sealed slot.
 //!
 //! A commit that stores a slot with extents sets the file's `F` key in the same batch; the
 //! sealing loop lists the files whose key is older than the quiet period, seals their slots
@@ -58,13 +59,21 @@ impl Meta {
         Ok(self.keys(b"F")?.len() as u64)
     }
 
-    /// The slots of `ino` that hold extents.
-    pub fn fragmented_slots(&self, ino: Ino) -> Result<Vec<(u64, SlotRecord)>, MasterError> {
-        Ok(self
-            .slot_records(ino)?
-            .into_iter()
-            .filter(|(_, s)| !s.extents.is_empty())
-            .collect())
+    /// The slots of `ino` sealing has work on: those holding extents, and those whose base
+    /// block is not in the file's code (after a policy change).
+    pub fn slots_to_seal(&self, ino: Ino) -> Result<Vec<(u64, SlotRecord)>, MasterError> {
+        let code = self.code_of(ino)?;
+        let mut out = Vec::new();
+        for (index, s) in self.slot_records(ino)? {
+            let recode = match &s.block {
+                Some(id) => self.block_meta(id)?.is_some_and(|m| m.ec != code),
+                None => false,
+            };
+            if recode || !s.extents.is_empty() {
+                out.push((index, s));
+            }
+        }
+        Ok(out)
     }
 
     /// Point slot `index` of `ino` at the sealed `block` (alone, no extents) if the slot is
@@ -120,7 +129,7 @@ impl Meta {
     pub fn seal_done(&self, ino: Ino, since: u64) -> Result<(), MasterError> {
         let _w = self.writer.lock().expect("writer lock");
         let k = k_frag(ino);
-        if self.get::<u64>(&k)? == Some(since) && self.fragmented_slots(ino)?.is_empty() {
+        if self.get::<u64>(&k)? == Some(since) && self.slots_to_seal(ino)?.is_empty() {
             let mut batch = WriteBatch::default();
             batch.delete(k);
             self.write(batch)?;
