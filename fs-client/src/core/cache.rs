@@ -1,0 +1,77 @@
+//! What this mount caches about inodes (attributes, names, the kernel's pages) and how it is dropped when the master reports a change.
+
+use super::*;
+
+impl Core {
+    /// Drop the kernel's cached pages and attributes of `ino` (from a task of its own: the
+    /// kernel may need a FUSE request answered before the invalidation completes).
+    pub(crate) fn invalidate(&self, ino: Ino) {
+        self.attrs.lock().expect("attrs lock").remove(&ino);
+        self.xattrs.lock().expect("xattrs lock").pop(&ino);
+        if let Some(n) = self.notifier.get().cloned() {
+            self.rt.spawn_blocking(move || {
+                if let Err(e) = n.inval_inode(ino, 0, 0) {
+                    debug!(ino, "kernel cache invalidation: {e}");
+                }
+            });
+        }
+    }
+
+    /// Forget every attribute this mount caches (the change log was lost).
+    pub(crate) fn forget_cached(&self) {
+        self.attrs.lock().expect("attrs lock").clear();
+        self.xattrs.lock().expect("xattrs lock").clear();
+    }
+
+    /// Drop the kernel's cached entry `parent/name`.
+    pub(crate) fn invalidate_entry(&self, parent: Ino, name: Vec<u8>) {
+        self.attrs.lock().expect("attrs lock").remove(&parent);
+        if let Some(n) = self.notifier.get().cloned() {
+            self.rt.spawn_blocking(move || {
+                let name = std::ffi::OsStr::from_bytes(&name);
+                if let Err(e) = n.inval_entry(parent, name) {
+                    debug!(parent, "kernel entry invalidation: {e}");
+                }
+            });
+        }
+    }
+
+    /// Inodes this mount has open (claimed again when the session is re-opened).
+    /// The files this mount has open, to claim on a new session: each then counts one open
+    /// at the master, as the master counts them.
+    pub(crate) fn open_inos(&self) -> Vec<Ino> {
+        let files = self.files.lock().expect("files lock");
+        for of in files.values() {
+            of.held.store(1, Ordering::SeqCst);
+        }
+        files.keys().copied().collect()
+    }
+
+    /// The last attributes seen for `ino`, however old (for working offline).
+    pub(crate) fn stale_attr(&self, ino: Ino) -> Option<Attr> {
+        if let Some(of) = self.open_file(ino) {
+            return Some(of.st.lock().expect("file lock").attr.clone());
+        }
+        self.attrs
+            .lock()
+            .expect("attrs lock")
+            .get(&ino)
+            .map(|(a, _)| a.clone())
+    }
+
+    /// What this mount last read of `ino` (attributes and block map), if it still knows.
+    pub(crate) fn known_read(&self, ino: Ino) -> Option<ReadBase> {
+        let key = self.names.lock().expect("names lock").get(&ino).cloned()?;
+        let b = self
+            .read_bases
+            .lock()
+            .expect("bases lock")
+            .get(&key)
+            .cloned()?;
+        (b.0.ino == ino).then_some(b)
+    }
+
+    pub(crate) fn name_of_ino(&self, ino: Ino) -> Option<(Ino, Vec<u8>)> {
+        self.names.lock().expect("names lock").get(&ino).cloned()
+    }
+}

@@ -1,0 +1,491 @@
+//! The open-file state machine: what a file open on this mount holds (its block map, dirty
+//! and sparse writes, uploads in flight, pieces stored, what is committed), with no I/O.
+
+use super::*;
+
+pub(crate) struct OpenFile {
+    pub(crate) ino: Ino,
+    pub(super) st: Mutex<FileState>,
+    pub(super) changed: Notify,
+    pub(super) opens: AtomicUsize,
+    /// How many times this mount opened the file at the master (`Open` or `Create` on its
+    /// session) while this entry stood; its `Close` names the count.
+    pub(super) held: AtomicU32,
+}
+
+pub(super) struct FileState {
+    pub(super) attr: Attr,
+    pub(super) slots: BTreeMap<u64, Slot>,
+    pub(super) dirty: BTreeMap<u64, Vec<u8>>,
+    /// Byte ranges of each dirty block written since it became dirty (merged, sorted).
+    pub(super) written: BTreeMap<u64, Vec<(usize, usize)>>,
+    pub(super) dirty_bytes: usize,
+    /// Small writes into blocks the cluster holds, kept apart instead of merged into a copy
+    /// of the whole block (see [`crate::pieces`]); a slot is in `dirty` or here, never both.
+    pub(super) sparse: BTreeMap<u64, SparseSlot>,
+    /// Pieces stored since the last commit; the next commit names them all, so the master
+    /// also collects those whose bytes were overwritten before it saw them.
+    pub(super) landed_pieces: Vec<BlockMeta>,
+    /// Raised by every truncate: a piece taken before it carries bytes that are gone.
+    pub(super) epoch: u64,
+    pub(super) inflight: BTreeMap<u64, (u64, Arc<Vec<u8>>)>,
+    pub(super) pending: BTreeMap<u64, (u64, Slot)>,
+    /// Uploaded blocks replaced by a newer upload of the same index before being committed.
+    /// They are committed too (just before their replacement), so the master knows them and
+    /// collects them; otherwise their shards would stay on the nodes, unknown to anyone.
+    pub(super) superseded: Vec<(u64, Slot)>,
+    pub(super) running: usize,
+    pub(super) seq: u64,
+    pub(super) error: Option<String>,
+    pub(super) meta_dirty: bool,
+    pub(super) next_read: u64,
+    /// The content version this mount's changes start from (see `Attr::version`), and its
+    /// size (`slots` holds its blocks until the next commit).
+    pub(super) base: u64,
+    pub(super) base_size: u64,
+    pub(super) base_slots: Vec<Slot>,
+    /// The content cannot be merged (not UTF-8, or merging is off for the file).
+    pub(super) no_merge: bool,
+    /// What the last commit had to do about changes made elsewhere (for the replay log).
+    pub(super) outcome: Option<String>,
+    /// The smallest size a truncate of the open file set since the last commit.
+    pub(super) cut: Option<u64>,
+    /// The current content is in the offline journal (nothing written since).
+    pub(super) journaled: bool,
+    /// A flush of the file is under way (flushes of one file take turns).
+    pub(super) flushing: bool,
+    /// The content is an offline change being replayed (merges say so in the history).
+    pub(super) replay: bool,
+    /// Local changes made so far (writes, truncates), and how many of them the master has
+    /// (committed or kept as a copy). A handle whose changes are all published does not
+    /// commit at close: it would publish another handle's half-done edit (a truncate before
+    /// the rewrite), which a merge would take for deleting every line.
+    pub(super) changes: u64,
+    pub(super) published: u64,
+}
+
+/// The small writes of one slot not yet stored.
+#[derive(Default)]
+pub(super) struct SparseSlot {
+    pub(super) data: Sparse,
+    /// Raised by every write into it.
+    pub(super) gen: u64,
+    /// Being stored: the generation taken and how many pieces carry it.
+    pub(super) taken: Option<(u64, u32)>,
+}
+
+/// This task's turn to flush a file; the next waiting flush goes on when it is dropped.
+pub(super) struct FlushTurn<'a>(&'a OpenFile);
+
+impl Drop for FlushTurn<'_> {
+    fn drop(&mut self) {
+        self.0.st.lock().expect("file lock").flushing = false;
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl OpenFile {
+    /// Wait for the file's flushes before this one (two flushes merging at once would each
+    /// replace the content with their own merge).
+    pub(super) async fn flush_turn(&self) -> FlushTurn<'_> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.st.lock().expect("file lock");
+                if !st.flushing {
+                    st.flushing = true;
+                    return FlushTurn(self);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait until no upload of this file is running.
+    pub(super) async fn uploads_settled(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.st.lock().expect("file lock").running == 0 {
+                break;
+            }
+            notified.await;
+        }
+    }
+
+    /// The base (attributes with the base's size and version), its block map, and the
+    /// current size: what a journal entry records.
+    pub(crate) fn journal_view(&self) -> (Attr, Vec<Slot>, u64) {
+        let st = self.st.lock().expect("file lock");
+        let mut base = st.attr.clone();
+        base.size = st.base_size;
+        base.version = st.base;
+        (base, st.base_slots.clone(), st.attr.size)
+    }
+
+    /// The content is safe in the journal: no error to report, data kept in memory.
+    pub(crate) fn journaled(&self) {
+        let mut st = self.st.lock().expect("file lock");
+        st.error = None;
+        st.journaled = true;
+    }
+}
+
+impl FileState {
+    /// Make `data` the whole content, in one step (nobody sees it half replaced): every block
+    /// dirty and fully written, the stored ones cut away at the next commit.
+    pub(super) fn replace_content(&mut self, data: &[u8], bs: u64) {
+        self.truncate(0, bs);
+        for (i, chunk) in data.chunks(bs as usize).enumerate() {
+            self.dirty.insert(i as u64, chunk.to_vec());
+            self.written.insert(i as u64, vec![(0, chunk.len())]);
+            self.dirty_bytes += chunk.len();
+        }
+        self.attr.size = data.len() as u64;
+        self.attr.mtime = Timespec::now();
+        self.cut = Some(0);
+        self.meta_dirty = true;
+    }
+
+    /// Start over from `attr` and `slots`, keeping count of uploads still running (they
+    /// finish into this state and must be waited for).
+    pub(super) fn reset(&mut self, attr: Attr, slots: Vec<Slot>) {
+        let (running, changes, published) = (self.running, self.changes, self.published);
+        let (flushing, replay) = (self.flushing, self.replay);
+        *self = FileState::new(attr, slots);
+        self.running = running;
+        (self.flushing, self.replay) = (flushing, replay);
+        (self.changes, self.published) = (changes, published);
+    }
+
+    /// Count a local change; its number.
+    pub(super) fn touch(&mut self) -> u64 {
+        self.changes += 1;
+        self.changes
+    }
+
+    pub(super) fn new(attr: Attr, slots: Vec<Slot>) -> Self {
+        FileState {
+            base: attr.version,
+            base_size: attr.size,
+            base_slots: slots.clone(),
+            no_merge: false,
+            outcome: None,
+            cut: None,
+            journaled: false,
+            flushing: false,
+            replay: false,
+            changes: 0,
+            published: 0,
+            attr,
+            slots: slots.into_iter().map(|s| (s.index, s)).collect(),
+            dirty: BTreeMap::new(),
+            written: BTreeMap::new(),
+            dirty_bytes: 0,
+            sparse: BTreeMap::new(),
+            landed_pieces: Vec::new(),
+            epoch: 0,
+            inflight: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            superseded: Vec::new(),
+            running: 0,
+            seq: 0,
+            error: None,
+            meta_dirty: false,
+            next_read: 0,
+        }
+    }
+
+    pub(super) fn has_local_changes(&self) -> bool {
+        self.meta_dirty
+            || !self.dirty.is_empty()
+            || !self.sparse.is_empty()
+            || !self.inflight.is_empty()
+            || !self.pending.is_empty()
+            || !self.superseded.is_empty()
+            || self.running > 0
+    }
+
+    /// Uploaded content for slot `idx` (upload number `seq`): the slot to commit, unless a
+    /// newer upload of it landed first.
+    pub(super) fn landed(&mut self, idx: u64, seq: u64, slot: Slot) {
+        let old = match self.pending.get(&idx) {
+            Some((p, _)) if *p > seq => Some((seq, slot)),
+            _ => self.pending.insert(idx, (seq, slot)),
+        };
+        // Committed just before its replacement, so the master knows (and collects) its
+        // block; its pieces need not be: every commit names the pieces stored since the last.
+        if let Some((seq, mut s)) = old.filter(|(_, s)| s.block.is_some()) {
+            s.extents.clear();
+            s.pieces.clear();
+            self.superseded.push((seq, s));
+        }
+    }
+
+    /// Pack the small writes not being stored yet into pieces: (upload number, epoch, job).
+    pub(super) fn take_sparse(&mut self) -> Vec<(u64, u64, PieceJob)> {
+        let ready = self
+            .sparse
+            .iter()
+            .filter(|(_, sp)| sp.taken.is_none() && !sp.data.is_empty())
+            .map(|(i, sp)| (*i, &sp.data));
+        let jobs = pieces::pack(ready, PIECE_MAX);
+        // One upload number for all pieces of this take: they carry disjoint bytes and are
+        // laid in whatever order they land (a later-numbered sibling must not hide one).
+        self.seq += 1;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            for p in &job.parts {
+                let sp = self.sparse.get_mut(&p.idx).expect("packed from here");
+                sp.taken = Some(match sp.taken {
+                    Some((g, n)) => (g, n + 1),
+                    None => (sp.gen, 1),
+                });
+            }
+            self.running += 1;
+            out.push((self.seq, self.epoch, job));
+        }
+        out
+    }
+
+    /// A piece carrying slot `idx`'s small writes was stored (`stored`) or not: once the
+    /// last such piece is back, the buffer goes if nothing was written into it meanwhile.
+    pub(super) fn piece_back(&mut self, idx: u64, stored: bool) {
+        let Some(sp) = self.sparse.get_mut(&idx) else {
+            return;
+        };
+        let Some((g, n)) = sp.taken else {
+            return;
+        };
+        if n > 1 {
+            sp.taken = Some((g, n - 1));
+            return;
+        }
+        sp.taken = None;
+        if stored && g == sp.gen {
+            let sp = self.sparse.remove(&idx).expect("present");
+            self.dirty_bytes -= sp.data.bytes();
+        }
+    }
+
+    /// Make slot `idx`'s small writes part of a whole copy of the block: `stored` (its
+    /// current content in the cluster) with the writes laid over it.
+    pub(super) fn sparse_to_dirty(&mut self, idx: u64, stored: Option<Arc<Vec<u8>>>, bs: u64) {
+        if self.dirty.contains_key(&idx) {
+            return;
+        }
+        let sp = self.sparse.remove(&idx).unwrap_or_default();
+        let mut v = Vec::with_capacity(bs as usize);
+        if let Some(b) = stored {
+            v.extend_from_slice(&b);
+        }
+        let end = (sp.data.end() as usize).max(v.len());
+        v.resize(end, 0);
+        sp.data.apply(0, &mut v);
+        self.dirty_bytes = self.dirty_bytes - sp.data.bytes() + v.len();
+        let written = sp
+            .data
+            .ranges()
+            .iter()
+            .map(|(o, d)| (*o as usize, *o as usize + d.len()))
+            .collect();
+        self.written.insert(idx, written);
+        self.dirty.insert(idx, v);
+    }
+
+    /// Move block `idx` from dirty to inflight; returns what to upload.
+    pub(super) fn take_for_upload(&mut self, idx: u64) -> Option<(u64, Arc<Vec<u8>>)> {
+        let data = Arc::new(self.dirty.remove(&idx)?);
+        self.written.remove(&idx);
+        self.dirty_bytes -= data.len();
+        self.seq += 1;
+        self.inflight.insert(idx, (self.seq, data.clone()));
+        self.running += 1;
+
+        Some((self.seq, data))
+    }
+
+    /// Forget blocks past a new, smaller size.
+    pub(super) fn truncate(&mut self, size: u64, bs: u64) {
+        self.slots.retain(|&i, _| i * bs < size);
+        for (&i, s) in self.slots.iter_mut() {
+            cut_slot(s, size - i * bs);
+        }
+        // Uploaded blocks not committed yet: what lies past the new end goes too.
+        self.pending.retain(|&i, _| i * bs < size);
+        for (&i, (_, s)) in self.pending.iter_mut() {
+            cut_slot(s, size - i * bs);
+        }
+        self.superseded.retain(|(_, s)| s.index * bs < size);
+        for (_, s) in self.superseded.iter_mut() {
+            cut_slot(s, size - s.index * bs);
+        }
+        self.epoch += 1;
+        for (&i, sp) in self.sparse.iter_mut() {
+            if i * bs + sp.data.end() as u64 > size {
+                let before = sp.data.bytes();
+                sp.data.cut(size.saturating_sub(i * bs).min(bs) as u32);
+                self.dirty_bytes -= before - sp.data.bytes();
+                sp.gen += 1;
+            }
+        }
+        self.sparse
+            .retain(|_, sp| !sp.data.is_empty() || sp.taken.is_some());
+        self.inflight.retain(|&i, _| i * bs < size);
+        for (&i, (_, d)) in self.inflight.iter_mut() {
+            let keep = (size - i * bs) as usize;
+            if d.len() > keep {
+                *d = Arc::new(d[..keep].to_vec());
+            }
+        }
+        let last = size.div_ceil(bs);
+        let cut: Vec<u64> = self.dirty.range(last..).map(|(i, _)| *i).collect();
+        for i in cut {
+            self.written.remove(&i);
+            if let Some(d) = self.dirty.remove(&i) {
+                self.dirty_bytes -= d.len();
+            }
+        }
+        if !size.is_multiple_of(bs) {
+            if let Some(d) = self.dirty.get_mut(&(size / bs)) {
+                let keep = (size % bs) as usize;
+                if d.len() > keep {
+                    self.dirty_bytes -= d.len() - keep;
+                    d.truncate(keep);
+                }
+            }
+        }
+        self.attr.size = size;
+    }
+}
+
+/// Add `[start, end)` to a sorted list of disjoint ranges; true when they cover `[0, full)`.
+pub(super) fn mark_written(
+    ranges: &mut Vec<(usize, usize)>,
+    start: usize,
+    end: usize,
+    full: usize,
+) -> bool {
+    ranges.push((start, end));
+    ranges.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for &(s, e) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    *ranges = merged;
+    ranges.len() == 1 && ranges[0].0 == 0 && ranges[0].1 >= full
+}
+
+/// At most this many extents in one file (about 5 MiB of slot records to commit or open);
+/// past it the most fragmented slots are stored whole again.
+pub(super) const COMMIT_EXTENTS_MAX: usize = 128 << 10;
+
+/// How many bytes of its block a stored slot holds (past them it reads as zeros).
+pub(super) fn content_len(s: &Slot) -> usize {
+    let ext = s.extents.last().map_or(0, |e| e.end() as usize);
+    (s.base_len() as usize).max(ext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardfs_common::proto::FileKind;
+
+    fn state() -> FileState {
+        let attr = Attr {
+            ino: 2,
+            kind: FileKind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            atime: Timespec::default(),
+            mtime: Timespec::default(),
+            ctime: Timespec::default(),
+            rdev: 0,
+            version: 0,
+        };
+        FileState::new(attr, Vec::new())
+    }
+
+    fn small_write(st: &mut FileState, idx: u64, off: u32, data: &[u8]) {
+        let sp = st.sparse.entry(idx).or_default();
+        let before = sp.data.bytes();
+        sp.data.write(off, data);
+        sp.gen += 1;
+        st.dirty_bytes += sp.data.bytes() - before;
+    }
+
+    #[test]
+    fn small_writes_leave_only_once_every_piece_carrying_them_is_stored() {
+        let mut st = state();
+        small_write(&mut st, 0, 10, &[1; 100]);
+        small_write(&mut st, 3, 0, &[2; 50]);
+        let jobs = st.take_sparse();
+        assert_eq!(jobs.len(), 1, "small writes of one flush share a piece");
+        assert!(
+            jobs.iter().all(|(seq, _, _)| *seq == jobs[0].0),
+            "one upload number"
+        );
+        assert!(
+            st.take_sparse().is_empty(),
+            "taken writes are not taken twice"
+        );
+        st.piece_back(0, true);
+        assert!(!st.sparse.contains_key(&0), "stored: the buffer goes");
+        // Written into while its piece was being stored: kept for the next flush.
+        small_write(&mut st, 3, 60, &[3; 10]);
+        st.piece_back(3, true);
+        assert!(st.sparse.contains_key(&3), "newer bytes stay until stored");
+        assert_eq!(st.dirty_bytes, 60);
+        // A piece that failed leaves its writes to be taken again.
+        let again = st.take_sparse();
+        assert_eq!(again.len(), 1);
+        st.piece_back(3, false);
+        assert!(st.sparse.contains_key(&3));
+        assert_eq!(st.take_sparse().len(), 1, "taken again after a failure");
+    }
+
+    #[test]
+    fn a_truncate_cuts_buffers_and_marks_pieces_in_flight_stale() {
+        let bs = 4096;
+        let mut st = state();
+        small_write(&mut st, 1, 100, &[7; 1000]);
+        let epoch = st.epoch;
+        st.truncate(bs + 600, bs);
+        assert_ne!(
+            st.epoch, epoch,
+            "pieces taken before carry bytes that are gone"
+        );
+        assert_eq!(st.sparse[&1].data.end(), 600, "cut at the new size");
+        assert_eq!(st.dirty_bytes, 500);
+        st.truncate(bs, bs);
+        assert!(
+            st.sparse.get(&1).is_none_or(|sp| sp.data.is_empty()),
+            "nothing past the end is kept"
+        );
+    }
+
+    #[test]
+    fn sparse_writes_become_a_whole_block_over_the_stored_one() {
+        let mut st = state();
+        small_write(&mut st, 0, 2, b"xy");
+        st.sparse_to_dirty(0, Some(Arc::new(b"abcdef".to_vec())), 4096);
+        assert_eq!(st.dirty[&0], b"abxyef");
+        assert!(
+            st.sparse.is_empty(),
+            "a slot is dirty or sparse, never both"
+        );
+        assert_eq!(st.dirty_bytes, 6);
+        let (_, data) = st.take_for_upload(0).unwrap();
+        assert_eq!(&data[..], b"abxyef");
+        assert!(st.inflight.contains_key(&0) && st.dirty_bytes == 0);
+    }
+}

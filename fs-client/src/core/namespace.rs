@@ -1,0 +1,386 @@
+//! Names and attributes: lookups, stats, setattr, creating, linking, removing and renaming entries, and the master calls they share.
+
+use super::*;
+
+impl Core {
+    pub(super) async fn call(&self, req: MasterRequest) -> Result<MasterResponse> {
+        self.master.call(req).await
+    }
+
+    pub(super) async fn call_attr(&self, req: MasterRequest) -> Result<Attr> {
+        match self.call(req).await? {
+            MasterResponse::Attr(a) => {
+                self.remember(&a);
+                Ok(self.patch(a))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A namespace change: cache what it reports and return the new inode's attributes.
+    pub(super) async fn call_changed(&self, req: MasterRequest) -> Result<Option<Attr>> {
+        match self.call(req).await? {
+            MasterResponse::Changed {
+                attr,
+                changed,
+                gone,
+                code,
+            } => {
+                if let Some(a) = &attr {
+                    self.note_code(a.ino, code);
+                }
+                {
+                    let mut attrs = self.attrs.lock().expect("attrs lock");
+                    for ino in gone {
+                        attrs.remove(&ino);
+                    }
+                }
+                for a in &changed {
+                    self.remember(a);
+                }
+                Ok(attr.map(|a| self.patch(a)))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(super) async fn new_inode(&self, req: MasterRequest) -> Result<Attr> {
+        self.call_changed(req)
+            .await?
+            .ok_or_else(|| Error::Protocol("the master did not return the new inode".into()))
+    }
+
+    pub(super) fn remember(&self, a: &Attr) {
+        if self.cfg.attr_ttl.is_zero() {
+            return;
+        }
+        let mut attrs = self.attrs.lock().expect("attrs lock");
+        if attrs.len() >= 16_384 {
+            // Bounded: drop what expired, and everything if that is not enough.
+            let ttl = self.cfg.attr_ttl;
+            attrs.retain(|_, (_, t)| t.elapsed() < ttl);
+            if attrs.len() >= 12_288 {
+                attrs.clear();
+            }
+        }
+        attrs.insert(a.ino, (a.clone(), Instant::now()));
+    }
+
+    pub(super) fn cached_attr(&self, ino: Ino) -> Option<Attr> {
+        let attrs = self.attrs.lock().expect("attrs lock");
+        attrs
+            .get(&ino)
+            .filter(|(_, t)| t.elapsed() < self.cfg.attr_ttl)
+            .map(|(a, _)| a.clone())
+    }
+
+    /// Overlay this mount's unflushed size and mtime on attributes from the master.
+    pub(super) fn patch(&self, mut a: Attr) -> Attr {
+        if let Some(of) = self.open_file(a.ino) {
+            let mut st = of.st.lock().expect("file lock");
+            if st.has_local_changes() {
+                a.size = st.attr.size;
+                a.mtime = st.attr.mtime;
+            }
+            st.attr = a.clone();
+        }
+        a
+    }
+
+    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        if name.len() > shardfs_common::proto::NAME_MAX {
+            return Err(Error::fs(
+                shardfs_common::ErrorCode::NameTooLong,
+                "file name longer than 255 bytes",
+            ));
+        }
+        let key = (parent, name.to_vec());
+        if self.is_offline() {
+            if let Some(ino) = self
+                .dentries
+                .lock()
+                .expect("dentries lock")
+                .get(&key)
+                .copied()
+            {
+                if let Some(a) = self.stale_attr(ino) {
+                    return Ok(a);
+                }
+            }
+        }
+        let a = match self
+            .call_attr(MasterRequest::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let known = self
+                    .dentries
+                    .lock()
+                    .expect("dentries lock")
+                    .get(&key)
+                    .copied();
+                return match known {
+                    Some(ino) => self.offline_attr(ino, e),
+                    None => Err(e),
+                };
+            }
+        };
+        {
+            let mut d = self.dentries.lock().expect("dentries lock");
+            if d.len() >= 65_536 {
+                d.clear();
+            }
+            d.insert(key, a.ino);
+        }
+        if a.kind == FileKind::File {
+            self.name_of(a.ino, parent, name);
+        }
+        Ok(a)
+    }
+
+    pub(super) fn name_of(&self, ino: Ino, parent: Ino, name: &[u8]) {
+        let mut names = self.names.lock().expect("names lock");
+        if names.len() >= 65_536 {
+            names.clear();
+        }
+        names.insert(ino, (parent, name.to_vec()));
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
+        if let Some(of) = self.open_file(ino) {
+            let st = of.st.lock().expect("file lock");
+            if st.has_local_changes() {
+                return Ok(st.attr.clone());
+            }
+        }
+        if let Some(a) = self.cached_attr(ino) {
+            return Ok(self.patch(a));
+        }
+        if self.is_offline() {
+            if let Some(a) = self.stale_attr(ino) {
+                return Ok(a);
+            }
+        }
+        match self.call_attr(MasterRequest::GetAttr { ino }).await {
+            Ok(a) => Ok(a),
+            Err(e) => self.offline_attr(ino, e),
+        }
+    }
+
+    /// Change attributes; `fh`: the open handle the change came through, if any.
+    pub async fn setattr(&self, ino: Ino, fh: Option<u64>, mut set: SetAttr) -> Result<Attr> {
+        self.xattrs.lock().expect("xattrs lock").pop(&ino);
+        let of = self.open_file(ino);
+        if let (Some(of), Some(size)) = (&of, set.size) {
+            // A file open here changes size locally, like a write: the new size is committed
+            // with the content (so a truncate-and-rewrite is one change, merged as one).
+            // Uploads under way finish first, so none lands past the new end afterwards.
+            of.uploads_settled().await;
+            let mut st = of.st.lock().expect("file lock");
+            if size < st.attr.size {
+                st.cut = Some(st.cut.map_or(size, |c| c.min(size)));
+            }
+            st.truncate(size, self.cluster.block_size);
+            // Data past the new size need not be stored first; if that was all that failed
+            // to upload, the file is healthy again.
+            if st.dirty.is_empty() && st.running == 0 {
+                st.error = None;
+            }
+            st.meta_dirty = true;
+            let change = st.touch();
+            if let Some(fh) = fh {
+                self.touched(fh, change);
+            }
+            st.attr.mtime = set.mtime.unwrap_or(set.now);
+            st.attr.ctime = set.now;
+            set.size = None;
+            set.mtime = None;
+            if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.atime.is_none() {
+                return Ok(st.attr.clone());
+            }
+        }
+        let size = set.size;
+        let base = of
+            .as_ref()
+            .filter(|_| size.is_some())
+            .map(|of| of.st.lock().expect("file lock").base);
+        let a = match self.call(MasterRequest::SetAttr { ino, set, base }).await? {
+            MasterResponse::Attr(a) => {
+                self.remember(&a);
+                a
+            }
+            other => return Err(unexpected(other)),
+        };
+        if let Some(of) = of {
+            let mut st = of.st.lock().expect("file lock");
+            if let Some(size) = size {
+                st.truncate(size, self.cluster.block_size);
+            }
+            let (local_size, local_mtime) = (st.attr.size, st.attr.mtime);
+            st.attr = a.clone();
+            if base.is_some_and(|b| a.version == b + 1) {
+                // Our own size change on top of our base: the new base. (If someone else
+                // changed the file before it, the base stays, and the next commit merges.)
+                st.base = a.version;
+                st.base_size = a.size;
+                st.base_slots = st.slots.values().cloned().collect();
+            }
+            if st.has_local_changes() {
+                st.attr.size = local_size;
+                st.attr.mtime = local_mtime;
+                return Ok(st.attr.clone());
+            }
+        }
+        Ok(a)
+    }
+
+    pub async fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        match self.call(MasterRequest::ReadLink { ino }).await? {
+            MasterResponse::Link(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    ) -> Result<Attr> {
+        self.create_inode(parent, name, kind, mode, uid, gid, rdev, 0)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn create_inode(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        session: u64,
+    ) -> Result<Attr> {
+        let req = MasterRequest::Create {
+            parent,
+            name: name.to_vec(),
+            kind,
+            mode,
+            uid,
+            gid,
+            rdev,
+            now: Timespec::now(),
+            session,
+        };
+        self.new_inode(req).await
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let req = MasterRequest::Symlink {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            uid,
+            gid,
+            now: Timespec::now(),
+        };
+        self.new_inode(req).await
+    }
+
+    pub async fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        self.new_inode(MasterRequest::Link {
+            ino,
+            parent,
+            name: name.to_vec(),
+            now: Timespec::now(),
+        })
+        .await
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.call_changed(MasterRequest::Unlink {
+            parent,
+            name: name.to_vec(),
+            now: Timespec::now(),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.call_changed(MasterRequest::Rmdir {
+            parent,
+            name: name.to_vec(),
+            now: Timespec::now(),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        let target = if flags == 0 {
+            self.merge_before_replace(parent, name, new_parent, new_name)
+                .await?
+        } else {
+            new_name.to_vec()
+        };
+        let req = MasterRequest::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: target.clone(),
+            flags,
+            now: Timespec::now(),
+        };
+        let moved = self.call_changed(req).await?;
+        let _ = moved;
+        // The saved file is what this mount now has read under the name.
+        if let Ok((attr, slots)) = async {
+            let a = self
+                .call_attr(MasterRequest::Lookup {
+                    parent: new_parent,
+                    name: target.clone(),
+                })
+                .await?;
+            self.name_of(a.ino, new_parent, &target);
+            self.fetch_map(a.ino, false, 0).await
+        }
+        .await
+        {
+            self.remember_read(&attr, &slots);
+        }
+        Ok(())
+    }
+
+    pub async fn statfs(&self) -> Result<FsStats> {
+        match self.call(MasterRequest::StatFs).await? {
+            MasterResponse::StatFs(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+}
