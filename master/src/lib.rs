@@ -10,6 +10,7 @@
 
 pub mod credentials;
 pub mod events;
+mod handlers;
 pub mod merge;
 pub mod meta;
 pub mod nodes;
@@ -381,20 +382,6 @@ impl Master {
     }
 }
 
-impl Master {
-    /// The code a placement asks for, if the cluster could hold it: the cluster's, or a
-    /// storage policy's with no more shards than there are nodes.
-    fn placeable(&self, code: Option<EcParams>) -> Result<EcParams, MasterError> {
-        let Some(c) = code else {
-            return Ok(self.meta.cluster.ec);
-        };
-        match self.meta.storable(c) {
-            true => Ok(c),
-            false => Err(Error::invalid(format!("code {c} cannot be stored")).into()),
-        }
-    }
-}
-
 /// Free space a node needs for one shard of a block of `len` bytes (with its header).
 fn shard_space(ec: EcParams, len: u64) -> u64 {
     ec.shard_size(len as usize) as u64 + 4096
@@ -618,57 +605,8 @@ impl Master {
                         .setattr(ino, &set, self.sessions.of_peer(peer), base)?,
                 )
             }
-            R::Create {
-                parent,
-                name,
-                kind,
-                mode,
-                uid,
-                gid,
-                rdev,
-                now,
-                session,
-            } => {
-                if kind == FileKind::Symlink {
-                    return Err(Error::invalid("use Symlink to create symbolic links").into());
-                }
-                let created = self
-                    .meta
-                    .create(parent, &name, kind, mode, uid, gid, rdev, None, now)?;
-                if kind == FileKind::File {
-                    self.sessions
-                        .opened(&self.meta, session, created.0.ino, true);
-                }
-                let code = self.meta.policy(created.0.ino)?;
-                let mut r = changed(created);
-                if let A::Changed { code: c, .. } = &mut r {
-                    *c = code;
-                }
-                r
-            }
-            R::Symlink {
-                parent,
-                name,
-                target,
-                uid,
-                gid,
-                now,
-            } => {
-                if target.is_empty() || target.len() > 4096 || target.contains(&0) {
-                    return Err(Error::fs(ErrorCode::NameTooLong, "invalid symlink target").into());
-                }
-                changed(self.meta.create(
-                    parent,
-                    &name,
-                    FileKind::Symlink,
-                    0o777,
-                    uid,
-                    gid,
-                    0,
-                    Some(target),
-                    now,
-                )?)
-            }
+            req @ R::Create { .. } => self.on_create(req, from)?,
+            req @ R::Symlink { .. } => self.on_symlink(req, from)?,
             R::ReadLink { ino } => A::Link(self.meta.readlink(ino)?),
             R::Link {
                 ino,
@@ -678,67 +616,14 @@ impl Master {
             } => changed(self.meta.link(ino, parent, &name, now)?),
             R::Unlink { parent, name, now } => removed(self.meta.unlink(parent, &name, now)?),
             R::Rmdir { parent, name, now } => removed(self.meta.rmdir(parent, &name, now)?),
-            R::Rename {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                flags,
-                now,
-            } => {
-                // An editor's save renames a new file over the old one: the old file's merge
-                // document and history go with the name.
-                let replaced = match flags & shardfs_common::proto::RENAME_EXCHANGE {
-                    0 => self.meta.lookup(new_parent, &new_name).ok(),
-                    _ => None,
-                };
-                let src = self.meta.lookup(parent, &name).ok();
-                let r = self
-                    .meta
-                    .rename(parent, &name, new_parent, &new_name, flags, now)?;
-                if let (Some(old), Some(src)) = (replaced, src) {
-                    if old.kind == FileKind::File
-                        && src.kind == FileKind::File
-                        && old.ino != src.ino
-                    {
-                        self.merge_follows(old.ino, &src, self.sessions.of_peer(peer));
-                    }
-                }
-                removed(r)
-            }
+            req @ R::Rename { .. } => self.on_rename(req, from)?,
             R::ReadDir { ino, after, limit } => {
                 let (entries, more) =
                     self.meta
                         .readdir(ino, after.as_deref(), limit.clamp(1, 10_000) as usize)?;
                 A::Entries { entries, more }
             }
-            R::Open {
-                ino,
-                session,
-                access,
-            } => {
-                // Held before its map is read: a seal swaps slots only of files no session
-                // holds, so a map read here is never one a seal is about to replace.
-                let write = access & shardfs_common::proto::ACCESS_WRITE != 0;
-                self.sessions.opened(&self.meta, session, ino, write);
-                let (attr, mut slots) = match self.meta.open_file(ino) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = self.sessions.closed(&self.meta, session, ino, 1);
-                        return Err(e);
-                    }
-                };
-                for s in &mut slots {
-                    if let Some(b) = &s.block {
-                        s.cap = self.cap(from, cap::READ, &b.id);
-                    }
-                    for (m, c) in &mut s.pieces {
-                        *c = self.cap(from, cap::READ, &m.id);
-                    }
-                }
-                let code = self.meta.policy(ino)?;
-                A::Opened { attr, slots, code }
-            }
+            req @ R::Open { .. } => self.on_open(req, from)?,
             R::Close {
                 session,
                 ino,
@@ -796,125 +681,9 @@ impl Master {
                 self.sessions.release_locks(ino, owner);
                 A::Ok
             }
-            R::Place {
-                blocks,
-                replicated,
-                exclude,
-                code,
-            } => {
-                let code = self.placeable(code)?;
-                let ec = match replicated {
-                    true => code.replicated(),
-                    false => code,
-                };
-                if blocks.len() > 1024 || exclude.len() > 1024 {
-                    return Err(Error::invalid("placement request too large").into());
-                }
-                self.nodes.reported(&exclude, peer);
-                let mut out = Vec::with_capacity(blocks.len());
-                for (id, len) in blocks {
-                    if let Some(meta) = self.meta.place_lookup(&id, &self.collecting)? {
-                        out.push(Placement::Exists(meta, self.cap(from, cap::READ, &id)));
-                    } else {
-                        let need = shard_space(ec, len);
-                        let nodes = self.nodes.place(ec.total(), need, &[], &exclude)?;
-                        let cap = self.cap(from, cap::READ | cap::WRITE, &id);
-                        out.push(Placement::Place(nodes, cap));
-                    }
-                }
-                A::Placements(out)
-            }
-            R::PlaceMore {
-                block,
-                len,
-                count,
-                holding,
-                failing,
-                code,
-            } => {
-                let ec = self.placeable(code)?;
-                if count == 0
-                    || count as usize > ec.total()
-                    || len > self.meta.cluster.block_size
-                    || holding.len() > 1024
-                    || failing.len() > 1024
-                {
-                    return Err(Error::invalid(format!(
-                        "cannot place {count} more shards of block {block} ({len} bytes)"
-                    ))
-                    .into());
-                }
-                self.nodes.reported(&failing, peer);
-                let need = shard_space(ec, len);
-                let nodes = self.nodes.place(count as usize, need, &holding, &failing)?;
-                let cap = self.cap(from, cap::READ | cap::WRITE, &block);
-                A::Placements(vec![Placement::Place(nodes, cap)])
-            }
-            R::Commit {
-                ino,
-                slots,
-                pieces,
-                size,
-                mtime,
-                base,
-                session,
-                mergeable,
-                cut,
-                seq,
-            } => {
-                let root_ok = from.who.as_ref().is_some_and(|w| self.auth.allows_root(w));
-                if !root_ok && !self.sessions.may_write(session, ino) {
-                    return Err(Error::fs(
-                        ErrorCode::Access,
-                        format!("inode {ino} is not open for writing on this session"),
-                    )
-                    .into());
-                }
-                if !self.sessions.in_order(session, ino, seq) {
-                    return Ok(A::Attr(self.meta.getattr(ino)?));
-                }
-                let host = self
-                    .sessions
-                    .host(session)
-                    .unwrap_or_else(|| "another mount".into());
-                match self.meta.commit(
-                    ino, &slots, &pieces, size, mtime, cut, base, mergeable, session, &host,
-                )? {
-                    meta::Committed::Done(a) => {
-                        self.sessions.applied(session, ino, seq);
-                        if let (true, Some(b)) = (mergeable, base) {
-                            self.merge_committed(ino, session, b, a.version);
-                        }
-                        A::Attr(a)
-                    }
-                    meta::Committed::Stale(attr) => A::Stale { attr },
-                    meta::Committed::Copy {
-                        original,
-                        name,
-                        copy,
-                        changes: _,
-                    } => {
-                        self.sessions.applied(session, ino, seq);
-                        info!(ino, copy = copy.ino, name = %String::from_utf8_lossy(&name), %host,
-                            "concurrent change: the late writer's content kept as a conflicted copy");
-                        self.note(HistoryEntry {
-                            time: mtime.secs.max(0) as u64,
-                            ino,
-                            version: original.version,
-                            who: self.who(session),
-                            what: format!(
-                                "changed elsewhere meanwhile, not mergeable: kept as {:?}",
-                                String::from_utf8_lossy(&name)
-                            ),
-                        });
-                        A::Conflicted {
-                            attr: original,
-                            copy: name,
-                            copy_attr: copy,
-                        }
-                    }
-                }
-            }
+            req @ R::Place { .. } => self.on_place(req, from)?,
+            req @ R::PlaceMore { .. } => self.on_place_more(req, from)?,
+            req @ R::Commit { .. } => self.on_commit(req, from)?,
             R::StatFs => {
                 let (capacity, free) = self.nodes.capacity();
                 let ec = self.meta.cluster.ec;
@@ -996,24 +765,7 @@ impl Master {
                     .cloned()
                     .collect(),
             ),
-            R::Replayed {
-                ino,
-                session,
-                outcome,
-            } => {
-                let version = self.meta.getattr(ino)?.version;
-                let who = self.who(session);
-                info!(ino, %who, %outcome, "offline change replayed");
-                let e = HistoryEntry {
-                    time: now_secs(),
-                    ino,
-                    version,
-                    who,
-                    what: format!("offline change replayed: {outcome}"),
-                };
-                self.note_in_file(ino, e)?;
-                A::Ok
-            }
+            req @ R::Replayed { .. } => self.on_replayed(req, from)?,
             R::Register {
                 id,
                 addr,

@@ -1,0 +1,138 @@
+//! The record store: typed gets, scans and batches over RocksDB, and the generic records other modules keep.
+
+use super::*;
+
+impl Meta {
+    pub(super) fn write(&self, batch: WriteBatch) -> Result<(), MasterError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        self.db.write_opt(batch, &wo).map_err(db_err)
+    }
+
+    pub(super) fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, MasterError> {
+        match self.db.get_pinned(key).map_err(db_err)? {
+            Some(raw) => Ok(Some(dec(key, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The merge document of `ino`, if it was ever merged.
+    pub fn merge_record(&self, ino: Ino) -> Result<Option<crate::merge::MergeRecord>, MasterError> {
+        self.get(&k_merge(ino))
+    }
+
+    pub fn put_merge_record(
+        &self,
+        ino: Ino,
+        rec: &crate::merge::MergeRecord,
+    ) -> Result<(), MasterError> {
+        let mut b = WriteBatch::default();
+        b.put(k_merge(ino), enc(rec));
+        self.write(b)
+    }
+
+    /// Keys from `start` on, up to the end of `prefix`: the upper bound lets RocksDB stop at
+    /// the prefix's end instead of walking over deleted keys after it (thousands of them after
+    /// a burst of short-lived records, on every scan that finds nothing more).
+    pub(super) fn iter_within(&self, prefix: &[u8], start: &[u8]) -> rocksdb::DBIterator<'_> {
+        let mut ro = rocksdb::ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        self.db
+            .iterator_opt(IteratorMode::From(start, Direction::Forward), ro)
+    }
+
+    pub(super) fn scan<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>, MasterError> {
+        let mut out = Vec::new();
+        for item in self.iter_within(prefix, start) {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), dec(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every key starting with `prefix`, values not decoded.
+    pub(super) fn keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, MasterError> {
+        let mut out = Vec::new();
+        for item in self.iter_within(prefix, prefix) {
+            let (k, _) = item.map_err(db_err)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(k.to_vec());
+        }
+        Ok(out)
+    }
+
+    pub(super) fn slot_record(&self, key: &[u8]) -> Result<Option<SlotRecord>, MasterError> {
+        match self.db.get_pinned(key).map_err(db_err)? {
+            Some(raw) => Ok(Some(dec_slot(key, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn slot_records(&self, ino: Ino) -> Result<Vec<(u64, SlotRecord)>, MasterError> {
+        let p = k_slot_prefix(ino);
+        let mut out = Vec::new();
+        for item in self.iter_within(&p, &p) {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(&p) || k.len() != 17 {
+                break;
+            }
+            let index = u64::from_be_bytes(k[9..17].try_into().expect("slot key"));
+            out.push((index, dec_slot(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Records of families kept by other modules (`credentials`): a one-byte family, a key.
+    pub fn put_record<T: Serialize>(
+        &self,
+        family: u8,
+        key: &[u8],
+        v: &T,
+    ) -> Result<(), MasterError> {
+        let mut k = vec![family];
+        k.extend_from_slice(key);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_opt(k, enc(v), &wo).map_err(db_err)
+    }
+
+    pub fn delete_record(&self, family: u8, key: &[u8]) -> Result<(), MasterError> {
+        let mut k = vec![family];
+        k.extend_from_slice(key);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.delete_opt(k, &wo).map_err(db_err)
+    }
+
+    /// Every record of a family: (key without the family byte, value).
+    pub fn records<T: DeserializeOwned>(
+        &self,
+        family: u8,
+    ) -> Result<Vec<(Vec<u8>, T)>, MasterError> {
+        Ok(self
+            .scan::<T>(&[family], &[family], usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| (k[1..].to_vec(), v))
+            .collect())
+    }
+
+    pub fn count_inodes(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
