@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::Duration;
 
 /// A pseudo-random 4 KiB write position in a file of `size` bytes: page-aligned mostly, now
 /// and then not (SQLite pages are aligned; logs and editors are not).
@@ -283,4 +284,75 @@ fn a_slot_with_too_many_extents_is_stored_whole_again() {
     );
     let other = c.mount("other");
     assert!(same(&other.join("f"), &model), "another mount reads it");
+}
+
+/// Pieces are repaired like blocks: with the node holding a copy of every piece down past the
+/// repair grace, each piece is copied again to another node (3 copies on 3 distinct live
+/// nodes), and with two more nodes of the copies killed the file still reads back identical.
+#[test]
+fn lost_piece_copies_are_rebuilt_on_other_nodes() {
+    let mut c = Cluster::start_with(
+        8,
+        "4+2",
+        &[
+            "--node-timeout-ms",
+            "3000",
+            "--repair-grace-secs",
+            "2",
+            "--repair-interval-ms",
+            "300",
+        ],
+    );
+    let mp = c.mount("m");
+    let size = 4 << 20;
+    let mut model = random_bytes(31, size);
+    fs::write(mp.join("f"), &model).unwrap();
+    let block = blake3::hash(&model).to_hex().to_string();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(mp.join("f"))
+        .unwrap();
+    for i in 0..30u64 {
+        let off = position(i, size) & !4095;
+        let data = random_bytes(700 + i, 4096);
+        f.write_at(&data, off as u64).unwrap();
+        model[off..off + 4096].copy_from_slice(&data);
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    c.umount(&mp);
+    let h = c.holders();
+    let pieces: Vec<String> = h.keys().filter(|id| **id != block).cloned().collect();
+    assert!(!pieces.is_empty(), "the writes are pieces");
+    let victim = h[&pieces[0]][0].0;
+    c.kill_node(victim);
+    let live = |h: &std::collections::HashMap<String, Vec<(usize, String)>>, id: &String| {
+        let nodes: HashSet<usize> = h[id]
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| *n != victim)
+            .collect();
+        nodes.len()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the lost copies and shards to be rebuilt",
+        || {
+            let h = c.holders();
+            pieces.iter().all(|p| live(&h, p) == 3) && live(&h, &block) == 6
+        },
+    );
+    // Two more of the first piece's live holders die: its third copy still serves it.
+    let holders: Vec<usize> = c.holders()[&pieces[0]]
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| *n != victim)
+        .collect();
+    c.kill_node(holders[0]);
+    c.kill_node(holders[1]);
+    let m = c.mount("after");
+    assert!(
+        same(&m.join("f"), &model),
+        "read back with its copies rebuilt"
+    );
 }
