@@ -163,6 +163,9 @@ impl FileState {
 
     /// Count a local change; its number.
     pub(super) fn touch(&mut self) -> u64 {
+        // Whatever the journal holds is older than this change (a write into a block already
+        // in memory, after a late release journaled the file mid-edit, must be journaled again).
+        self.journaled = false;
         self.changes += 1;
         self.changes
     }
@@ -470,6 +473,17 @@ mod tests {
         assert!(
             st.sparse.get(&1).is_none_or(|sp| sp.data.is_empty()),
             "nothing past the end is kept"
+        );
+    }
+
+    #[test]
+    fn a_change_after_journaling_is_journaled_again() {
+        let mut st = state();
+        st.journaled = true;
+        st.touch();
+        assert!(
+            !st.journaled,
+            "the journal no longer holds the current content"
         );
     }
 
