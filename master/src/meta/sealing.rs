@@ -41,10 +41,13 @@ impl Meta {
     ) -> Result<Vec<(Ino, u64)>, MasterError> {
         let now = unix_now();
         let mut out = Vec::new();
-        for (k, since) in self.scan::<u64>(b"F", b"F", usize::MAX)? {
-            if out.len() >= limit {
+        // Walked key by key, not collected first: most files may not be quiet yet.
+        for item in self.iter_within(b"F", b"F") {
+            let (k, v) = item.map_err(super::db_err)?;
+            if out.len() >= limit || !k.starts_with(b"F") {
                 break;
             }
+            let since: u64 = super::dec(&k, &v)?;
             if since.saturating_add(quiet_secs) > now || k.len() != 9 {
                 continue;
             }
