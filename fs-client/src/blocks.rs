@@ -58,6 +58,8 @@ pub struct BlockConfig {
 const TICK: Duration = Duration::from_millis(100);
 /// Wait before asking the master again for nodes it could not give.
 const RETRY_PLACE: Duration = Duration::from_millis(250);
+/// How long one request for other nodes may keep asking while the master has none.
+const PLACE_WITHIN: Duration = Duration::from_secs(2);
 
 type Fetch = Shared<BoxFuture<'static, std::result::Result<Arc<Vec<u8>>, String>>>;
 
@@ -250,8 +252,15 @@ impl BlockStore {
             }
             Placement::Exists(..) => {
                 warn!(block = %id, "the cluster's description of this block does not match its content; storing it again");
-                self.place_more(id, data.len() as u64, params, shards.len(), Vec::new())
-                    .await?
+                self.place_more(
+                    id,
+                    data.len() as u64,
+                    params,
+                    shards.len(),
+                    Vec::new(),
+                    self.cfg.put_timeout,
+                )
+                .await?
             }
             Placement::Place(nodes, cap) => (nodes, cap),
         };
@@ -325,6 +334,11 @@ impl BlockStore {
         }
         let mut last_err: Option<Error> = None;
         let mut place_again = Instant::now();
+        // Asking the master for other nodes runs beside the uploads, never instead of them:
+        // while it waits (no other node free, a slow master), the uploads it would replace
+        // keep going and may well finish first.
+        type Placing = BoxFuture<'static, (Vec<usize>, Result<(Vec<NodeId>, Cap)>)>;
+        let mut placing: Option<Placing> = None;
         while !up.complete() {
             let now = Instant::now();
             if let Some(i) = up.exhausted() {
@@ -340,7 +354,7 @@ impl BlockStore {
                     self.cfg.put_timeout
                 )));
             }
-            if now >= place_again {
+            if placing.is_none() && now >= place_again {
                 let need = up.need_more(
                     now,
                     |n| self.health.deadline(n, shard_len),
@@ -350,9 +364,30 @@ impl BlockStore {
                     for n in up.stalled_nodes(&need) {
                         self.health.failed(n, "upload stalled");
                     }
-                    match self.place_more(id, len, ec, need.len(), up.holding()).await {
+                    let (this, holding) = (self.clone(), up.holding());
+                    let within = give_up.saturating_duration_since(now).min(PLACE_WITHIN);
+                    placing = Some(
+                        async move {
+                            let r = this
+                                .place_more(id, len, ec, need.len(), holding, within)
+                                .await;
+                            (need, r)
+                        }
+                        .boxed(),
+                    );
+                }
+            }
+            tokio::select! {
+                (need, r) = async { placing.as_mut().expect("placing").await }, if placing.is_some() => {
+                    placing = None;
+                    match r {
                         Ok((more, _)) => {
+                            // A shard stored meanwhile by the upload this one was to race
+                            // needs no other node.
                             for (&i, node) in need.iter().zip(more) {
+                                if up.is_stored(i) {
+                                    continue;
+                                }
                                 debug!(block = %id, shard = i, %node, "shard placed again");
                                 let (aid, handle, task) = start(&mut up, i, node);
                                 aborts.insert(aid, handle);
@@ -362,12 +397,10 @@ impl BlockStore {
                         Err(e) => {
                             debug!(block = %id, "cannot place shards again yet: {e}");
                             last_err = Some(e);
-                            place_again = now + RETRY_PLACE;
+                            place_again = Instant::now() + RETRY_PLACE;
                         }
                     }
                 }
-            }
-            tokio::select! {
                 Some((i, aid, node, r)) = running.next(), if !running.is_empty() => {
                     aborts.remove(&aid);
                     let now = Instant::now();
@@ -432,7 +465,7 @@ impl BlockStore {
     }
 
     /// `count` more nodes for block `id`, none in `holding` (and the capability to store on
-    /// them).
+    /// them), asking the master again while it cannot place them, for at most `within`.
     async fn place_more(
         &self,
         id: BlockId,
@@ -440,6 +473,7 @@ impl BlockStore {
         ec: EcParams,
         count: usize,
         holding: Vec<NodeId>,
+        within: Duration,
     ) -> Result<(Vec<NodeId>, Cap)> {
         let req = MasterRequest::PlaceMore {
             block: id,
@@ -449,7 +483,7 @@ impl BlockStore {
             failing: self.health.failing(),
             code: Some(ec),
         };
-        match self.master.call(req).await? {
+        match self.master.call_within(req, within).await? {
             MasterResponse::Placements(mut p) if p.len() == 1 => match p.remove(0) {
                 Placement::Place(nodes, cap) if nodes.len() == count => Ok((nodes, cap)),
                 other => Err(Error::Protocol(format!("unexpected placement {other:?}"))),

@@ -94,6 +94,11 @@ impl ShardUploads {
         Outcome::Stored { cancel }
     }
 
+    /// Shard `i` is held by a node.
+    pub fn is_stored(&self, i: usize) -> bool {
+        self.stored[i].is_some()
+    }
+
     pub fn complete(&self) -> bool {
         self.stored.iter().all(Option::is_some)
     }

@@ -112,6 +112,51 @@ fn more_than_m_nodes_down_fails_a_write_with_eio_in_bounded_time() {
 }
 
 #[test]
+fn every_node_frozen_for_seconds_delays_writes_and_fails_none() {
+    // No spare node: while all six are frozen there is no other node to place a shard on,
+    // and the stalled uploads themselves must finish the blocks once the nodes thaw.
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount_with("w", &["--timeout", "15"]);
+    write_synced(&mp.join("warm"), &random_bytes(1, 4 << 20)).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                format!("f{i}"),
+                random_bytes(10 + i, (8 << 20) + 4096 * i as usize),
+            )
+        })
+        .collect();
+    let took = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let t = Instant::now();
+            for (name, data) in &files {
+                write_synced(&mp.join(name), data)
+                    .unwrap_or_else(|e| panic!("{name} failed after all nodes froze for 3 s: {e}"));
+            }
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        for i in 0..6 {
+            c.signal_node(i, libc::SIGSTOP);
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        for i in 0..6 {
+            c.signal_node(i, libc::SIGCONT);
+        }
+        h.join().expect("writer")
+    });
+    eprintln!("4 x 8 MiB with every node frozen for 3 s: {took:?}");
+    let r = c.mount_with("r", &["--cache-mib", "0"]);
+    for (name, data) in &files {
+        assert_eq!(
+            hash_file(&r.join(name)),
+            blake3::hash(data).to_hex().to_string(),
+            "{name} differs"
+        );
+    }
+}
+
+#[test]
 fn reads_do_not_wait_for_a_frozen_node() {
     // 6 nodes for 4+2: every block has a shard on the frozen node.
     let mut c = Cluster::start(6, "4+2");
