@@ -15,11 +15,13 @@ pub use crate::pki::Role;
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const PROTOCOL_VERSION: u8 = 9;
+pub const PROTOCOL_VERSION: u8 = 10;
 /// ALPN of the master's service (clients and nodes connect to it).
-pub const ALPN_MASTER: &[u8] = b"shardfs-master/9";
+pub const ALPN_MASTER: &[u8] = b"shardfs-master/10";
 /// ALPN of a storage node's service.
-pub const ALPN_NODE: &[u8] = b"shardfs-node/9";
+pub const ALPN_NODE: &[u8] = b"shardfs-node/10";
+/// Files one `Close` request may name.
+pub const CLOSE_MAX: usize = 4096;
 
 /// Longest file name, as on ext4.
 pub const NAME_MAX: usize = 255;
@@ -641,14 +643,15 @@ pub enum MasterRequest {
         /// ACCESS_READ and/or ACCESS_WRITE (0: a look at the content, checked as a read).
         access: u8,
     },
-    /// The mount closed its last handle of `ino`, which it had opened `opens` times through
-    /// `Open` (or `Create`) on `session`. A count, not a flag: a close and a new open of the
-    /// same file travel on separate streams, so an `Open` may arrive before the `Close` of the
-    /// handles before it; the file stays held while the master counts more opens than closes.
+    /// The mount closed its last handle of each `(ino, opens)` of `files` (at most
+    /// [`CLOSE_MAX`]), which it had opened `opens` times through `Open` (or `Create`) on
+    /// `session`; closes made close together travel in one request. A count, not a flag: a
+    /// close and a new open of the same file travel on separate streams, so an `Open` may
+    /// arrive before the `Close` of the handles before it; the file stays held while the
+    /// master counts more opens than closes.
     Close {
         session: u64,
-        ino: Ino,
-        opens: u32,
+        files: Vec<(Ino, u32)>,
     },
     /// Start a mount's session (id 0: a new one), or take up an existing id again after a
     /// master restart with the files it has open and the locks it holds. Answered with

@@ -13,12 +13,16 @@
 use crate::core::Core;
 use crate::master::unexpected;
 use shardfs_common::locks::{LockKind, LockOwner, LockRange};
-use shardfs_common::proto::{Change, MasterRequest, MasterResponse};
+use shardfs_common::proto::{Change, MasterRequest, MasterResponse, CLOSE_MAX};
 use shardfs_common::{Error, ErrorCode, Ino, Result};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
+
+/// Closes made within this long of the first are told to the master together.
+const CLOSE_GATHER: Duration = Duration::from_millis(2);
 
 pub(crate) use shardfs_common::join::host_name;
 
@@ -111,6 +115,9 @@ impl Core {
                     (c.master.clone(), c.session.load(Ordering::Relaxed))
                 };
                 if me == 0 {
+                    if let Some(c) = core.upgrade() {
+                        c.stopped_watching();
+                    }
                     return;
                 }
                 match master.call(MasterRequest::Watch { after }).await {
@@ -118,24 +125,36 @@ impl Core {
                         let Some(c) = core.upgrade() else { return };
                         if lost {
                             c.forget_cached();
+                            c.forget_dirs();
                         }
                         for e in events {
                             if e.origin != me || e.origin == 0 {
                                 match e.change {
-                                    Change::Inode(ino) => c.invalidate(ino),
+                                    Change::Inode(ino) => {
+                                        c.forget_dir(ino);
+                                        c.invalidate(ino)
+                                    }
                                     Change::Entry { parent, name } => {
+                                        c.forget_dir(parent);
                                         c.invalidate_entry(parent, name)
                                     }
                                 }
                             }
                         }
                         after = next;
+                        c.watching.store(true, Ordering::Relaxed);
                     }
                     Ok(other) => {
+                        if let Some(c) = core.upgrade() {
+                            c.stopped_watching();
+                        }
                         warn!("unexpected answer to a watch: {other:?}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     Err(e) => {
+                        if let Some(c) = core.upgrade() {
+                            c.stopped_watching();
+                        }
                         debug!("watching changes: {e}");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
@@ -178,23 +197,43 @@ impl Core {
         }
     }
 
-    /// The mount closed its last handle of `ino`, opened `opens` times at the master.
+    /// The mount closed its last handle of `ino`, opened `opens` times at the master. Closes
+    /// made within [`CLOSE_GATHER`] of each other go to the master in one request (a program
+    /// writing many files closes one every fraction of a millisecond).
     pub(crate) fn closed(&self, ino: Ino, opens: u32) {
         let session = self.session.load(Ordering::Relaxed);
         if session == 0 || opens == 0 {
             return;
         }
-        let master = self.master.clone();
+        let first = {
+            let mut c = self.closing.lock().expect("closing lock");
+            c.push((session, ino, opens));
+            c.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let (master, closing) = (self.master.clone(), self.closing.clone());
         self.rt.spawn(async move {
-            if let Err(e) = master
-                .call(MasterRequest::Close {
-                    session,
-                    ino,
-                    opens,
-                })
-                .await
-            {
-                debug!(ino, "close not delivered to the master: {e}");
+            tokio::time::sleep(CLOSE_GATHER).await;
+            let all = std::mem::take(&mut *closing.lock().expect("closing lock"));
+            let mut by_session: BTreeMap<u64, Vec<(Ino, u32)>> = BTreeMap::new();
+            for (session, ino, opens) in all {
+                by_session.entry(session).or_default().push((ino, opens));
+            }
+            for (session, files) in by_session {
+                for chunk in files.chunks(CLOSE_MAX) {
+                    let req = MasterRequest::Close {
+                        session,
+                        files: chunk.to_vec(),
+                    };
+                    if let Err(e) = master.call(req).await {
+                        debug!(
+                            files = chunk.len(),
+                            "closes not delivered to the master: {e}"
+                        );
+                    }
+                }
             }
         });
     }

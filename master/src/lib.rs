@@ -624,12 +624,24 @@ impl Master {
                 A::Entries { entries, more }
             }
             req @ R::Open { .. } => self.on_open(req, from)?,
-            R::Close {
-                session,
-                ino,
-                opens,
-            } => {
-                self.sessions.closed(&self.meta, session, ino, opens)?;
+            R::Close { session, files } => {
+                if files.len() > shardfs_common::proto::CLOSE_MAX {
+                    return Err(Error::invalid(format!(
+                        "a close names {} files (at most {})",
+                        files.len(),
+                        shardfs_common::proto::CLOSE_MAX
+                    ))
+                    .into());
+                }
+                // Every close is applied; the first failure is the answer.
+                let mut first = Ok(());
+                for (ino, opens) in files {
+                    let r = self.sessions.closed(&self.meta, session, ino, opens);
+                    if first.is_ok() {
+                        first = r;
+                    }
+                }
+                first?;
                 A::Ok
             }
             R::SessionOpen {

@@ -63,7 +63,7 @@ impl Writer {
 #[test]
 fn concurrent_binary_overwrites_keep_both_versions() {
     let mut c = Cluster::start(4, "2+2");
-    let (m1, m2) = (c.mount("m1"), c.mount("m2"));
+    let (r1, r2) = (c.mount("m1"), c.mount("m2"));
     let script = c.path("writer.py");
     fs::write(&script, WRITER).unwrap();
     // Binary content (not UTF-8): nothing to merge.
@@ -71,7 +71,12 @@ fn concurrent_binary_overwrites_keep_both_versions() {
     let (a, b) = (random_bytes(2, 300_000), random_bytes(3, 300_000));
     fs::write(c.path("a.bin"), &a).unwrap();
     fs::write(c.path("b.bin"), &b).unwrap();
+    // In a directory both mounts know whole (m2 made it, m1 listed it): they answer lookups
+    // of names not in it themselves, so the copy, a name neither made, must reach both.
+    fs::create_dir(r2.join("d")).unwrap();
+    let (m1, m2) = (r1.join("d"), r2.join("d"));
     fs::write(m1.join("report.pdf"), &original).unwrap();
+    assert_eq!(fs::read_dir(&m1).unwrap().count(), 1);
 
     let w1 = Writer::open(&script, &m1.join("report.pdf"), "overwrite");
     let w2 = Writer::open(&script, &m2.join("report.pdf"), "overwrite");

@@ -289,8 +289,7 @@ fn a_close_overtaken_by_a_new_open_keeps_the_unlinked_file() {
         };
         let close = R::Close {
             session,
-            ino: f.ino,
-            opens: 1,
+            files: vec![(f.ino, 1)],
         };
         // Opened twice (create, open); the close of the first arrives after the second open.
         assert!(matches!(call(open(session)).await, Ok(A::Opened { .. })));

@@ -2,7 +2,7 @@
 
 use shardfs_tests::*;
 use std::fs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn two_mounts_see_each_others_closed_files() {
@@ -127,4 +127,65 @@ fn read_only_mount_and_remount() {
     );
     let fstype = sh_ok(&format!("findmnt -n -o FSTYPE {}", mp.display()));
     assert_eq!(fstype.trim(), "fuse.shardfs");
+}
+
+#[test]
+fn names_another_mount_makes_are_seen_in_directories_this_mount_knows_whole() {
+    let mut c = Cluster::start(4, "2+2");
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    let seen = |what: &str, f: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        wait_until(Duration::from_secs(5), what, f);
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{what}: took {:?}",
+            t.elapsed()
+        );
+    };
+    // `a` made d (so it knows every name in it) and finds nothing there.
+    fs::create_dir(a.join("d")).unwrap();
+    assert!(!a.join("d/x").exists());
+    fs::write(b.join("d/x"), "from b").unwrap();
+    seen("a sees the file b made", &|| {
+        fs::read(a.join("d/x")).ok().as_deref() == Some(&b"from b"[..])
+    });
+    fs::rename(b.join("d/x"), b.join("d/y")).unwrap();
+    seen("a sees b's rename", &|| {
+        a.join("d/y").exists() && !a.join("d/x").exists()
+    });
+    fs::create_dir(b.join("d/sub")).unwrap();
+    seen("a sees b's directory", &|| a.join("d/sub").is_dir());
+    // Its own changes keep what `a` knows true.
+    fs::write(a.join("d/mine"), "a").unwrap();
+    assert_eq!(fs::read(a.join("d/mine")).unwrap(), b"a");
+    fs::rename(a.join("d/mine"), a.join("d/moved")).unwrap();
+    assert!(!a.join("d/mine").exists());
+    assert_eq!(fs::read(a.join("d/moved")).unwrap(), b"a");
+    fs::hard_link(a.join("d/moved"), a.join("d/linked")).unwrap();
+    std::os::unix::fs::symlink("moved", a.join("d/sym")).unwrap();
+    assert_eq!(fs::read(a.join("d/sym")).unwrap(), b"a");
+    fs::remove_file(a.join("d/moved")).unwrap();
+    assert!(!a.join("d/moved").exists());
+    assert_eq!(fs::read(a.join("d/linked")).unwrap(), b"a");
+    // A directory `a` listed whole (made by b, filled by b): b's next name reaches `a` too.
+    fs::create_dir(b.join("l")).unwrap();
+    for i in 0..5 {
+        fs::write(b.join(format!("l/f{i}")), "x").unwrap();
+    }
+    seen("a lists what b made", &|| {
+        fs::read_dir(a.join("l")).map(|d| d.count()).unwrap_or(0) == 5
+    });
+    assert!(!a.join("l/late").exists());
+    fs::write(b.join("l/late"), "late").unwrap();
+    seen("a sees the name b added after a listed", &|| {
+        a.join("l/late").exists()
+    });
+    fs::remove_file(b.join("l/f0")).unwrap();
+    seen("a sees b's unlink", &|| !a.join("l/f0").exists());
+    let mut names: Vec<String> = fs::read_dir(a.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["linked", "sub", "sym", "y"]);
 }

@@ -218,6 +218,8 @@ impl Core {
                         "the file changed elsewhere; this mount's version was saved as a conflicted copy"
                     );
                     self.remember(&copy_attr);
+                    // The copy is a new name this mount did not make itself.
+                    self.forget_dirs();
                     st.landed_pieces.drain(..landed);
                     st.published = st.published.max(included);
                     st.outcome = Some(format!(

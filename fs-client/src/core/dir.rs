@@ -86,6 +86,10 @@ impl Core {
                     for e in &entries {
                         self.remember(&e.attr);
                     }
+                    if after.is_none() && !more {
+                        // The whole directory in one answer.
+                        self.know_dir(dir, entries.iter().map(|e| e.name.clone()));
+                    }
                     let mut l = listing.lock().expect("listing lock");
                     if l.entries.back().map(|e| &e.name) == after.as_ref() {
                         l.entries.extend(entries);

@@ -34,6 +34,7 @@ mod commit;
 mod dir;
 mod file_state;
 mod handles;
+mod known_dirs;
 mod merge;
 mod namespace;
 mod read;
@@ -114,6 +115,13 @@ pub struct Core {
     /// What this mount last read under each name (inode, attributes at open, block map): the
     /// base of an editor's save that renames a new file over the name.
     read_bases: Mutex<HashMap<(Ino, Vec<u8>), ReadBase>>,
+    /// Directories whose every name this mount knows (see [`known_dirs`]).
+    known_dirs: Mutex<known_dirs::KnownDirs>,
+    /// The master's change log is being followed (the last watch was answered): what
+    /// `known_dirs` says holds only while it is.
+    pub(crate) watching: std::sync::atomic::AtomicBool,
+    /// Closes not yet told to the master: (session, inode, opens), sent together.
+    pub(crate) closing: Arc<Mutex<Vec<(u64, Ino, u32)>>>,
 }
 
 #[derive(Clone)]
@@ -275,6 +283,9 @@ impl Core {
             dentries: Mutex::new(HashMap::new()),
             offline: std::sync::atomic::AtomicBool::new(false),
             read_bases: Mutex::new(HashMap::new()),
+            known_dirs: Mutex::new(Default::default()),
+            watching: std::sync::atomic::AtomicBool::new(false),
+            closing: Default::default(),
         }))
     }
 

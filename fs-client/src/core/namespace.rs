@@ -94,6 +94,12 @@ impl Core {
                 "file name longer than 255 bytes",
             ));
         }
+        if self.known_absent(parent, name) {
+            return Err(Error::fs(
+                shardfs_common::ErrorCode::NotFound,
+                "no such file or directory",
+            ));
+        }
         let key = (parent, name.to_vec());
         if self.is_offline() {
             if let Some(ino) = self
@@ -283,7 +289,14 @@ impl Core {
             now: Timespec::now(),
             session,
         };
-        self.new_inode(req).await
+        let r = self.new_inode(req).await;
+        self.dir_change(&r, &[parent], |k, a| {
+            k.added(parent, name);
+            if a.kind == FileKind::Dir {
+                k.know(a.ino, []);
+            }
+        });
+        r
     }
 
     pub async fn symlink(
@@ -302,37 +315,47 @@ impl Core {
             gid,
             now: Timespec::now(),
         };
-        self.new_inode(req).await
+        let r = self.new_inode(req).await;
+        self.dir_change(&r, &[parent], |k, _| k.added(parent, name));
+        r
     }
 
     pub async fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
-        self.new_inode(MasterRequest::Link {
-            ino,
-            parent,
-            name: name.to_vec(),
-            now: Timespec::now(),
-        })
-        .await
+        let r = self
+            .new_inode(MasterRequest::Link {
+                ino,
+                parent,
+                name: name.to_vec(),
+                now: Timespec::now(),
+            })
+            .await;
+        self.dir_change(&r, &[parent], |k, _| k.added(parent, name));
+        r
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.call_changed(MasterRequest::Unlink {
+        let req = MasterRequest::Unlink {
             parent,
             name: name.to_vec(),
             now: Timespec::now(),
-        })
-        .await
-        .map(drop)
+        };
+        self.remove_entry(parent, name, req).await
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.call_changed(MasterRequest::Rmdir {
+        let req = MasterRequest::Rmdir {
             parent,
             name: name.to_vec(),
             now: Timespec::now(),
-        })
-        .await
-        .map(drop)
+        };
+        self.remove_entry(parent, name, req).await
+    }
+
+    /// Remove `parent/name` by `req` (an unlink or rmdir).
+    async fn remove_entry(&self, parent: Ino, name: &[u8], req: MasterRequest) -> Result<()> {
+        let r = self.call_changed(req).await;
+        self.dir_change(&r, &[parent], |k, _| k.removed(parent, name));
+        r.map(drop)
     }
 
     pub async fn rename(
@@ -357,18 +380,35 @@ impl Core {
             flags,
             now: Timespec::now(),
         };
-        let moved = self.call_changed(req).await?;
-        let _ = moved;
+        let r = self.call_changed(req).await;
+        self.dir_change(&r, &[parent, new_parent], |k, _| {
+            if flags & shardfs_common::proto::RENAME_EXCHANGE == 0 {
+                k.removed(parent, name);
+                k.added(new_parent, &target);
+            }
+        });
+        let moved = r?;
         // The saved file is what this mount now has read under the name.
         if let Ok((attr, slots)) = async {
-            let a = self
-                .call_attr(MasterRequest::Lookup {
-                    parent: new_parent,
-                    name: target.clone(),
-                })
-                .await?;
+            let a = match moved {
+                Some(a) => a,
+                None => {
+                    self.call_attr(MasterRequest::Lookup {
+                        parent: new_parent,
+                        name: target.clone(),
+                    })
+                    .await?
+                }
+            };
+            if a.kind != FileKind::File {
+                return Err(Error::fs(shardfs_common::ErrorCode::IsDir, "not a file"));
+            }
             self.name_of(a.ino, new_parent, &target);
-            self.fetch_map(a.ino, false, 0).await
+            match a.size {
+                // Nothing stored: no map to ask for.
+                0 => Ok((a, Vec::new())),
+                _ => self.fetch_map(a.ino, false, 0).await,
+            }
         }
         .await
         {

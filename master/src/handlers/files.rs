@@ -113,12 +113,22 @@ impl Master {
             let r = self
                 .meta
                 .rename(parent, &name, new_parent, &new_name, flags, now)?;
-            if let (Some(old), Some(src)) = (replaced, src) {
+            if let (Some(old), Some(src)) = (replaced, &src) {
                 if old.kind == FileKind::File && src.kind == FileKind::File && old.ino != src.ino {
-                    self.merge_follows(old.ino, &src, self.sessions.of_peer(peer));
+                    self.merge_follows(old.ino, src, self.sessions.of_peer(peer));
                 }
             }
-            removed(r)
+            // The moved inode as it is now under its new name (what the mount would look
+            // up next), with its code.
+            let mut resp = removed(r);
+            if let Ok(moved) = self.meta.lookup(new_parent, &new_name) {
+                let code = self.meta.policy(moved.ino)?;
+                if let MasterResponse::Changed { attr, code: c, .. } = &mut resp {
+                    *attr = Some(moved);
+                    *c = code;
+                }
+            }
+            resp
         })
     }
 
@@ -232,6 +242,16 @@ impl Master {
                             String::from_utf8_lossy(&name)
                         ),
                     });
+                    // A new name no request of a mount made: every mount, the committing
+                    // one too, learns of it (mounts answer lookups of names they know are
+                    // absent from directories they know whole).
+                    if let Ok(rec) = self.meta.inode(copy.ino) {
+                        let entry = shardfs_common::proto::Change::Entry {
+                            parent: rec.parent,
+                            name: name.clone(),
+                        };
+                        self.events.push(0, vec![entry]);
+                    }
                     A::Conflicted {
                         attr: original,
                         copy: name,
