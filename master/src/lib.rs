@@ -893,8 +893,12 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         seal_stats: Mutex::new(Default::default()),
     });
     let session_loop = tokio::spawn(session_loop(master.clone(), cfg.session_lease));
-    let repairs = tokio::spawn(repair::repair_loop(master.clone(), shutdown.clone()));
-    let gc = tokio::spawn(gc_loop(
+    // Repair, collection and sealing walk the maps and wait on nodes for as long as they
+    // need: on a thread of their own, so requests (heartbeats among them) never wait behind
+    // them, and requests need no more than one thread.
+    let background = background_runtime(shutdown.clone())?;
+    let repairs = background.spawn(repair::repair_loop(master.clone(), shutdown.clone()));
+    let gc = background.spawn(gc_loop(
         master.clone(),
         cfg.gc_grace,
         cfg.gc_interval,
@@ -906,7 +910,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         Ok(s) if s.is_empty() => Duration::ZERO,
         _ => cfg.session_lease * 2,
     };
-    let seals = tokio::spawn(seal::seal_loop(
+    let seals = background.spawn(seal::seal_loop(
         master.clone(),
         cfg.seal.clone(),
         settle,
@@ -919,6 +923,30 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     session_loop.abort();
     info!("master stopped");
     Ok(())
+}
+
+/// A runtime on a thread of its own for the background loops, running until `shutdown`.
+fn background_runtime(
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tokio::runtime::Handle, MasterError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| MasterError::Config(format!("cannot start the background thread: {e}")))?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("shardfs-background".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                while !*shutdown.borrow() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .map_err(|e| MasterError::Config(format!("cannot start the background thread: {e}")))?;
+    Ok(handle)
 }
 
 /// End sessions whose mounts stopped renewing them; after a restart, delete the orphans that no

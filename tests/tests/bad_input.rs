@@ -98,6 +98,12 @@ fn cli_errors_are_clear_and_exit_non_zero() {
         run(Command::new(bin("shardfs-master")).args(["--data-dir", "/tmp/x", "--ec", "9"]));
     assert!(!ok);
     assert!(text.contains("not of the form K+M"), "{text}");
+    let (ok, text, _) = run(Command::new(bin("shardfs-master"))
+        .arg("--data-dir")
+        .arg(c.path("m0"))
+        .args(["--workers", "0"]));
+    assert!(!ok);
+    assert!(text.contains("--workers must be between 1 and 16"), "{text}");
     let (ok, text, _) = run(Command::new(bin("shardfs-node"))
         .arg("--data-dir")
         .arg(c.path("n")));
