@@ -103,7 +103,10 @@ fn cli_errors_are_clear_and_exit_non_zero() {
         .arg(c.path("m0"))
         .args(["--workers", "0"]));
     assert!(!ok);
-    assert!(text.contains("--workers must be between 1 and 16"), "{text}");
+    assert!(
+        text.contains("--workers must be between 1 and 16"),
+        "{text}"
+    );
     let (ok, text, _) = run(Command::new(bin("shardfs-node"))
         .arg("--data-dir")
         .arg(c.path("n")));
