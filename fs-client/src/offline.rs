@@ -173,7 +173,7 @@ impl Core {
                 "the master cannot be reached and this mount has no journal".into(),
             ));
         };
-        let (base, base_slots, size) = of.journal_view();
+        let (base, base_slots, size, changes) = of.journal_view();
         let content = self.read_all(of.clone(), size).await?;
         let (parent, name) = self.name_of_ino(of.ino).unwrap_or((0, Vec::new()));
         let entry = JournalEntry {
@@ -202,7 +202,7 @@ impl Core {
         std::fs::write(&tmp, &bytes)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        of.journaled();
+        of.journaled(changes);
         info!(
             ino = of.ino,
             bytes = entry.content.len(),

@@ -116,21 +116,19 @@ impl OpenFile {
         }
     }
 
-    /// The base (attributes with the base's size and version), its block map, and the
-    /// current size: what a journal entry records.
-    pub(crate) fn journal_view(&self) -> (Attr, Vec<Slot>, u64) {
+    /// The base (attributes with the base's size and version), its block map, the current
+    /// size, and the number of the last local change: what a journal entry records.
+    pub(crate) fn journal_view(&self) -> (Attr, Vec<Slot>, u64, u64) {
         let st = self.st.lock().expect("file lock");
         let mut base = st.attr.clone();
         base.size = st.base_size;
         base.version = st.base;
-        (base, st.base_slots.clone(), st.attr.size)
+        (base, st.base_slots.clone(), st.attr.size, st.changes)
     }
 
-    /// The content is safe in the journal: no error to report, data kept in memory.
-    pub(crate) fn journaled(&self) {
-        let mut st = self.st.lock().expect("file lock");
-        st.error = None;
-        st.journaled = true;
+    /// The content as of local change `changes` is safe in the journal.
+    pub(crate) fn journaled(&self, changes: u64) {
+        self.st.lock().expect("file lock").journal_done(changes);
     }
 }
 
@@ -159,6 +157,18 @@ impl FileState {
         self.running = running;
         (self.flushing, self.replay) = (flushing, replay);
         (self.changes, self.published) = (changes, published);
+    }
+
+    /// The journal holds the content as of local change `changes`: no error to report, data
+    /// kept in memory. Journaled only if nothing changed since (a write while the entry was
+    /// being read and written, say after a late release of another handle began journaling
+    /// between a truncate and the write after it, would otherwise count as kept and never
+    /// reach the journal: the replay then merged an empty file).
+    pub(super) fn journal_done(&mut self, changes: u64) {
+        self.error = None;
+        if self.changes == changes {
+            self.journaled = true;
+        }
     }
 
     /// Count a local change; its number.
@@ -485,6 +495,19 @@ mod tests {
             !st.journaled,
             "the journal no longer holds the current content"
         );
+    }
+
+    #[test]
+    fn a_change_while_journaling_is_not_counted_as_journaled() {
+        let mut st = state();
+        let viewed = st.touch();
+        // A write lands while the entry of `viewed` is being read and written.
+        st.touch();
+        st.journal_done(viewed);
+        assert!(!st.journaled, "the later write is not in the journal");
+        let now = st.changes;
+        st.journal_done(now);
+        assert!(st.journaled);
     }
 
     #[test]
