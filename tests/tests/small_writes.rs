@@ -22,6 +22,30 @@ fn position(i: u64, size: usize) -> usize {
     }
 }
 
+/// `count` fsync'd-at-the-end 4 KiB writes of `file` at page-aligned positions
+/// `base + position(i, span)`, data seeded `seed + i`, applied to `model` too; the lowest
+/// offset written.
+fn page_writes(
+    file: &Path,
+    model: &mut [u8],
+    count: u64,
+    base: usize,
+    span: usize,
+    seed: u64,
+) -> usize {
+    let f = fs::OpenOptions::new().write(true).open(file).unwrap();
+    let mut lowest = usize::MAX;
+    for i in 0..count {
+        let off = base + (position(i, span) & !4095);
+        let data = random_bytes(seed + i, 4096);
+        f.write_at(&data, off as u64).unwrap();
+        model[off..off + 4096].copy_from_slice(&data);
+        lowest = lowest.min(off);
+    }
+    f.sync_all().unwrap();
+    lowest
+}
+
 fn same(p: &Path, model: &[u8]) -> bool {
     hash_file(p) == blake3::hash(model).to_hex().to_string()
 }
@@ -199,20 +223,7 @@ fn a_corrupted_region_is_found_by_a_small_read_and_the_right_bytes_come_back() {
     fs::write(mp.join("f"), &model).unwrap();
     let block = blake3::hash(&model).to_hex().to_string();
     // Small writes into the second half only (the first half stays the base block's).
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(mp.join("f"))
-        .unwrap();
-    let mut lowest = usize::MAX;
-    for i in 0..40u64 {
-        let off = (2 << 20) + (position(i, 2 << 20) & !4095);
-        let data = random_bytes(500 + i, 4096);
-        f.write_at(&data, off as u64).unwrap();
-        model[off..off + 4096].copy_from_slice(&data);
-        lowest = lowest.min(off);
-    }
-    f.sync_all().unwrap();
-    drop(f);
+    let lowest = page_writes(&mp.join("f"), &mut model, 40, 2 << 20, 2 << 20, 500);
     let h = c.holders();
     let (bnode, _) = h[&block].iter().find(|(_, i)| i == "0").unwrap().clone();
     let pieces: Vec<(&String, usize)> = h
@@ -308,18 +319,7 @@ fn lost_piece_copies_are_rebuilt_on_other_nodes() {
     let mut model = random_bytes(31, size);
     fs::write(mp.join("f"), &model).unwrap();
     let block = blake3::hash(&model).to_hex().to_string();
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(mp.join("f"))
-        .unwrap();
-    for i in 0..30u64 {
-        let off = position(i, size) & !4095;
-        let data = random_bytes(700 + i, 4096);
-        f.write_at(&data, off as u64).unwrap();
-        model[off..off + 4096].copy_from_slice(&data);
-    }
-    f.sync_all().unwrap();
-    drop(f);
+    page_writes(&mp.join("f"), &mut model, 30, 0, size, 700);
     c.umount(&mp);
     let h = c.holders();
     let pieces: Vec<String> = h.keys().filter(|id| **id != block).cloned().collect();

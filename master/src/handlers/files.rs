@@ -121,8 +121,9 @@ impl Master {
             // The moved inode as it is now under its new name (what the mount would look
             // up next), with its code.
             let mut resp = removed(r);
+            // The rename is done: a failure to read these is no reason to say it failed.
             if let Ok(moved) = self.meta.lookup(new_parent, &new_name) {
-                let code = self.meta.policy(moved.ino)?;
+                let code = self.meta.policy(moved.ino).unwrap_or(None);
                 if let MasterResponse::Changed { attr, code: c, .. } = &mut resp {
                     *attr = Some(moved);
                     *c = code;
