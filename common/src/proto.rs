@@ -856,6 +856,51 @@ pub enum MasterRequest {
     },
 }
 
+impl MasterRequest {
+    /// What this request changes, as far as the request itself says (the response adds the
+    /// inodes it reports changed or removed): the master logs these for other mounts, and the
+    /// sending mount drops what it caches of them.
+    pub fn touched(&self) -> Vec<Change> {
+        use MasterRequest as R;
+        let entry = |parent: &Ino, name: &Vec<u8>| Change::Entry {
+            parent: *parent,
+            name: name.clone(),
+        };
+        match self {
+            R::Create { parent, name, .. }
+            | R::Symlink { parent, name, .. }
+            | R::Unlink { parent, name, .. }
+            | R::Rmdir { parent, name, .. } => {
+                vec![entry(parent, name), Change::Inode(*parent)]
+            }
+            R::Link {
+                ino, parent, name, ..
+            } => vec![
+                entry(parent, name),
+                Change::Inode(*parent),
+                Change::Inode(*ino),
+            ],
+            R::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => vec![
+                entry(parent, name),
+                entry(new_parent, new_name),
+                Change::Inode(*parent),
+                Change::Inode(*new_parent),
+            ],
+            R::SetAttr { ino, .. }
+            | R::Commit { ino, .. }
+            | R::SetXattr { ino, .. }
+            | R::RemoveXattr { ino, .. } => vec![Change::Inode(*ino)],
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// A credential the cluster issued, as `shardfs credentials list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialInfo {

@@ -1,16 +1,19 @@
 //! Round-trip latency of one master request (GetAttr of the root), sequential and in parallel:
-//! `rpc_latency MASTER_ADDR CREDENTIAL [N] [PARALLEL]`.
+//! `rpc_latency MASTER_ADDR CREDENTIAL [N] [PARALLEL] [THREADS] [GAP_US]` (GAP_US: a pause
+//! between one answer and the next request, as a program's own work between system calls).
 use shardfs_client::master::MasterClient;
 use shardfs_common::proto::MasterRequest;
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
+    shardfs_common::daemon::init("warn");
     let a: Vec<String> = std::env::args().collect();
     let addr = a[1].parse()?;
     let cred = shardfs_common::pki::Credential::load(std::path::Path::new(&a[2]))?;
     let n: usize = a.get(3).map_or(Ok(5000), |s| s.parse())?;
     let par: usize = a.get(4).map_or(Ok(1), |s| s.parse())?;
     let threads: usize = a.get(5).map_or(Ok(0), |s| s.parse())?;
+    let gap = Duration::from_micros(a.get(6).map_or(Ok(0), |s| s.parse())?);
     let rt = if threads == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -46,6 +49,9 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .unwrap();
                     lat.push(s.elapsed());
+                    if !gap.is_zero() {
+                        tokio::time::sleep(gap).await;
+                    }
                 }
                 lat
             }));

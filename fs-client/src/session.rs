@@ -142,7 +142,7 @@ impl Core {
                             }
                         }
                         after = next;
-                        c.watching.store(true, Ordering::Relaxed);
+                        c.heard_log();
                     }
                     Ok(other) => {
                         if let Some(c) = core.upgrade() {

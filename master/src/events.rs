@@ -5,7 +5,7 @@
 //! kernel to forget the affected inodes and names. A watcher that falls behind the log (more
 //! than its capacity) is told so and forgets everything.
 
-use shardfs_common::proto::{Change, ChangeEvent, MasterRequest, MasterResponse};
+use shardfs_common::proto::{Change, ChangeEvent, MasterResponse};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -106,57 +106,6 @@ impl Events {
                 };
             }
         }
-    }
-}
-
-/// What a request changes, as far as the request itself says (the response adds the inodes
-/// it reports changed or removed).
-pub fn touched(req: &MasterRequest) -> Vec<Change> {
-    use MasterRequest as R;
-    match req {
-        R::Create { parent, name, .. }
-        | R::Symlink { parent, name, .. }
-        | R::Unlink { parent, name, .. }
-        | R::Rmdir { parent, name, .. } => vec![
-            Change::Entry {
-                parent: *parent,
-                name: name.clone(),
-            },
-            Change::Inode(*parent),
-        ],
-        R::Link {
-            ino, parent, name, ..
-        } => vec![
-            Change::Entry {
-                parent: *parent,
-                name: name.clone(),
-            },
-            Change::Inode(*parent),
-            Change::Inode(*ino),
-        ],
-        R::Rename {
-            parent,
-            name,
-            new_parent,
-            new_name,
-            ..
-        } => vec![
-            Change::Entry {
-                parent: *parent,
-                name: name.clone(),
-            },
-            Change::Entry {
-                parent: *new_parent,
-                name: new_name.clone(),
-            },
-            Change::Inode(*parent),
-            Change::Inode(*new_parent),
-        ],
-        R::SetAttr { ino, .. }
-        | R::Commit { ino, .. }
-        | R::SetXattr { ino, .. }
-        | R::RemoveXattr { ino, .. } => vec![Change::Inode(*ino)],
-        _ => Vec::new(),
     }
 }
 

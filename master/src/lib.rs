@@ -182,7 +182,7 @@ impl wire::Service for Master {
                 return (MasterResponse::Err(e.to_remote()), Bytes::new());
             }
         }
-        let touched = events::touched(&req);
+        let touched = req.touched();
         if let Err(e) = check_times(&req) {
             return (MasterResponse::Err(e.to_remote()), Bytes::new());
         }

@@ -6,7 +6,7 @@ impl Core {
     /// Drop the kernel's cached pages and attributes of `ino` (from a task of its own: the
     /// kernel may need a FUSE request answered before the invalidation completes).
     pub(crate) fn invalidate(&self, ino: Ino) {
-        self.attrs.lock().expect("attrs lock").remove(&ino);
+        self.meta().drop_inode(ino);
         self.xattrs.lock().expect("xattrs lock").pop(&ino);
         if let Some(n) = self.notifier.get().cloned() {
             self.rt.spawn_blocking(move || {
@@ -19,13 +19,13 @@ impl Core {
 
     /// Forget every attribute this mount caches (the change log was lost).
     pub(crate) fn forget_cached(&self) {
-        self.attrs.lock().expect("attrs lock").clear();
+        self.meta().clear_attrs();
         self.xattrs.lock().expect("xattrs lock").clear();
     }
 
     /// Drop the kernel's cached entry `parent/name`.
     pub(crate) fn invalidate_entry(&self, parent: Ino, name: Vec<u8>) {
-        self.attrs.lock().expect("attrs lock").remove(&parent);
+        self.meta().drop_entry(parent, &name);
         if let Some(n) = self.notifier.get().cloned() {
             self.rt.spawn_blocking(move || {
                 let name = std::ffi::OsStr::from_bytes(&name);
@@ -52,11 +52,28 @@ impl Core {
         if let Some(of) = self.open_file(ino) {
             return Some(of.st.lock().expect("file lock").attr.clone());
         }
-        self.attrs
-            .lock()
-            .expect("attrs lock")
-            .get(&ino)
-            .map(|(a, _)| a.clone())
+        self.meta().stale_attr(ino)
+    }
+
+    pub(super) fn meta(&self) -> std::sync::MutexGuard<'_, meta_cache::MetaCache> {
+        self.meta.lock().expect("meta cache lock")
+    }
+
+    /// The change log answered: what it has not reported changed still holds.
+    pub(crate) fn heard_log(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.log_heard.store(ms, Ordering::Relaxed);
+        self.watching.store(true, Ordering::Relaxed);
+    }
+
+    /// The change log is followed right now: its last answer came lately (a watch waits at
+    /// most 10 s for news), and the master is reachable.
+    pub(crate) fn log_fresh(&self) -> bool {
+        const SILENCE: u64 = 15_000;
+        let now = self.started.elapsed().as_millis() as u64;
+        self.watching.load(Ordering::Relaxed)
+            && !self.is_offline()
+            && now.saturating_sub(self.log_heard.load(Ordering::Relaxed)) < SILENCE
     }
 
     /// What this mount last read of `ino` (attributes and block map), if it still knows.

@@ -158,8 +158,8 @@ impl Core {
             base,
             "commit"
         );
-        let r = self
-            .call(MasterRequest::Commit {
+        let (r, g) = self
+            .call_granted(MasterRequest::Commit {
                 ino: of.ino,
                 slots: new,
                 pieces,
@@ -176,7 +176,7 @@ impl Core {
             let mut st = of.st.lock().expect("file lock");
             match r {
                 Ok(MasterResponse::Attr(a)) => {
-                    self.remember(&a);
+                    self.remember(&a, g);
                     st.landed_pieces.drain(..landed);
                     st.published = st.published.max(included);
                     let committed: Vec<u64> = slots.iter().map(|(seq, _)| *seq).collect();
@@ -217,7 +217,7 @@ impl Core {
                         copy = %String::from_utf8_lossy(&copy),
                         "the file changed elsewhere; this mount's version was saved as a conflicted copy"
                     );
-                    self.remember(&copy_attr);
+                    self.remember(&copy_attr, Grant::NONE);
                     // The copy is a new name this mount did not make itself.
                     self.forget_dirs();
                     st.landed_pieces.drain(..landed);
@@ -306,7 +306,6 @@ impl Core {
                 st.base = attr.version;
             }
         }
-        self.remember(&attr);
         self.invalidate(of.ino);
     }
 

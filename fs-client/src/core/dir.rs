@@ -81,10 +81,11 @@ impl Core {
                 after: after.clone(),
                 limit: 1024,
             };
-            match self.call(req).await? {
-                MasterResponse::Entries { entries, more } => {
+            match self.call_granted(req).await {
+                (Ok(MasterResponse::Entries { entries, more }), g) => {
                     for e in &entries {
-                        self.remember(&e.attr);
+                        self.remember(&e.attr, g);
+                        self.meta().put_name(dir, &e.name, e.attr.ino, g);
                     }
                     if after.is_none() && !more {
                         // The whole directory in one answer.
@@ -96,7 +97,7 @@ impl Core {
                         l.more = more;
                     }
                 }
-                other => return Err(unexpected(other)),
+                (r, _) => return Err(unexpected(r?)),
             }
         }
         let l = listing.lock().expect("listing lock");

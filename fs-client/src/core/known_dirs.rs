@@ -115,9 +115,7 @@ impl KnownDirs {
 impl super::Core {
     /// `name` is known not to be in `parent` (so a lookup can say so without the master).
     pub(super) fn known_absent(&self, parent: Ino, name: &[u8]) -> bool {
-        self.watching.load(Ordering::Relaxed)
-            && !self.is_offline()
-            && self.known().lookup(parent, name) == Known::Absent
+        self.log_fresh() && self.known().lookup(parent, name) == Known::Absent
     }
 
     /// Apply the outcome of this mount's change to a directory: `Ok` as `f` says, an error
@@ -149,6 +147,7 @@ impl super::Core {
     pub(crate) fn stopped_watching(&self) {
         self.watching.store(false, Ordering::Relaxed);
         self.forget_dirs();
+        self.meta().lose_log();
     }
 
     pub(super) fn know_dir(&self, dir: Ino, names: impl IntoIterator<Item = Vec<u8>>) {

@@ -16,8 +16,8 @@ use shardfs_common::ec::{Codec, EcParams};
 use shardfs_common::extent::{self, Sparse, MAX_EXTENTS};
 use shardfs_common::locks::LockTable;
 use shardfs_common::proto::{
-    conflicted_name, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, FsStats, MasterRequest,
-    MasterResponse, NewSlot, SetAttr, Slot, Timespec, ACCESS_READ, ACCESS_WRITE,
+    conflicted_name, Attr, BlockMeta, Change, ClusterInfo, DirEntry, FileKind, FsStats,
+    MasterRequest, MasterResponse, NewSlot, SetAttr, Slot, Timespec, ACCESS_READ, ACCESS_WRITE,
 };
 use shardfs_common::{Error, Ino, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -36,11 +36,14 @@ mod file_state;
 mod handles;
 mod known_dirs;
 mod merge;
+mod meta_cache;
 mod namespace;
 mod read;
 mod replay;
 mod write;
 mod xattr;
+
+use meta_cache::Grant;
 
 pub(crate) use file_state::OpenFile;
 use file_state::*;
@@ -83,9 +86,13 @@ pub struct Core {
     blocks: Arc<BlockStore>,
     cluster: ClusterInfo,
     files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
-    /// Attributes from the master's answers (including the parents a change touched), so the
-    /// kernel's re-validation after a create or unlink does not cost a round trip.
-    attrs: Mutex<HashMap<Ino, (Attr, Instant)>>,
+    /// Attributes and names from the master's answers (including the parents a change
+    /// touched), held while the change log says nothing changed them (see [`meta_cache`]): the
+    /// kernel's lookups and re-validations cost no round trip.
+    meta: Mutex<meta_cache::MetaCache>,
+    /// When the master's change log last answered (milliseconds since `started`).
+    log_heard: AtomicU64,
+    started: Instant,
     /// Extended attributes read from the master (None: the file has none of that name), for
     /// the attribute TTL and until a change to the inode is heard of. The kernel asks for
     /// `security.capability` before every write; this answers it without a round trip.
@@ -108,8 +115,6 @@ pub struct Core {
     notifier: std::sync::OnceLock<fuser::Notifier>,
     /// The last name each inode was looked up or created under.
     names: Mutex<HashMap<Ino, (Ino, Vec<u8>)>>,
-    /// Names looked up recently (any kind), to answer lookups while the master is away.
-    dentries: Mutex<HashMap<(Ino, Vec<u8>), Ino>>,
     /// The master did not answer lately: serve from caches without waiting for it.
     pub(crate) offline: std::sync::atomic::AtomicBool,
     /// What this mount last read under each name (inode, attributes at open, block map): the
@@ -265,7 +270,9 @@ impl Core {
             blocks,
             cluster,
             files: Mutex::new(HashMap::new()),
-            attrs: Mutex::new(HashMap::new()),
+            meta: Mutex::new(Default::default()),
+            log_heard: AtomicU64::new(0),
+            started: Instant::now(),
             xattrs: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
@@ -280,7 +287,6 @@ impl Core {
             rt: tokio::runtime::Handle::current(),
             notifier: std::sync::OnceLock::new(),
             names: Mutex::new(HashMap::new()),
-            dentries: Mutex::new(HashMap::new()),
             offline: std::sync::atomic::AtomicBool::new(false),
             read_bases: Mutex::new(HashMap::new()),
             known_dirs: Mutex::new(Default::default()),

@@ -4,43 +4,64 @@ use super::*;
 
 impl Core {
     pub(super) async fn call(&self, req: MasterRequest) -> Result<MasterResponse> {
-        self.master.call(req).await
+        self.call_granted(req).await.0
+    }
+
+    /// Send `req`, dropping what it changes from this mount's caches (when it is sent, and
+    /// again when it is answered: an answer to another request that crossed it must not bring
+    /// the old state back). The grant says whether what the answer reports may be held.
+    pub(super) async fn call_granted(&self, req: MasterRequest) -> (Result<MasterResponse>, Grant) {
+        let touched = req.touched();
+        let fresh = self.log_fresh();
+        let g = {
+            let mut m = self.meta();
+            m.drop_changes(&touched);
+            m.before(fresh)
+        };
+        let r = self.master.call(req).await;
+        let g = self.meta().after(g, &touched);
+        (r, g)
     }
 
     pub(super) async fn call_attr(&self, req: MasterRequest) -> Result<Attr> {
-        match self.call(req).await? {
-            MasterResponse::Attr(a) => {
-                self.remember(&a);
+        match self.call_granted(req).await {
+            (Ok(MasterResponse::Attr(a)), g) => {
+                self.remember(&a, g);
                 Ok(self.patch(a))
             }
-            other => Err(unexpected(other)),
+            (r, _) => Err(unexpected(r?)),
         }
     }
 
-    /// A namespace change: cache what it reports and return the new inode's attributes.
+    /// A namespace change: cache what it reports and return the new inode's attributes
+    /// (remembered under the name the change gave it, if any).
     pub(super) async fn call_changed(&self, req: MasterRequest) -> Result<Option<Attr>> {
-        match self.call(req).await? {
-            MasterResponse::Changed {
-                attr,
-                changed,
-                gone,
-                code,
-            } => {
+        let named = new_entry(&req);
+        match self.call_granted(req).await {
+            (
+                Ok(MasterResponse::Changed {
+                    attr,
+                    changed,
+                    gone,
+                    code,
+                }),
+                g,
+            ) => {
+                let gone: Vec<Change> = gone.into_iter().map(Change::Inode).collect();
+                let g = self.meta().after(g, &gone);
+                for a in &changed {
+                    self.remember(a, g);
+                }
                 if let Some(a) = &attr {
                     self.note_code(a.ino, code);
-                }
-                {
-                    let mut attrs = self.attrs.lock().expect("attrs lock");
-                    for ino in gone {
-                        attrs.remove(&ino);
+                    self.remember(a, g);
+                    if let Some((parent, name)) = named {
+                        self.meta().put_name(parent, &name, a.ino, g);
                     }
-                }
-                for a in &changed {
-                    self.remember(a);
                 }
                 Ok(attr.map(|a| self.patch(a)))
             }
-            other => Err(unexpected(other)),
+            (r, _) => Err(unexpected(r?)),
         }
     }
 
@@ -50,28 +71,18 @@ impl Core {
             .ok_or_else(|| Error::Protocol("the master did not return the new inode".into()))
     }
 
-    pub(super) fn remember(&self, a: &Attr) {
+    /// Remember attributes from the master: held if `g` says so, else for the TTL (a TTL of
+    /// zero caches nothing: every stat asks the master).
+    pub(super) fn remember(&self, a: &Attr, g: Grant) {
         if self.cfg.attr_ttl.is_zero() {
             return;
         }
-        let mut attrs = self.attrs.lock().expect("attrs lock");
-        if attrs.len() >= 16_384 {
-            // Bounded: drop what expired, and everything if that is not enough.
-            let ttl = self.cfg.attr_ttl;
-            attrs.retain(|_, (_, t)| t.elapsed() < ttl);
-            if attrs.len() >= 12_288 {
-                attrs.clear();
-            }
-        }
-        attrs.insert(a.ino, (a.clone(), Instant::now()));
+        self.meta().put_attr(a, g);
     }
 
     pub(super) fn cached_attr(&self, ino: Ino) -> Option<Attr> {
-        let attrs = self.attrs.lock().expect("attrs lock");
-        attrs
-            .get(&ino)
-            .filter(|(_, t)| t.elapsed() < self.cfg.attr_ttl)
-            .map(|(a, _)| a.clone())
+        let fresh = self.log_fresh();
+        self.meta().attr(ino, self.cfg.attr_ttl, fresh)
     }
 
     /// Overlay this mount's unflushed size and mtime on attributes from the master.
@@ -100,48 +111,42 @@ impl Core {
                 "no such file or directory",
             ));
         }
-        let key = (parent, name.to_vec());
+        let fresh = self.log_fresh();
+        let held = self.meta().lookup(parent, name, fresh);
+        if let Some(a) = held {
+            if a.kind == FileKind::File {
+                self.name_of(a.ino, parent, name);
+            }
+            return Ok(self.patch(a));
+        }
         if self.is_offline() {
-            if let Some(ino) = self
-                .dentries
-                .lock()
-                .expect("dentries lock")
-                .get(&key)
-                .copied()
-            {
-                if let Some(a) = self.stale_attr(ino) {
-                    return Ok(a);
-                }
+            let known = self.meta().stale_name(parent, name);
+            if let Some(a) = known.and_then(|ino| self.stale_attr(ino)) {
+                return Ok(a);
             }
         }
-        let a = match self
-            .call_attr(MasterRequest::Lookup {
-                parent,
-                name: name.to_vec(),
-            })
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                let known = self
-                    .dentries
-                    .lock()
-                    .expect("dentries lock")
-                    .get(&key)
-                    .copied();
+        let req = MasterRequest::Lookup {
+            parent,
+            name: name.to_vec(),
+        };
+        let a = match self.call_granted(req).await {
+            (Ok(MasterResponse::Attr(a)), g) => {
+                self.remember(&a, g);
+                self.meta().put_name(parent, name, a.ino, g);
+                self.patch(a)
+            }
+            (r, _) => {
+                let e = match r {
+                    Ok(other) => unexpected(other),
+                    Err(e) => e,
+                };
+                let known = self.meta().stale_name(parent, name);
                 return match known {
                     Some(ino) => self.offline_attr(ino, e),
                     None => Err(e),
                 };
             }
         };
-        {
-            let mut d = self.dentries.lock().expect("dentries lock");
-            if d.len() >= 65_536 {
-                d.clear();
-            }
-            d.insert(key, a.ino);
-        }
         if a.kind == FileKind::File {
             self.name_of(a.ino, parent, name);
         }
@@ -214,12 +219,15 @@ impl Core {
             .as_ref()
             .filter(|_| size.is_some())
             .map(|of| of.st.lock().expect("file lock").base);
-        let a = match self.call(MasterRequest::SetAttr { ino, set, base }).await? {
-            MasterResponse::Attr(a) => {
-                self.remember(&a);
+        let a = match self
+            .call_granted(MasterRequest::SetAttr { ino, set, base })
+            .await
+        {
+            (Ok(MasterResponse::Attr(a)), g) => {
+                self.remember(&a, g);
                 a
             }
-            other => return Err(unexpected(other)),
+            (r, _) => return Err(unexpected(r?)),
         };
         if let Some(of) = of {
             let mut st = of.st.lock().expect("file lock");
@@ -422,5 +430,22 @@ impl Core {
             MasterResponse::StatFs(s) => Ok(s),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+/// The name a namespace change gives the inode it answers with, if one: a new entry, or the
+/// target of a plain rename.
+fn new_entry(req: &MasterRequest) -> Option<(Ino, Vec<u8>)> {
+    match req {
+        MasterRequest::Create { parent, name, .. }
+        | MasterRequest::Symlink { parent, name, .. }
+        | MasterRequest::Link { parent, name, .. } => Some((*parent, name.clone())),
+        MasterRequest::Rename {
+            new_parent,
+            new_name,
+            flags: 0,
+            ..
+        } => Some((*new_parent, new_name.clone())),
+        _ => None,
     }
 }
