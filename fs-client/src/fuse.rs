@@ -1,6 +1,7 @@
 //! The FUSE adapter: a thin layer over [`Core`]. Each callback copies its arguments, spawns a
 //! task on the client's tokio runtime that calls the core, and replies from that task; the FUSE
-//! thread never waits. Errors become errnos through [`shardfs_common::Error::errno`], the one
+//! thread never waits. Lookups and stats the core can answer from what it holds, without
+//! waiting for anything, are answered on the FUSE thread itself (no hand-off to a worker). Errors become errnos through [`shardfs_common::Error::errno`], the one
 //! mapping there is.
 
 use crate::core::Core;
@@ -122,6 +123,11 @@ impl Filesystem for ShardFs {
 
     fn lookup(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEntry) {
         let n = name(n);
+        match self.core.lookup_now(parent, &n) {
+            Some(Ok(a)) => return reply.entry(&self.ttl, &file_attr(&a), 0),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
         self.spawn(req, |core, ttl| async move {
             match core.lookup(parent, &n).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
@@ -131,6 +137,9 @@ impl Filesystem for ShardFs {
     }
 
     fn getattr(&mut self, req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        if let Some(a) = self.core.getattr_now(ino) {
+            return reply.attr(&self.ttl, &file_attr(&a));
+        }
         self.spawn(req, |core, ttl| async move {
             match core.getattr(ino).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),

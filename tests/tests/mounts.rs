@@ -268,3 +268,38 @@ fn attributes_another_mount_changes_are_seen_past_the_attribute_ttl() {
     assert_eq!(meta("h/own").unwrap().len(), 2);
     assert_eq!(fs::read(b.join("h/own")).unwrap(), b"12");
 }
+
+/// tar, cp -p and rsync set a file's time just before closing it: that time travels with the
+/// content's commit, and both this mount and another one see it (not the time of the writes).
+#[test]
+fn a_time_set_before_close_is_the_files_time_everywhere() {
+    use std::os::unix::fs::MetadataExt;
+    let mut c = Cluster::start(4, "2+2");
+    let (a, b) = (c.mount("a"), c.mount("b"));
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_577_836_800);
+    let mut f = fs::File::create(a.join("t")).unwrap();
+    std::io::Write::write_all(&mut f, &random_bytes(4, 10_000)).unwrap();
+    f.set_modified(when).unwrap();
+    assert_eq!(fs::metadata(a.join("t")).unwrap().mtime(), 1_577_836_800);
+    drop(f);
+    assert_eq!(fs::metadata(a.join("t")).unwrap().mtime(), 1_577_836_800);
+    assert_eq!(fs::metadata(b.join("t")).unwrap().mtime(), 1_577_836_800);
+    assert_eq!(fs::read(b.join("t")).unwrap(), random_bytes(4, 10_000));
+    // A write after the time was set makes the time "now" again, as POSIX says.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(a.join("t"))
+        .unwrap();
+    f.set_modified(when).unwrap();
+    std::io::Write::write_all(&mut f, b"later").unwrap();
+    drop(f);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let seen = fs::metadata(b.join("t")).unwrap().mtime();
+    assert!(
+        (now - seen).abs() < 60,
+        "the write's time: {seen} (now {now})"
+    );
+}

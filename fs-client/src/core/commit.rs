@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Largest new block stored as a piece at a flush rather than as k + m shards.
+const SMALL_BLOCK_AS_PIECE: usize = 64 << 10;
+
 impl Core {
     /// Upload everything dirty, wait for it, and commit the new block list to the master.
     pub(super) async fn flush_file(&self, of: &Arc<OpenFile>) -> Result<()> {
@@ -66,6 +69,13 @@ impl Core {
                 let mut st = of.st.lock().expect("file lock");
                 if !st.dirty.is_empty() || !st.sparse.is_empty() {
                     st.error = None;
+                }
+                // A small block the cluster holds nothing of (a small file, a new file's
+                // short tail) goes out as a piece: m + 1 full copies, one fsync on each of
+                // m + 1 nodes, instead of k + m shards on k + m nodes. Sealing makes it an
+                // erasure-coded block once the file has been quiet.
+                for idx in st.small_new_blocks(SMALL_BLOCK_AS_PIECE) {
+                    st.dirty_to_sparse(idx);
                 }
                 let idxs: Vec<u64> = st.dirty.keys().copied().collect();
                 let taken: Vec<(u64, u64, Arc<Vec<u8>>)> = idxs

@@ -309,6 +309,34 @@ impl FileState {
         self.dirty.insert(idx, v);
     }
 
+    /// Dirty blocks of at most `max` bytes of which the cluster holds nothing yet (a small
+    /// file, a new file's short tail): nothing stored, committed, uploading or kept sparse.
+    pub(super) fn small_new_blocks(&self, max: usize) -> Vec<u64> {
+        self.dirty
+            .iter()
+            .filter(|(i, d)| {
+                d.len() <= max
+                    && !self.slots.contains_key(i)
+                    && !self.pending.contains_key(i)
+                    && !self.inflight.contains_key(i)
+                    && !self.sparse.contains_key(i)
+            })
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    /// Keep dirty block `idx` as small writes instead (its bytes from the block's start), so
+    /// it is stored as a piece.
+    pub(super) fn dirty_to_sparse(&mut self, idx: u64) {
+        let Some(v) = self.dirty.remove(&idx) else {
+            return;
+        };
+        self.written.remove(&idx);
+        let sp = self.sparse.entry(idx).or_default();
+        sp.data.write(0, &v);
+        sp.gen += 1;
+    }
+
     /// Move block `idx` from dirty to inflight; returns what to upload.
     pub(super) fn take_for_upload(&mut self, idx: u64) -> Option<(u64, Arc<Vec<u8>>)> {
         let data = Arc::new(self.dirty.remove(&idx)?);
@@ -434,6 +462,36 @@ mod tests {
         sp.data.write(off, data);
         sp.gen += 1;
         st.dirty_bytes += sp.data.bytes() - before;
+    }
+
+    #[test]
+    fn only_small_blocks_the_cluster_holds_nothing_of_become_pieces() {
+        let mut st = state();
+        st.dirty.insert(0, vec![7; 5000]);
+        st.dirty.insert(1, vec![8; 100 << 10]);
+        st.dirty.insert(2, vec![9; 10]);
+        st.dirty_bytes = 5000 + (100 << 10) + 10;
+        // Block 2 is stored already: its dirty copy is the whole block over what is stored.
+        st.slots.insert(
+            2,
+            Slot {
+                index: 2,
+                used: 10,
+                block: None,
+                cap: Default::default(),
+                extents: Vec::new(),
+                pieces: Vec::new(),
+            },
+        );
+        assert_eq!(st.small_new_blocks(64 << 10), vec![0]);
+        st.dirty_to_sparse(0);
+        assert!(!st.dirty.contains_key(&0));
+        assert_eq!(st.dirty_bytes, 5000 + (100 << 10) + 10, "the same bytes");
+        let jobs = st.take_sparse();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].2.data, vec![7; 5000]);
+        assert_eq!(jobs[0].2.parts[0].ranges, vec![(0, 5000, 0)]);
+        assert!(st.small_new_blocks(64 << 10).is_empty(), "taken: not again");
     }
 
     #[test]

@@ -98,6 +98,38 @@ impl Core {
         a
     }
 
+    /// A lookup this mount can answer from what it holds, without waiting for anything (so
+    /// the FUSE thread answers it itself): the attributes of a held name, or ENOENT for a name
+    /// absent from a directory known whole. None: ask [`Core::lookup`].
+    pub fn lookup_now(&self, parent: Ino, name: &[u8]) -> Option<Result<Attr>> {
+        if name.len() > shardfs_common::proto::NAME_MAX {
+            return None;
+        }
+        if self.known_absent(parent, name) {
+            return Some(Err(Error::fs(
+                shardfs_common::ErrorCode::NotFound,
+                "no such file or directory",
+            )));
+        }
+        let fresh = self.log_fresh();
+        let a = self.meta().lookup(parent, name, fresh)?;
+        if a.kind == FileKind::File {
+            self.name_of(a.ino, parent, name);
+        }
+        Some(Ok(self.patch(a)))
+    }
+
+    /// Attributes this mount can give without waiting (see [`Core::lookup_now`]).
+    pub fn getattr_now(&self, ino: Ino) -> Option<Attr> {
+        if let Some(of) = self.open_file(ino) {
+            let st = of.st.lock().expect("file lock");
+            if st.has_local_changes() {
+                return Some(st.attr.clone());
+            }
+        }
+        self.cached_attr(ino).map(|a| self.patch(a))
+    }
+
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
         if name.len() > shardfs_common::proto::NAME_MAX {
             return Err(Error::fs(
@@ -211,6 +243,27 @@ impl Core {
             set.size = None;
             set.mtime = None;
             if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.atime.is_none() {
+                return Ok(st.attr.clone());
+            }
+        }
+        let only_mtime = set.size.is_none()
+            && set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.atime.is_none();
+        if let (Some(of), Some(mtime), true) = (&of, set.mtime, only_mtime) {
+            // The time of a file written here and not yet published (tar, cp -p and rsync set
+            // it just before closing) travels with the content's commit: no request of its
+            // own.
+            let mut st = of.st.lock().expect("file lock");
+            if st.has_local_changes() {
+                st.attr.mtime = mtime;
+                st.attr.ctime = set.now;
+                st.meta_dirty = true;
+                let change = st.touch();
+                if let Some(fh) = fh {
+                    self.touched(fh, change);
+                }
                 return Ok(st.attr.clone());
             }
         }
