@@ -137,19 +137,8 @@ impl Core {
                 "file name longer than 255 bytes",
             ));
         }
-        if self.known_absent(parent, name) {
-            return Err(Error::fs(
-                shardfs_common::ErrorCode::NotFound,
-                "no such file or directory",
-            ));
-        }
-        let fresh = self.log_fresh();
-        let held = self.meta().lookup(parent, name, fresh);
-        if let Some(a) = held {
-            if a.kind == FileKind::File {
-                self.name_of(a.ino, parent, name);
-            }
-            return Ok(self.patch(a));
+        if let Some(r) = self.lookup_now(parent, name) {
+            return r;
         }
         if self.is_offline() {
             let known = self.meta().stale_name(parent, name);
@@ -194,14 +183,8 @@ impl Core {
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
-        if let Some(of) = self.open_file(ino) {
-            let st = of.st.lock().expect("file lock");
-            if st.has_local_changes() {
-                return Ok(st.attr.clone());
-            }
-        }
-        if let Some(a) = self.cached_attr(ino) {
-            return Ok(self.patch(a));
+        if let Some(a) = self.getattr_now(ino) {
+            return Ok(a);
         }
         if self.is_offline() {
             if let Some(a) = self.stale_attr(ino) {
