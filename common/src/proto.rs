@@ -854,6 +854,8 @@ pub enum MasterRequest {
         caller: Caller,
         req: Box<MasterRequest>,
     },
+    /// Entries of the audit log that match `query`, oldest first (admin only).
+    Audit(AuditQuery),
 }
 
 impl MasterRequest {
@@ -1011,6 +1013,62 @@ pub enum MasterResponse {
         ec: EcParams,
     },
     Err(RemoteError),
+    /// A page of the audit log; `next`: ask again with it as `after` for more.
+    Audit {
+        entries: Vec<AuditEntry>,
+        next: Option<Vec<u8>>,
+    },
+}
+
+/// Which audit entries a query wants. `after` is the `next` of the previous page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    /// Unix nanoseconds: entries from then on.
+    pub since_ns: u64,
+    /// Entries whose path (or rename target) is this path or under it.
+    pub path: Option<String>,
+    /// Entries of this credential id, uid, or mount user.
+    pub user: Option<String>,
+    pub after: Option<Vec<u8>>,
+    pub limit: u32,
+}
+
+impl AuditQuery {
+    /// Longest `after` cursor the master accepts (its own are 13 bytes).
+    pub const MAX_CURSOR: usize = 64;
+    /// Most entries one answer holds.
+    pub const MAX_LIMIT: u32 = 1000;
+}
+
+/// One entry of the audit log: who did what to which path, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix nanoseconds.
+    pub time_ns: u64,
+    /// The credential id the request came with ("" without one).
+    pub credential: String,
+    /// That credential's role (admin, client, node, joiner; "" without one).
+    pub role: String,
+    /// The user the request acted for, after squashing (for a refused request: as claimed).
+    pub uid: u32,
+    pub gid: u32,
+    /// `user@host` of the mount session, else the host the credential was issued to.
+    pub host: String,
+    /// The sender's network address.
+    pub addr: String,
+    /// What was asked: create, mkdir, write, rename, unlink, setattr, chown, drain, …
+    pub op: String,
+    /// The path it acted on, from the root of the cluster ("" for cluster-wide actions).
+    pub path: String,
+    /// The second path of a rename or link.
+    pub to: Option<String>,
+    /// Details of the request (new mode, size, xattr name, node id, …).
+    pub detail: String,
+    /// "ok", or the error it ended with.
+    pub outcome: String,
+    /// Refused for the caller's identity or permissions (EACCES, EPERM), rather than ok or
+    /// failed for another reason.
+    pub refused: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

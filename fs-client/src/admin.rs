@@ -592,3 +592,133 @@ pub fn revoke(to: &Remote, id: &str) -> anyhow::Result<()> {
         other => bail!("unexpected answer from the master: {other:?}"),
     }
 }
+
+/// Unix nanoseconds of a `--since` value: an RFC 3339 time (`2026-12-02T07:00:00Z`), a date
+/// (`2026-12-02`, UTC), unix seconds, or a time ago (`90s`, `15m`, `2h`, `7d`).
+pub fn parse_since(s: &str) -> anyhow::Result<u64> {
+    use time::format_description::well_known::Rfc3339;
+    let s = s.trim();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    if let Some((n, unit)) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .filter(|&i| i > 0 && s.len() - i == 1)
+        .map(|i| s.split_at(i))
+    {
+        let n: u64 = n.parse()?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86_400,
+            _ => bail!("--since {s:?}: a time ago ends in s, m, h or d"),
+        };
+        return Ok(now.saturating_sub(secs.saturating_mul(1_000_000_000)));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        return Ok(s.parse::<u64>()?.saturating_mul(1_000_000_000));
+    }
+    let full = match s.len() {
+        10 => format!("{s}T00:00:00Z"),
+        19 => format!("{}Z", s.replacen(' ', "T", 1)),
+        _ => s.replacen(' ', "T", 1),
+    };
+    let t = time::OffsetDateTime::parse(&full, &Rfc3339).with_context(|| {
+        format!("--since {s:?}: give a time like 2026-12-02T07:00:00Z, a date, unix seconds or 2h")
+    })?;
+    Ok(u64::try_from(t.unix_timestamp_nanos()).unwrap_or(0))
+}
+
+/// `shardfs audit`: the audit log's entries that match, oldest first.
+pub fn audit(
+    to: &Remote,
+    since_ns: u64,
+    path: Option<String>,
+    user: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut query = shardfs_common::proto::AuditQuery {
+        since_ns,
+        path,
+        user,
+        after: None,
+        limit: shardfs_common::proto::AuditQuery::MAX_LIMIT,
+    };
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(
+            out,
+            "{:<23} {:<12} {:<26} {:>5} {:<20} {:<8} path",
+            "time (UTC)", "op", "credential", "uid", "host", "outcome"
+        )?;
+    }
+    runtime()?.block_on(async {
+        let mc = client(to, Duration::from_secs(30))?;
+        let r = async {
+            loop {
+                let answer = mc.call(MasterRequest::Audit(query.clone())).await?;
+                let MasterResponse::Audit { entries, next } = answer else {
+                    bail!("unexpected answer from the master: {answer:?}");
+                };
+                for e in &entries {
+                    print_audit_entry(&mut out, e, json)?;
+                }
+                match next {
+                    Some(n) => query.after = Some(n),
+                    None => return Ok(()),
+                }
+            }
+        }
+        .await;
+        mc.close();
+        r
+    })
+}
+
+fn print_audit_entry(
+    out: &mut impl Write,
+    e: &shardfs_common::proto::AuditEntry,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        let mut v = serde_json::to_value(e)?;
+        v["time"] = serde_json::Value::String(rfc3339(e.time_ns));
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    let outcome = match (e.outcome.as_str(), e.refused) {
+        ("ok", _) => "ok",
+        (_, true) => "REFUSED",
+        _ => "failed",
+    };
+    let mut path = e.path.clone();
+    if let Some(t) = &e.to {
+        path += &format!(" -> {t}");
+    }
+    if !e.detail.is_empty() {
+        path += &format!("  ({})", e.detail);
+    }
+    if outcome != "ok" {
+        path += &format!("  [{}]", e.outcome);
+    }
+    writeln!(
+        out,
+        "{}.{:03} {:<12} {:<26} {:>5} {:<20} {:<8} {path}",
+        when(e.time_ns / 1_000_000_000),
+        e.time_ns / 1_000_000 % 1000,
+        e.op,
+        e.credential,
+        e.uid,
+        e.host,
+        outcome
+    )?;
+    Ok(())
+}
+
+/// RFC 3339 (UTC, milliseconds) of unix nanoseconds.
+fn rfc3339(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let t = when(secs).replacen(' ', "T", 1);
+    format!("{t}.{:03}Z", ns / 1_000_000 % 1000)
+}

@@ -1,8 +1,9 @@
 use anyhow::{bail, Context};
 mod admin;
+mod cli;
 
-use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use clap::Parser;
+use cli::{AdminCred, Cli, Cmd, CredCmd, FileConfig, MountArgs, NodeCmd, PolicyCmd, TokenCmd};
 use shardfs_client::core::{Core, CoreConfig};
 use shardfs_client::fuse::ShardFs;
 use shardfs_client::kmount;
@@ -14,303 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// ShardFS: mount an erasure-coded cluster as a local directory.
-#[derive(Parser, Debug)]
-#[command(name = "shardfs", version, propagate_version = true)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Mount a cluster at MOUNTPOINT (in the background unless --foreground).
-    Mount(Box<MountArgs>),
-    /// Unmount a ShardFS mount.
-    Umount {
-        /// The mounted directory.
-        mountpoint: PathBuf,
-    },
-    /// Show the cluster's nodes (state, reason, capacity) and the durability of its blocks.
-    Status {
-        /// Master address HOST:PORT, or a file holding it (e.g. .shardfs/master.addr).
-        #[arg(env = "SHARDFS_MASTER")]
-        master: String,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        cred: AdminCred,
-    },
-    /// Have every node verify all its shards now; lost shards are queued for repair.
-    Scrub {
-        /// Master address HOST:PORT, or a file holding it.
-        #[arg(env = "SHARDFS_MASTER")]
-        master: String,
-        /// Then wait until every repairable block is repaired.
-        #[arg(long)]
-        wait: bool,
-        /// Give up waiting after this many seconds (exit status 1).
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        cred: AdminCred,
-    },
-    /// Manage storage nodes: drain one (move all its shards away) or cancel a drain.
-    Node {
-        #[command(subcommand)]
-        cmd: NodeCmd,
-    },
-    /// Show who changed a file concurrently with whom: its merges, conflicted copies and
-    /// replayed offline changes, oldest first.
-    History {
-        /// A file on a mounted ShardFS.
-        file: PathBuf,
-        /// Print JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Look for degraded blocks now and wait, with a progress bar, until they are repaired.
-    Repair {
-        /// Master address HOST:PORT, or a file holding it.
-        #[arg(env = "SHARDFS_MASTER")]
-        master: String,
-        /// Give up after this many seconds (exit status 1).
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-        #[command(flatten)]
-        cred: AdminCred,
-    },
-    /// Make one-time join tokens, with which nodes and mounts get their credentials.
-    Token {
-        #[command(subcommand)]
-        cmd: TokenCmd,
-    },
-    /// The cluster's credentials (its device list): list them, revoke one.
-    Credentials {
-        #[command(subcommand)]
-        cmd: CredCmd,
-    },
-    /// Storage policies of directories and files on a mount: how their data is stored.
-    Policy {
-        #[command(subcommand)]
-        cmd: PolicyCmd,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum PolicyCmd {
-    /// Show the policy of a file or directory (the cluster's code unless one was set).
-    Get {
-        /// A file or directory on a mounted ShardFS.
-        path: PathBuf,
-    },
-    /// Set the policy of a directory (inherited by what is created in it from now on) or of a
-    /// file (its data is rewritten): ec:K+M (K data + M parity shards on K+M distinct nodes),
-    /// replica:N (N full copies on N nodes), or default (the cluster's code).
-    Set {
-        /// A file or directory on a mounted ShardFS (you must own it, or be root).
-        path: PathBuf,
-        /// ec:K+M, replica:N or default.
-        policy: String,
-    },
-    /// Give everything under a directory the directory's policy, and rewrite its existing data
-    /// in that code in the background.
-    Apply {
-        /// A directory on a mounted ShardFS.
-        dir: PathBuf,
-        /// Wait, with a progress bar, until the data is rewritten.
-        #[arg(long)]
-        wait: bool,
-        /// Give up waiting after this many seconds (exit status 1).
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-    },
-}
-
-/// The admin credential a command shows the master.
-#[derive(Args, Debug)]
-struct AdminCred {
-    /// Admin credential file (default: admin.cred beside a MASTER address file, else
-    /// ~/.config/shardfs/admin.cred).
-    #[arg(long, env = "SHARDFS_ADMIN_CREDENTIALS")]
-    credentials: Option<PathBuf>,
-}
-
-#[derive(Subcommand, Debug)]
-enum TokenCmd {
-    /// Print a one-time token: `shardfs-node --token T` or `shardfs mount --token T` use it.
-    Create {
-        /// Master address HOST:PORT, or a file holding it.
-        master: String,
-        /// What the credential bought with it may do: node, client or admin.
-        #[arg(long)]
-        role: String,
-        /// Seconds the token stays usable.
-        #[arg(long, default_value_t = 3600)]
-        ttl: u64,
-        /// A client credential that may act as root (otherwise root is squashed to nobody).
-        #[arg(long)]
-        allow_root: bool,
-        /// The uids a client credential may act as, e.g. `1000-1999,3000` (default: any).
-        #[arg(long, value_name = "RANGES")]
-        uids: Option<shardfs_common::proto::IdRanges>,
-        /// The gids a client credential may act as (default: any); other supplementary
-        /// groups of a caller count for nothing.
-        #[arg(long, value_name = "RANGES")]
-        gids: Option<shardfs_common::proto::IdRanges>,
-        #[command(flatten)]
-        cred: AdminCred,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum CredCmd {
-    /// Every credential: id, role, host, created, last seen, revoked.
-    List {
-        /// Master address HOST:PORT, or a file holding it.
-        master: String,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        cred: AdminCred,
-    },
-    /// Exchange a one-time token for a credential on this host, without mounting.
-    Join {
-        /// Master address HOST:PORT, or a file holding it.
-        master: String,
-        /// The token (from `shardfs token create`).
-        #[arg(long, env = "SHARDFS_TOKEN")]
-        token: String,
-        /// Where to keep the credential (default: client.cred beside a MASTER address file,
-        /// else ~/.config/shardfs/client.cred).
-        #[arg(long, env = "SHARDFS_CREDENTIALS")]
-        credentials: Option<PathBuf>,
-    },
-    /// Revoke a credential: the master and every node refuse it from now on.
-    Revoke {
-        /// Master address HOST:PORT, or a file holding it.
-        master: String,
-        /// Credential id, as `shardfs credentials list` shows it.
-        id: String,
-        #[command(flatten)]
-        cred: AdminCred,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum NodeCmd {
-    /// Move every shard off node ID (it takes no new ones); then it can be stopped and removed.
-    Drain {
-        /// Master address HOST:PORT, or a file holding it.
-        master: String,
-        /// Node id, as `shardfs status` shows it.
-        id: String,
-        /// Wait until the node holds no shards, with a progress bar.
-        #[arg(long)]
-        wait: bool,
-        /// Give up waiting after this many seconds (exit status 1).
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-        /// Stop draining: the node takes shards again.
-        #[arg(long)]
-        cancel: bool,
-        #[command(flatten)]
-        cred: AdminCred,
-    },
-}
-
-#[derive(Args, Debug)]
-struct MountArgs {
-    /// Master address HOST:PORT, or a file holding it (e.g. .shardfs/master.addr).
-    master: String,
-    /// Existing empty directory to mount on.
-    mountpoint: PathBuf,
-    /// This mount's credential (default: client.cred beside a MASTER address file, else
-    /// ~/.config/shardfs/client.cred). With --token, it is made there first.
-    #[arg(long, env = "SHARDFS_CREDENTIALS")]
-    credentials: Option<PathBuf>,
-    /// One-time join token (from `shardfs token create MASTER --role client`): exchanged for
-    /// a credential kept at --credentials, if none is there yet.
-    #[arg(long, env = "SHARDFS_TOKEN")]
-    token: Option<String>,
-    /// Stay in the foreground instead of detaching.
-    #[arg(long, short = 'f')]
-    foreground: bool,
-    /// Seconds after which an operation that cannot reach the cluster fails (ETIMEDOUT/EIO).
-    #[arg(long, env = "SHARDFS_TIMEOUT")]
-    timeout: Option<f64>,
-    /// Seconds the kernel may cache attributes and names.
-    #[arg(long, env = "SHARDFS_ATTR_TTL")]
-    attr_ttl: Option<f64>,
-    /// MiB of decoded blocks to cache in memory.
-    #[arg(long, env = "SHARDFS_CACHE_MIB")]
-    cache_mib: Option<usize>,
-    /// Blocks to read ahead for sequential readers.
-    #[arg(long)]
-    readahead_blocks: Option<usize>,
-    /// Blocks uploading at once.
-    #[arg(long)]
-    upload_window: Option<usize>,
-    /// MiB of writes one open file may hold in memory before they are stored (without
-    /// waiting for close or fsync). Default 64.
-    #[arg(long)]
-    dirty_mib: Option<usize>,
-    /// Milliseconds to wait for data shards before also asking parity nodes.
-    #[arg(long)]
-    hedge_ms: Option<u64>,
-    /// Text files (UTF-8) up to this size changed on two mounts at once are merged; larger
-    /// ones, other files, and files with the attribute user.shardfs.merge=off get a
-    /// conflicted copy instead (0: never merge).
-    #[arg(long, env = "SHARDFS_MERGE_MAX_BYTES")]
-    merge_max_bytes: Option<u64>,
-    /// Directory for changes made while the master is unreachable (default:
-    /// ~/.cache/shardfs/journal/<mountpoint>); they are replayed when it answers again, or at
-    /// the next mount of the same mountpoint.
-    #[arg(long, env = "SHARDFS_JOURNAL_DIR")]
-    journal_dir: Option<PathBuf>,
-    /// Size cap of the offline journal in MiB (0: no offline writes); past it, closing a
-    /// changed file fails with "no space".
-    #[arg(long, env = "SHARDFS_JOURNAL_MIB")]
-    journal_mib: Option<u64>,
-    /// Log file of the background mount (default: /tmp/shardfs-mount-<pid>.log).
-    #[arg(long, env = "SHARDFS_LOG_FILE")]
-    log_file: Option<PathBuf>,
-    /// Mount options, comma separated: ro, allow_other, default_permissions, credentials=PATH.
-    #[arg(short = 'o')]
-    options: Vec<String>,
-    /// Optional TOML file with the same settings.
-    #[arg(long, env = "SHARDFS_CLIENT_CONFIG")]
-    config: Option<PathBuf>,
-    /// Write the mount process's pid to this file once mounted.
-    #[arg(long)]
-    pid_file: Option<PathBuf>,
-    /// Internal: tell the launching process when the mount is ready.
-    #[arg(long, hide = true)]
-    notify_ready: bool,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    credentials: Option<PathBuf>,
-    timeout: Option<f64>,
-    attr_ttl: Option<f64>,
-    cache_mib: Option<usize>,
-    readahead_blocks: Option<usize>,
-    upload_window: Option<usize>,
-    dirty_mib: Option<usize>,
-    hedge_ms: Option<u64>,
-    merge_max_bytes: Option<u64>,
-    journal_dir: Option<PathBuf>,
-    journal_mib: Option<u64>,
-    options: Option<Vec<String>>,
-}
 
 fn main() -> ExitCode {
     shardfs_common::daemon::init("warn,shardfs_client=info,shardfs=info");
@@ -381,6 +85,19 @@ fn main() -> ExitCode {
         Cmd::Credentials {
             cmd: CredCmd::Revoke { master, id, cred },
         } => remote(&master, cred).and_then(|r| admin::revoke(&r, &id)),
+        Cmd::Audit {
+            master,
+            since,
+            path,
+            user,
+            json,
+            cred,
+        } => since
+            .as_deref()
+            .map_or(Ok(0), admin::parse_since)
+            .and_then(|since| {
+                remote(&master, cred).and_then(|r| admin::audit(&r, since, path, user, json))
+            }),
         Cmd::Policy { cmd } => match cmd {
             PolicyCmd::Get { path } => admin::policy_get(&path),
             PolicyCmd::Set { path, policy } => admin::policy_set(&path, &policy),

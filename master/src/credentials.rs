@@ -211,6 +211,15 @@ impl Authority {
         v
     }
 
+    /// The host a credential was issued to.
+    pub fn host_of(&self, id: &str) -> Option<String> {
+        self.records
+            .lock()
+            .expect("credentials lock")
+            .get(id)
+            .map(|r| r.host.clone())
+    }
+
     /// Whether a client credential may act as root (not squashed).
     pub fn allows_root(&self, who: &Identity) -> bool {
         who.role == Role::Admin
@@ -307,6 +316,7 @@ impl Authority {
             | R::Repair
             | R::Health
             | R::Recent
+            | R::Audit(_)
             | R::CreateToken { .. }
             | R::Credentials
             | R::Revoke { .. } => &[Role::Admin],

@@ -6,8 +6,12 @@
 //! chooses k + m distinct nodes for each new block, weighted by free space. Background tasks
 //! delete the shards of blocks nothing references any more, after a grace period, and keep
 //! every block at full strength ([`repair`]: rebuild lost shards, scrub, drain, rebalance), and
-//! turn small writes that went quiet into erasure-coded blocks ([`seal`]).
+//! turn small writes that went quiet into erasure-coded blocks ([`seal`]). Every request is
+//! admitted by its sender's role and its caller's permissions, and every change, admin action
+//! and refusal goes into the audit log ([`audit`]).
 
+mod admission;
+pub mod audit;
 pub mod credentials;
 pub mod events;
 mod handlers;
@@ -108,6 +112,7 @@ pub struct MasterConfig {
     /// Largest merge document kept per text file (bytes); past it, it is compacted.
     pub merge_doc_max: usize,
     pub seal: seal::SealConfig,
+    pub audit: audit::AuditConfig,
 }
 
 struct Master {
@@ -130,6 +135,7 @@ struct Master {
     recent: Mutex<std::collections::VecDeque<HistoryEntry>>,
     merge_doc_max: usize,
     seal_stats: Mutex<seal::SealStats>,
+    audit: audit::AuditLog,
 }
 
 impl wire::Service for Master {
@@ -143,7 +149,15 @@ impl wire::Service for Master {
     }
 
     fn admit(&self, peer: &wire::Peer, conn: &quinn::Connection) -> Result<(), String> {
-        self.auth.admit(peer, conn)
+        let r = self.auth.admit(peer, conn);
+        if let Err(why) = &r {
+            let e = RemoteError {
+                code: ErrorCode::Permission,
+                message: why.clone(),
+            };
+            self.audit(audit::Pending::connection(why), peer, None, Err(&e));
+        }
+        r
     }
 
     async fn handle(
@@ -152,22 +166,24 @@ impl wire::Service for Master {
         _bulk: Vec<u8>,
         peer: wire::Peer,
     ) -> (MasterResponse, Bytes) {
-        let req = match self.as_caller(req, &peer) {
-            Ok(r) => r,
-            Err(e) => {
-                if !matches!(&e, MasterError::Fs(fe) if matches!(fe.code(), ErrorCode::NotFound | ErrorCode::Access))
-                {
-                    warn!(%peer, "request refused: {e}");
-                }
-                return (MasterResponse::Err(e.to_remote()), Bytes::new());
-            }
+        let pending = audit::describe(&req);
+        let claimed = match &req {
+            MasterRequest::As { caller, .. } => Some((caller.uid, caller.gid)),
+            _ => None,
         };
+        let (mut req, caller) = match self.as_caller(req, &peer) {
+            Ok(r) => r,
+            Err(e) => return self.refused(e, pending, &peer, claimed),
+        };
+        let ids = Some((caller.uid, caller.gid));
+        if let Err(e) = perms::check(&self.meta, &caller, &mut req) {
+            return self.refused(e, pending, &peer, ids);
+        }
         // Metadata operations are short (a RocksDB read or one batched write, no fsync by
         // default), so they run inline rather than paying for a thread hand-off. A scrub waits
         // on every node.
         if let Err(e) = self.check_sessions(&req, &peer) {
-            warn!(%peer, "request refused: {e}");
-            return (MasterResponse::Err(e.to_remote()), Bytes::new());
+            return self.refused(e, pending, &peer, ids);
         }
         if let MasterRequest::Commit { slots, pieces, .. } = &req {
             let described = slots
@@ -178,13 +194,16 @@ impl wire::Service for Master {
                 let e = Error::fs(
                     ErrorCode::Corrupt,
                     format!("a block of this commit is stored under another description, and this one does not hold: {e}"),
-                );
-                return (MasterResponse::Err(e.to_remote()), Bytes::new());
+                ).to_remote();
+                self.audit(pending, &peer, ids, Err(&e));
+                return (MasterResponse::Err(e), Bytes::new());
             }
         }
         let touched = req.touched();
-        if let Err(e) = check_times(&req) {
-            return (MasterResponse::Err(e.to_remote()), Bytes::new());
+        if let Err(e) = admission::check_times(&req) {
+            let e = e.to_remote();
+            self.audit(pending, &peer, ids, Err(&e));
+            return (MasterResponse::Err(e), Bytes::new());
         }
         let r = match req {
             MasterRequest::Watch { after } => {
@@ -217,14 +236,14 @@ impl wire::Service for Master {
                 .map(|()| MasterResponse::Ok),
             req => self.dispatch(req, &peer),
         };
-        let peer = peer.addr;
         let resp = match r {
             Ok(r) => {
                 if !touched.is_empty() {
                     let mut changes = touched;
                     changes.extend(events::reported(&r));
-                    self.events.push(self.sessions.of_peer(peer), changes);
+                    self.events.push(self.sessions.of_peer(peer.addr), changes);
                 }
+                self.audit_served(pending, &peer, ids, &r);
                 r
             }
             Err(e) => {
@@ -232,7 +251,9 @@ impl wire::Service for Master {
                 {
                     debug!(%peer, "request refused: {e}");
                 }
-                MasterResponse::Err(e.to_remote())
+                let e = e.to_remote();
+                self.audit(pending, &peer, ids, Err(&e));
+                MasterResponse::Err(e)
             }
         };
         (resp, Bytes::new())
@@ -314,98 +335,11 @@ impl Master {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// Who a request acts as, and the request once checked: its sender's role, then (for a
-    /// namespace request) the POSIX permissions of the user it acts for. Root is squashed to
-    /// nobody unless the credential allows root; a request not wrapped in `As` acts as the
-    /// credential itself.
-    fn as_caller(
-        &self,
-        req: MasterRequest,
-        peer: &wire::Peer,
-    ) -> Result<MasterRequest, MasterError> {
-        let (mut req, caller) = match req {
-            MasterRequest::As { caller, req } => (*req, Some(caller)),
-            r => (r, None),
-        };
-        if matches!(req, MasterRequest::As { .. }) {
-            return Err(Error::invalid("a request can act for one caller only").into());
-        }
-        self.auth.authorize(&req, peer)?;
-        let root_ok = peer.who.as_ref().is_some_and(|w| self.auth.allows_root(w));
-        let acts_for_user = caller.is_some();
-        let mut caller = match caller {
-            Some(c) if c.groups.len() > shardfs_common::proto::MAX_GROUPS => {
-                return Err(Error::invalid("too many supplementary groups").into())
-            }
-            Some(c) if c.uid == 0 && !root_ok => shardfs_common::proto::Caller::nobody(),
-            Some(mut c) => {
-                if !root_ok && c.gid == 0 {
-                    c.gid = shardfs_common::proto::NOBODY;
-                }
-                c
-            }
-            None if root_ok => shardfs_common::proto::Caller::root(),
-            None => shardfs_common::proto::Caller::nobody(),
-        };
-        if let (true, Some(who)) = (acts_for_user, &peer.who) {
-            perms::within(&self.auth.users(who), who, &mut caller)?;
-        }
-        perms::check(&self.meta, &caller, &mut req)?;
-        Ok(req)
-    }
-
-    /// Every session id a request names must be a session of the sender's credential.
-    fn check_sessions(&self, req: &MasterRequest, peer: &wire::Peer) -> Result<(), MasterError> {
-        use MasterRequest as R;
-        let id = match req {
-            R::Create { session, .. }
-            | R::Open { session, .. }
-            | R::Close { session, .. }
-            | R::Commit { session, .. }
-            | R::Merge { session, .. }
-            | R::Replayed { session, .. } => *session,
-            R::SessionOpen { id, .. } | R::SessionRenew { id } | R::SessionClose { id } => *id,
-            R::SetLock { lock, .. } => lock.owner.session,
-            R::ReleaseLocks { owner, .. } => owner.session,
-            _ => return Ok(()),
-        };
-        let who = peer.who.as_ref().map_or("", |w| w.id.as_str());
-        if id == 0 || self.sessions.owned_by(id, who) {
-            Ok(())
-        } else {
-            Err(MasterError::Fs(Error::fs(
-                ErrorCode::Permission,
-                format!("session {id:016x} belongs to another credential"),
-            )))
-        }
-    }
 }
 
 /// Free space a node needs for one shard of a block of `len` bytes (with its header).
 fn shard_space(ec: EcParams, len: u64) -> u64 {
     ec.shard_size(len as usize) as u64 + 4096
-}
-
-/// Every time a request would store must be one that can be represented and shown.
-fn check_times(req: &MasterRequest) -> Result<(), Error> {
-    use MasterRequest as R;
-    match req {
-        R::SetAttr { set, .. } => {
-            set.now.check()?;
-            set.atime.map(|t| t.check()).transpose()?;
-            set.mtime.map(|t| t.check()).transpose()?;
-            Ok(())
-        }
-        R::Create { now, .. }
-        | R::Symlink { now, .. }
-        | R::Link { now, .. }
-        | R::Unlink { now, .. }
-        | R::Rmdir { now, .. }
-        | R::Rename { now, .. } => now.check(),
-        R::Commit { mtime, .. } => mtime.check(),
-        _ => Ok(()),
-    }
 }
 
 fn now_secs() -> u64 {
@@ -558,255 +492,6 @@ impl Master {
             text: merged.into_bytes(),
         })
     }
-
-    fn dispatch(
-        &self,
-        req: MasterRequest,
-        from: &wire::Peer,
-    ) -> Result<MasterResponse, MasterError> {
-        use MasterRequest as R;
-        use MasterResponse as A;
-        let peer = from.addr;
-        Ok(match req {
-            R::Join {
-                secret,
-                public_key,
-                host,
-                node,
-            } => {
-                let (cert, ca) =
-                    self.auth
-                        .join(&self.meta, &secret, &public_key, &host, node, from)?;
-                A::Joined { cert, ca }
-            }
-            R::CreateToken {
-                role,
-                ttl_secs,
-                allow_root,
-                users,
-            } => {
-                let (token, expires) = self
-                    .auth
-                    .create_token(&self.meta, role, ttl_secs, allow_root, users)?;
-                info!(by = %from, %role, ttl_secs, "join token made");
-                A::Token { token, expires }
-            }
-            R::Credentials => A::Credentials(self.auth.list()),
-            R::Revoke { id } => {
-                self.auth.revoke(&self.meta, &id, from)?;
-                A::Ok
-            }
-            R::Cluster => A::Cluster(self.meta.cluster.clone()),
-            R::Lookup { parent, name } => A::Attr(self.meta.lookup(parent, &name)?),
-            R::GetAttr { ino } => A::Attr(self.meta.getattr(ino)?),
-            R::SetAttr { ino, set, base } => {
-                A::Attr(
-                    self.meta
-                        .setattr(ino, &set, self.sessions.of_peer(peer), base)?,
-                )
-            }
-            req @ R::Create { .. } => self.on_create(req, from)?,
-            req @ R::Symlink { .. } => self.on_symlink(req, from)?,
-            R::ReadLink { ino } => A::Link(self.meta.readlink(ino)?),
-            R::Link {
-                ino,
-                parent,
-                name,
-                now,
-            } => changed(self.meta.link(ino, parent, &name, now)?),
-            R::Unlink { parent, name, now } => removed(self.meta.unlink(parent, &name, now)?),
-            R::Rmdir { parent, name, now } => removed(self.meta.rmdir(parent, &name, now)?),
-            req @ R::Rename { .. } => self.on_rename(req, from)?,
-            R::ReadDir { ino, after, limit } => {
-                let (entries, more) =
-                    self.meta
-                        .readdir(ino, after.as_deref(), limit.clamp(1, 10_000) as usize)?;
-                A::Entries { entries, more }
-            }
-            req @ R::Open { .. } => self.on_open(req, from)?,
-            R::Close { session, files } => {
-                if files.len() > shardfs_common::proto::CLOSE_MAX {
-                    return Err(Error::invalid(format!(
-                        "a close names {} files (at most {})",
-                        files.len(),
-                        shardfs_common::proto::CLOSE_MAX
-                    ))
-                    .into());
-                }
-                // Every close is applied; the first failure is the answer.
-                let mut first = Ok(());
-                for (ino, opens) in files {
-                    let r = self.sessions.closed(&self.meta, session, ino, opens);
-                    if first.is_ok() {
-                        first = r;
-                    }
-                }
-                first?;
-                A::Ok
-            }
-            R::SessionOpen {
-                id,
-                host,
-                user,
-                mountpoint,
-                opens,
-                locks,
-            } => A::Session {
-                id: self.sessions.open(
-                    &self.meta,
-                    id,
-                    from.who.as_ref().map_or("", |w| w.id.as_str()),
-                    peer,
-                    host,
-                    user,
-                    mountpoint,
-                    opens,
-                    locks,
-                ),
-                lease_ms: self.sessions.lease().as_millis() as u64,
-            },
-            R::SessionRenew { id } => {
-                self.sessions.renew(id)?;
-                A::Ok
-            }
-            R::SessionClose { id } => {
-                self.sessions.close(&self.meta, id, "unmounted");
-                A::Ok
-            }
-            R::Watch { .. } => {
-                return Err(Error::invalid("watch requests are served asynchronously").into())
-            }
-            R::SetLock { .. } => {
-                return Err(Error::invalid("lock requests are served asynchronously").into())
-            }
-            R::GetLock { lock } => {
-                let mut held = self.sessions.get_lock(&lock);
-                if let Some(h) = held
-                    .as_mut()
-                    .filter(|h| h.owner.session != lock.owner.session)
-                {
-                    h.owner.session = 0;
-                }
-                A::Lock(held)
-            }
-            R::ReleaseLocks { ino, owner } => {
-                self.sessions.release_locks(ino, owner);
-                A::Ok
-            }
-            req @ R::Place { .. } => self.on_place(req, from)?,
-            req @ R::PlaceMore { .. } => self.on_place_more(req, from)?,
-            req @ R::Commit { .. } => self.on_commit(req, from)?,
-            R::StatFs => {
-                let (capacity, free) = self.nodes.capacity();
-                let ec = self.meta.cluster.ec;
-                let scale = |b: u64| (b as u128 * ec.k as u128 / ec.total() as u128) as u64;
-                A::StatFs(FsStats {
-                    total_bytes: scale(capacity),
-                    free_bytes: scale(free),
-                    files: self.meta.count_inodes(),
-                })
-            }
-            R::Nodes => A::Nodes(self.nodes.list()),
-            R::SetXattr {
-                ino, name, value, ..
-            } if name.starts_with(policy::PREFIX) => {
-                policy::set(self, ino, &name, &value)?;
-                A::Attr(self.meta.getattr(ino)?)
-            }
-            R::RemoveXattr { ino, name } if name.starts_with(policy::PREFIX) => {
-                policy::set(self, ino, &name, b"")?;
-                A::Attr(self.meta.getattr(ino)?)
-            }
-            R::GetXattr { ino, name } if name.starts_with(policy::PREFIX) => {
-                A::Xattr(policy::get(self, ino, &name)?)
-            }
-            R::SetXattr {
-                ino,
-                name,
-                value,
-                flags,
-            } => A::Attr(self.meta.setxattr(
-                ino,
-                &name,
-                &value,
-                flags,
-                shardfs_common::proto::Timespec::now(),
-            )?),
-            R::GetXattr { ino, name } => A::Xattr(self.meta.getxattr(ino, &name)?),
-            R::ListXattr { ino } => A::XattrNames(self.meta.listxattr(ino)?),
-            R::RemoveXattr { ino, name } => A::Attr(self.meta.removexattr(
-                ino,
-                &name,
-                shardfs_common::proto::Timespec::now(),
-            )?),
-            R::Health => {
-                let mut h = self.repair.health();
-                let s = *self.seal_stats.lock().expect("seal stats lock");
-                h.unsealed_files = self.meta.unsealed_files()?;
-                (h.sealed_slots, h.sealed_bytes, h.seal_failures) = (s.slots, s.bytes, s.failed);
-                A::Health(h)
-            }
-            R::Repair => {
-                self.repair.force();
-                A::Ok
-            }
-            R::Drain { node, cancel } => {
-                self.nodes.set_draining(&self.meta, node, !cancel)?;
-                info!(%node, drain = !cancel, "drain {}", if cancel { "cancelled" } else { "started" });
-                self.repair.force();
-                A::Ok
-            }
-            R::ShardsLost { node, shards } => {
-                let n = self.meta.add_lost(node, &shards)?;
-                warn!(%node, reported = shards.len(), recorded = n, "node reports corrupt shards");
-                self.repair.kick();
-                A::Ok
-            }
-            R::Scrub | R::Merge { .. } | R::As { .. } => {
-                return Err(Error::invalid("served asynchronously").into())
-            }
-            R::History { ino } => {
-                let log = self.meta.merge_record(ino)?.map(|r| r.log);
-                A::History(log.unwrap_or_default())
-            }
-            R::Recent => A::History(
-                self.recent
-                    .lock()
-                    .expect("recent lock")
-                    .iter()
-                    .cloned()
-                    .collect(),
-            ),
-            req @ R::Replayed { .. } => self.on_replayed(req, from)?,
-            R::Register {
-                id,
-                addr,
-                capacity,
-                free,
-                used,
-                shards,
-            } => {
-                self.nodes
-                    .register(&self.meta, id, addr, capacity, free, used, shards)?;
-                A::Registered {
-                    cap_key: self.auth.cap_key.bytes(),
-                    ec: self.meta.cluster.ec,
-                }
-            }
-            R::Heartbeat {
-                id,
-                capacity,
-                free,
-                used,
-                shards,
-            } => {
-                if !self.nodes.heartbeat(id, capacity, free, used, shards) {
-                    return Err(Error::not_found(format!("node {id} is not registered")).into());
-                }
-                A::Revoked(self.auth.revoked())
-            }
-        })
-    }
 }
 
 fn changed((attr, c): (shardfs_common::proto::Attr, Changes)) -> MasterResponse {
@@ -891,6 +576,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         recent: Mutex::new(Default::default()),
         merge_doc_max: cfg.merge_doc_max,
         seal_stats: Mutex::new(Default::default()),
+        audit: audit::AuditLog::new(cfg.audit.clone())?,
     });
     let session_loop = tokio::spawn(session_loop(master.clone(), cfg.session_lease));
     // Repair, collection and sealing walk the maps and wait on nodes for as long as they
@@ -910,6 +596,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         Ok(s) if s.is_empty() => Duration::ZERO,
         _ => cfg.session_lease * 2,
     };
+    let audit_prune = background.spawn(audit_loop(master.clone(), shutdown.clone()));
     let seals = background.spawn(seal::seal_loop(
         master.clone(),
         cfg.seal.clone(),
@@ -918,6 +605,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     ));
     wire::serve(endpoint, master, shutdown).await;
     seals.abort();
+    audit_prune.abort();
     gc.abort();
     repairs.abort();
     session_loop.abort();
@@ -976,6 +664,20 @@ async fn session_loop(master: Arc<Master>, lease: Duration) {
                     warn!(ino, "cannot delete an orphaned file: {e}");
                 }
             }
+        }
+    }
+}
+
+/// Delete audit entries past their retention, now and then.
+async fn audit_loop(master: Arc<Master>, mut shutdown: watch::Receiver<bool>) {
+    let every = master.audit.prune_every();
+    loop {
+        if let Err(e) = master.audit.prune(&master.meta) {
+            warn!("cannot delete old audit entries: {e}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
         }
     }
 }

@@ -63,6 +63,13 @@ struct Args {
     /// Most MiB of sealed blocks written per second (0: no limit).
     #[arg(long, env = "SHARDFS_SEAL_MIB_PER_SEC")]
     seal_mib_per_sec: Option<u64>,
+    /// Days audit log entries are kept (fractions allowed; 0: forever). Default 90.
+    #[arg(long, env = "SHARDFS_AUDIT_RETENTION_DAYS")]
+    audit_retention_days: Option<f64>,
+    /// Also append every audit entry to this file, one JSON object per line (for log
+    /// shippers).
+    #[arg(long, env = "SHARDFS_AUDIT_FILE")]
+    audit_file: Option<PathBuf>,
     /// fsync the metadata log on every operation.
     #[arg(long)]
     sync: bool,
@@ -94,6 +101,8 @@ struct FileConfig {
     merge_doc_mib: Option<u64>,
     seal_quiet_secs: Option<u64>,
     seal_mib_per_sec: Option<u64>,
+    audit_retention_days: Option<f64>,
+    audit_file: Option<PathBuf>,
     sync: Option<bool>,
     workers: Option<usize>,
 }
@@ -173,6 +182,19 @@ fn real_main() -> anyhow::Result<()> {
                 quiet: Duration::from_secs(quiet),
                 interval: Duration::from_secs(quiet.clamp(1, 30)),
                 rate: rate << 20,
+            }
+        },
+        audit: {
+            let days = a
+                .audit_retention_days
+                .or(f.audit_retention_days)
+                .unwrap_or(90.0);
+            if !(0.0..=36_500.0).contains(&days) {
+                anyhow::bail!("--audit-retention-days must be between 0 and 36500");
+            }
+            shardfs_master::audit::AuditConfig {
+                retention: Duration::from_secs_f64(days * 86_400.0),
+                file: a.audit_file.or(f.audit_file),
             }
         },
         sync: a.sync || f.sync.unwrap_or(false),

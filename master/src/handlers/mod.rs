@@ -3,6 +3,7 @@
 
 mod files;
 mod placement;
+mod router;
 
 use crate::MasterError;
 use shardfs_common::{Error, ErrorCode};

@@ -22,6 +22,7 @@
 //! | `T` ino                           | merge document of a text file edited concurrently (see `merge`) |
 //! | `K` credential-id                 | a credential the CA issued: role, host, created, revoked (see `credentials`) |
 //! | `J` blake3(token secret)          | an unused join token: role, expiry                   |
+//! | `L` time-ns seq                   | an audit log entry (see `audit`)                     |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and

@@ -95,25 +95,18 @@ impl Meta {
     }
 
     /// Records of families kept by other modules (`credentials`): a one-byte family, a key.
-    pub fn put_record<T: Serialize>(
-        &self,
-        family: u8,
-        key: &[u8],
-        v: &T,
-    ) -> Result<(), MasterError> {
-        let mut k = vec![family];
-        k.extend_from_slice(key);
+    pub fn put_record<T: Serialize>(&self, family: u8, k: &[u8], v: &T) -> Result<(), MasterError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.put_opt(k, enc(v), &wo).map_err(db_err)
+        self.db
+            .put_opt(key(family, &[k]), enc(v), &wo)
+            .map_err(db_err)
     }
 
-    pub fn delete_record(&self, family: u8, key: &[u8]) -> Result<(), MasterError> {
-        let mut k = vec![family];
-        k.extend_from_slice(key);
+    pub fn delete_record(&self, family: u8, k: &[u8]) -> Result<(), MasterError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.delete_opt(k, &wo).map_err(db_err)
+        self.db.delete_opt(key(family, &[k]), &wo).map_err(db_err)
     }
 
     /// Every record of a family: (key without the family byte, value).
@@ -126,6 +119,63 @@ impl Meta {
             .into_iter()
             .map(|(k, v)| (k[1..].to_vec(), v))
             .collect())
+    }
+
+    /// A record of an append-only log family (the audit log): written with the WAL like
+    /// every operation, fsynced only on a `--sync` master.
+    pub fn append_record<T: Serialize>(
+        &self,
+        family: u8,
+        k: &[u8],
+        v: &T,
+    ) -> Result<(), MasterError> {
+        let mut b = WriteBatch::default();
+        b.put(key(family, &[k]), enc(v));
+        self.write(b)
+    }
+
+    /// Records of `family` from key `start` (the whole key, family byte included) on, at
+    /// most `limit`.
+    pub fn records_from<T: DeserializeOwned>(
+        &self,
+        family: u8,
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>, MasterError> {
+        self.scan(&[family], start, limit)
+    }
+
+    /// Delete every record of `family` whose key (family byte included) is below `end`.
+    pub fn delete_records_below(&self, family: u8, end: &[u8]) -> Result<(), MasterError> {
+        let mut b = WriteBatch::default();
+        b.delete_range(vec![family], end.to_vec());
+        self.write(b)
+    }
+
+    /// The inode an entry names, and its kind.
+    pub fn entry(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, FileKind)>, MasterError> {
+        Ok(self.dentry(parent, name)?.map(|d| (d.ino, d.kind)))
+    }
+
+    /// The name of `ino` in directory `parent`, looking at no more than `limit` entries.
+    pub fn name_in(
+        &self,
+        parent: Ino,
+        ino: Ino,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, MasterError> {
+        let p = k_dentry_prefix(parent);
+        for item in self.iter_within(&p, &p).take(limit) {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            let d: DentryRecord = dec(&k, &v)?;
+            if d.ino == ino {
+                return Ok(Some(k[p.len()..].to_vec()));
+            }
+        }
+        Ok(None)
     }
 
     pub fn count_inodes(&self) -> u64 {
