@@ -40,6 +40,8 @@ pub enum ErrorCode {
     NotSupported,
     /// Permission bits deny it (EACCES); `Permission` is "not permitted at all" (EPERM).
     Access,
+    /// A directory's or a user's quota would be exceeded (EDQUOT).
+    Quota,
 }
 
 /// An error as it travels in a response frame.
@@ -123,6 +125,7 @@ impl Error {
             ErrorCode::Interrupted => libc::EINTR,
             ErrorCode::NotSupported => libc::EOPNOTSUPP,
             ErrorCode::Access => libc::EACCES,
+            ErrorCode::Quota => libc::EDQUOT,
             ErrorCode::Io | ErrorCode::Protocol | ErrorCode::Corrupt | ErrorCode::Internal => {
                 libc::EIO
             }
@@ -169,5 +172,6 @@ mod tests {
         let e: Error = Error::fs(ErrorCode::Exists, "dup").to_remote().into();
         assert_eq!(e.errno(), libc::EEXIST);
         assert_eq!(e.to_string(), "dup");
+        assert_eq!(Error::fs(ErrorCode::Quota, "full").errno(), libc::EDQUOT);
     }
 }

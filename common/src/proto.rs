@@ -411,7 +411,7 @@ pub struct ClusterInfo {
 }
 
 /// Capacity as a user sees it: raw node space scaled by k / (k + m).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsStats {
     pub total_bytes: u64,
     pub free_bytes: u64,
@@ -856,6 +856,11 @@ pub enum MasterRequest {
     },
     /// Entries of the audit log that match `query`, oldest first (admin only).
     Audit(AuditQuery),
+    /// Space and inodes as `df` of a path shows them: the nearest directory quota at or above
+    /// `ino`, else the cluster's. Answered with `StatFsAt`.
+    StatFsAt {
+        ino: Ino,
+    },
 }
 
 impl MasterRequest {
@@ -1018,6 +1023,27 @@ pub enum MasterResponse {
         entries: Vec<AuditEntry>,
         next: Option<Vec<u8>>,
     },
+    StatFsAt {
+        stats: FsStats,
+        /// Inodes that may still be made (None: no inode limit).
+        files_free: Option<u64>,
+    },
+}
+
+/// What a quota counts: a directory's subtree or a uid's files everywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum QuotaTarget {
+    Dir(Ino),
+    Uid(u32),
+}
+
+/// A quota's limits (0: none) and what is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaInfo {
+    pub bytes_limit: u64,
+    pub inodes_limit: u64,
+    pub bytes_used: u64,
+    pub inodes_used: u64,
 }
 
 /// Which audit entries a query wants. `after` is the `next` of the previous page.

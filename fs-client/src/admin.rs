@@ -163,7 +163,7 @@ fn when(secs: u64) -> String {
 }
 
 /// Extended attribute `name` of `file`.
-fn get_xattr(file: &std::path::Path, name: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(crate) fn get_xattr(file: &std::path::Path, name: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(file.as_os_str().as_bytes())?;
     let name = std::ffi::CString::new(name)?;
@@ -185,7 +185,7 @@ fn get_xattr(file: &std::path::Path, name: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Set extended attribute `name` of `file` to `value`.
-fn set_xattr(file: &std::path::Path, name: &[u8], value: &[u8]) -> std::io::Result<()> {
+pub(crate) fn set_xattr(file: &std::path::Path, name: &[u8], value: &[u8]) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(file.as_os_str().as_bytes())?;
     let name = std::ffi::CString::new(name)?;
@@ -203,6 +203,24 @@ fn set_xattr(file: &std::path::Path, name: &[u8], value: &[u8]) -> std::io::Resu
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
     }
+}
+
+/// Fail unless `path` is on a ShardFS mount: a FUSE file system that answers the storage
+/// policy attribute of every inode.
+pub(crate) fn check_shardfs(path: &std::path::Path) -> anyhow::Result<()> {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is NUL-terminated and `s` is a writable statfs.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("{}: {e}", path.display());
+    }
+    if s.f_type as i64 != FUSE_SUPER_MAGIC || get_xattr(path, POLICY).is_err() {
+        bail!("{} is not on a ShardFS mount", path.display());
+    }
+    Ok(())
 }
 
 fn not_shardfs(e: &std::io::Error) -> bool {
@@ -227,6 +245,7 @@ pub fn policy_set(path: &std::path::Path, policy: &str) -> anyhow::Result<()> {
         "default" => None,
         p => Some(shardfs_common::ec::EcParams::parse_policy(p)?),
     };
+    check_shardfs(path)?;
     match set_xattr(path, POLICY, policy.as_bytes()) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => bail!(

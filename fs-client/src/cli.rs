@@ -107,10 +107,48 @@ pub enum Cmd {
         #[command(flatten)]
         cred: AdminCred,
     },
+    /// Quotas: bytes and inodes per directory (over its subtree) or per uid (cluster-wide).
+    /// Writes and creates past one fail with EDQUOT; `df` of a directory under one shows it.
+    Quota {
+        #[command(subcommand)]
+        cmd: QuotaCmd,
+    },
     /// Storage policies of directories and files on a mount: how their data is stored.
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuotaCmd {
+    /// Set the quota of a directory, or with --uid of a user (root only). Limits not given
+    /// keep their value; 0 is no limit.
+    Set {
+        /// A directory on a mounted ShardFS (with --uid: any path on the mount, default .).
+        path: Option<PathBuf>,
+        /// The user whose files, anywhere in the cluster, the quota counts.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Most bytes (file sizes), e.g. 8M, 10GiB, 1048576.
+        #[arg(long)]
+        bytes: Option<String>,
+        /// Most inodes (files, directories, links).
+        #[arg(long)]
+        inodes: Option<u64>,
+        /// Remove the quota.
+        #[arg(long, conflicts_with_all = ["bytes", "inodes"])]
+        clear: bool,
+    },
+    /// Show a quota: its limits and what is used.
+    Get {
+        /// A directory on a mounted ShardFS (with --uid: any path on the mount, default .).
+        path: Option<PathBuf>,
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

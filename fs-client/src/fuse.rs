@@ -634,18 +634,18 @@ impl Filesystem for ShardFs {
         reply.ok();
     }
 
-    fn statfs(&mut self, req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        self.spawn(req, |core, _| async move {
-            match core.statfs().await {
-                Ok(s) => {
+    fn statfs(&mut self, req: &Request<'_>, ino: u64, reply: ReplyStatfs) {
+        self.spawn(req, move |core, _| async move {
+            match core.statfs(ino).await {
+                Ok((s, files_free)) => {
                     let bsize = 4096u64;
-                    let files = s.files.max(1);
+                    let ffree = files_free.unwrap_or(1 << 30);
                     reply.statfs(
                         s.total_bytes / bsize,
                         s.free_bytes / bsize,
                         s.free_bytes / bsize,
-                        files + (1 << 30),
-                        1 << 30,
+                        s.files + ffree,
+                        ffree,
                         bsize as u32,
                         255,
                         bsize as u32,

@@ -1,9 +1,12 @@
 use anyhow::{bail, Context};
 mod admin;
 mod cli;
+mod quota;
 
 use clap::Parser;
-use cli::{AdminCred, Cli, Cmd, CredCmd, FileConfig, MountArgs, NodeCmd, PolicyCmd, TokenCmd};
+use cli::{
+    AdminCred, Cli, Cmd, CredCmd, FileConfig, MountArgs, NodeCmd, PolicyCmd, QuotaCmd, TokenCmd,
+};
 use shardfs_client::core::{Core, CoreConfig};
 use shardfs_client::fuse::ShardFs;
 use shardfs_client::kmount;
@@ -98,6 +101,16 @@ fn main() -> ExitCode {
             .and_then(|since| {
                 remote(&master, cred).and_then(|r| admin::audit(&r, since, path, user, json))
             }),
+        Cmd::Quota { cmd } => match cmd {
+            QuotaCmd::Set {
+                path,
+                uid,
+                bytes,
+                inodes,
+                clear,
+            } => quota::set(path, uid, bytes, inodes, clear),
+            QuotaCmd::Get { path, uid, json } => quota::get(path, uid, json),
+        },
         Cmd::Policy { cmd } => match cmd {
             PolicyCmd::Get { path } => admin::policy_get(&path),
             PolicyCmd::Set { path, policy } => admin::policy_set(&path, &policy),

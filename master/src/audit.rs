@@ -211,6 +211,16 @@ pub fn describe(req: &MasterRequest) -> Pending {
             }
         }
         R::Commit { ino, size, .. } => change("write", Target::Ino(*ino), format!("size={size}")),
+        R::SetXattr {
+            ino, name, value, ..
+        } if name.starts_with(crate::quota::PREFIX) || name.starts_with(crate::policy::PREFIX) => {
+            let op = match name.starts_with(crate::quota::PREFIX) {
+                true => "quota-set",
+                false => "policy-set",
+            };
+            let value = text(&value[..value.len().min(256)]);
+            change(op, Target::Ino(*ino), format!("{}={value}", text(name)))
+        }
         R::SetXattr { ino, name, .. } => change(
             "setxattr",
             Target::Ino(*ino),
@@ -281,6 +291,7 @@ pub fn describe(req: &MasterRequest) -> Pending {
         R::Health => read("health", Target::None),
         R::Recent => read("recent", Target::None),
         R::Audit(_) => read("audit", Target::None),
+        R::StatFsAt { ino } => read("statfs", Target::Ino(*ino)),
         R::SessionOpen { .. } | R::SessionRenew { .. } | R::SessionClose { .. } => {
             read("session", Target::None)
         }

@@ -20,6 +20,7 @@ pub mod meta;
 pub mod nodes;
 pub mod perms;
 mod policy;
+mod quota;
 pub mod repair;
 pub mod seal;
 pub mod sessions;

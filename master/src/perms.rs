@@ -218,9 +218,16 @@ pub fn check(meta: &Meta, c: &Caller, req: &mut MasterRequest) -> Result<(), Mas
 }
 
 /// user.* attributes follow the file's permissions, but user.shardfs.policy* (storage
-/// policies) are read by anyone and set by the owner or root; others (trusted.*, security.*) are root's.
+/// policies) are read by anyone and set by the owner or root, user.shardfs.quota* read by
+/// anyone and set by root; others (trusted.*, security.*) are root's.
 fn xattr(meta: &Meta, ino: Ino, name: &[u8], c: &Caller, want: u32) -> Result<(), MasterError> {
-    if name.starts_with(crate::policy::PREFIX) {
+    if name.starts_with(crate::quota::PREFIX) {
+        if want == R || c.uid == 0 {
+            Ok(())
+        } else {
+            Err(not_permitted("only root may set a quota"))
+        }
+    } else if name.starts_with(crate::policy::PREFIX) {
         if want == R || c.uid == 0 || meta.getattr(ino)?.uid == c.uid {
             Ok(())
         } else {

@@ -182,6 +182,7 @@ impl Core {
                 seq,
             })
             .await;
+        let mut refused = None;
         let reload = {
             let mut st = of.st.lock().expect("file lock");
             match r {
@@ -249,6 +250,18 @@ impl Core {
                     st.meta_dirty = true;
                     return Err(unexpected(other));
                 }
+                // Past a quota: the writer hears EDQUOT (at this close or fsync); what it
+                // wrote since the last commit is dropped, and the file is what the cluster
+                // holds (its stored but uncommitted pieces are collected as orphans).
+                Err(e) if e.code() == shardfs_common::ErrorCode::Quota => {
+                    warn!(
+                        ino = of.ino,
+                        "a quota is reached; the file's unpublished changes are dropped: {e}"
+                    );
+                    st.drop_unpublished();
+                    refused = Some(e);
+                    st.attr.clone()
+                }
                 Err(e) => {
                     st.meta_dirty = true;
                     return Err(e);
@@ -256,7 +269,7 @@ impl Core {
             }
         };
         self.reload(of, reload).await;
-        Ok(None)
+        refused.map_or(Ok(None), Err)
     }
 
     /// Remember the code of `ino`'s new blocks (None: the cluster's).

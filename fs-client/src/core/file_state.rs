@@ -148,6 +148,17 @@ impl FileState {
         self.meta_dirty = true;
     }
 
+    /// Give up every change the master has not taken and never will (past a quota): the file
+    /// is its base again, and no handle commits the dropped changes later.
+    pub(super) fn drop_unpublished(&mut self) {
+        let mut base = self.attr.clone();
+        base.size = self.base_size;
+        base.version = self.base;
+        let slots = self.base_slots.clone();
+        self.reset(base, slots);
+        self.published = self.changes;
+    }
+
     /// Start over from `attr` and `slots`, keeping count of uploads still running (they
     /// finish into this state and must be waited for).
     pub(super) fn reset(&mut self, attr: Attr, slots: Vec<Slot>) {
@@ -462,6 +473,28 @@ mod tests {
         sp.data.write(off, data);
         sp.gen += 1;
         st.dirty_bytes += sp.data.bytes() - before;
+    }
+
+    #[test]
+    fn dropped_changes_leave_the_base_and_nothing_to_commit() {
+        let mut st = state();
+        st.base_size = 10;
+        st.base = 3;
+        st.dirty.insert(0, vec![7; 5000]);
+        st.dirty_bytes = 5000;
+        st.attr.size = 5000;
+        st.meta_dirty = true;
+        st.changes = 4;
+        assert!(st.has_local_changes());
+        st.drop_unpublished();
+        assert!(!st.has_local_changes());
+        assert!(st.dirty.is_empty());
+        assert_eq!((st.attr.size, st.attr.version), (10, 3));
+        assert_eq!(
+            (st.changes, st.published),
+            (4, 4),
+            "no handle commits them later"
+        );
     }
 
     #[test]

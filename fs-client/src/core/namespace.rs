@@ -461,9 +461,12 @@ impl Core {
         Ok(())
     }
 
-    pub async fn statfs(&self) -> Result<FsStats> {
-        match self.call(MasterRequest::StatFs).await? {
-            MasterResponse::StatFs(s) => Ok(s),
+    /// Space and inodes as `df` of `ino` shows them: its directory quota's if one is over it,
+    /// else the cluster's; and the inodes that may still be made, if limited.
+    pub async fn statfs(&self, ino: Ino) -> Result<(FsStats, Option<u64>)> {
+        match self.call(MasterRequest::StatFsAt { ino }).await? {
+            MasterResponse::StatFsAt { stats, files_free } => Ok((stats, files_free)),
+            MasterResponse::StatFs(s) => Ok((s, None)),
             other => Err(unexpected(other)),
         }
     }

@@ -30,7 +30,12 @@ impl Core {
         if name == HISTORY_XATTR {
             return self.history(ino).await;
         }
-        let ttl = self.cfg.attr_ttl;
+        // The master's own attributes (policies, quotas and their usage) change without a
+        // change of the file: never cached.
+        let ttl = match name.starts_with(b"user.shardfs.") {
+            true => Duration::ZERO,
+            false => self.cfg.attr_ttl,
+        };
         let known = self
             .xattrs
             .lock()

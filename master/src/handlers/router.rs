@@ -5,6 +5,18 @@ use crate::*;
 use shardfs_common::proto::{MasterRequest, MasterResponse};
 
 impl Master {
+    /// Space and inodes of the whole cluster, as data (the code's parity left out).
+    fn cluster_stats(&self) -> FsStats {
+        let (capacity, free) = self.nodes.capacity();
+        let ec = self.meta.cluster.ec;
+        let scale = |b: u64| (b as u128 * ec.k as u128 / ec.total() as u128) as u64;
+        FsStats {
+            total_bytes: scale(capacity),
+            free_bytes: scale(free),
+            files: self.meta.count_inodes(),
+        }
+    }
+
     pub(crate) fn dispatch(
         &self,
         req: MasterRequest,
@@ -146,17 +158,44 @@ impl Master {
             req @ R::Place { .. } => self.on_place(req, from)?,
             req @ R::PlaceMore { .. } => self.on_place_more(req, from)?,
             req @ R::Commit { .. } => self.on_commit(req, from)?,
-            R::StatFs => {
-                let (capacity, free) = self.nodes.capacity();
-                let ec = self.meta.cluster.ec;
-                let scale = |b: u64| (b as u128 * ec.k as u128 / ec.total() as u128) as u64;
-                A::StatFs(FsStats {
-                    total_bytes: scale(capacity),
-                    free_bytes: scale(free),
-                    files: self.meta.count_inodes(),
-                })
+            R::StatFs => A::StatFs(self.cluster_stats()),
+            R::StatFsAt { ino } => {
+                let cluster = self.cluster_stats();
+                match self.meta.quota_over(ino)? {
+                    Some(q) => {
+                        let mut stats = cluster;
+                        if q.bytes_limit > 0 {
+                            stats.total_bytes = q.bytes_limit;
+                            stats.free_bytes = q
+                                .bytes_limit
+                                .saturating_sub(q.bytes_used)
+                                .min(cluster.free_bytes);
+                        }
+                        stats.files = q.inodes_used;
+                        let files_free = (q.inodes_limit > 0)
+                            .then(|| q.inodes_limit.saturating_sub(q.inodes_used));
+                        A::StatFsAt { stats, files_free }
+                    }
+                    None => A::StatFsAt {
+                        stats: cluster,
+                        files_free: None,
+                    },
+                }
             }
             R::Nodes => A::Nodes(self.nodes.list()),
+            R::SetXattr {
+                ino, name, value, ..
+            } if name.starts_with(quota::PREFIX) => {
+                quota::set(self, ino, &name, &value)?;
+                A::Attr(self.meta.getattr(ino)?)
+            }
+            R::RemoveXattr { ino, name } if name.starts_with(quota::PREFIX) => {
+                quota::set(self, ino, &name, b"")?;
+                A::Attr(self.meta.getattr(ino)?)
+            }
+            R::GetXattr { ino, name } if name.starts_with(quota::PREFIX) => {
+                A::Xattr(quota::get(self, ino, &name)?)
+            }
             R::SetXattr {
                 ino, name, value, ..
             } if name.starts_with(policy::PREFIX) => {

@@ -23,6 +23,7 @@
 //! | `K` credential-id                 | a credential the CA issued: role, host, created, revoked (see `credentials`) |
 //! | `J` blake3(token secret)          | an unused join token: role, expiry                   |
 //! | `L` time-ns seq                   | an audit log entry (see `audit`)                     |
+//! | `Q` `d` ino / `Q` `u` uid          | a directory's or a uid's quota: limits and usage (see `quota`) |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and
@@ -33,6 +34,7 @@ mod cluster;
 mod files;
 mod namespace;
 mod policy;
+mod quota;
 mod sealing;
 mod store;
 mod xattrs;
@@ -281,6 +283,9 @@ struct Txn<'a> {
     batch: WriteBatch,
     inodes: HashMap<Ino, Option<InodeRecord>>,
     blocks: HashMap<BlockId, Option<BlockRecord>>,
+    /// Inode records as they were before this operation (kept while quotas exist).
+    orig: HashMap<Ino, Option<InodeRecord>>,
+    quotas: bool,
 }
 
 impl<'a> Txn<'a> {
@@ -290,6 +295,8 @@ impl<'a> Txn<'a> {
             batch: WriteBatch::default(),
             inodes: HashMap::new(),
             blocks: HashMap::new(),
+            orig: HashMap::new(),
+            quotas: meta.quotas_on.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -298,6 +305,9 @@ impl<'a> Txn<'a> {
             return v.clone().ok_or_else(|| not_found_ino(ino));
         }
         let rec = self.meta.inode(ino)?;
+        if self.quotas {
+            self.orig.insert(ino, Some(rec.clone()));
+        }
         self.inodes.insert(ino, Some(rec.clone()));
         Ok(rec)
     }
@@ -349,6 +359,14 @@ impl<'a> Txn<'a> {
     }
 
     fn commit(mut self) -> Result<Changes, MasterError> {
+        // Usage moves with the change, in the same batch (see `quota`).
+        let mut quotas = self
+            .quotas
+            .then(|| self.meta.quotas.lock().expect("quotas lock"));
+        let accounted = match quotas.as_deref() {
+            Some(q) => self.account(q)?,
+            None => Vec::new(),
+        };
         let mut changes = Changes::default();
         for (ino, rec) in self.inodes.drain() {
             match rec {
@@ -383,6 +401,9 @@ impl<'a> Txn<'a> {
             }
         }
         self.meta.write(self.batch)?;
+        if let Some(q) = quotas.as_deref_mut() {
+            self.meta.mirror_quotas(q, accounted);
+        }
         Ok(changes)
     }
 }
@@ -434,6 +455,9 @@ pub struct Meta {
     next_ino: Mutex<u64>,
     pub cluster: ClusterInfo,
     sync: bool,
+    /// Every quota (see `quota`), and whether there is any.
+    quotas: Mutex<quota::Quotas>,
+    quotas_on: std::sync::atomic::AtomicBool,
 }
 
 impl Meta {
@@ -495,8 +519,11 @@ impl Meta {
             .map_err(db_err)?
             .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(ROOT_INO + 1);
+        let quotas = quota::Quotas::load(&db)?;
         Ok((
             Meta {
+                quotas_on: std::sync::atomic::AtomicBool::new(!quotas.is_empty()),
+                quotas: Mutex::new(quotas),
                 db,
                 writer: Mutex::new(()),
                 held: Mutex::new(HashMap::new()),

@@ -353,6 +353,10 @@ impl Meta {
             return Ok(Changes::default());
         }
         let src_dir = src.kind == FileKind::Dir;
+        let dst_is_dir = dst.as_ref().is_some_and(|d| d.kind == FileKind::Dir);
+        if src_dir || (dst_is_dir && flags & RENAME_EXCHANGE != 0) {
+            txn.check_move(parent, new_parent)?;
+        }
         if src_dir && self.is_within(&mut txn, new_parent, src.ino)? {
             return Err(fs_err(
                 ErrorCode::Invalid,
