@@ -39,12 +39,14 @@ nodes_up() {
 
 start_master() {
   alive "$RUN/master.pid" && return 0
-  rm -f "$H/master.addr"
+  rm -f "$H/master.addr" "$H/master/http.addr"
   "$BIN/shardfs-master" --data-dir "$H/master" --listen 127.0.0.1:0 --addr-file "$H/master.addr" \
-    --ec "$EC" >>"$LOGS/master.log" 2>&1 &
+    --http 127.0.0.1:0 --ec "$EC" >>"$LOGS/master.log" 2>&1 &
   echo $! >"$RUN/master.pid"
   wait_for 30 "master" test -s "$H/master.addr" ||
     die "master did not start; see $LOGS/master.log: $(tail -n 3 "$LOGS/master.log")"
+  # Its metrics (and `shardfs top`) address, on a free port of 127.0.0.1.
+  wait_for 10 "master metrics" test -s "$H/master/http.addr" && cp "$H/master/http.addr" "$H/http.addr"
   # The master makes the cluster CA and a first admin credential when it creates the cluster.
   if [ ! -s "$H/admin.cred" ]; then
     [ -s "$H/master/admin.cred" ] || die "the master made no admin credential; see $LOGS/master.log"
@@ -93,6 +95,7 @@ up() {
 ShardFS is up: master $(cat "$H/master.addr"), $NODES storage nodes (code $EC), state in $H
 Mounted at:   $mp
 Status:       scripts/cluster.sh status   (admin credential: $H/admin.cred)
+Metrics:      http://$(cat "$H/http.addr" 2>/dev/null)/metrics   (live view: shardfs top $H/master.addr)
 Mount again:  shardfs mount $H/master.addr DIR --credentials $H/client.cred
 Stop:         scripts/cluster.sh down
 MSG

@@ -19,6 +19,7 @@ pub mod extent;
 pub mod ids;
 pub mod join;
 pub mod locks;
+pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod proto;

@@ -861,6 +861,13 @@ pub enum MasterRequest {
     StatFsAt {
         ino: Ino,
     },
+    /// A node's traffic since it started (sent every few seconds, for the cluster's metrics).
+    NodeStats {
+        id: NodeId,
+        read_bytes: u64,
+        written_bytes: u64,
+        requests: u64,
+    },
 }
 
 impl MasterRequest {

@@ -663,8 +663,10 @@ impl BlockStore {
     /// `cap`: this mount's capability to read it.
     pub async fn get(self: &Arc<Self>, meta: &BlockMeta, cap: Cap) -> Result<Arc<Vec<u8>>> {
         if let Some(d) = self.cached(&meta.id) {
+            metrics::counter!("shardfs_mount_block_cache_hits_total").increment(1);
             return Ok(d);
         }
+        metrics::counter!("shardfs_mount_block_cache_misses_total").increment(1);
         let fetch = {
             let mut f = self.fetching.lock().expect("fetching lock");
             f.entry(meta.id)

@@ -107,6 +107,22 @@ pub enum Cmd {
         #[command(flatten)]
         cred: AdminCred,
     },
+    /// A live view of the cluster, one line per second: data read and written on the nodes,
+    /// node requests, metadata operations and their latency, nodes up, repair.
+    Top {
+        /// Master address file (the launcher's, with http.addr beside it), or HOST:PORT.
+        #[arg(env = "SHARDFS_MASTER")]
+        master: String,
+        /// The master's metrics address (its --http), if not beside the address file.
+        #[arg(long)]
+        http: Option<String>,
+        /// Seconds between lines.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many lines (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
     /// Quotas: bytes and inodes per directory (over its subtree) or per uid (cluster-wide).
     /// Writes and creates past one fail with EDQUOT; `df` of a directory under one shows it.
     Quota {
@@ -340,6 +356,13 @@ pub struct MountArgs {
     /// Write the mount process's pid to this file once mounted.
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
+    /// Serve this mount's Prometheus metrics at http://ADDR/metrics (port 0: a free one).
+    /// Default: no HTTP, and no metrics kept.
+    #[arg(long, env = "SHARDFS_MOUNT_HTTP")]
+    pub http: Option<String>,
+    /// Write the bound metrics address to this file.
+    #[arg(long, requires = "http")]
+    pub http_addr_file: Option<PathBuf>,
     /// Internal: tell the launching process when the mount is ready.
     #[arg(long, hide = true)]
     pub notify_ready: bool,

@@ -17,7 +17,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::runtime::Handle;
 
 pub struct ShardFs {
@@ -33,18 +33,38 @@ impl ShardFs {
 
     /// Run an operation on the async core, acting for the user who made the request (the
     /// master checks permissions for that user).
-    fn spawn<F>(&self, req: &Request<'_>, f: impl FnOnce(Arc<Core>, Duration) -> F)
-    where
+    /// Serve FUSE operation `op` on the runtime, as the caller of `req` (counted, with its
+    /// latency, in the mount's metrics).
+    fn spawn<F>(
+        &self,
+        op: &'static str,
+        req: &Request<'_>,
+        f: impl FnOnce(Arc<Core>, Duration) -> F,
+    ) where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
+        let start = Instant::now();
         let who = Requester {
             uid: req.uid(),
             gid: req.gid(),
             pid: req.pid(),
         };
-        self.rt
-            .spawn(CALLER.scope(who, f(self.core.clone(), self.ttl)));
+        let served = f(self.core.clone(), self.ttl);
+        self.rt.spawn(CALLER.scope(who, async move {
+            served.await;
+            served_op(op, start);
+        }));
     }
+}
+
+/// Count FUSE operation `op`, begun at `start`, in the mount's metrics.
+fn served_op(op: &'static str, start: Instant) {
+    shardfs_common::metrics::timed(
+        "shardfs_fuse_ops_total",
+        "shardfs_fuse_op_duration_seconds",
+        op,
+        start,
+    );
 }
 
 fn kind(k: FileKind) -> FileType {
@@ -123,12 +143,20 @@ impl Filesystem for ShardFs {
 
     fn lookup(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEntry) {
         let n = name(n);
+        let start = Instant::now();
         match self.core.lookup_now(parent, &n) {
-            Some(Ok(a)) => return reply.entry(&self.ttl, &file_attr(&a), 0),
-            Some(Err(e)) => return reply.error(errno(&e)),
-            None => {}
+            Some(Ok(a)) => {
+                reply.entry(&self.ttl, &file_attr(&a), 0);
+                metrics::counter!("shardfs_mount_meta_cache_hits_total").increment(1);
+                return served_op("lookup", start);
+            }
+            Some(Err(e)) => {
+                reply.error(errno(&e));
+                return served_op("lookup", start);
+            }
+            None => metrics::counter!("shardfs_mount_meta_cache_misses_total").increment(1),
         }
-        self.spawn(req, |core, ttl| async move {
+        self.spawn("lookup", req, |core, ttl| async move {
             match core.lookup(parent, &n).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
                 Err(e) => reply.error(errno(&e)),
@@ -137,10 +165,14 @@ impl Filesystem for ShardFs {
     }
 
     fn getattr(&mut self, req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let start = Instant::now();
         if let Some(a) = self.core.getattr_now(ino) {
-            return reply.attr(&self.ttl, &file_attr(&a));
+            reply.attr(&self.ttl, &file_attr(&a));
+            metrics::counter!("shardfs_mount_meta_cache_hits_total").increment(1);
+            return served_op("getattr", start);
         }
-        self.spawn(req, |core, ttl| async move {
+        metrics::counter!("shardfs_mount_meta_cache_misses_total").increment(1);
+        self.spawn("getattr", req, |core, ttl| async move {
             match core.getattr(ino).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -178,7 +210,7 @@ impl Filesystem for ShardFs {
             mtime: mtime.map(time),
             now: Timespec::now(),
         };
-        self.spawn(req, |core, ttl| async move {
+        self.spawn("setattr", req, |core, ttl| async move {
             match core.setattr(ino, fh, set).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -197,7 +229,7 @@ impl Filesystem for ShardFs {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
-        self.spawn(req, |core, _| async move {
+        self.spawn("setxattr", req, |core, _| async move {
             match core.setxattr(ino, &name, &value, flags).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -214,7 +246,7 @@ impl Filesystem for ShardFs {
         reply: ReplyXattr,
     ) {
         let name = name.as_bytes().to_vec();
-        self.spawn(req, |core, _| async move {
+        self.spawn("getxattr", req, |core, _| async move {
             match core.getxattr(ino, &name).await {
                 Ok(v) => reply_xattr(reply, size, &v),
                 Err(e) => reply.error(errno(&e)),
@@ -223,7 +255,7 @@ impl Filesystem for ShardFs {
     }
 
     fn listxattr(&mut self, req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        self.spawn(req, |core, _| async move {
+        self.spawn("listxattr", req, |core, _| async move {
             match core.listxattr(ino).await {
                 Ok(v) => reply_xattr(reply, size, &v),
                 Err(e) => reply.error(errno(&e)),
@@ -233,7 +265,7 @@ impl Filesystem for ShardFs {
 
     fn removexattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
-        self.spawn(req, |core, _| async move {
+        self.spawn("removexattr", req, |core, _| async move {
             match core.removexattr(ino, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -242,7 +274,7 @@ impl Filesystem for ShardFs {
     }
 
     fn readlink(&mut self, req: &Request<'_>, ino: u64, reply: ReplyData) {
-        self.spawn(req, |core, _| async move {
+        self.spawn("readlink", req, |core, _| async move {
             match core.readlink(ino).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(errno(&e)),
@@ -271,7 +303,7 @@ impl Filesystem for ShardFs {
         };
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
         let _ = umask;
-        self.spawn(req, |core, ttl| async move {
+        self.spawn("mknod", req, |core, ttl| async move {
             match core
                 .mknod(parent, &n, k, mode & 0o7777, uid, gid, rdev)
                 .await
@@ -292,7 +324,7 @@ impl Filesystem for ShardFs {
         reply: ReplyEntry,
     ) {
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
-        self.spawn(req, |core, ttl| async move {
+        self.spawn("mkdir", req, |core, ttl| async move {
             match core
                 .mknod(parent, &n, FileKind::Dir, mode & 0o7777, uid, gid, 0)
                 .await
@@ -305,7 +337,7 @@ impl Filesystem for ShardFs {
 
     fn unlink(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
-        self.spawn(req, |core, _| async move {
+        self.spawn("unlink", req, |core, _| async move {
             match core.unlink(parent, &n).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -315,7 +347,7 @@ impl Filesystem for ShardFs {
 
     fn rmdir(&mut self, req: &Request<'_>, parent: u64, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
-        self.spawn(req, |core, _| async move {
+        self.spawn("rmdir", req, |core, _| async move {
             match core.rmdir(parent, &n).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -337,7 +369,7 @@ impl Filesystem for ShardFs {
             req.uid(),
             req.gid(),
         );
-        self.spawn(req, |core, ttl| async move {
+        self.spawn("symlink", req, |core, ttl| async move {
             match core.symlink(parent, &n, &t, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
                 Err(e) => reply.error(errno(&e)),
@@ -356,7 +388,7 @@ impl Filesystem for ShardFs {
         reply: ReplyEmpty,
     ) {
         let (n, nn) = (name(n), name(newname));
-        self.spawn(req, |core, _| async move {
+        self.spawn("rename", req, |core, _| async move {
             match core.rename(parent, &n, newparent, &nn, flags).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -373,7 +405,7 @@ impl Filesystem for ShardFs {
         reply: ReplyEntry,
     ) {
         let nn = name(newname);
-        self.spawn(req, |core, ttl| async move {
+        self.spawn("link", req, |core, ttl| async move {
             match core.link(ino, newparent, &nn).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
                 Err(e) => reply.error(errno(&e)),
@@ -388,7 +420,7 @@ impl Filesystem for ShardFs {
             _ if flags & libc::O_TRUNC != 0 => ACCESS_READ | ACCESS_WRITE,
             _ => ACCESS_READ,
         };
-        self.spawn(req, |core, _| async move {
+        self.spawn("open", req, |core, _| async move {
             match core.open(ino, access).await {
                 Ok(fh) => reply.opened(fh, 0),
                 Err(e) => reply.error(errno(&e)),
@@ -410,9 +442,12 @@ impl Filesystem for ShardFs {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
-        self.spawn(req, |core, _| async move {
+        self.spawn("read", req, |core, _| async move {
             match core.read(fh, offset as u64, size).await {
-                Ok(d) => reply.data(&d),
+                Ok(d) => {
+                    metrics::counter!("shardfs_mount_read_bytes_total").increment(d.len() as u64);
+                    reply.data(&d)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -434,9 +469,12 @@ impl Filesystem for ShardFs {
             return reply.error(libc::EINVAL);
         }
         let (data, pid) = (data.to_vec(), req.pid());
-        self.spawn(req, |core, _| async move {
+        self.spawn("write", req, |core, _| async move {
             match core.write(fh, offset as u64, &data, pid).await {
-                Ok(n) => reply.written(n),
+                Ok(n) => {
+                    metrics::counter!("shardfs_mount_written_bytes_total").increment(n.into());
+                    reply.written(n)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -449,7 +487,7 @@ impl Filesystem for ShardFs {
             return reply.ok();
         }
         let pid = req.pid();
-        self.spawn(req, |core, _| async move {
+        self.spawn("flush", req, |core, _| async move {
             let unlocked = match unlock {
                 true => core.release_locks(ino, lock_owner).await,
                 false => Ok(()),
@@ -473,7 +511,7 @@ impl Filesystem for ShardFs {
         pid: u32,
         reply: fuser::ReplyLock,
     ) {
-        self.spawn(req, |core, _| async move {
+        self.spawn("getlk", req, |core, _| async move {
             match core.getlk(ino, lock_owner, start, end, typ, pid).await {
                 Ok(Some(l)) => {
                     reply.locked(l.start, l.end, crate::session::lock_type(l.kind), l.pid)
@@ -497,7 +535,7 @@ impl Filesystem for ShardFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(req, |core, _| async move {
+        self.spawn("setlk", req, |core, _| async move {
             match core
                 .setlk(ino, lock_owner, start, end, typ, pid, sleep)
                 .await
@@ -523,7 +561,7 @@ impl Filesystem for ShardFs {
         if unlock.is_none() && self.core.release_if_clean(fh) {
             return reply.ok();
         }
-        self.spawn(req, |core, _| async move {
+        self.spawn("release", req, |core, _| async move {
             let unlocked = match unlock {
                 Some(o) => core.release_locks(ino, o).await,
                 None => Ok(()),
@@ -536,7 +574,7 @@ impl Filesystem for ShardFs {
     }
 
     fn fsync(&mut self, req: &Request<'_>, _ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
-        self.spawn(req, |core, _| async move {
+        self.spawn("fsync", req, |core, _| async move {
             match core.fsync(fh).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -545,7 +583,7 @@ impl Filesystem for ShardFs {
     }
 
     fn opendir(&mut self, req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        self.spawn(req, |core, _| async move {
+        self.spawn("opendir", req, |core, _| async move {
             match core.opendir(ino).await {
                 Ok(fh) => reply.opened(fh, 0),
                 Err(e) => reply.error(errno(&e)),
@@ -561,7 +599,7 @@ impl Filesystem for ShardFs {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        self.spawn(req, |core, _| async move {
+        self.spawn("readdir", req, |core, _| async move {
             match core.readdir(fh, ino, offset, 256).await {
                 Ok(entries) => {
                     for e in entries {
@@ -589,7 +627,7 @@ impl Filesystem for ShardFs {
         offset: i64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.spawn(req, |core, ttl| async move {
+        self.spawn("readdirplus", req, |core, ttl| async move {
             match core.readdir(fh, ino, offset, 128).await {
                 Ok(entries) => {
                     for e in entries {
@@ -635,7 +673,7 @@ impl Filesystem for ShardFs {
     }
 
     fn statfs(&mut self, req: &Request<'_>, ino: u64, reply: ReplyStatfs) {
-        self.spawn(req, move |core, _| async move {
+        self.spawn("statfs", req, move |core, _| async move {
             match core.statfs(ino).await {
                 Ok((s, files_free)) => {
                     let bsize = 4096u64;
@@ -671,7 +709,7 @@ impl Filesystem for ShardFs {
         reply: ReplyCreate,
     ) {
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
-        self.spawn(req, |core, ttl| async move {
+        self.spawn("create", req, |core, ttl| async move {
             match core.create(parent, &n, mode & 0o7777, uid, gid).await {
                 Ok((a, fh)) => reply.created(&ttl, &file_attr(&a), 0, fh, 0),
                 Err(e) => reply.error(errno(&e)),
@@ -693,7 +731,7 @@ impl Filesystem for ShardFs {
             return reply.error(libc::EINVAL);
         }
         let pid = req.pid();
-        self.spawn(req, |core, _| async move {
+        self.spawn("fallocate", req, |core, _| async move {
             match core
                 .fallocate(fh, offset as u64, length as u64, mode, pid)
                 .await

@@ -2,6 +2,7 @@ use anyhow::{bail, Context};
 mod admin;
 mod cli;
 mod quota;
+mod top;
 
 use clap::Parser;
 use cli::{
@@ -101,6 +102,21 @@ fn main() -> ExitCode {
             .and_then(|since| {
                 remote(&master, cred).and_then(|r| admin::audit(&r, since, path, user, json))
             }),
+        Cmd::Top {
+            master,
+            http,
+            interval,
+            count,
+        } => {
+            if !(0.1..=3600.0).contains(&interval) {
+                Err(anyhow::anyhow!(
+                    "--interval must be between 0.1 and 3600 seconds"
+                ))
+            } else {
+                top::http_addr(&master, http)
+                    .and_then(|a| top::run(&a, Duration::from_secs_f64(interval), count))
+            }
+        }
         Cmd::Quota { cmd } => match cmd {
             QuotaCmd::Set {
                 path,
@@ -386,6 +402,20 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     rt.block_on(core.start_session(mountpoint.display().to_string()))
         .with_context(|| format!("cannot open a session with the master at {master}"))?;
     core.start_replay();
+    if let Some(h) = &a.http {
+        let addr = shardfs_common::net::resolve(h)?;
+        // Served for as long as the process lives.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        std::mem::forget(stop);
+        let file = a.http_addr_file.as_deref();
+        let bound = rt.block_on(shardfs_common::metrics::serve(
+            addr,
+            file,
+            Arc::new(|| {}),
+            stopped,
+        ))?;
+        tracing::info!(%bound, "metrics served at http://{bound}/metrics");
+    }
     let fs = ShardFs::new(core.clone(), rt.handle().clone(), ttl);
     // As root the mount is made here, typed fuse.shardfs (see kmount); otherwise the FUSE
     // library mounts through fusermount3.

@@ -116,13 +116,21 @@ impl MasterClient {
             },
             _ => req,
         };
+        let started = Instant::now();
+        let r = self.call_until(&req, timeout).await;
+        metrics::histogram!("shardfs_mount_master_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn call_until(&self, req: &MasterRequest, timeout: Duration) -> Result<MasterResponse> {
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let err = match self
                 .dialer
-                .call::<_, MasterResponse>(self.addr, &req, Bytes::new(), 0, left)
+                .call::<_, MasterResponse>(self.addr, req, Bytes::new(), 0, left)
                 .await
             {
                 Ok((MasterResponse::Err(e), _)) => {

@@ -64,6 +64,8 @@ enum Target {
 
 /// A request as the log describes it.
 pub struct Pending {
+    /// The request's kind, as metrics count it.
+    pub name: &'static str,
     op: Cow<'static, str>,
     target: Target,
     detail: String,
@@ -76,6 +78,7 @@ impl Pending {
     /// A request refused before it was read (a connection, a bad session).
     pub fn connection(why: &str) -> Pending {
         Pending {
+            name: "connect",
             op: "connect".into(),
             target: Target::None,
             detail: why.to_string(),
@@ -131,12 +134,14 @@ fn setattr_op(set: &SetAttr) -> (Cow<'static, str>, String) {
 pub fn describe(req: &MasterRequest) -> Pending {
     use MasterRequest as R;
     let change = |op: &'static str, target: Target, detail: String| Pending {
+        name: op,
         op: op.into(),
         target,
         detail,
         logged: true,
     };
     let read = |op: &'static str, target: Target| Pending {
+        name: op,
         op: op.into(),
         target,
         detail: String::new(),
@@ -204,6 +209,7 @@ pub fn describe(req: &MasterRequest) -> Pending {
         R::SetAttr { ino, set, .. } => {
             let (op, detail) = setattr_op(set);
             Pending {
+                name: "setattr",
                 op,
                 target: Target::Ino(*ino),
                 detail,
@@ -276,6 +282,7 @@ pub fn describe(req: &MasterRequest) -> Pending {
         R::ReadLink { ino } => read("readlink", Target::Ino(*ino)),
         R::ReadDir { ino, .. } => read("readdir", Target::Ino(*ino)),
         R::Open { ino, access, .. } => Pending {
+            name: "open",
             op: "open".into(),
             target: Target::Ino(*ino),
             detail: format!("access={access}"),
@@ -300,7 +307,7 @@ pub fn describe(req: &MasterRequest) -> Pending {
         }
         R::Watch { .. } => read("watch", Target::None),
         R::Place { .. } | R::PlaceMore { .. } => read("place", Target::None),
-        R::Register { .. } | R::Heartbeat { .. } | R::ShardsLost { .. } => {
+        R::Register { .. } | R::Heartbeat { .. } | R::ShardsLost { .. } | R::NodeStats { .. } => {
             read("node-report", Target::None)
         }
         R::As { req, .. } => describe(req),

@@ -311,6 +311,7 @@ impl Authority {
             R::Join { .. } => &[],
             R::Register { id, .. } | R::Heartbeat { id, .. } => return node_only(*id),
             R::ShardsLost { node, .. } => return node_only(*node),
+            R::NodeStats { id, .. } => return node_only(*id),
             R::Drain { .. }
             | R::Scrub
             | R::Repair

@@ -25,6 +25,7 @@ pub mod repair;
 pub mod seal;
 pub mod sessions;
 pub mod slots;
+mod telemetry;
 
 use bytes::Bytes;
 use meta::{Changes, Meta};
@@ -114,6 +115,9 @@ pub struct MasterConfig {
     pub merge_doc_max: usize,
     pub seal: seal::SealConfig,
     pub audit: audit::AuditConfig,
+    /// Serve Prometheus metrics over HTTP here (`/metrics`); the bound address goes to
+    /// `http.addr` in the data directory.
+    pub http: Option<SocketAddr>,
 }
 
 struct Master {
@@ -137,6 +141,8 @@ struct Master {
     merge_doc_max: usize,
     seal_stats: Mutex<seal::SealStats>,
     audit: audit::AuditLog,
+    /// Each node's traffic, as it last reported it.
+    node_traffic: Mutex<HashMap<shardfs_common::NodeId, telemetry::NodeTraffic>>,
 }
 
 impl wire::Service for Master {
@@ -167,7 +173,23 @@ impl wire::Service for Master {
         _bulk: Vec<u8>,
         peer: wire::Peer,
     ) -> (MasterResponse, Bytes) {
+        let start = std::time::Instant::now();
         let pending = audit::describe(&req);
+        let op = pending.name;
+        let answer = self.serve(req, pending, peer).await;
+        telemetry::served(op, start, &answer.0);
+        answer
+    }
+}
+
+impl Master {
+    /// Serve one request: admit it, route it, log it.
+    async fn serve(
+        self: Arc<Self>,
+        req: MasterRequest,
+        pending: audit::Pending,
+        peer: wire::Peer,
+    ) -> (MasterResponse, Bytes) {
         let claimed = match &req {
             MasterRequest::As { caller, .. } => Some((caller.uid, caller.gid)),
             _ => None,
@@ -487,6 +509,7 @@ impl Master {
         if let Some(e) = rec.log.last() {
             self.note(e.clone());
         }
+        metrics::counter!("shardfs_merges_total").increment(1);
         info!(ino, %by, base, current, bytes = merged.len(), doc = rec.doc_len(),
             ms = t.elapsed().as_millis() as u64, "merged concurrent edits of a text file");
         Ok(MasterResponse::Merged {
@@ -578,7 +601,21 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         merge_doc_max: cfg.merge_doc_max,
         seal_stats: Mutex::new(Default::default()),
         audit: audit::AuditLog::new(cfg.audit.clone())?,
+        node_traffic: Mutex::new(HashMap::new()),
     });
+    if let Some(addr) = cfg.http {
+        let m = master.clone();
+        let file = cfg.data_dir.join("http.addr");
+        let bound = shardfs_common::metrics::serve(
+            addr,
+            Some(&file),
+            Arc::new(move || m.export_state()),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(MasterError::from)?;
+        info!(%bound, "metrics served at http://{bound}/metrics");
+    }
     let session_loop = tokio::spawn(session_loop(master.clone(), cfg.session_lease));
     // Repair, collection and sealing walk the maps and wait on nodes for as long as they
     // need: on a thread of their own, so requests (heartbeats among them) never wait behind

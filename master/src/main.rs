@@ -70,6 +70,10 @@ struct Args {
     /// shippers).
     #[arg(long, env = "SHARDFS_AUDIT_FILE")]
     audit_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: a free one; the bound address
+    /// is written to http.addr in the data directory). Default: no HTTP.
+    #[arg(long, env = "SHARDFS_MASTER_HTTP")]
+    http: Option<String>,
     /// fsync the metadata log on every operation.
     #[arg(long)]
     sync: bool,
@@ -103,6 +107,7 @@ struct FileConfig {
     seal_mib_per_sec: Option<u64>,
     audit_retention_days: Option<f64>,
     audit_file: Option<PathBuf>,
+    http: Option<String>,
     sync: Option<bool>,
     workers: Option<usize>,
 }
@@ -197,6 +202,11 @@ fn real_main() -> anyhow::Result<()> {
                 file: a.audit_file.or(f.audit_file),
             }
         },
+        http: a
+            .http
+            .or(f.http)
+            .map(|h| shardfs_common::net::resolve(&h))
+            .transpose()?,
         sync: a.sync || f.sync.unwrap_or(false),
     };
     let workers = a.workers.or(f.workers).unwrap_or(1);

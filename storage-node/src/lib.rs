@@ -16,6 +16,7 @@ mod rebuild;
 mod seal;
 pub mod store;
 pub mod sums;
+mod telemetry;
 
 use bytes::Bytes;
 use shardfs_common::cap::{self, CapKey};
@@ -99,6 +100,9 @@ pub struct NodeConfig {
     pub scrub_rate: u64,
     /// Pause between two background scrub passes.
     pub scrub_interval: Duration,
+    /// Serve Prometheus metrics over HTTP here (`/metrics`); the bound address goes to
+    /// `http.addr` in the data directory.
+    pub http: Option<SocketAddr>,
 }
 
 struct Node {
@@ -114,6 +118,8 @@ struct Node {
     advertise: String,
     /// Connections to other nodes, for rebuilding shards.
     peers: Dialer,
+    /// Requests served and bytes moved (for metrics and the master's cluster view).
+    traffic: Arc<telemetry::Traffic>,
 }
 
 impl Node {
@@ -207,6 +213,37 @@ impl wire::Service for Node {
         bulk: ShardBuf,
         _peer: wire::Peer,
     ) -> (NodeResponse, Bytes) {
+        let start = std::time::Instant::now();
+        let op = request_name(&req);
+        let written = match &req {
+            NodeRequest::Put { .. } => bulk.len() as u64,
+            _ => 0,
+        };
+        let answer = self.clone().serve(req, bulk).await;
+        self.traffic
+            .served(op, start, written, answer.1.len() as u64);
+        answer
+    }
+}
+
+/// A node request's kind, as metrics count it.
+fn request_name(req: &NodeRequest) -> &'static str {
+    match req {
+        NodeRequest::Put { .. } => "put",
+        NodeRequest::Get { range: None, .. } => "get",
+        NodeRequest::Get { .. } => "get_range",
+        NodeRequest::Delete { .. } => "delete",
+        NodeRequest::Stat => "stat",
+        NodeRequest::Rebuild { .. } => "rebuild",
+        NodeRequest::Scrub { .. } => "scrub",
+        NodeRequest::DeleteOrphans { .. } => "delete_orphans",
+        NodeRequest::Verify { .. } => "verify",
+        NodeRequest::Seal(_) => "seal",
+    }
+}
+
+impl Node {
+    async fn serve(self: Arc<Self>, req: NodeRequest, bulk: ShardBuf) -> (NodeResponse, Bytes) {
         let store = self.store.clone();
         let result = match req {
             NodeRequest::Put {
@@ -404,6 +441,7 @@ struct Heartbeats {
     revoked: Arc<RwLock<HashSet<String>>>,
     cap_key: Arc<RwLock<Option<CapKey>>>,
     cluster_ec: Arc<RwLock<Option<EcParams>>>,
+    traffic: Arc<telemetry::Traffic>,
 }
 
 /// This node's credential (`node.cred` in its data directory), made on first start by
@@ -480,6 +518,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     info!(%id, %bound, data = %cfg.data_dir.display(), "storage node listening");
 
     let revoked = Arc::new(RwLock::new(HashSet::new()));
+    let traffic = Arc::new(telemetry::Traffic::default());
     let cap_key = Arc::new(RwLock::new(None));
     let cluster_ec = Arc::new(RwLock::new(None));
     let node = Arc::new(Node {
@@ -490,7 +529,15 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         store: store.clone(),
         advertise: advertise.clone(),
         peers: Dialer::new(ALPN_NODE, &cred, Duration::from_secs(3))?,
+        traffic: traffic.clone(),
     });
+    if let Some(addr) = cfg.http {
+        let (store, file) = (store.clone(), cfg.data_dir.join("http.addr"));
+        let refresh = Arc::new(move || telemetry::export_store(&store));
+        let bound =
+            shardfs_common::metrics::serve(addr, Some(&file), refresh, shutdown.clone()).await?;
+        info!(%bound, "metrics served at http://{bound}/metrics");
+    }
     let hb = tokio::spawn(heartbeat_loop(
         Heartbeats {
             id,
@@ -501,6 +548,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
             revoked,
             cap_key,
             cluster_ec,
+            traffic,
         },
         store.clone(),
         shutdown.clone(),
@@ -622,6 +670,7 @@ async fn heartbeat_loop(
         revoked,
         cap_key,
         cluster_ec,
+        traffic,
     } = hb;
     let endpoint = match net::client_endpoint(master.is_ipv6()) {
         Ok(e) => e,
@@ -703,11 +752,21 @@ async fn heartbeat_loop(
                     registered = true;
                 }
                 Ok(Ok((MasterResponse::Revoked(ids), _))) => {
-                    let mut r = revoked.write().expect("revoked lock");
-                    if r.len() != ids.len() {
-                        info!(revoked = ids.len(), "revoked credentials updated");
-                        *r = ids.into_iter().collect();
+                    {
+                        let mut r = revoked.write().expect("revoked lock");
+                        if r.len() != ids.len() {
+                            info!(revoked = ids.len(), "revoked credentials updated");
+                            *r = ids.into_iter().collect();
+                        }
                     }
+                    // The traffic since start, for the cluster's metrics; its answer is not
+                    // waited for beyond a moment (a master that does not know it says so).
+                    let report = traffic.report(id);
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        wire::request::<_, MasterResponse>(c, &report, Bytes::new(), 0),
+                    )
+                    .await;
                 }
                 Ok(Ok((MasterResponse::Err(e), _))) => {
                     warn!("master refused heartbeat: {}", e.message);

@@ -41,6 +41,10 @@ struct Args {
     /// first start only: the credential it buys is kept in the data directory.
     #[arg(long, env = "SHARDFS_NODE_TOKEN")]
     token: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: a free one; the bound address
+    /// is written to http.addr in the data directory). Default: no HTTP.
+    #[arg(long, env = "SHARDFS_NODE_HTTP")]
+    http: Option<String>,
     /// Optional TOML file with the same settings (data_dir, listen, master, …).
     #[arg(long, env = "SHARDFS_NODE_CONFIG")]
     config: Option<PathBuf>,
@@ -59,6 +63,7 @@ struct FileConfig {
     scrub_mib: Option<u64>,
     scrub_interval_secs: Option<u64>,
     token: Option<String>,
+    http: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -98,6 +103,11 @@ fn real_main() -> anyhow::Result<()> {
                 .or(f.scrub_interval_secs)
                 .unwrap_or(24 * 3600),
         ),
+        http: a
+            .http
+            .or(f.http)
+            .map(|h| shardfs_common::net::resolve(&h))
+            .transpose()?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move { run(cfg, shardfs_common::daemon::shutdown_signal()).await })?;

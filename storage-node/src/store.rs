@@ -109,6 +109,15 @@ impl ShardBuf {
         b
     }
 
+    /// How many bytes the shard has.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The shard's bytes.
     pub fn data(&self) -> &[u8] {
         &self.all()[HEADER_LEN..HEADER_LEN + self.len]

@@ -253,6 +253,7 @@ impl Master {
                         };
                         self.events.push(0, vec![entry]);
                     }
+                    metrics::counter!("shardfs_conflicted_copies_total").increment(1);
                     A::Conflicted {
                         attr: original,
                         copy: name,

@@ -158,6 +158,22 @@ impl Master {
             req @ R::Place { .. } => self.on_place(req, from)?,
             req @ R::PlaceMore { .. } => self.on_place_more(req, from)?,
             req @ R::Commit { .. } => self.on_commit(req, from)?,
+            R::NodeStats {
+                id,
+                read_bytes,
+                written_bytes,
+                requests,
+            } => {
+                self.node_traffic.lock().expect("node traffic lock").insert(
+                    id,
+                    telemetry::NodeTraffic {
+                        read_bytes,
+                        written_bytes,
+                        requests,
+                    },
+                );
+                A::Ok
+            }
             R::StatFs => A::StatFs(self.cluster_stats()),
             R::StatFsAt { ino } => {
                 let cluster = self.cluster_stats();

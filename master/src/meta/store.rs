@@ -178,6 +178,35 @@ impl Meta {
         Ok(None)
     }
 
+    /// RocksDB's own figures, as metrics name them.
+    pub fn db_stats(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("shardfs_rocksdb_keys", "rocksdb.estimate-num-keys"),
+            ("shardfs_rocksdb_sst_bytes", "rocksdb.total-sst-files-size"),
+            (
+                "shardfs_rocksdb_live_data_bytes",
+                "rocksdb.estimate-live-data-size",
+            ),
+            (
+                "shardfs_rocksdb_memtable_bytes",
+                "rocksdb.cur-size-all-mem-tables",
+            ),
+            (
+                "shardfs_rocksdb_pending_compaction_bytes",
+                "rocksdb.estimate-pending-compaction-bytes",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, prop)| {
+            self.db
+                .property_int_value(prop)
+                .ok()
+                .flatten()
+                .map(|v| (name, v))
+        })
+        .collect()
+    }
+
     pub fn count_inodes(&self) -> u64 {
         self.db
             .property_int_value("rocksdb.estimate-num-keys")

@@ -1,0 +1,196 @@
+//! Prometheus metrics of the master, a node and a mount: they parse as Prometheus text, and
+//! their counters move when the test writes and reads; `shardfs top` shows the traffic.
+
+use prometheus_parse::{LineInfo, Scrape, Value};
+use shardfs_tests::*;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+/// The text at `http://ADDR/metrics` (ADDR read from `file`), checked line by line.
+fn scrape(file: &Path) -> Scrape {
+    let addr = fs::read_to_string(file).expect("http address file");
+    let resp = ureq::get(&format!("http://{}/metrics", addr.trim()))
+        .call()
+        .expect("GET /metrics");
+    assert!(
+        resp.content_type().starts_with("text/plain"),
+        "content type {}",
+        resp.content_type()
+    );
+    let text = resp.into_string().unwrap();
+    for line in text.lines() {
+        let ok = match LineInfo::parse(line) {
+            LineInfo::Sample { metric_name, .. } => metric_name.starts_with("shardfs_"),
+            LineInfo::Doc { .. } | LineInfo::Type { .. } | LineInfo::Empty => true,
+            LineInfo::Ignored => line.starts_with('#'),
+        };
+        assert!(ok, "not a Prometheus line of ShardFS: {line:?}");
+    }
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text")
+}
+
+/// The sum of `metric`'s samples whose labels include `labels`.
+fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(b) => b.iter().map(|c| c.count).fold(0.0, f64::max),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+fn has_histogram(s: &Scrape, metric: &str, op: &str) -> bool {
+    s.samples.iter().any(|x| {
+        x.metric == metric
+            && x.labels.get("op") == Some(op)
+            && matches!(&x.value, Value::Histogram(b) if b.iter().any(|c| c.count > 0.0))
+    })
+}
+
+#[test]
+fn master_node_and_mount_metrics_parse_and_move_with_traffic() {
+    let http = ["--http", "127.0.0.1:0"];
+    let mut c = Cluster::start_opts(3, "2+1", &http, &http);
+    let mount_file = c.path("mount-http.addr");
+    let mf = mount_file.display().to_string();
+    let m = c.mount_with("m", &["--http", "127.0.0.1:0", "--http-addr-file", &mf]);
+    let master_file = c.path("master/http.addr");
+    let node_files: Vec<_> = (0..3).map(|i| c.node_dir(i).join("http.addr")).collect();
+    wait_until(Duration::from_secs(10), "metrics addresses", || {
+        master_file.exists() && node_files.iter().all(|f| f.exists()) && mount_file.exists()
+    });
+
+    let node_written = |_: ()| -> f64 {
+        node_files
+            .iter()
+            .map(|f| value(&scrape(f), "shardfs_node_written_bytes_total", &[]))
+            .sum()
+    };
+    let before = (scrape(&master_file), scrape(&mount_file), node_written(()));
+    let data = random_bytes(7, 8 << 20);
+    fs::write(m.join("f"), &data).unwrap();
+    sh_ok("sync; echo 3 > /proc/sys/vm/drop_caches");
+    assert_eq!(fs::read(m.join("f")).unwrap(), data);
+
+    // The mount: operations by kind with their latency, bytes, caches.
+    let mount = scrape(&mount_file);
+    let moved = |metric: &str, labels: &[(&str, &str)]| {
+        value(&mount, metric, labels) - value(&before.1, metric, labels)
+    };
+    assert!(moved("shardfs_fuse_ops_total", &[("op", "write")]) >= 8.0);
+    assert!(moved("shardfs_fuse_ops_total", &[("op", "create")]) >= 1.0);
+    assert!(moved("shardfs_mount_written_bytes_total", &[]) >= (8 << 20) as f64);
+    assert!(moved("shardfs_mount_read_bytes_total", &[]) >= (8 << 20) as f64);
+    assert!(has_histogram(
+        &mount,
+        "shardfs_fuse_op_duration_seconds",
+        "write"
+    ));
+    assert!(
+        moved("shardfs_mount_block_cache_hits_total", &[])
+            + moved("shardfs_mount_block_cache_misses_total", &[])
+            >= 2.0,
+        "the 8 MiB read looked in the block cache"
+    );
+
+    // The nodes: shards received (8 MiB in 2+1: 12 MiB over the three), requests, store.
+    assert!(node_written(()) - before.2 >= (12 << 20) as f64);
+    let n0 = scrape(&node_files[0]);
+    assert!(value(&n0, "shardfs_node_requests_total", &[("op", "put")]) > 0.0);
+    assert!(has_histogram(
+        &n0,
+        "shardfs_node_request_duration_seconds",
+        "put"
+    ));
+    assert!(value(&n0, "shardfs_node_stored_bytes", &[]) > 0.0);
+
+    // The master: requests by kind, cluster state, and the traffic the nodes report.
+    let master = scrape(&master_file);
+    let mv = |metric: &str, labels: &[(&str, &str)]| {
+        value(&master, metric, labels) - value(&before.0, metric, labels)
+    };
+    assert!(mv("shardfs_master_requests_total", &[("op", "create")]) >= 1.0);
+    assert!(mv("shardfs_master_requests_total", &[("op", "write")]) >= 1.0);
+    assert!(has_histogram(
+        &master,
+        "shardfs_master_request_duration_seconds",
+        "create"
+    ));
+    assert_eq!(value(&master, "shardfs_nodes", &[("state", "up")]), 3.0);
+    assert_eq!(value(&master, "shardfs_nodes", &[("state", "down")]), 0.0);
+    assert_eq!(value(&master, "shardfs_blocks_unrecoverable", &[]), 0.0);
+    assert!(value(&master, "shardfs_sessions", &[]) >= 1.0);
+    assert!(value(&master, "shardfs_rocksdb_keys", &[]) > 0.0);
+    // Another mount reads from the nodes (this one may answer from its block cache).
+    let other = c.mount("other");
+    assert_eq!(fs::read(other.join("f")).unwrap(), data);
+    wait_until(
+        Duration::from_secs(10),
+        "the nodes' traffic at the master",
+        || {
+            let s = scrape(&master_file);
+            value(&s, "shardfs_cluster_written_bytes", &[]) >= (12 << 20) as f64
+                && value(&s, "shardfs_cluster_read_bytes", &[]) >= (8 << 20) as f64
+        },
+    );
+
+    // A node killed shows as down.
+    c.kill_node(2);
+    wait_until(
+        Duration::from_secs(30),
+        "a node down in the metrics",
+        || value(&scrape(&master_file), "shardfs_nodes", &[("state", "down")]) == 1.0,
+    );
+    c.start_node(2);
+    c.wait_nodes_up(3);
+
+    // `shardfs top`: one line per interval, with the writes going on meanwhile.
+    let dir = m.clone();
+    let writer = std::thread::spawn(move || {
+        for i in 0..12 {
+            fs::write(dir.join(format!("w{i}")), random_bytes(i, 4 << 20)).unwrap();
+        }
+    });
+    let addr = fs::read_to_string(&master_file).unwrap();
+    let out = std::process::Command::new(bin("shardfs"))
+        .args([
+            "top",
+            "unused",
+            "--http",
+            addr.trim(),
+            "--interval",
+            "1",
+            "--count",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and 3 lines: {text}");
+    assert!(
+        lines[0].contains("write MB/s") && lines[0].contains("nodes"),
+        "{text}"
+    );
+    let written: f64 = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(written > 0.0, "no writes shown: {text}");
+    assert!(lines[1..].iter().all(|l| l.contains("3/3")), "{text}");
+    let (ok, _, err) = c.admin_around(&["top"], &["--count", "1"]);
+    assert!(
+        !ok && err.contains("--http"),
+        "top without an address: {err}"
+    );
+}
