@@ -11,6 +11,7 @@
 
 pub mod cap;
 pub mod config;
+pub mod crypt;
 pub mod daemon;
 pub mod dial;
 pub mod ec;

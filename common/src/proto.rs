@@ -868,6 +868,8 @@ pub enum MasterRequest {
         written_bytes: u64,
         requests: u64,
     },
+    /// The cluster's data keys (clients and nodes; see `crypt`). Answered with `DataKeys`.
+    DataKeys,
 }
 
 impl MasterRequest {
@@ -1035,6 +1037,8 @@ pub enum MasterResponse {
         /// Inodes that may still be made (None: no inode limit).
         files_free: Option<u64>,
     },
+    /// None: the cluster stores content as it is (made before encryption, or without it).
+    DataKeys(Option<crate::crypt::KeyRing>),
 }
 
 /// What a quota counts: a directory's subtree or a uid's files everywhere.

@@ -23,6 +23,7 @@ use futures::future::{AbortHandle, BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
 use lru::LruCache;
 use shardfs_common::cap::Cap;
+use shardfs_common::crypt::DataKeys;
 use shardfs_common::dial::Dialer;
 use shardfs_common::ec::{Codec, EcParams};
 use shardfs_common::ids::shard_hash;
@@ -76,6 +77,9 @@ pub struct BlockStore {
     health: Health,
     cache: Mutex<Cache>,
     fetching: Mutex<HashMap<BlockId, Fetch>>,
+    /// The cluster's data keys: content is encrypted before it is encoded into shards, and
+    /// decrypted after it is read back (the cache holds plaintext).
+    keys: DataKeys,
 }
 
 struct Cache {
@@ -107,9 +111,11 @@ impl BlockStore {
         master: Arc<MasterClient>,
         cred: &shardfs_common::pki::Credential,
         codec: Arc<Codec>,
+        keys: DataKeys,
         cfg: BlockConfig,
     ) -> Result<Arc<Self>> {
         Ok(Arc::new(BlockStore {
+            keys,
             master,
             codec,
             codecs: Mutex::new(HashMap::new()),
@@ -220,16 +226,29 @@ impl BlockStore {
             false => self.codec_of(file_code)?,
         };
         let (d, ec, cluster) = (data.clone(), codec.params(), self.codec.params());
-        let id = tokio::task::spawn_blocking(move || BlockMeta::content_id(ec, cluster, &d))
+        let keys = self.keys.clone();
+        let id = tokio::task::spawn_blocking(move || keys.content_id(ec, cluster, &d))
             .await
             .map_err(|e| Error::Unavailable(format!("hasher failed: {e}")))?;
         let give_up = Instant::now() + self.cfg.put_timeout;
         let placement = self
             .place(id, data.len() as u64, replicated, code, give_up)
             .await?;
-        let (d, params) = (data.clone(), codec.params());
+        let (d, params, keys) = (data.clone(), codec.params(), self.keys.clone());
         let (shards, hashes) = tokio::task::spawn_blocking(move || {
-            let shards: Vec<Bytes> = codec.encode(&d)?.into_iter().map(Bytes::from).collect();
+            let stored = match keys.encrypted() {
+                true => {
+                    let mut c = d.to_vec();
+                    keys.apply(&id, 0, &mut c)?;
+                    std::borrow::Cow::Owned(c)
+                }
+                false => std::borrow::Cow::Borrowed(&d[..]),
+            };
+            let shards: Vec<Bytes> = codec
+                .encode(&stored)?
+                .into_iter()
+                .map(Bytes::from)
+                .collect();
             let hashes: Vec<[u8; 32]> = shards.iter().map(|s| shard_hash(s)).collect();
             Ok::<_, Error>((shards, hashes))
         })
@@ -601,8 +620,9 @@ impl BlockStore {
                 let got = self
                     .range_of_shard(meta, cap, i, lo, hi - lo, size, true)
                     .await;
-                if got.is_some() {
-                    return got;
+                if let Some(mut d) = got {
+                    self.keys.apply(&meta.id, lo as u64, &mut d).ok()?;
+                    return Some(d);
                 }
             }
             return None;
@@ -614,6 +634,7 @@ impl BlockStore {
         for d in futures::future::join_all(fetches).await {
             out.extend_from_slice(&d?);
         }
+        self.keys.apply(&meta.id, lo as u64, &mut out).ok()?;
         Some(out)
     }
 
@@ -742,6 +763,7 @@ impl BlockStore {
                 // SAFETY: every data shard's region of the spare capacity was filled.
                 unsafe { block.set_len(k * size) };
                 block.truncate(len);
+                self.keys.apply(&meta.id, 0, &mut block)?;
                 return Ok(Arc::new(block));
             }
             // Degraded: rebuild from what arrived, and check the result against the block's id.
@@ -756,11 +778,13 @@ impl BlockStore {
             }
             let (codec, meta2, cluster) =
                 (self.codec_for(meta)?, meta.clone(), self.codec.params());
+            let keys = self.keys.clone();
             let r = tokio::task::spawn_blocking(move || {
                 let arrived: Vec<usize> =
                     (0..shards.len()).filter(|i| shards[*i].is_some()).collect();
-                let data = codec.decode(&mut shards, meta2.len as usize)?;
-                if meta2.holds(&data, cluster) {
+                let mut data = codec.decode(&mut shards, meta2.len as usize)?;
+                keys.apply(&meta2.id, 0, &mut data)?;
+                if keys.holds(&meta2, &data, cluster) {
                     return Ok::<_, Error>(Ok(Arc::new(data)));
                 }
                 // Which of the shards that arrived are not what was written?

@@ -299,6 +299,7 @@ pub fn describe(req: &MasterRequest) -> Pending {
         R::Recent => read("recent", Target::None),
         R::Audit(_) => read("audit", Target::None),
         R::StatFsAt { ino } => read("statfs", Target::Ino(*ino)),
+        R::DataKeys => read("data-keys", Target::None),
         R::SessionOpen { .. } | R::SessionRenew { .. } | R::SessionClose { .. } => {
             read("session", Target::None)
         }

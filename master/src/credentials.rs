@@ -321,6 +321,8 @@ impl Authority {
             | R::CreateToken { .. }
             | R::Credentials
             | R::Revoke { .. } => &[Role::Admin],
+            // Nodes decrypt to seal pieces into blocks and to verify descriptions.
+            R::DataKeys => &[Role::Client, Role::Admin, Role::Node],
             // Mounts learn node addresses from `Nodes`.
             _ => &[Role::Client, Role::Admin],
         };

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod credentials;
 pub mod events;
 mod handlers;
+pub mod keys;
 pub mod merge;
 pub mod meta;
 pub mod nodes;
@@ -118,6 +119,8 @@ pub struct MasterConfig {
     /// Serve Prometheus metrics over HTTP here (`/metrics`); the bound address goes to
     /// `http.addr` in the data directory.
     pub http: Option<SocketAddr>,
+    /// A new cluster encrypts its data (an existing one keeps what it was made with).
+    pub encrypt: bool,
 }
 
 struct Master {
@@ -143,6 +146,8 @@ struct Master {
     audit: audit::AuditLog,
     /// Each node's traffic, as it last reported it.
     node_traffic: Mutex<HashMap<shardfs_common::NodeId, telemetry::NodeTraffic>>,
+    /// The data keys (None: the cluster stores content as it is).
+    keys: Option<shardfs_common::crypt::KeyRing>,
 }
 
 impl wire::Service for Master {
@@ -548,6 +553,8 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     if !created && meta.cluster.ec != cfg.ec {
         info!(existing = %meta.cluster.ec, requested = %cfg.ec, "cluster already exists; keeping its erasure code");
     }
+    let ring = keys::open(&cfg.data_dir, created, cfg.encrypt)?;
+    info!(encrypted = ring.is_some(), "data keys");
     let nodes = Registry::load(&meta, cfg.node_timeout)?;
     let mut listen = cfg.listen;
     let port_file = cfg.data_dir.join("listen.addr");
@@ -602,6 +609,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         seal_stats: Mutex::new(Default::default()),
         audit: audit::AuditLog::new(cfg.audit.clone())?,
         node_traffic: Mutex::new(HashMap::new()),
+        keys: ring,
     });
     if let Some(addr) = cfg.http {
         let m = master.clone();

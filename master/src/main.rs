@@ -74,6 +74,10 @@ struct Args {
     /// is written to http.addr in the data directory). Default: no HTTP.
     #[arg(long, env = "SHARDFS_MASTER_HTTP")]
     http: Option<String>,
+    /// Make a new cluster without encryption at rest (data is encrypted by default; an
+    /// existing cluster keeps what it was made with).
+    #[arg(long)]
+    no_encryption: bool,
     /// fsync the metadata log on every operation.
     #[arg(long)]
     sync: bool,
@@ -108,6 +112,7 @@ struct FileConfig {
     audit_retention_days: Option<f64>,
     audit_file: Option<PathBuf>,
     http: Option<String>,
+    no_encryption: Option<bool>,
     sync: Option<bool>,
     workers: Option<usize>,
 }
@@ -207,6 +212,7 @@ fn real_main() -> anyhow::Result<()> {
             .or(f.http)
             .map(|h| shardfs_common::net::resolve(&h))
             .transpose()?,
+        encrypt: !(a.no_encryption || f.no_encryption.unwrap_or(false)),
         sync: a.sync || f.sync.unwrap_or(false),
     };
     let workers = a.workers.or(f.workers).unwrap_or(1);

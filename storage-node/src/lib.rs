@@ -113,6 +113,8 @@ struct Node {
     cap_key: Arc<RwLock<Option<CapKey>>>,
     /// The cluster's code (learnt when registering): how block ids are derived.
     cluster_ec: Arc<RwLock<Option<EcParams>>>,
+    /// The cluster's data keys (learnt after registering).
+    keys: Arc<RwLock<Option<shardfs_common::crypt::DataKeys>>>,
     store: Arc<ShardStore>,
     /// The address other nodes and the master know this node by.
     advertise: String,
@@ -442,6 +444,7 @@ struct Heartbeats {
     cap_key: Arc<RwLock<Option<CapKey>>>,
     cluster_ec: Arc<RwLock<Option<EcParams>>>,
     traffic: Arc<telemetry::Traffic>,
+    keys: Arc<RwLock<Option<shardfs_common::crypt::DataKeys>>>,
 }
 
 /// This node's credential (`node.cred` in its data directory), made on first start by
@@ -521,7 +524,9 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let traffic = Arc::new(telemetry::Traffic::default());
     let cap_key = Arc::new(RwLock::new(None));
     let cluster_ec = Arc::new(RwLock::new(None));
+    let keys = Arc::new(RwLock::new(None));
     let node = Arc::new(Node {
+        keys: keys.clone(),
         id,
         revoked: revoked.clone(),
         cap_key: cap_key.clone(),
@@ -549,6 +554,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
             cap_key,
             cluster_ec,
             traffic,
+            keys,
         },
         store.clone(),
         shutdown.clone(),
@@ -671,6 +677,7 @@ async fn heartbeat_loop(
         cap_key,
         cluster_ec,
         traffic,
+        keys,
     } = hb;
     let endpoint = match net::client_endpoint(master.is_ipv6()) {
         Ok(e) => e,
@@ -750,6 +757,25 @@ async fn heartbeat_loop(
                     *cluster_ec.write().expect("cluster code lock") = Some(ec);
                     info!(%id, %master, "registered with master");
                     registered = true;
+                    // The data keys, to seal pieces into blocks and verify descriptions.
+                    match wire::request::<_, MasterResponse>(
+                        c,
+                        &MasterRequest::DataKeys,
+                        Bytes::new(),
+                        0,
+                    )
+                    .await
+                    {
+                        Ok((MasterResponse::DataKeys(ring), _)) => {
+                            let k = shardfs_common::crypt::DataKeys::new(ring);
+                            info!(encrypted = k.encrypted(), "data keys learnt");
+                            *keys.write().expect("keys lock") = Some(k);
+                        }
+                        Ok((other, _)) => {
+                            warn!("unexpected answer to a data keys request: {other:?}")
+                        }
+                        Err(e) => warn!("cannot learn the data keys: {e}"),
+                    }
                 }
                 Ok(Ok((MasterResponse::Revoked(ids), _))) => {
                     {

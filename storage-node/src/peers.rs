@@ -8,12 +8,20 @@ use crate::{peer_addr, Node, NodeError, PEER_TIMEOUT};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use shardfs_common::cap::Cap;
+use shardfs_common::crypt::DataKeys;
 use shardfs_common::ec::{Codec, EcParams};
 use shardfs_common::proto::{BlockMeta, NodeRequest, NodeResponse};
 use shardfs_common::{BlockId, Error};
 
 impl Node {
     /// The cluster's code, once this node has registered with the master.
+    /// The cluster's data keys, learnt after registering (sealing and verifying decrypt).
+    pub(crate) fn data_keys(&self) -> Result<DataKeys, Error> {
+        self.keys.read().expect("keys lock").clone().ok_or_else(|| {
+            Error::Unavailable("this node has not learnt the cluster's data keys yet".into())
+        })
+    }
+
     pub(crate) fn cluster_code(&self) -> Result<EcParams, Error> {
         self.cluster_ec
             .read()
@@ -157,15 +165,17 @@ impl Node {
 }
 
 /// The content of block `meta` decoded from `shards` (at least k present), if it is the
-/// content the block's id names (in a cluster of code `cluster`).
+/// content the block's id names (in a cluster of code `cluster`), decrypted.
 pub(crate) fn decode_checked(
     codec: &Codec,
     shards: &mut [Option<Vec<u8>>],
     meta: &BlockMeta,
     cluster: EcParams,
+    keys: &DataKeys,
 ) -> Result<Vec<u8>, Error> {
-    let data = codec.decode(shards, meta.len as usize)?;
-    if !meta.holds(&data, cluster) {
+    let mut data = codec.decode(shards, meta.len as usize)?;
+    keys.apply(&meta.id, 0, &mut data)?;
+    if !keys.holds(meta, &data, cluster) {
         return Err(Error::Corrupt(format!(
             "the shards of block {} decode to other content",
             meta.id

@@ -33,9 +33,15 @@ impl Node {
                 shards[i as usize] = Some(d);
             }
         }
-        let (codec, cluster) = (Codec::new(meta.ec)?, self.cluster_code()?);
+        let (codec, cluster, keys) = (
+            Codec::new(meta.ec)?,
+            self.cluster_code()?,
+            self.data_keys()?,
+        );
         tokio::task::spawn_blocking(move || {
-            let data = decode_checked(&codec, &mut shards, &meta, cluster)?;
+            let mut data = decode_checked(&codec, &mut shards, &meta, cluster, &keys)?;
+            // Stored as ciphertext: encrypted again to compare shard hashes.
+            keys.apply(&meta.id, 0, &mut data)?;
             let again = codec.encode(&data)?;
             if again
                 .iter()

@@ -95,8 +95,10 @@ impl Node {
             extent::copy_from(&job.extents, &m.id, &data, &mut out).map_err(Error::invalid)?;
         }
         let (codec, ec, cluster) = (Codec::new(job.ec)?, job.ec, self.cluster_code()?);
+        let keys = self.data_keys()?;
         let (id, shards) = tokio::task::spawn_blocking(move || {
-            let id = BlockMeta::content_id(ec, cluster, &out);
+            let id = keys.content_id(ec, cluster, &out);
+            keys.apply(&id, 0, &mut out)?;
             codec.encode(&out).map(|s| (id, s))
         })
         .await
@@ -155,9 +157,12 @@ impl Node {
     ) -> Result<Vec<u8>, NodeError> {
         let mut shards = self.fetch_k(m, sources).await?;
         let (codec, meta, cluster) = (Codec::new(m.ec)?, m.clone(), self.cluster_code()?);
-        tokio::task::spawn_blocking(move || decode_checked(&codec, &mut shards, &meta, cluster))
-            .await
-            .map_err(|e| Error::Unavailable(format!("decoder failed: {e}")))?
-            .map_err(NodeError::from)
+        let keys = self.data_keys()?;
+        tokio::task::spawn_blocking(move || {
+            decode_checked(&codec, &mut shards, &meta, cluster, &keys)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("decoder failed: {e}")))?
+        .map_err(NodeError::from)
     }
 }

@@ -709,7 +709,9 @@ fn the_master_enforces_permissions_and_squashes_root_for_clients_that_bypass_the
 fn a_forged_block_description_cannot_poison_dedup() {
     use shardfs_common::ec::{Codec, EcParams};
     use shardfs_common::proto::{BlockMeta, NewSlot, Placement, ShardLoc};
-    let mut c = Cluster::start(3, "2+1");
+    // Plain ids, which the forger computes from the victim's bytes (under encryption a client
+    // holds the keys and computes keyed ids the same way; the defence is the same).
+    let mut c = Cluster::start_with(3, "2+1", &["--no-encryption"]);
     let master: SocketAddr = c.master_addr().parse().unwrap();
     let attacker = c.credential("client.cred");
     let victim_bytes = random_bytes(7, 1 << 20);

@@ -240,6 +240,11 @@ impl Core {
             MasterResponse::Cluster(c) => c,
             other => return Err(unexpected(other)),
         };
+        // Content is encrypted here, before it leaves the mount, with the cluster's keys.
+        let keys = match master.call(MasterRequest::DataKeys).await? {
+            MasterResponse::DataKeys(ring) => shardfs_common::crypt::DataKeys::new(ring),
+            other => return Err(unexpected(other)),
+        };
         master.close();
         let master = Arc::new(MasterClient::new(
             cfg.master,
@@ -256,6 +261,7 @@ impl Core {
             master.clone(),
             &cfg.credential,
             codec,
+            keys,
             BlockConfig {
                 cache_bytes: cfg.cache_bytes,
                 shard_timeout: cfg.shard_timeout,

@@ -174,6 +174,7 @@ impl Master {
                 );
                 A::Ok
             }
+            R::DataKeys => A::DataKeys(self.keys.clone()),
             R::StatFs => A::StatFs(self.cluster_stats()),
             R::StatFsAt { ino } => {
                 let cluster = self.cluster_stats();
