@@ -870,6 +870,21 @@ pub enum MasterRequest {
     },
     /// The cluster's data keys (clients and nodes; see `crypt`). Answered with `DataKeys`.
     DataKeys,
+    /// Manage the data keys (admin only). Answered with `Keys`.
+    Keys(KeyAction),
+}
+
+/// What `shardfs keys` asks of the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyAction {
+    /// The epochs and how many stored blocks each has.
+    List,
+    /// A new current key: new data is written under it.
+    Rotate,
+    /// Have every file rewritten under the current key by the sealing loop.
+    Rekey,
+    /// Forget an epoch's key; refused while any block still uses it.
+    Drop(u32),
 }
 
 impl MasterRequest {
@@ -1039,6 +1054,13 @@ pub enum MasterResponse {
     },
     /// None: the cluster stores content as it is (made before encryption, or without it).
     DataKeys(Option<crate::crypt::KeyRing>),
+    /// The key epochs (epoch, blocks stored under it), the current one, and for a rekey the
+    /// files marked for rewriting.
+    Keys {
+        current: u32,
+        epochs: Vec<(u32, u64)>,
+        marked: u64,
+    },
 }
 
 /// What a quota counts: a directory's subtree or a uid's files everywhere.

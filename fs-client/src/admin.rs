@@ -18,7 +18,7 @@ pub struct Remote {
     pub cred: Arc<Credential>,
 }
 
-fn client(to: &Remote, timeout: Duration) -> anyhow::Result<MasterClient> {
+pub(crate) fn client(to: &Remote, timeout: Duration) -> anyhow::Result<MasterClient> {
     Ok(MasterClient::new(
         to.addr,
         &to.cred,
@@ -27,14 +27,14 @@ fn client(to: &Remote, timeout: Duration) -> anyhow::Result<MasterClient> {
     )?)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
 /// A progress bar on stderr: redrawn in place on a terminal, one line per change otherwise.
-struct Progress {
+pub(crate) struct Progress {
     label: &'static str,
     unit: &'static str,
     tty: bool,
@@ -43,7 +43,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(label: &'static str, unit: &'static str) -> Self {
+    pub(crate) fn new(label: &'static str, unit: &'static str) -> Self {
         Progress {
             label,
             unit,
@@ -54,7 +54,7 @@ impl Progress {
     }
 
     /// Draw with `left` units still to do (the first call sets the total) and a detail text.
-    fn draw(&mut self, left: u64, detail: &str) {
+    pub(crate) fn draw(&mut self, left: u64, detail: &str) {
         let total = *self.first.get_or_insert(left.max(1));
         let done = total.saturating_sub(left);
         let fill = (done as usize * 30 / total as usize).min(30);
@@ -74,7 +74,7 @@ impl Progress {
         self.last = line;
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if self.tty {
             eprintln!();
         }

@@ -165,6 +165,11 @@ impl BlockStore {
             })
     }
 
+    /// The cluster's data keys as this mount holds them.
+    pub fn keys(&self) -> &DataKeys {
+        &self.keys
+    }
+
     fn cached(&self, id: &BlockId) -> Option<Arc<Vec<u8>>> {
         self.cache.lock().expect("cache lock").lru.get(id).cloned()
     }

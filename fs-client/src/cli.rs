@@ -107,6 +107,12 @@ pub enum Cmd {
         #[command(flatten)]
         cred: AdminCred,
     },
+    /// The cluster's data keys (encryption at rest): list the epochs, rotate to a new key,
+    /// rewrite every file under the current key, drop an epoch no block uses any more.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
     /// A live view of the cluster, one line per second: data read and written on the nodes,
     /// node requests, metadata operations and their latency, nodes up, repair.
     Top {
@@ -133,6 +139,43 @@ pub enum Cmd {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Every key epoch, the current one, and how many stored blocks use each.
+    List {
+        /// Master address HOST:PORT, or a file holding it.
+        master: String,
+        #[command(flatten)]
+        cred: AdminCred,
+    },
+    /// Make a new current key: data written from now on is encrypted under it (mounts and
+    /// nodes learn it within seconds); old data stays readable.
+    Rotate {
+        master: String,
+        #[command(flatten)]
+        cred: AdminCred,
+    },
+    /// Rewrite every file under the current key (in the background, by the sealing loop).
+    Rekey {
+        master: String,
+        /// Wait, with a progress bar, until no block uses an older key.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit status 1).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        #[command(flatten)]
+        cred: AdminCred,
+    },
+    /// Forget the key of an epoch; refused while a stored block uses it.
+    Drop {
+        master: String,
+        epoch: u32,
+        #[command(flatten)]
+        cred: AdminCred,
     },
 }
 

@@ -1,12 +1,14 @@
 use anyhow::{bail, Context};
 mod admin;
 mod cli;
+mod keys;
 mod quota;
 mod top;
 
 use clap::Parser;
 use cli::{
-    AdminCred, Cli, Cmd, CredCmd, FileConfig, MountArgs, NodeCmd, PolicyCmd, QuotaCmd, TokenCmd,
+    AdminCred, Cli, Cmd, CredCmd, FileConfig, KeysCmd, MountArgs, NodeCmd, PolicyCmd, QuotaCmd,
+    TokenCmd,
 };
 use shardfs_client::core::{Core, CoreConfig};
 use shardfs_client::fuse::ShardFs;
@@ -117,6 +119,26 @@ fn main() -> ExitCode {
                     .and_then(|a| top::run(&a, Duration::from_secs_f64(interval), count))
             }
         }
+        Cmd::Keys { cmd } => match cmd {
+            KeysCmd::List { master, cred } => {
+                remote(&master, cred).and_then(|r| keys::run(&r, keys::Ask::List))
+            }
+            KeysCmd::Rotate { master, cred } => {
+                remote(&master, cred).and_then(|r| keys::run(&r, keys::Ask::Rotate))
+            }
+            KeysCmd::Rekey {
+                master,
+                wait,
+                timeout,
+                cred,
+            } => remote(&master, cred)
+                .and_then(|r| keys::run(&r, keys::Ask::Rekey { wait, timeout })),
+            KeysCmd::Drop {
+                master,
+                epoch,
+                cred,
+            } => remote(&master, cred).and_then(|r| keys::run(&r, keys::Ask::Drop(epoch))),
+        },
         Cmd::Quota { cmd } => match cmd {
             QuotaCmd::Set {
                 path,

@@ -88,6 +88,8 @@ impl Core {
                 if id == 0 {
                     return; // ended
                 }
+                // A rotated or dropped data key reaches this mount within a renewal.
+                core.refresh_keys().await;
                 match core.master.call(MasterRequest::SessionRenew { id }).await {
                     Ok(_) => {}
                     Err(e) if e.code() == ErrorCode::NotFound => {

@@ -300,6 +300,7 @@ pub fn describe(req: &MasterRequest) -> Pending {
         R::Audit(_) => read("audit", Target::None),
         R::StatFsAt { ino } => read("statfs", Target::Ino(*ino)),
         R::DataKeys => read("data-keys", Target::None),
+        R::Keys(a) => change("keys", Target::None, format!("{a:?}")),
         R::SessionOpen { .. } | R::SessionRenew { .. } | R::SessionClose { .. } => {
             read("session", Target::None)
         }

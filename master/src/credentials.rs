@@ -318,6 +318,7 @@ impl Authority {
             | R::Health
             | R::Recent
             | R::Audit(_)
+            | R::Keys(_)
             | R::CreateToken { .. }
             | R::Credentials
             | R::Revoke { .. } => &[Role::Admin],

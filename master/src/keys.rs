@@ -75,3 +75,83 @@ pub fn save(dir: &Path, ring: &KeyRing) -> Result<(), MasterError> {
         .and_then(|()| std::fs::rename(&tmp, dir.join(RING)).map_err(Into::into))
         .map_err(|e| MasterError::Config(format!("{}: {e}", dir.join(RING).display())))
 }
+
+impl crate::Master {
+    /// `shardfs keys`: list, rotate, rekey, drop.
+    pub(crate) fn on_keys(
+        &self,
+        action: shardfs_common::proto::KeyAction,
+    ) -> Result<shardfs_common::proto::MasterResponse, MasterError> {
+        use shardfs_common::proto::KeyAction;
+        let mut marked = 0;
+        let mut guard = self.keys.write().expect("keys lock");
+        let Some(ring) = guard.as_mut() else {
+            return Err(shardfs_common::Error::fs(
+                shardfs_common::ErrorCode::NotSupported,
+                "this cluster was made without encryption: it has no data keys",
+            )
+            .into());
+        };
+        match action {
+            KeyAction::List => {}
+            KeyAction::Rotate => {
+                let mut next = ring.clone();
+                let epoch = next.rotate();
+                save(&self.data_dir, &next)?;
+                *ring = next;
+                self.meta.set_ring(Some(ring.clone()));
+                tracing::info!(
+                    epoch,
+                    "data key rotated: new data is written under epoch {epoch}"
+                );
+            }
+            KeyAction::Rekey => {
+                marked = self.meta.mark_all_files()?;
+                tracing::info!(
+                    files = marked,
+                    current = ring.current,
+                    "rekey: every file marked for rewriting"
+                );
+            }
+            KeyAction::Drop(epoch) => {
+                if epoch == ring.current {
+                    return Err(shardfs_common::Error::invalid(
+                        "the current key cannot be dropped (rotate first)",
+                    )
+                    .into());
+                }
+                if !ring.keys.contains_key(&epoch) {
+                    return Err(shardfs_common::Error::not_found(format!(
+                        "no key of epoch {epoch}"
+                    ))
+                    .into());
+                }
+                let left = self.meta.blocks_of_epoch(epoch)?;
+                if left > 0 {
+                    return Err(shardfs_common::Error::fs(
+                        shardfs_common::ErrorCode::Again,
+                        format!(
+                            "{left} stored blocks still use epoch {epoch} (rekey, and wait for it)"
+                        ),
+                    )
+                    .into());
+                }
+                let mut next = ring.clone();
+                next.keys.remove(&epoch);
+                save(&self.data_dir, &next)?;
+                *ring = next;
+                self.meta.set_ring(Some(ring.clone()));
+                tracing::info!(epoch, "data key dropped");
+            }
+        }
+        let mut epochs = Vec::new();
+        for e in ring.keys.keys() {
+            epochs.push((*e, self.meta.blocks_of_epoch(*e)?));
+        }
+        Ok(shardfs_common::proto::MasterResponse::Keys {
+            current: ring.current,
+            epochs,
+            marked,
+        })
+    }
+}

@@ -147,7 +147,8 @@ struct Master {
     /// Each node's traffic, as it last reported it.
     node_traffic: Mutex<HashMap<shardfs_common::NodeId, telemetry::NodeTraffic>>,
     /// The data keys (None: the cluster stores content as it is).
-    keys: Option<shardfs_common::crypt::KeyRing>,
+    keys: std::sync::RwLock<Option<shardfs_common::crypt::KeyRing>>,
+    data_dir: PathBuf,
 }
 
 impl wire::Service for Master {
@@ -555,6 +556,7 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
     }
     let ring = keys::open(&cfg.data_dir, created, cfg.encrypt)?;
     info!(encrypted = ring.is_some(), "data keys");
+    meta.set_ring(ring.clone());
     let nodes = Registry::load(&meta, cfg.node_timeout)?;
     let mut listen = cfg.listen;
     let port_file = cfg.data_dir.join("listen.addr");
@@ -609,7 +611,8 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         seal_stats: Mutex::new(Default::default()),
         audit: audit::AuditLog::new(cfg.audit.clone())?,
         node_traffic: Mutex::new(HashMap::new()),
-        keys: ring,
+        keys: std::sync::RwLock::new(ring),
+        data_dir: cfg.data_dir.clone(),
     });
     if let Some(addr) = cfg.http {
         let m = master.clone();

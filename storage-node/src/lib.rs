@@ -662,6 +662,27 @@ async fn scrub_loop(
 
 /// Register with the master, then report capacity every `interval`; reconnect whenever the
 /// master goes away.
+/// Ask the master for the data keys and hold them (the first time, or updated).
+async fn learn_keys(c: &quinn::Connection, keys: &RwLock<Option<shardfs_common::crypt::DataKeys>>) {
+    let req = MasterRequest::DataKeys;
+    match wire::request::<_, MasterResponse>(c, &req, Bytes::new(), 0).await {
+        Ok((MasterResponse::DataKeys(ring), _)) => {
+            let mut held = keys.write().expect("keys lock");
+            match (held.as_ref(), ring) {
+                (Some(k), Some(r)) if k.encrypted() => k.update(r),
+                (Some(_), _) => {}
+                (None, ring) => {
+                    let k = shardfs_common::crypt::DataKeys::new(ring);
+                    info!(encrypted = k.encrypted(), "data keys learnt");
+                    *held = Some(k);
+                }
+            }
+        }
+        Ok((other, _)) => warn!("unexpected answer to a data keys request: {other:?}"),
+        Err(e) => warn!("cannot learn the data keys: {e}"),
+    }
+}
+
 async fn heartbeat_loop(
     hb: Heartbeats,
     store: Arc<ShardStore>,
@@ -694,6 +715,7 @@ async fn heartbeat_loop(
         }
     };
     let mut registered = false;
+    let mut keys_at = std::time::Instant::now();
     let mut conn: Option<quinn::Connection> = None;
     let mut warned = false;
     loop {
@@ -758,24 +780,8 @@ async fn heartbeat_loop(
                     info!(%id, %master, "registered with master");
                     registered = true;
                     // The data keys, to seal pieces into blocks and verify descriptions.
-                    match wire::request::<_, MasterResponse>(
-                        c,
-                        &MasterRequest::DataKeys,
-                        Bytes::new(),
-                        0,
-                    )
-                    .await
-                    {
-                        Ok((MasterResponse::DataKeys(ring), _)) => {
-                            let k = shardfs_common::crypt::DataKeys::new(ring);
-                            info!(encrypted = k.encrypted(), "data keys learnt");
-                            *keys.write().expect("keys lock") = Some(k);
-                        }
-                        Ok((other, _)) => {
-                            warn!("unexpected answer to a data keys request: {other:?}")
-                        }
-                        Err(e) => warn!("cannot learn the data keys: {e}"),
-                    }
+                    learn_keys(c, &keys).await;
+                    keys_at = std::time::Instant::now();
                 }
                 Ok(Ok((MasterResponse::Revoked(ids), _))) => {
                     {
@@ -784,6 +790,12 @@ async fn heartbeat_loop(
                             info!(revoked = ids.len(), "revoked credentials updated");
                             *r = ids.into_iter().collect();
                         }
+                    }
+                    // The data keys again now and then (a rotation, a dropped epoch, or a
+                    // first fetch that failed).
+                    if keys_at.elapsed() > Duration::from_secs(2) {
+                        keys_at = std::time::Instant::now();
+                        learn_keys(c, &keys).await;
                     }
                     // The traffic since start, for the cluster's metrics; its answer is not
                     // waited for beyond a moment (a master that does not know it says so).

@@ -40,6 +40,28 @@ fn shard_count(c: &Cluster) -> usize {
     (0..c.node_count()).map(|i| c.shard_files(i).len()).sum()
 }
 
+/// Two mounts append to one marked text file at once: the master merges, and keeps the text
+/// in the file's merge document.
+fn merge_marked(m1: &Path, m2: &Path) {
+    let line = |who: &str| format!("{} from {who}\n", String::from_utf8_lossy(MARKER));
+    fs::write(m1.join("notes.txt"), line("the start")).unwrap();
+    let open = |m: &Path| {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("notes.txt"))
+            .unwrap()
+    };
+    let (mut a, mut b) = (open(m1), open(m2));
+    a.write_all(line("m1").as_bytes()).unwrap();
+    b.write_all(line("m2").as_bytes()).unwrap();
+    drop(a);
+    drop(b);
+    wait_until(Duration::from_secs(10), "the merge", || {
+        let t = fs::read_to_string(m1.join("notes.txt")).unwrap_or_default();
+        t.contains("from m1") && t.contains("from m2")
+    });
+}
+
 /// Write a big marked file, a small one, and small writes into the big one (pieces).
 fn write_marked(mp: &Path) -> (Vec<u8>, Vec<u8>) {
     let mut big = marked(9 << 20);
@@ -66,6 +88,8 @@ fn no_disk_holds_plaintext_and_reads_repair_and_dedup_still_work() {
     let mut c = Cluster::start_with(6, "4+2", &["--seal-quiet-secs", "1"]);
     let mp = c.mount("m");
     let (big, small) = write_marked(&mp);
+    let m2 = c.mount("m2");
+    merge_marked(&mp, &m2);
     // Sealing turns the pieces into blocks, on the nodes.
     wait_until(Duration::from_secs(60), "sealing", || {
         c.status().is_some_and(|s| {
@@ -111,6 +135,13 @@ fn a_plain_cluster_shows_the_marker_and_another_clusters_credential_gets_nothing
     let mut plain = Cluster::start_with(6, "4+2", &["--no-encryption"]);
     let mp = plain.mount("m");
     write_marked(&mp);
+    let m2 = plain.mount("m2");
+    merge_marked(&mp, &m2);
+    let master = plain.path("master");
+    assert!(
+        !holding_marker(&[&master]).is_empty(),
+        "the marker is not found in a plain merge document"
+    );
     let nodes: Vec<_> = (0..6).map(|i| plain.node_dir(i)).collect();
     let dirs: Vec<&Path> = nodes.iter().map(|p| p.as_path()).collect();
     assert!(
@@ -134,4 +165,66 @@ fn a_plain_cluster_shows_the_marker_and_another_clusters_credential_gets_nothing
     assert!(!out.status.success(), "a foreign credential mounted");
     assert!(!is_mounted(&mp2));
     let _ = other.mount("own");
+}
+
+/// `shardfs keys ARGS… MASTER` as the harness's admin: (success, stdout + stderr).
+fn keys(c: &Cluster, args: &[&str]) -> (bool, String) {
+    let (ok, out, err) = c.admin_around(&["keys", args[0]], &args[1..]);
+    (ok, format!("{out}{err}"))
+}
+
+#[test]
+fn a_rotated_key_takes_new_data_and_a_rekey_lets_the_old_one_go() {
+    let mut c = Cluster::start_with(6, "4+2", &["--seal-quiet-secs", "1"]);
+    let mp = c.mount("m");
+    let m2 = c.mount("m2");
+    let before = random_bytes(41, 5 << 20);
+    fs::write(mp.join("before"), &before).unwrap();
+    merge_marked(&mp, &m2);
+    let (ok, out) = keys(&c, &["list"]);
+    assert!(ok && out.contains("(current)"), "{out}");
+    let (ok, out) = keys(&c, &["rotate"]);
+    assert!(ok && out.contains("epoch 2"), "{out}");
+    // The mounts learn the new key within a session renewal; new data is written under it.
+    std::thread::sleep(Duration::from_secs(4));
+    let after = random_bytes(42, 5 << 20);
+    fs::write(mp.join("after"), &after).unwrap();
+    let (_, out) = keys(&c, &["list"]);
+    let blocks = |out: &str, epoch: &str| -> u64 {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(epoch))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no epoch {epoch} in {out}"))
+    };
+    assert!(blocks(&out, "1") > 0 && blocks(&out, "2") > 0, "{out}");
+    // Epoch 1 still holds data: it cannot be dropped, nor can the current key.
+    let (ok, out) = keys(&c, &["drop", "1"]);
+    assert!(!ok && out.contains("still use"), "{out}");
+    let (ok, out) = keys(&c, &["drop", "2"]);
+    assert!(!ok && out.contains("current"), "{out}");
+    let (ok, out) = keys(&c, &["rekey", "--wait", "--timeout", "120"]);
+    assert!(ok, "{out}");
+    let (ok, out) = keys(&c, &["drop", "1"]);
+    assert!(ok, "{out}");
+    let (_, out) = keys(&c, &["list"]);
+    assert!(
+        !out.lines()
+            .any(|l| l.split_whitespace().next() == Some("1")),
+        "{out}"
+    );
+    // Everything reads back without the old key, also after a master kill -9.
+    c.kill_master();
+    c.start_master();
+    c.wait_nodes_up(6);
+    let fresh = c.mount_with("fresh", &["--cache-mib", "0"]);
+    assert!(fs::read(fresh.join("before")).unwrap() == before);
+    assert!(fs::read(fresh.join("after")).unwrap() == after);
+    let notes = fs::read_to_string(fresh.join("notes.txt")).unwrap();
+    assert!(
+        notes.contains("from m1") && notes.contains("from m2"),
+        "{notes}"
+    );
+    // The merge document was sealed again under the new key: a new merge still works.
+    merge_marked(&fresh, &m2);
 }

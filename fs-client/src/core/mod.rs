@@ -225,6 +225,17 @@ pub struct ListEntry {
 }
 
 impl Core {
+    /// Take in the master's data keys again (a rotation, a dropped epoch).
+    pub(crate) async fn refresh_keys(&self) {
+        if self.blocks.keys().encrypted() {
+            if let Ok(MasterResponse::DataKeys(Some(ring))) =
+                self.master.call(MasterRequest::DataKeys).await
+            {
+                self.blocks.keys().update(ring);
+            }
+        }
+    }
+
     /// Connect to the master and learn the cluster's parameters.
     ///
     /// # Errors

@@ -174,7 +174,8 @@ impl Master {
                 );
                 A::Ok
             }
-            R::DataKeys => A::DataKeys(self.keys.clone()),
+            R::DataKeys => A::DataKeys(self.keys.read().expect("keys lock").clone()),
+            R::Keys(action) => self.on_keys(action)?,
             R::StatFs => A::StatFs(self.cluster_stats()),
             R::StatFsAt { ino } => {
                 let cluster = self.cluster_stats();

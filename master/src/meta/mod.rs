@@ -19,7 +19,7 @@
 //! | `O` ino                           | unlinked file still open on some mount (an orphan) |
 //! | `M` session-id                    | a mount session was open (value: its credential; claims its locks after a restart) |
 //! | `W` session-id ino                | the session has the file open for writing (so a claim after a restart is checked) |
-//! | `T` ino                           | merge document of a text file edited concurrently (see `merge`) |
+//! | `T` ino                           | merge document of a text file edited concurrently (see `merge`); sealed with a data key in an encrypted cluster |
 //! | `K` credential-id                 | a credential the CA issued: role, host, created, revoked (see `credentials`) |
 //! | `J` blake3(token secret)          | an unused join token: role, expiry                   |
 //! | `L` time-ns seq                   | an audit log entry (see `audit`)                     |
@@ -458,6 +458,8 @@ pub struct Meta {
     /// Every quota (see `quota`), and whether there is any.
     quotas: Mutex<quota::Quotas>,
     quotas_on: std::sync::atomic::AtomicBool,
+    /// The data keys (see `keys`), for records kept sealed.
+    ring: std::sync::RwLock<Option<shardfs_common::crypt::KeyRing>>,
 }
 
 impl Meta {
@@ -524,6 +526,7 @@ impl Meta {
             Meta {
                 quotas_on: std::sync::atomic::AtomicBool::new(!quotas.is_empty()),
                 quotas: Mutex::new(quotas),
+                ring: std::sync::RwLock::new(None),
                 db,
                 writer: Mutex::new(()),
                 held: Mutex::new(HashMap::new()),

@@ -12,7 +12,7 @@ use super::{enc, k_slot, key, unix_now, BlockRecord, GcRecord, Meta, Txn};
 use crate::slots::{enc_slot, SlotRecord};
 use crate::MasterError;
 use rocksdb::WriteBatch;
-use shardfs_common::proto::BlockMeta;
+use shardfs_common::proto::{BlockMeta, FileKind};
 use shardfs_common::{BlockId, Ino};
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -57,6 +57,64 @@ impl Meta {
         Ok(out)
     }
 
+    /// Mark every file for rewriting by the sealing loop (a rekey), and seal every merge
+    /// document again under the current key. Returns how many files were marked.
+    pub fn mark_all_files(&self) -> Result<u64, MasterError> {
+        let mut files = 0u64;
+        let mut start = b"I".to_vec();
+        loop {
+            let _w = self.writer.lock().expect("writer lock");
+            let mut batch = WriteBatch::default();
+            let mut last = None;
+            for item in self.iter_within(b"I", &start).take(10_000) {
+                let (k, v) = item.map_err(super::db_err)?;
+                if !k.starts_with(b"I") {
+                    break;
+                }
+                let r = super::dec_inode(&k, &v)?;
+                if r.attr.kind == FileKind::File {
+                    batch.put(k_frag(r.attr.ino), enc(&0u64));
+                    files += 1;
+                }
+                last = Some(k.to_vec());
+            }
+            self.write(batch)?;
+            match last {
+                Some(mut k) => {
+                    k.push(0);
+                    start = k;
+                }
+                None => break,
+            }
+        }
+        for k in self.keys(b"T")? {
+            if k.len() == 9 {
+                let ino = Ino::from_be_bytes(k[1..9].try_into().expect("checked length"));
+                if let Some(rec) = self.merge_record(ino)? {
+                    self.put_merge_record(ino, &rec)?;
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// How many stored blocks, and merge documents, use key epoch `epoch`.
+    pub fn blocks_of_epoch(&self, epoch: u32) -> Result<u64, MasterError> {
+        let mut prefix = b"B".to_vec();
+        prefix.extend_from_slice(&epoch.to_be_bytes());
+        let mut n = self.keys(&prefix)?.len() as u64;
+        for item in self.iter_within(b"T", b"T") {
+            let (k, v) = item.map_err(super::db_err)?;
+            if !k.starts_with(b"T") {
+                break;
+            }
+            if super::store::sealed_epoch(&v) == Some(epoch) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// How many files hold extents (sealed or not yet quiet).
     pub fn unsealed_files(&self) -> Result<u64, MasterError> {
         Ok(self.keys(b"F")?.len() as u64)
@@ -66,10 +124,20 @@ impl Meta {
     /// block is not in the file's code (after a policy change).
     pub fn slots_to_seal(&self, ino: Ino) -> Result<Vec<(u64, SlotRecord)>, MasterError> {
         let code = self.code_of(ino)?;
+        // In an encrypted cluster, a block under an older key is rewritten too (a rekey).
+        let epoch = self
+            .ring
+            .read()
+            .expect("ring lock")
+            .as_ref()
+            .map(|r| r.current);
         let mut out = Vec::new();
         for (index, s) in self.slot_records(ino)? {
             let recode = match &s.block {
-                Some(id) => self.block_meta(id)?.is_some_and(|m| m.ec != code),
+                Some(id) => {
+                    epoch.is_some_and(|e| shardfs_common::crypt::epoch_of(id) != e)
+                        || self.block_meta(id)?.is_some_and(|m| m.ec != code)
+                }
                 None => false,
             };
             if recode || !s.extents.is_empty() {

@@ -2,7 +2,25 @@
 
 use super::*;
 
+/// The first byte of a record sealed with a data key (then the epoch and the sealed record).
+const SEALED: u8 = 0xE1;
+
+/// The key epoch a stored record value is sealed under, if it is sealed.
+pub(super) fn sealed_epoch(v: &[u8]) -> Option<u32> {
+    match v.split_first() {
+        Some((&SEALED, rest)) if rest.len() >= 4 => {
+            Some(u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")))
+        }
+        _ => None,
+    }
+}
+
 impl Meta {
+    /// The data keys, for records the master seals (merge documents).
+    pub fn set_ring(&self, ring: Option<shardfs_common::crypt::KeyRing>) {
+        *self.ring.write().expect("ring lock") = ring;
+    }
+
     pub(super) fn write(&self, batch: WriteBatch) -> Result<(), MasterError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
@@ -18,7 +36,23 @@ impl Meta {
 
     /// The merge document of `ino`, if it was ever merged.
     pub fn merge_record(&self, ino: Ino) -> Result<Option<crate::merge::MergeRecord>, MasterError> {
-        self.get(&k_merge(ino))
+        let key = k_merge(ino);
+        let Some(raw) = self.db.get_pinned(&key).map_err(db_err)? else {
+            return Ok(None);
+        };
+        match raw.split_first() {
+            Some((&SEALED, rest)) if rest.len() >= 4 => {
+                let epoch = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
+                let ring = self.ring.read().expect("ring lock");
+                let ring = ring.as_ref().ok_or_else(|| {
+                    MasterError::Corrupt("an encrypted merge document, and no data keys".into())
+                })?;
+                let k = shardfs_common::crypt::record_key(ring, epoch, "merge documents")?;
+                let plain = shardfs_common::crypt::open(&k, &rest[4..])?;
+                Ok(Some(dec(&key, &plain)?))
+            }
+            _ => Ok(Some(dec(&key, &raw)?)),
+        }
     }
 
     pub fn put_merge_record(
@@ -27,7 +61,18 @@ impl Meta {
         rec: &crate::merge::MergeRecord,
     ) -> Result<(), MasterError> {
         let mut b = WriteBatch::default();
-        b.put(k_merge(ino), enc(rec));
+        // The text of a file: sealed under the current data key, if the cluster has keys.
+        let value = match self.ring.read().expect("ring lock").as_ref() {
+            Some(ring) => {
+                let k = shardfs_common::crypt::record_key(ring, ring.current, "merge documents")?;
+                let mut v = vec![SEALED];
+                v.extend_from_slice(&ring.current.to_be_bytes());
+                v.extend(shardfs_common::crypt::seal(&k, &enc(rec)));
+                v
+            }
+            None => enc(rec),
+        };
+        b.put(k_merge(ino), value);
         self.write(b)
     }
 
