@@ -555,6 +555,16 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         info!(existing = %meta.cluster.ec, requested = %cfg.ec, "cluster already exists; keeping its erasure code");
     }
     let ring = keys::open(&cfg.data_dir, created, cfg.encrypt)?;
+    match (&ring, meta.marked_encrypted()?) {
+        (Some(_), false) => meta.mark_encrypted()?,
+        (None, true) => {
+            return Err(MasterError::Config(format!(
+                "this cluster encrypts its data, and its keys ({}) are missing",
+                cfg.data_dir.join("data.keys").display()
+            )))
+        }
+        _ => {}
+    }
     info!(encrypted = ring.is_some(), "data keys");
     meta.set_ring(ring.clone());
     let nodes = Registry::load(&meta, cfg.node_timeout)?;

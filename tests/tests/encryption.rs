@@ -165,6 +165,37 @@ fn a_plain_cluster_shows_the_marker_and_another_clusters_credential_gets_nothing
     assert!(!out.status.success(), "a foreign credential mounted");
     assert!(!is_mounted(&mp2));
     let _ = other.mount("own");
+
+    // The keys at rest: a wrong key-encryption key, or the sealed ring gone, stop the master
+    // with a clear error instead of letting it serve (or write plaintext into) the cluster.
+    let mut enc = enc;
+    enc.kill_master();
+    let master_dir = enc.path("master");
+    let run = |env: Option<&str>| {
+        let mut cmd = std::process::Command::new(bin("shardfs-master"));
+        cmd.arg("--data-dir")
+            .arg(&master_dir)
+            .args(["--listen", "127.0.0.1:0"]);
+        if let Some(k) = env {
+            cmd.env("SHARDFS_MASTER_KEK", k);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = run(Some(&"ab".repeat(32)));
+    assert!(!ok && err.contains("does not open"), "{err}");
+    fs::rename(master_dir.join("data.keys"), enc.path("data.keys.away")).unwrap();
+    let (ok, err) = run(None);
+    assert!(
+        !ok && err.contains("keys") && err.contains("missing"),
+        "{err}"
+    );
+    fs::rename(enc.path("data.keys.away"), master_dir.join("data.keys")).unwrap();
+    enc.start_master();
+    enc.wait_nodes_up(6);
 }
 
 /// `shardfs keys ARGS… MASTER` as the harness's admin: (success, stdout + stderr).

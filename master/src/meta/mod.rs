@@ -7,6 +7,7 @@
 //! |-----------------------------------|-----------------------------------------|
 //! | `C`                               | cluster record (id, code, block size)   |
 //! | `c` `next_ino`                    | next inode number (u64)                 |
+//! | `c` `encrypted`                   | the cluster has data keys (their file missing is an error) |
 //! | `I` ino                           | inode: attributes, parent, link target  |
 //! | `D` parent name                   | directory entry: child ino and kind     |
 //! | `S` ino index                     | file slot: base block, bytes used, extents of small writes (see `slots`) |
@@ -269,6 +270,8 @@ fn k_node(id: NodeId) -> Vec<u8> {
 
 const K_CLUSTER: &[u8] = b"C";
 const K_NEXT_INO: &[u8] = b"cnext_ino";
+/// Present once the cluster has data keys.
+const K_ENCRYPTED: &[u8] = b"cencrypted";
 
 fn unix_now() -> u64 {
     SystemTime::now()

@@ -223,6 +223,18 @@ impl Meta {
         Ok(None)
     }
 
+    /// Whether the cluster was recorded as encrypted (so its keys missing is an error, not a
+    /// plain cluster).
+    pub fn marked_encrypted(&self) -> Result<bool, MasterError> {
+        Ok(self.db.get_pinned(K_ENCRYPTED).map_err(db_err)?.is_some())
+    }
+
+    pub fn mark_encrypted(&self) -> Result<(), MasterError> {
+        let mut b = WriteBatch::default();
+        b.put(K_ENCRYPTED, [VERSION]);
+        self.write(b)
+    }
+
     /// RocksDB's own figures, as metrics name them.
     pub fn db_stats(&self) -> Vec<(&'static str, u64)> {
         [
