@@ -11,6 +11,7 @@
 //! (scrub) and deletes leftovers; in the background it re-verifies its shards at a bounded rate
 //! and reports corrupt ones.
 
+pub mod journal;
 mod peers;
 mod rebuild;
 mod seal;
@@ -559,6 +560,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         store.clone(),
         shutdown.clone(),
     ));
+    let checkpoints = tokio::spawn(checkpoint_loop(store.clone()));
     let scrub = tokio::spawn(scrub_loop(
         id,
         cred,
@@ -571,8 +573,25 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     wire::serve(endpoint, node, shutdown).await;
     hb.abort();
     scrub.abort();
+    checkpoints.abort();
     info!(%id, "storage node stopped");
     Ok(())
+}
+
+/// Checkpoint the store's journal whenever one is due (see [`store::ShardStore::checkpoint`]).
+async fn checkpoint_loop(store: Arc<ShardStore>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !store.checkpoint_due() {
+            continue;
+        }
+        let st = store.clone();
+        match tokio::task::spawn_blocking(move || st.checkpoint()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("journal checkpoint failed (retried): {e}"),
+            Err(e) => warn!("journal checkpoint failed: {e}"),
+        }
+    }
 }
 
 /// Verify every shard in the background at about `rate` bytes per second, pass after pass

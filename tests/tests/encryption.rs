@@ -85,7 +85,15 @@ fn write_marked(mp: &Path) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn no_disk_holds_plaintext_and_reads_repair_and_dedup_still_work() {
-    let mut c = Cluster::start_with(6, "4+2", &["--seal-quiet-secs", "1"]);
+    let mut c = Cluster::start_with(
+        6,
+        "4+2",
+        &[
+            &FAST_REPAIR[..],
+            &["--seal-quiet-secs", "1", "--gc-grace-secs", "3600"],
+        ]
+        .concat(),
+    );
     let mp = c.mount("m");
     let (big, small) = write_marked(&mp);
     let m2 = c.mount("m2");
@@ -114,9 +122,42 @@ fn no_disk_holds_plaintext_and_reads_repair_and_dedup_still_work() {
         "degraded read"
     );
     assert_eq!(fs::read(degraded.join("small")).unwrap(), small);
-    // Dedup: the same content under another name stores nothing more.
-    c.start_node(0);
-    c.start_node(1);
+    // Repair works on ciphertext: the dead nodes' shards are rebuilt on the four left (4+2
+    // needs six nodes, so two more join empty), the rebuilt shards hold no plaintext, and a
+    // read with the two dead nodes still away needs the rebuilt shards.
+    wait_until(Duration::from_secs(30), "2 nodes down", || {
+        c.status()
+            .is_some_and(|s| s["nodes_up"].as_u64() == Some(4))
+    });
+    let e0 = c.add_node();
+    let e1 = c.add_node();
+    c.wait_nodes_up(6);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (ok, out, err) = c.admin(&["repair", "--timeout", "180"]);
+    assert!(ok, "repair failed: {out}{err}");
+    let h = c.status().unwrap()["health"].clone();
+    assert_eq!(h["degraded"], 0, "after repair: {h}");
+    let counts: Vec<usize> = (0..8).map(|i| c.shard_files(i).len()).collect();
+    assert!(
+        counts[e0] > 0 && counts[e1] > 0,
+        "nothing rebuilt onto the new nodes: {counts:?} {h}"
+    );
+    let rebuilt: Vec<_> = [e0, e1].iter().map(|&i| c.node_dir(i)).collect();
+    let rebuilt: Vec<&Path> = rebuilt.iter().map(|p| p.as_path()).collect();
+    let found = holding_marker(&rebuilt);
+    assert!(found.is_empty(), "plaintext in rebuilt shards: {found:?}");
+    c.kill_node(2);
+    c.kill_node(3);
+    let repaired = c.mount_with("repaired", &["--cache-mib", "0"]);
+    assert!(
+        fs::read(repaired.join("big")).unwrap() == big,
+        "read after repair with two more nodes down"
+    );
+    assert_eq!(fs::read(repaired.join("small")).unwrap(), small);
+    // Dedup: the same content under another name stores nothing more. (Nodes 0 and 1 stay
+    // away: their stale shards would be collected while the counts below are taken.)
+    c.start_node(2);
+    c.start_node(3);
     c.wait_nodes_up(6);
     let before = shard_count(&c);
     let copy = random_bytes(5, 8 << 20);

@@ -2,203 +2,55 @@
 //!
 //! Shard `i` of block `B` lives at `shards/<first two hex digits of B>/<B>.<i>`. Each file is a
 //! 48-byte header (magic, format version, payload length, blake3 of the payload) followed by
-//! the payload. Writes go to a temp file that is fsynced, renamed into place, and the directory
-//! fsynced, so a shard is either whole on disk or absent. Every read re-hashes the payload; a
+//! the payload. A large shard is written to a temp file that is fsynced, renamed into place, and
+//! the directory fsynced, so it is either whole on disk or absent. A small one is made durable
+//! by the node's journal ([`crate::journal`]) instead: its file is written without fsync and
+//! rewritten from the journal after a crash if it did not reach the disk. Every read re-hashes the payload; a
 //! shard that no longer matches its hash is moved to `quarantine/` and reported as corrupt.
 //! Shards of 128 KiB and more also get chunk sums beside them (`<B>.<i>.sum`, see
 //! [`crate::sums`]): a range read reads and checks only the 64 KiB chunks it returns, and falls
 //! back to reading (and judging) the whole shard when a chunk does not match.
 
+use crate::journal::{self, Journal};
 use crate::{sums, NodeError};
 use shardfs_common::wire::BulkBuf;
 use shardfs_common::BlockId;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::mem::MaybeUninit;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 const MAGIC: &[u8; 4] = b"SFSH";
 const FORMAT_VERSION: u8 = 1;
 const HEADER_LEN: usize = 48;
 const PAGE: usize = 4096;
-/// Shards at least this large are written with O_DIRECT.
+/// Shards at least this large are written with O_DIRECT (and fsynced on their own; smaller
+/// ones are made durable by the journal).
 const DIRECT_MIN: usize = 256 << 10;
+const _: () = assert!(DIRECT_MIN <= journal::MAX_PAYLOAD);
+/// A checkpoint is due when the journal holds this much…
+const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// …or its oldest record is this old.
+const CHECKPOINT_AGE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A page-aligned buffer for O_DIRECT reads and writes, fully initialised.
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
+mod buf;
+mod files;
 
-impl AlignedBuf {
-    /// A buffer of at least `len` bytes (whole pages), not initialised: the caller must write
-    /// every byte before [`AsRef::as_ref`] is used.
-    fn uninit(len: usize) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len.max(PAGE).div_ceil(PAGE) * PAGE, PAGE)
-            .expect("layout");
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        let ptr =
-            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, layout }
-    }
-
-    /// Fill a new buffer of `len` bytes (a multiple of the page size) from `f`, without
-    /// zeroing it first.
-    fn read_from(f: &mut File, len: usize) -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd;
-        let buf = Self::uninit(len);
-        let layout = buf.layout;
-        let mut done = 0usize;
-        while done < layout.size() {
-            // SAFETY: writes stay within the allocation; the kernel fills the bytes it reports.
-            let n = unsafe {
-                libc::read(
-                    f.as_raw_fd(),
-                    buf.ptr.as_ptr().add(done) as *mut libc::c_void,
-                    layout.size() - done,
-                )
-            };
-            match n {
-                n if n > 0 => done += n as usize,
-                0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
-                _ => {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        // Every byte is now initialised.
-        Ok(buf)
-    }
-}
-
-impl AsRef<[u8]> for AlignedBuf {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: ptr points to layout.size() initialised bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
-unsafe impl Send for AlignedBuf {}
-
-/// A shard as received for storing: room for the header, the shard's bytes, then zeros up to
-/// a whole number of pages, in one page-aligned buffer written to disk as it is.
-pub struct ShardBuf {
-    buf: AlignedBuf,
-    len: usize,
-    filled: bool,
-}
-
-impl ShardBuf {
-    /// A shard holding a copy of `data`.
-    pub fn from_slice(data: &[u8]) -> Self {
-        let mut b = <Self as BulkBuf>::for_len(data.len());
-        let dst = b.unfilled();
-        // SAFETY: `dst` has exactly data.len() bytes; the buffers are distinct.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), dst.as_mut_ptr() as *mut u8, data.len())
-        };
-        // SAFETY: every payload byte was written just above.
-        unsafe { b.assume_filled() };
-        b
-    }
-
-    /// How many bytes the shard has.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The shard's bytes.
-    pub fn data(&self) -> &[u8] {
-        &self.all()[HEADER_LEN..HEADER_LEN + self.len]
-    }
-
-    fn all(&self) -> &[u8] {
-        assert!(self.filled, "shard buffer read before it was filled");
-        self.buf.as_ref()
-    }
-
-    fn set_header(&mut self, header: &[u8; HEADER_LEN]) {
-        // SAFETY: the buffer is at least one page, longer than the header.
-        unsafe {
-            std::ptr::copy_nonoverlapping(header.as_ptr(), self.buf.ptr.as_ptr(), HEADER_LEN)
-        };
-    }
-}
-
-impl BulkBuf for ShardBuf {
-    fn for_len(len: usize) -> Self {
-        let buf = AlignedBuf::uninit(HEADER_LEN + len);
-        let size = buf.layout.size();
-        // SAFETY: zero the header room and the padding after the payload; the payload is
-        // written by the receiver before the buffer is read.
-        unsafe {
-            std::ptr::write_bytes(buf.ptr.as_ptr(), 0, HEADER_LEN);
-            std::ptr::write_bytes(
-                buf.ptr.as_ptr().add(HEADER_LEN + len),
-                0,
-                size - HEADER_LEN - len,
-            );
-        }
-        ShardBuf {
-            buf,
-            len,
-            filled: false,
-        }
-    }
-
-    fn unfilled(&mut self) -> &mut [MaybeUninit<u8>] {
-        // SAFETY: HEADER_LEN + len bytes lie inside the allocation, owned by self.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.buf.ptr.as_ptr().add(HEADER_LEN) as *mut MaybeUninit<u8>,
-                self.len,
-            )
-        }
-    }
-
-    unsafe fn assume_filled(&mut self) {
-        self.filled = true;
-    }
-}
-
-/// A shard file's bytes, as read.
-enum Shard {
-    Plain(Vec<u8>),
-    Aligned(AlignedBuf),
-}
-
-impl AsRef<[u8]> for Shard {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            Shard::Plain(v) => v,
-            Shard::Aligned(b) => b.as_ref(),
-        }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in new() with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
-}
+pub use buf::ShardBuf;
+use buf::{AlignedBuf, Shard};
+use files::Files;
 
 pub struct ShardStore {
     root: PathBuf,
+    files: Files,
+    journal: Journal,
+    /// Shards whose deletion was recorded in the journal since the last checkpoint.
+    tombstones: Mutex<HashSet<(BlockId, u8)>>,
     used: AtomicU64,
     shards: AtomicU64,
-    tmp_seq: AtomicU64,
     capacity_limit: Option<u64>,
     reserve: u64,
 }
@@ -222,6 +74,16 @@ impl ShardStore {
                 let _ = fs::remove_file(e.path());
             }
         }
+        let files = Files {
+            root: root.to_path_buf(),
+            tmp_seq: AtomicU64::new(0),
+        };
+        // Shards an earlier run acknowledged through its journal, before counting them.
+        let fixed = files.replay()?;
+        if fixed > 0 {
+            tracing::info!(fixed, "shard files restored or removed from the journal");
+        }
+        let journal = Journal::create(root)?;
         let (mut used, mut shards) = (0u64, 0u64);
         for dir in fs::read_dir(root.join("shards")).map_err(|e| NodeError::io(root, e))? {
             let dir = dir.map_err(|e| NodeError::io(root, e))?;
@@ -237,20 +99,18 @@ impl ShardStore {
         }
         Ok(ShardStore {
             root: root.to_path_buf(),
+            files,
+            journal,
+            tombstones: Mutex::new(HashSet::new()),
             used: AtomicU64::new(used),
             shards: AtomicU64::new(shards),
-            tmp_seq: AtomicU64::new(0),
             capacity_limit,
             reserve,
         })
     }
 
     fn path(&self, block: &BlockId, index: u8) -> PathBuf {
-        let hex = block.to_hex();
-        self.root
-            .join("shards")
-            .join(&hex[..2])
-            .join(format!("{hex}.{index}"))
+        self.files.path(block, index)
     }
 
     pub fn usage(&self) -> Usage {
@@ -303,64 +163,54 @@ impl ShardStore {
                 usage.free, need, self.reserve
             )));
         }
-        let dir = path.parent().expect("shard path has a parent");
-        fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}.{index}.{seq}", block.to_hex()));
-        shard.set_header(&shard_header(len, hash));
-        // Not fsynced: a lost or torn sums file only makes range reads verify the whole shard.
-        if len >= sums::MIN_CONTENT {
-            let sums_path = sums_path(&path);
-            let tmp_sums = tmp.with_extension(format!("{seq}.sum"));
-            let written = fs::write(&tmp_sums, sums::encode(shard.data(), hash))
-                .and_then(|()| fs::rename(&tmp_sums, &sums_path));
-            if let Err(e) = written {
-                let _ = fs::remove_file(&tmp_sums);
-                tracing::warn!(shard = %path.display(), "chunk sums not written: {e}");
-            }
-        }
-        let write = || -> std::io::Result<()> {
-            // Large shards bypass the page cache (O_DIRECT, padded to whole pages): the copy
-            // into the cache is the node's largest CPU cost on the write path, and the bytes
-            // are not read back soon. Small shards are written plainly, without padding.
-            let direct = if len >= DIRECT_MIN {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(&tmp)
-                    .ok()
-            } else {
-                None
-            };
-            let (mut f, bytes) = match direct {
-                Some(f) => (f, shard.all()),
-                None => (
-                    OpenOptions::new().write(true).create_new(true).open(&tmp)?,
-                    &shard.all()[..HEADER_LEN + len],
-                ),
-            };
-            f.write_all(bytes)?;
-            f.sync_data()?;
-            Ok(())
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(NodeError::io(&tmp, e));
-        }
+        // (DIRECT_MIN is below journal::MAX_PAYLOAD: every small shard fits in a record.)
+        let small = len < DIRECT_MIN;
         let existed = path.exists();
-        fs::rename(&tmp, &path).map_err(|e| NodeError::io(&path, e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| NodeError::io(dir, e))?;
+        // A small shard is durable once its journal record is: its file, written here
+        // without fsync, reaches the disk at the next checkpoint.
+        self.files
+            .write(block, index, hash, &mut shard, &path, !small)?;
+        if small {
+            let rec = journal::encode(journal::Kind::Put, block, index, hash, shard.data());
+            self.journal.append(&rec, true)?;
+        } else if self.tombstoned(block, index) {
+            // A deletion of this shard is in the journal: it must not undo this write.
+            let rec = journal::encode(journal::Kind::Durable, block, index, hash, &[]);
+            self.journal.append(&rec, true)?;
+        }
         if !existed {
             self.used.fetch_add(need, Ordering::Relaxed);
             self.shards.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Whether a deletion of the shard may be in the journal.
+    fn tombstoned(&self, block: &BlockId, index: u8) -> bool {
+        self.tombstones
+            .lock()
+            .expect("tombstones lock")
+            .contains(&(*block, index))
+    }
+
+    /// Make the shard files written since the last checkpoint durable and empty the journal
+    /// (the node does this in the background: see [`ShardStore::checkpoint_due`]).
+    pub fn checkpoint(&self) -> Result<(), NodeError> {
+        let before: HashSet<(BlockId, u8)> =
+            self.tombstones.lock().expect("tombstones lock").clone();
+        self.journal.checkpoint()?;
+        // Tombstones recorded before the checkpoint are gone with the journal they were in.
+        self.tombstones
+            .lock()
+            .expect("tombstones lock")
+            .retain(|k| !before.contains(k));
+        Ok(())
+    }
+
+    /// Whether the journal holds enough, or old enough, records to checkpoint now.
+    pub fn checkpoint_due(&self) -> bool {
+        let (bytes, age) = self.journal.pending();
+        bytes >= CHECKPOINT_BYTES || age.is_some_and(|a| a >= CHECKPOINT_AGE)
     }
 
     /// Read a shard and verify it against its recorded hash.
@@ -530,6 +380,13 @@ impl ShardStore {
         let path = self.path(block, index);
         match fs::metadata(&path) {
             Ok(md) => {
+                // Recorded first (not waited for): a replay must not bring the shard back.
+                self.tombstones
+                    .lock()
+                    .expect("tombstones lock")
+                    .insert((*block, index));
+                let rec = journal::encode(journal::Kind::Delete, block, index, &[0; 32], &[]);
+                self.journal.append(&rec, false)?;
                 fs::remove_file(&path).map_err(|e| NodeError::io(&path, e))?;
                 let _ = fs::remove_file(sums_path(&path));
                 self.used.fetch_sub(md.len(), Ordering::Relaxed);
@@ -540,6 +397,14 @@ impl ShardStore {
             Err(e) => Err(NodeError::io(&path, e)),
         }
     }
+}
+
+/// Whether the shard file at `path` is whole and holds content of hash `hash`.
+fn intact(path: &Path, hash: &[u8; 32]) -> bool {
+    let Ok(raw) = fs::read(path) else {
+        return false;
+    };
+    parse_shard(&raw).is_ok_and(|(h, _)| h == *hash)
 }
 
 /// Where the chunk sums of the shard at `shard` live.
@@ -675,6 +540,54 @@ mod tests {
             .unwrap());
         store.delete(&id, 1).unwrap();
         assert!(store.get(&id, 1).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Small shards acknowledged through the journal are there after their files are lost or
+    /// torn (a power cut before they reached the disk); deleted shards stay
+    /// deleted; a checkpoint empties the journal.
+    #[test]
+    fn the_journal_brings_back_acknowledged_shards_and_not_deleted_ones() {
+        let dir = std::env::temp_dir().join(format!("shardfs-store-j-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let shard = |n: u32| -> (BlockId, Vec<u8>, [u8; 32]) {
+            let data: Vec<u8> = (0..4096 + n).map(|i| (i * 7 + n) as u8).collect();
+            let h = shardfs_common::ids::shard_hash(&data);
+            (BlockId::of(&n.to_le_bytes()), data, h)
+        };
+        {
+            let store = ShardStore::open(&dir, None, 0).unwrap();
+            for n in 0..10 {
+                let (id, data, h) = shard(n);
+                store.put(&id, 0, &h, ShardBuf::from_slice(&data)).unwrap();
+            }
+            // Shard 0 deleted; shard 2 torn and the others' files lost, as after a power
+            // cut before they reached the disk.
+            store.delete(&shard(0).0, 0).unwrap();
+            fs::write(store.path(&shard(2).0, 0), b"torn").unwrap();
+            for n in (1..10).filter(|n| *n != 2) {
+                fs::remove_file(store.path(&shard(n).0, 0)).unwrap();
+            }
+        }
+        let store = ShardStore::open(&dir, None, 0).unwrap();
+        assert!(
+            store.get(&shard(0).0, 0).is_err(),
+            "a deleted shard came back"
+        );
+        for n in 1..10 {
+            let (id, data, h) = shard(n);
+            assert_eq!(store.get(&id, 0).unwrap(), (h, data.into()), "shard {n}");
+        }
+        assert_eq!(store.usage().shards, 9);
+        assert!(!dir.join("journal.old").exists());
+        // A put after the restart is journalled; a checkpoint writes its file and empties
+        // the journal.
+        let (id, data, h) = shard(20);
+        store.put(&id, 0, &h, ShardBuf::from_slice(&data)).unwrap();
+        assert!(fs::metadata(dir.join("journal")).unwrap().len() > 4096);
+        store.checkpoint().unwrap();
+        assert_eq!(fs::metadata(dir.join("journal")).unwrap().len(), 0);
+        assert!(intact(&store.path(&id, 0), &h));
         let _ = fs::remove_dir_all(&dir);
     }
 }
