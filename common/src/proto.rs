@@ -371,6 +371,10 @@ pub struct Health {
     pub sealed_bytes: u64,
     /// Seals that failed since the master started (they are retried).
     pub seal_failures: u64,
+    /// The scrub running now (`shardfs scrub`): shards verified so far, of about how many
+    /// (the live nodes' shard counts when it started). Both 0: none running.
+    pub scrub_checked: u64,
+    pub scrub_total: u64,
 }
 
 /// What a scrub found on the nodes it checked.

@@ -33,21 +33,33 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A progress bar on stderr: redrawn in place on a terminal, one line per change otherwise.
+/// A progress bar on stderr: an indicatif bar redrawn in place on a terminal, one line per
+/// change otherwise (logs, CI, tests).
 pub(crate) struct Progress {
     label: &'static str,
     unit: &'static str,
-    tty: bool,
+    bar: Option<indicatif::ProgressBar>,
     first: Option<u64>,
     last: String,
 }
 
 impl Progress {
     pub(crate) fn new(label: &'static str, unit: &'static str) -> Self {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = tty.then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            let style = indicatif::ProgressStyle::with_template(&format!(
+                "{label} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{msg}} ({{elapsed}})"
+            ))
+            .expect("progress template")
+            .progress_chars("#>-");
+            b.set_style(style);
+            b
+        });
         Progress {
             label,
             unit,
-            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            bar,
             first: None,
             last: String::new(),
         }
@@ -57,6 +69,12 @@ impl Progress {
     pub(crate) fn draw(&mut self, left: u64, detail: &str) {
         let total = *self.first.get_or_insert(left.max(1));
         let done = total.saturating_sub(left);
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(done);
+            b.set_message(detail.to_string());
+            return;
+        }
         let fill = (done as usize * 30 / total as usize).min(30);
         let line = format!(
             "{} [{}{}] {done}/{total} {}, {detail}",
@@ -65,18 +83,25 @@ impl Progress {
             "-".repeat(30 - fill),
             self.unit
         );
-        if self.tty {
-            eprint!("\r{line}");
-            let _ = std::io::stderr().flush();
-        } else if line != self.last {
+        if line != self.last {
             eprintln!("{line}");
         }
         self.last = line;
     }
 
+    /// Draw the bar full: `total` units done.
+    pub(crate) fn done(&mut self, total: u64, detail: &str) {
+        self.first = Some(total.max(1));
+        self.draw(0, detail);
+    }
+
     pub(crate) fn finish(&self) {
-        if self.tty {
-            eprintln!();
+        if let Some(b) = &self.bar {
+            if self.first.is_some() {
+                b.finish();
+            } else {
+                b.finish_and_clear();
+            }
         }
     }
 }
@@ -382,7 +407,27 @@ pub fn scrub(to: &Remote, wait: bool, timeout: u64, json: bool) -> anyhow::Resul
         .block_on(async {
             // A scrub reads every shard of every node: allow it the whole timeout.
             let mc = client(to, Duration::from_secs(timeout.max(1)))?;
-            let r = mc.call(MasterRequest::Scrub).await?;
+            let scrub = mc.call(MasterRequest::Scrub);
+            tokio::pin!(scrub);
+            // Progress from the master's health while the scrub runs.
+            let mut bar = Progress::new("scrub", "shards");
+            let r = loop {
+                tokio::select! {
+                    r = &mut scrub => break r?,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                        if let Ok(h) = health(&mc).await {
+                            if h.scrub_total > 0 {
+                                let left = h.scrub_total.saturating_sub(h.scrub_checked);
+                                bar.draw(left, "verified by their nodes");
+                            }
+                        }
+                    }
+                }
+            };
+            if let MasterResponse::Scrubbed(rep) = &r {
+                bar.done(rep.checked, "verified by their nodes");
+            }
+            bar.finish();
             mc.close();
             anyhow::Ok(r)
         })

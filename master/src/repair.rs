@@ -60,6 +60,8 @@ pub struct Repairer {
     /// putting in place.
     moves: tokio::sync::RwLock<()>,
     dialer: Dialer,
+    /// The running scrub's progress: shards checked, of about how many (0, 0: none).
+    scrub_progress: Mutex<(u64, u64)>,
 }
 
 impl Repairer {
@@ -74,6 +76,7 @@ impl Repairer {
             forced: AtomicBool::new(false),
             moves: tokio::sync::RwLock::new(()),
             dialer: Dialer::new(ALPN_NODE, own, Duration::from_secs(3))?,
+            scrub_progress: Mutex::new((0, 0)),
         })
     }
 
@@ -82,7 +85,12 @@ impl Repairer {
         let (h, at) = &*self.health.lock().expect("health lock");
         let mut h = h.clone();
         h.scanned_ms_ago = at.map(|t| t.elapsed().as_millis() as u64);
+        (h.scrub_checked, h.scrub_total) = *self.scrub_progress.lock().expect("scrub lock");
         h
+    }
+
+    fn scrub_progress(&self, f: impl FnOnce(&mut (u64, u64))) {
+        f(&mut self.scrub_progress.lock().expect("scrub lock"));
     }
 
     /// Check for work now instead of at the next interval.
@@ -551,9 +559,24 @@ async fn repair_block(
 /// delete shards nothing references.
 pub(crate) async fn scrub(master: &Arc<Master>) -> Result<ScrubReport, MasterError> {
     let mut report = ScrubReport::default();
-    for (node, addr) in master.nodes.live() {
-        scrub_node(master, node, addr, &mut report).await?;
+    let live = master.nodes.live();
+    let total: u64 = master
+        .nodes
+        .list()
+        .iter()
+        .filter(|n| live.contains_key(&n.id))
+        .map(|n| n.shards)
+        .sum();
+    let r = &master.repair;
+    r.scrub_progress(|p| *p = (0, total.max(1)));
+    for (node, addr) in live {
+        let done = scrub_node(master, node, addr, &mut report, true).await;
+        if let Err(e) = done {
+            r.scrub_progress(|p| *p = (0, 0));
+            return Err(e);
+        }
     }
+    r.scrub_progress(|p| *p = (0, 0));
     info!(?report, "scrub done");
     master.repair.kick();
     Ok(report)
@@ -564,7 +587,7 @@ fn spawn_node_check(master: &Arc<Master>, node: NodeId, addr: SocketAddr, why: &
     let m = master.clone();
     tokio::spawn(async move {
         let mut r = ScrubReport::default();
-        match scrub_node(&m, node, addr, &mut r).await {
+        match scrub_node(&m, node, addr, &mut r, false).await {
             Ok(()) => info!(%node, report = ?r, "{why} checked"),
             Err(e) => warn!(%node, "check of {why} failed: {e}"),
         }
@@ -572,12 +595,13 @@ fn spawn_node_check(master: &Arc<Master>, node: NodeId, addr: SocketAddr, why: &
     });
 }
 
-/// Scrub one node into `report`.
+/// Scrub one node into `report` (counting its pages in the scrub's progress with `counted`).
 async fn scrub_node(
     master: &Arc<Master>,
     node: NodeId,
     addr: SocketAddr,
     report: &mut ScrubReport,
+    counted: bool,
 ) -> Result<(), MasterError> {
     let dialer = &master.repair.dialer;
     let mut intact: HashSet<(BlockId, u8)> = HashSet::new();
@@ -598,6 +622,13 @@ async fn scrub_node(
                 },
                 _,
             )) => {
+                if counted {
+                    let n = (i.len() + c.len()) as u64;
+                    master.repair.scrub_progress(|p| {
+                        p.0 += n;
+                        p.1 = p.1.max(p.0);
+                    });
+                }
                 intact.extend(i);
                 corrupt.extend(c);
                 match next {

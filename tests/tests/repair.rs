@@ -57,16 +57,7 @@ fn repair_keeps_every_file_through_two_rounds_of_two_failures() {
     let mut c = Cluster::start_with(
         8,
         "4+2",
-        &[
-            "--node-timeout-ms",
-            "3000",
-            "--repair-grace-secs",
-            "2",
-            "--repair-interval-ms",
-            "300",
-            "--gc-grace-secs",
-            "3600",
-        ],
+        &[&FAST_REPAIR[..], &["--gc-grace-secs", "3600"]].concat(),
     );
     let mp = c.mount("m");
     let want = write_files(&mp, 100);
@@ -186,10 +177,19 @@ fn scrub_finds_corrupted_shards_and_repair_rewrites_them() {
     for f in &flipped {
         assert!(f.exists(), "{} rebuilt", f.display());
     }
-    let r = scrub(&c, &[]);
+    let (ok, out, err) = c.admin(&["scrub", "--json"]);
+    assert!(ok, "scrub failed: {out}{err}");
+    let r: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(r["corrupt"], 0, "second scrub: {r}");
     assert_eq!(r["missing"], 0, "second scrub: {r}");
-    assert!(r["checked"].as_u64().unwrap() > 0);
+    let checked = r["checked"].as_u64().unwrap();
+    assert!(checked > 0);
+    // Its progress bar, on stderr, ends full at the count of shards it verified.
+    let full = format!("scrub [{}] {checked}/{checked} shards", "#".repeat(30));
+    assert!(
+        err.contains(&full),
+        "no full progress bar {full:?} in: {err}"
+    );
 
     let mp3 = c.mount_with("m3", &["--cache-mib", "0"]);
     check_files(&mp3, &want);
