@@ -15,7 +15,8 @@ as_root() {
 # on the mount (python3, git, sqlite3, rsync, cc).
 ensure_packages() {
   local missing=() p
-  for p in fuse3 libfuse3-dev clang libclang-dev pkg-config build-essential python3 git sqlite3 rsync; do
+  for p in fuse3 libfuse3-dev clang libclang-dev pkg-config build-essential python3 git sqlite3 rsync \
+    iproute2; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
