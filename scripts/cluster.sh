@@ -96,6 +96,7 @@ ShardFS is up: master $(cat "$H/master.addr"), $NODES storage nodes (code $EC), 
 Mounted at:   $mp
 Status:       scripts/cluster.sh status   (admin credential: $H/admin.cred)
 Metrics:      http://$(cat "$H/http.addr" 2>/dev/null)/metrics   (live view: shardfs top $H/master.addr)
+Web UI:       shardfs web $H/master.addr   (prints a one-time sign-in link)
 Mount again:  shardfs mount $H/master.addr DIR --credentials $H/client.cred
 Stop:         scripts/cluster.sh down
 MSG

@@ -14,9 +14,23 @@ as_root() {
 # System packages: FUSE 3, clang/libclang for building RocksDB, and the programs the tests run
 # on the mount (python3, git, sqlite3, rsync, cc).
 ensure_packages() {
+  apt_ensure fuse3 libfuse3-dev clang libclang-dev pkg-config build-essential python3 git sqlite3 \
+    rsync iproute2
+  [ -e /dev/fuse ] || die "/dev/fuse is missing: this machine cannot mount FUSE filesystems"
+  command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] ||
+    die "cargo not found: install Rust from https://rustup.rs"
+  export PATH="$HOME/.cargo/bin:$PATH"
+}
+
+# What only the test suite needs: headless Chromium and its WebDriver for the web UI's test.
+ensure_test_packages() {
+  apt_ensure chromium chromium-driver
+}
+
+# Install (with apt) whichever of the Debian packages named is not installed yet.
+apt_ensure() {
   local missing=() p
-  for p in fuse3 libfuse3-dev clang libclang-dev pkg-config build-essential python3 git sqlite3 rsync \
-    iproute2; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -24,10 +38,6 @@ ensure_packages() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
-  [ -e /dev/fuse ] || die "/dev/fuse is missing: this machine cannot mount FUSE filesystems"
-  command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] ||
-    die "cargo not found: install Rust from https://rustup.rs"
-  export PATH="$HOME/.cargo/bin:$PATH"
 }
 
 # One release build for the launcher and the tests (RocksDB's C++ is compiled once per target dir).

@@ -5,6 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ensure_packages
+ensure_test_packages
 build
 ensure_tools
 cd "$ROOT"

@@ -39,12 +39,13 @@ pub fn install() -> crate::Result<PrometheusHandle> {
 /// What to update right before a scrape.
 pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
-/// Serve `/metrics` on `addr` until `shutdown` turns true; the bound address is returned (and
-/// written to `addr_file`, if given, once listening).
+/// Serve `/metrics` (and the routes of `extra`) on `addr` until `shutdown` turns true; the
+/// bound address is returned (and written to `addr_file`, if given, once listening).
 pub async fn serve(
     addr: SocketAddr,
     addr_file: Option<&Path>,
     refresh: Refresh,
+    extra: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> crate::Result<SocketAddr> {
     let handle = install()?;
@@ -76,6 +77,7 @@ pub async fn serve(
             }
         }),
     );
+    let app = app.merge(extra);
     tokio::spawn(async move {
         let stop = async move {
             while !*shutdown.borrow() {

@@ -860,6 +860,9 @@ pub enum MasterRequest {
     },
     /// Entries of the audit log that match `query`, oldest first (admin only).
     Audit(AuditQuery),
+    /// A one-time sign-in link to the web UI (`shardfs web`); the web session acts for the
+    /// caller this request is wrapped for (`As`), within what the credential allows.
+    WebLogin,
     /// Space and inodes as `df` of a path shows them: the nearest directory quota at or above
     /// `ino`, else the cluster's. Answered with `StatFsAt`.
     StatFsAt {
@@ -969,6 +972,11 @@ pub struct HistoryEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasterResponse {
     Ok,
+    /// The sign-in link of a `WebLogin`, valid once, until `expires` (Unix seconds).
+    WebLogin {
+        url: String,
+        expires: u64,
+    },
     Cluster(ClusterInfo),
     Attr(Attr),
     /// A namespace change: the new or linked inode (if any), the new attributes of every inode

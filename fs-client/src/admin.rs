@@ -786,3 +786,36 @@ fn rfc3339(ns: u64) -> String {
     let t = when(secs).replacen(' ', "T", 1);
     format!("{t}.{:03}Z", ns / 1_000_000 % 1000)
 }
+
+/// Ask the master for a web sign-in link acting as `uid`:`gid`, and print it.
+pub fn web_login(to: &Remote, uid: u32, gid: u32) -> anyhow::Result<()> {
+    let req = MasterRequest::As {
+        caller: shardfs_common::proto::Caller {
+            uid,
+            gid,
+            groups: Vec::new(),
+        },
+        req: Box::new(MasterRequest::WebLogin),
+    };
+    let answer = runtime()?
+        .block_on(async {
+            let mc = client(to, Duration::from_secs(10))?;
+            let r = mc.call(req).await;
+            mc.close();
+            anyhow::Ok(r?)
+        })
+        .with_context(|| format!("no sign-in link from the master at {}", to.addr))?;
+    match answer {
+        MasterResponse::WebLogin { url, expires } => {
+            println!("{url}");
+            eprintln!(
+                "open it in a browser within {} minutes; it works once",
+                expires
+                    .saturating_sub(shardfs_common::proto::Timespec::now().secs as u64)
+                    .div_ceil(60)
+            );
+            Ok(())
+        }
+        other => bail!("unexpected answer from the master: {other:?}"),
+    }
+}

@@ -135,6 +135,24 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: QuotaCmd,
     },
+    /// Print a one-time link that signs a browser in to the web UI (browse, preview,
+    /// download, upload, cluster page), acting as --uid (default: you) with what the
+    /// credential allows. The master must serve HTTP (`shardfs-master --http ADDR`).
+    Web {
+        /// Master address HOST:PORT, or a file holding it.
+        #[arg(env = "SHARDFS_MASTER")]
+        master: String,
+        /// The user the web session acts as (default: the user running this).
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Its group (default: the group running this).
+        #[arg(long)]
+        gid: Option<u32>,
+        /// Client or admin credential (default: client.cred beside a MASTER address file,
+        /// else ~/.config/shardfs/client.cred).
+        #[arg(long, env = "SHARDFS_CREDENTIALS")]
+        credentials: Option<PathBuf>,
+    },
     /// Storage policies of directories and files on a mount: how their data is stored.
     Policy {
         #[command(subcommand)]

@@ -149,6 +149,20 @@ fn main() -> ExitCode {
             } => quota::set(path, uid, bytes, inodes, clear),
             QuotaCmd::Get { path, uid, json } => quota::get(path, uid, json),
         },
+        Cmd::Web {
+            master,
+            uid,
+            gid,
+            credentials,
+        } => credential_path(&master, credentials, "client.cred").and_then(|cred| {
+            let to = admin::Remote {
+                addr: master_addr(&master)?,
+                cred: Arc::new(cred),
+            };
+            // SAFETY: getuid/getgid only read the process's ids.
+            let (me, my_group) = unsafe { (libc::getuid(), libc::getgid()) };
+            admin::web_login(&to, uid.unwrap_or(me), gid.unwrap_or(my_group))
+        }),
         Cmd::Policy { cmd } => match cmd {
             PolicyCmd::Get { path } => admin::policy_get(&path),
             PolicyCmd::Set { path, policy } => admin::policy_set(&path, &policy),
@@ -364,6 +378,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     let ttl = Duration::from_secs_f64(a.attr_ttl.or(f.attr_ttl).unwrap_or(1.0).clamp(0.0, 3600.0));
     let cfg = CoreConfig {
         attr_ttl: ttl,
+        shared: false,
         master,
         credential,
         timeout: Duration::from_secs_f64(timeout),
@@ -434,6 +449,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
             addr,
             file,
             Arc::new(|| {}),
+            axum::Router::new(),
             stopped,
         ))?;
         tracing::info!(%bound, "metrics served at http://{bound}/metrics");

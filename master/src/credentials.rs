@@ -220,6 +220,19 @@ impl Authority {
             .map(|r| r.host.clone())
     }
 
+    /// The credential of the master's own web UI, made at each start and kept in memory only:
+    /// a client that may act for any user, as it does for each signed-in web user (whom the
+    /// sign-in link limits to what the credential that made it allows).
+    pub fn web_credential(&self, meta: &Meta) -> Result<Credential, MasterError> {
+        const ID: &str = "web";
+        if self.is_revoked(ID) {
+            return Err(denied("the web UI's credential (web) was revoked"));
+        }
+        let c = self.ca.credential(&Identity::new(Role::Client, ID))?;
+        self.record(meta, ID, Role::Client, "the master's web UI", true)?;
+        Ok(c)
+    }
+
     /// Whether a client credential may act as root (not squashed).
     pub fn allows_root(&self, who: &Identity) -> bool {
         who.role == Role::Admin

@@ -27,6 +27,7 @@ pub mod seal;
 pub mod sessions;
 pub mod slots;
 mod telemetry;
+mod web;
 
 use bytes::Bytes;
 use meta::{Changes, Meta};
@@ -149,6 +150,8 @@ struct Master {
     /// The data keys (None: the cluster stores content as it is).
     keys: std::sync::RwLock<Option<shardfs_common::crypt::KeyRing>>,
     data_dir: PathBuf,
+    /// The web UI's sign-ins, sessions and client core.
+    web: web::Web,
 }
 
 impl wire::Service for Master {
@@ -248,6 +251,13 @@ impl Master {
                 Ok(r)
             }
             MasterRequest::Scrub => repair::scrub(&self).await.map(MasterResponse::Scrubbed),
+            MasterRequest::WebLogin => {
+                let cred = peer.who.as_ref().map(|w| w.id.clone()).unwrap_or_default();
+                self.web
+                    .login_link(caller.clone(), cred)
+                    .map(|(url, expires)| MasterResponse::WebLogin { url, expires })
+                    .map_err(MasterError::from)
+            }
 
             // A merge of a big text takes tens of milliseconds of CPU: off the request thread.
             req @ MasterRequest::Merge { .. } => {
@@ -623,19 +633,23 @@ pub async fn run(cfg: MasterConfig, shutdown: watch::Receiver<bool>) -> Result<(
         node_traffic: Mutex::new(HashMap::new()),
         keys: std::sync::RwLock::new(ring),
         data_dir: cfg.data_dir.clone(),
+        web: web::Web::default(),
     });
     if let Some(addr) = cfg.http {
         let m = master.clone();
         let file = cfg.data_dir.join("http.addr");
-        let bound = shardfs_common::metrics::serve(
+        let http = shardfs_common::metrics::serve(
             addr,
             Some(&file),
             Arc::new(move || m.export_state()),
+            web::router(master.clone()),
             shutdown.clone(),
         )
         .await
         .map_err(MasterError::from)?;
-        info!(%bound, "metrics served at http://{bound}/metrics");
+        let _ = master.web.http.set(http);
+        web::start_core(master.clone(), bound);
+        info!(%http, "metrics at http://{http}/metrics, the web UI at http://{http}/");
     }
     let session_loop = tokio::spawn(session_loop(master.clone(), cfg.session_lease));
     // Repair, collection and sealing walk the maps and wait on nodes for as long as they

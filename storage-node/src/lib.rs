@@ -540,8 +540,14 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     if let Some(addr) = cfg.http {
         let (store, file) = (store.clone(), cfg.data_dir.join("http.addr"));
         let refresh = Arc::new(move || telemetry::export_store(&store));
-        let bound =
-            shardfs_common::metrics::serve(addr, Some(&file), refresh, shutdown.clone()).await?;
+        let bound = shardfs_common::metrics::serve(
+            addr,
+            Some(&file),
+            refresh,
+            axum::Router::new(),
+            shutdown.clone(),
+        )
+        .await?;
         info!(%bound, "metrics served at http://{bound}/metrics");
     }
     let hb = tokio::spawn(heartbeat_loop(

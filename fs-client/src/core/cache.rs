@@ -71,7 +71,8 @@ impl Core {
     pub(crate) fn log_fresh(&self) -> bool {
         const SILENCE: u64 = 15_000;
         let now = self.started.elapsed().as_millis() as u64;
-        self.watching.load(Ordering::Relaxed)
+        !self.cfg.shared
+            && self.watching.load(Ordering::Relaxed)
             && !self.is_offline()
             && now.saturating_sub(self.log_heard.load(Ordering::Relaxed)) < SILENCE
     }

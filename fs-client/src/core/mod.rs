@@ -75,6 +75,9 @@ pub struct CoreConfig {
     pub shard_timeout: Duration,
     /// How long attributes learnt from the master are trusted (as the kernel's attribute TTL).
     pub attr_ttl: Duration,
+    /// Serves several users at once (the master's web UI): answers nothing from names or
+    /// attributes it holds, since what it holds was checked for whoever asked first.
+    pub shared: bool,
 }
 
 /// A file's attributes and block map as this mount read them.

@@ -1,0 +1,378 @@
+//! The web UI in a real headless Chromium (Debian's chromium and chromedriver, driven over
+//! the WebDriver protocol): signed in through the link `shardfs web` prints, it lists a
+//! directory written on a mount, previews text and an image, downloads a file byte-identical,
+//! uploads one that then reads identical on the mount, renames and deletes; signed out it
+//! lists nothing, and a user's session does not show another user's 0700 directory.
+//! Screenshots of the main pages go to $SHARDFS_SCREENSHOTS (docs/screenshots when they are
+//! refreshed by hand), else the test's directory.
+
+use serde_json::{json, Value};
+use shardfs_tests::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A 2×1 PNG (one red, one blue pixel).
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x7b, 0x40, 0xe8,
+    0xdd, 0x00, 0x00, 0x00, 0x0f, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xc0,
+    0xf0, 0x1f, 0x08, 0x00, 0x00, 0x0e, 0xfc, 0x02, 0xfe, 0xa7, 0x87, 0x1d, 0x2b, 0x00, 0x00, 0x00,
+    0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// A chromedriver and one browser session in it.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    fn start(profile: &Path) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver) must be installed");
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until(Duration::from_secs(20), "chromedriver", || {
+            ureq::get(&format!("{base}/status")).call().is_ok()
+        });
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                    "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--window-size=1200,800",
+                    format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let v: Value = serde_json::from_str(
+            &ureq::post(&format!("{base}/session"))
+                .set("Content-Type", "application/json")
+                .send_string(&caps.to_string())
+                .expect("a browser session")
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let session = v["value"]["sessionId"].as_str().unwrap().to_string();
+        Browser {
+            driver,
+            base,
+            session,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let r = match body {
+            Some(b) => ureq::request(method, &url)
+                .set("Content-Type", "application/json")
+                .send_string(&b.to_string()),
+            None => ureq::request(method, &url).call(),
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("webdriver {method} {path}: {e}"),
+        };
+        let v: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+        v["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    fn source(&self) -> String {
+        self.call("GET", "/source", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn js(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    fn js_async(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/async",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    fn find(&self, using: &str, value: &str) -> String {
+        let v = self.call(
+            "POST",
+            "/element",
+            Some(json!({"using": using, "value": value})),
+        );
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {value}: {v}"))
+            .to_string()
+    }
+
+    fn click(&self, el: &str) {
+        self.call("POST", &format!("/element/{el}/click"), Some(json!({})));
+    }
+
+    fn screenshot(&self, to: &Path) {
+        let v = self.call("GET", "/screenshot", None);
+        let b64 = v.as_str().expect("a screenshot");
+        let tmp = to.with_extension("b64");
+        fs::write(&tmp, b64).unwrap();
+        sh_ok(&format!(
+            "base64 -d {} > {} && rm {}",
+            tmp.display(),
+            to.display(),
+            tmp.display()
+        ));
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn sha256(p: &Path) -> String {
+    sh_ok(&format!("sha256sum {}", p.display()))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `shardfs web` for uid:gid with the harness's client credential: the sign-in link.
+fn login_link(c: &Cluster, uid: u32) -> String {
+    let (ok, out, err) = c.admin_around(
+        &["web"],
+        &[
+            "--uid",
+            &uid.to_string(),
+            "--gid",
+            &uid.to_string(),
+            "--credentials",
+            &c.path("client.cred").display().to_string(),
+        ],
+    );
+    assert!(ok, "shardfs web failed: {out}{err}");
+    out.trim().to_string()
+}
+
+#[test]
+fn the_web_ui_in_a_browser_lists_previews_downloads_uploads_renames_and_deletes() {
+    let mut c = Cluster::start_with(6, "4+2", &["--http", "127.0.0.1:0"]);
+    let http = fs::read_to_string(c.path("master/http.addr"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let site = format!("http://{http}");
+    let mp = c.mount("m");
+    // What a user (uid 1000) has, and what another (uid 2000) keeps to themself.
+    let docs = mp.join("docs");
+    fs::create_dir(&docs).unwrap();
+    fs::write(
+        docs.join("readme.txt"),
+        "Hello from ShardFS\n<script>alert('not run')</script>\n",
+    )
+    .unwrap();
+    fs::write(docs.join("pic.png"), PNG).unwrap();
+    fs::write(docs.join("data.bin"), random_bytes(1, 3 << 20)).unwrap();
+    fs::write(docs.join("victim.txt"), "to be deleted\n").unwrap();
+    fs::write(docs.join("old-name.txt"), "to be renamed\n").unwrap();
+    sh_ok(&format!("chown -R 1000:1000 {}", docs.display()));
+    let secret = mp.join("secret");
+    fs::create_dir(&secret).unwrap();
+    fs::write(secret.join("hidden-name.txt"), "private\n").unwrap();
+    sh_ok(&format!("chown -R 2000:2000 {}", secret.display()));
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+
+    let shots: PathBuf = std::env::var_os("SHARDFS_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| c.path("screenshots"));
+    fs::create_dir_all(&shots).unwrap();
+    let profile = c.path("chromium-profile");
+    let b = Browser::start(&profile);
+
+    // Signed out: nothing is listed.
+    b.go(&format!("{site}/files/docs/"));
+    let s = b.source();
+    assert!(s.contains("not signed in"), "{s}");
+    assert!(!s.contains("readme.txt"), "listed without signing in: {s}");
+
+    // The link signs in (once) and lands on the root listing.
+    let link = login_link(&c, 1000);
+    b.go(&link);
+    let url = b.call("GET", "/url", None);
+    assert!(
+        url.as_str().unwrap().ends_with("/files/"),
+        "after sign-in: {url}"
+    );
+    assert!(b.source().contains("docs/"));
+    let again = ureq::get(&link).call();
+    assert!(
+        matches!(again, Err(ureq::Error::Status(401, _))),
+        "a sign-in link works once"
+    );
+
+    // The listing of a directory written on the mount.
+    b.go(&format!("{site}/files/docs/"));
+    let names: Value =
+        b.js("return Array.from(document.querySelectorAll('a.entry')).map(a => a.textContent);");
+    let names: Vec<&str> = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for want in ["readme.txt", "pic.png", "data.bin", "victim.txt"] {
+        assert!(names.contains(&want), "{want} not listed: {names:?}");
+    }
+    b.screenshot(&shots.join("listing.png"));
+
+    // A text preview, escaped (the script in the file is text, not run).
+    b.go(&format!("{site}/files/docs/readme.txt"));
+    let text = b.js("return document.getElementById('text').textContent;");
+    assert!(
+        text.as_str().unwrap().contains("Hello from ShardFS")
+            && text.as_str().unwrap().contains("<script>"),
+        "{text}"
+    );
+    assert_eq!(
+        b.js("return document.querySelectorAll('main script').length;"),
+        json!(0)
+    );
+    b.screenshot(&shots.join("preview-text.png"));
+
+    // An image preview, decoded by the browser.
+    b.go(&format!("{site}/files/docs/pic.png"));
+    wait_until(Duration::from_secs(10), "the image", || {
+        b.js("const i = document.getElementById('image'); return i.complete && i.naturalWidth;")
+            == json!(2)
+    });
+    b.screenshot(&shots.join("preview-image.png"));
+
+    // A download through the page's link, byte-identical (hashed in the browser).
+    b.go(&format!("{site}/files/docs/data.bin"));
+    let got = b.js_async(
+        "const done = arguments[arguments.length - 1];
+         fetch(document.getElementById('download').href)
+           .then(r => r.arrayBuffer())
+           .then(b => crypto.subtle.digest('SHA-256', b))
+           .then(h => done(Array.from(new Uint8Array(h)).map(x => x.toString(16).padStart(2, '0')).join('')))
+           .catch(e => done('failed: ' + e));",
+    );
+    assert_eq!(got.as_str().unwrap(), sha256(&docs.join("data.bin")));
+
+    // An upload through the page's file input: it reads identical on the mount.
+    let local = c.path("upload.bin");
+    fs::write(&local, random_bytes(2, (2 << 20) + 12_345)).unwrap();
+    b.go(&format!("{site}/files/docs/"));
+    let pick = b.find("css selector", "#pick");
+    b.call(
+        "POST",
+        &format!("/element/{pick}/value"),
+        Some(json!({"text": local.display().to_string()})),
+    );
+    wait_until(Duration::from_secs(30), "the upload on the mount", || {
+        fs::metadata(docs.join("upload.bin")).is_ok_and(|m| m.len() == (2 << 20) + 12_345)
+    });
+    assert_eq!(
+        sha256(&docs.join("upload.bin")),
+        sha256(&local),
+        "upload changed the bytes"
+    );
+    let meta = fs::metadata(docs.join("upload.bin")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        1000,
+        "uploaded as the user"
+    );
+
+    // Rename through the prompt, delete through the button.
+    b.go(&format!("{site}/files/docs/"));
+    let ren = b.find(
+        "xpath",
+        "//tr[td/a[text()='old-name.txt']]//button[text()='rename']",
+    );
+    b.click(&ren);
+    b.call("POST", "/alert/text", Some(json!({"text": "new-name.txt"})));
+    b.call("POST", "/alert/accept", Some(json!({})));
+    wait_until(Duration::from_secs(10), "the rename on the mount", || {
+        docs.join("new-name.txt").exists() && !docs.join("old-name.txt").exists()
+    });
+    b.go(&format!("{site}/files/docs/"));
+    let del = b.find(
+        "xpath",
+        "//tr[td/a[text()='victim.txt']]//button[@class='del']",
+    );
+    b.click(&del);
+    wait_until(Duration::from_secs(10), "the delete on the mount", || {
+        !docs.join("victim.txt").exists()
+    });
+
+    // Another user's 0700 directory: its name is in the root listing (as for ls), its
+    // content is not shown.
+    b.go(&format!("{site}/files/secret/"));
+    let s = b.source();
+    assert!(
+        !s.contains("hidden-name.txt"),
+        "another user's file shown: {s}"
+    );
+    let status = |path: &str| {
+        b.js_async(&format!(
+            "const done = arguments[arguments.length - 1];
+             fetch('{path}').then(r => done(r.status));"
+        ))
+    };
+    assert_eq!(status("/files/secret/"), json!(403));
+    assert_eq!(status("/raw/secret/hidden-name.txt"), json!(403));
+    let direct = ureq::get(&format!("{site}/raw/secret/hidden-name.txt")).call();
+    assert!(matches!(direct, Err(ureq::Error::Status(401, _))));
+
+    // The cluster page: every node.
+    b.go(&format!("{site}/cluster"));
+    assert_eq!(
+        b.js("return document.querySelectorAll('#nodes tbody tr').length;"),
+        json!(6)
+    );
+    b.screenshot(&shots.join("cluster.png"));
+
+    // A change without the header a page of another site cannot send is refused.
+    let forged = b.js_async(
+        "const done = arguments[arguments.length - 1];
+         fetch('/api/delete?path=/docs/readme.txt', {method: 'POST'}).then(r => done(r.status));",
+    );
+    assert_eq!(forged, json!(403));
+    assert!(docs.join("readme.txt").exists());
+
+    // Signed out: the session is gone.
+    b.go(&format!("{site}/logout"));
+    b.go(&format!("{site}/files/docs/"));
+    assert!(b.source().contains("not signed in"));
+}
