@@ -863,6 +863,8 @@ pub enum MasterRequest {
     /// A one-time sign-in link to the web UI (`shardfs web`); the web session acts for the
     /// caller this request is wrapped for (`As`), within what the credential allows.
     WebLogin,
+    /// Public links to files (wrapped in `As`: they read as the caller).
+    Share(ShareAction),
     /// Space and inodes as `df` of a path shows them: the nearest directory quota at or above
     /// `ino`, else the cluster's. Answered with `StatFsAt`.
     StatFsAt {
@@ -972,6 +974,8 @@ pub struct HistoryEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasterResponse {
     Ok,
+    /// Share links (a new one carries its `url`).
+    Shares(Vec<ShareInfo>),
     /// The sign-in link of a `WebLogin`, valid once, until `expires` (Unix seconds).
     WebLogin {
         url: String,
@@ -1089,6 +1093,33 @@ pub struct QuotaInfo {
     pub inodes_limit: u64,
     pub bytes_used: u64,
     pub inodes_used: u64,
+}
+
+/// What to do with share links.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareAction {
+    /// A new public link to the file at `path` (from the cluster's root), good for
+    /// `expires_secs`.
+    Create { path: String, expires_secs: u64 },
+    /// The caller's links (an admin's: everyone's).
+    List,
+    /// End link `id` (the caller's own; an admin: any).
+    Revoke { id: String },
+}
+
+/// A share link as `shardfs share list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareInfo {
+    pub id: String,
+    pub path: String,
+    /// Who it reads as, and the credential that made it.
+    pub uid: u32,
+    pub credential: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub expires: u64,
+    /// The link itself: only in the answer that made it.
+    pub url: Option<String>,
 }
 
 /// Which audit entries a query wants. `after` is the `next` of the previous page.

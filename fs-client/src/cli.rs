@@ -142,16 +142,14 @@ pub enum Cmd {
         /// Master address HOST:PORT, or a file holding it.
         #[arg(env = "SHARDFS_MASTER")]
         master: String,
-        /// The user the web session acts as (default: the user running this).
-        #[arg(long)]
-        uid: Option<u32>,
-        /// Its group (default: the group running this).
-        #[arg(long)]
-        gid: Option<u32>,
-        /// Client or admin credential (default: client.cred beside a MASTER address file,
-        /// else ~/.config/shardfs/client.cred).
-        #[arg(long, env = "SHARDFS_CREDENTIALS")]
-        credentials: Option<PathBuf>,
+        #[command(flatten)]
+        who: UserCred,
+    },
+    /// Public links to files (through the master's HTTP address): they download the file
+    /// without credentials until they expire or are revoked.
+    Share {
+        #[command(subcommand)]
+        cmd: ShareCmd,
     },
     /// Storage policies of directories and files on a mount: how their data is stored.
     Policy {
@@ -327,6 +325,55 @@ pub enum CredCmd {
         id: String,
         #[command(flatten)]
         cred: AdminCred,
+    },
+}
+
+/// Who a command acts as, and with which credential.
+#[derive(Args, Debug)]
+pub struct UserCred {
+    /// The user it acts as (default: the user running this).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Its group (default: the group running this).
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Client or admin credential (default: client.cred beside a MASTER address file, else
+    /// ~/.config/shardfs/client.cred).
+    #[arg(long, env = "SHARDFS_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ShareCmd {
+    /// Print a new public link to the file at PATH (from the cluster's root, e.g.
+    /// /docs/report.pdf); it reads the file as --uid, which must be able to read it.
+    Create {
+        /// Master address HOST:PORT, or a file holding it.
+        master: String,
+        path: String,
+        /// Seconds the link works (default a day; at most a year).
+        #[arg(long, default_value_t = 86_400)]
+        expires: u64,
+        #[command(flatten)]
+        who: UserCred,
+    },
+    /// The links --uid made with this credential (an admin credential: everyone's).
+    List {
+        /// Master address HOST:PORT, or a file holding it.
+        master: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        who: UserCred,
+    },
+    /// End a link (by the id `list` shows).
+    Revoke {
+        /// Master address HOST:PORT, or a file holding it.
+        master: String,
+        id: String,
+        #[command(flatten)]
+        who: UserCred,
     },
 }
 

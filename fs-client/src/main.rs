@@ -3,6 +3,7 @@ mod admin;
 mod cli;
 mod keys;
 mod quota;
+mod share;
 mod top;
 
 use clap::Parser;
@@ -149,20 +150,9 @@ fn main() -> ExitCode {
             } => quota::set(path, uid, bytes, inodes, clear),
             QuotaCmd::Get { path, uid, json } => quota::get(path, uid, json),
         },
-        Cmd::Web {
-            master,
-            uid,
-            gid,
-            credentials,
-        } => credential_path(&master, credentials, "client.cred").and_then(|cred| {
-            let to = admin::Remote {
-                addr: master_addr(&master)?,
-                cred: Arc::new(cred),
-            };
-            // SAFETY: getuid/getgid only read the process's ids.
-            let (me, my_group) = unsafe { (libc::getuid(), libc::getgid()) };
-            admin::web_login(&to, uid.unwrap_or(me), gid.unwrap_or(my_group))
-        }),
+        Cmd::Web { master, who } => share::remote_as(&master, who)
+            .and_then(|(to, caller)| admin::web_login(&to, caller.uid, caller.gid)),
+        Cmd::Share { cmd } => share::run(cmd),
         Cmd::Policy { cmd } => match cmd {
             PolicyCmd::Get { path } => admin::policy_get(&path),
             PolicyCmd::Set { path, policy } => admin::policy_set(&path, &policy),

@@ -299,6 +299,7 @@ pub fn describe(req: &MasterRequest) -> Pending {
         R::Recent => read("recent", Target::None),
         R::Audit(_) => read("audit", Target::None),
         R::WebLogin => change("web-login", Target::None, String::new()),
+        R::Share(a) => change("share", Target::None, format!("{a:?}")),
         R::StatFsAt { ino } => read("statfs", Target::Ino(*ino)),
         R::DataKeys => read("data-keys", Target::None),
         R::Keys(a) => change("keys", Target::None, format!("{a:?}")),

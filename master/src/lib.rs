@@ -251,6 +251,15 @@ impl Master {
                 Ok(r)
             }
             MasterRequest::Scrub => repair::scrub(&self).await.map(MasterResponse::Scrubbed),
+            MasterRequest::Share(action) => {
+                let (cred, admin) = match &peer.who {
+                    Some(w) => (w.id.clone(), w.role == shardfs_common::pki::Role::Admin),
+                    None => (String::new(), false),
+                };
+                web::share::serve(&self, action, caller.clone(), cred, admin)
+                    .await
+                    .map(MasterResponse::Shares)
+            }
             MasterRequest::WebLogin => {
                 let cred = peer.who.as_ref().map(|w| w.id.clone()).unwrap_or_default();
                 self.web

@@ -376,3 +376,108 @@ fn the_web_ui_in_a_browser_lists_previews_downloads_uploads_renames_and_deletes(
     b.go(&format!("{site}/files/docs/"));
     assert!(b.source().contains("not signed in"));
 }
+
+/// `shardfs share ARGS…` (as `shardfs share SUB MASTER REST…`) for uid 1000 with the
+/// harness's client credential: (success, stdout + stderr).
+fn share(c: &Cluster, sub: &str, rest: &[&str]) -> (bool, String) {
+    let cred = c.path("client.cred").display().to_string();
+    let mut after: Vec<&str> = rest.to_vec();
+    after.extend(["--uid", "1000", "--gid", "1000", "--credentials", &cred]);
+    let (ok, out, err) = c.admin_around(&["share", sub], &after);
+    (ok, format!("{out}{err}"))
+}
+
+/// Status and body of a GET with no credentials at all.
+fn fetch(url: &str) -> (u16, Vec<u8>) {
+    match ureq::get(url).call() {
+        Ok(r) => {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut r.into_reader(), &mut body).unwrap();
+            (200, body)
+        }
+        Err(ureq::Error::Status(code, _)) => (code, Vec::new()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+#[test]
+fn a_share_link_downloads_without_credentials_until_it_expires_or_is_revoked() {
+    let mut c = Cluster::start_with(6, "4+2", &["--http", "127.0.0.1:0"]);
+    let mp = c.mount("m");
+    let data = random_bytes(3, (5 << 20) + 7);
+    fs::write(mp.join("report.bin"), &data).unwrap();
+    sh_ok(&format!(
+        "chown 1000:1000 {}",
+        mp.join("report.bin").display()
+    ));
+    let (ok, out) = share(&c, "create", &["/report.bin", "--expires", "3600"]);
+    assert!(ok, "{out}");
+    let url = out.lines().next().unwrap().trim().to_string();
+    assert!(url.contains("/s/"), "{url}");
+    let (code, body) = fetch(&url);
+    assert_eq!(code, 200);
+    assert!(body == data, "the link's bytes differ from the file");
+
+    // A tampered link, a short one, and one with a path around it: nothing.
+    let mut tampered = url.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == '0' { '1' } else { '0' });
+    assert_eq!(fetch(&tampered).0, 404);
+    assert_eq!(fetch(&url[..url.len() - 2]).0, 404);
+    assert_ne!(fetch(&format!("{url}/../../files/")).0, 200);
+
+    // It survives a master restart (the master's HTTP port changes here; the secret does not).
+    c.kill_master();
+    c.start_master();
+    c.wait_nodes_up(6);
+    let http = fs::read_to_string(c.path("master/http.addr"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let secret = url.rsplit('/').next().unwrap().to_string();
+    let url = format!("http://{http}/s/{secret}");
+    wait_until(Duration::from_secs(30), "the link after a restart", || {
+        fetch(&url).0 == 200
+    });
+    assert!(fetch(&url).1 == data);
+
+    // The maker may no longer read the file: the link gives nothing.
+    let f = mp.join("report.bin");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    sh_ok(&format!("chown 2000:2000 {}", f.display()));
+    assert_eq!(fetch(&url).0, 403);
+    sh_ok(&format!("chown 1000:1000 {}", f.display()));
+    assert_eq!(fetch(&url).0, 200);
+    // Nor can one share what one cannot read.
+    let (ok, out) = {
+        fs::write(mp.join("private.bin"), b"x").unwrap();
+        fs::set_permissions(mp.join("private.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+        share(&c, "create", &["/private.bin"])
+    };
+    assert!(!ok, "shared a file its maker cannot read: {out}");
+
+    // Listed, then revoked: refused from then on.
+    let (ok, out) = share(&c, "list", &["--json"]);
+    assert!(ok, "{out}");
+    let listed: Vec<Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{out}");
+    assert_eq!(listed[0]["path"], "/report.bin");
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let (ok, out) = share(&c, "revoke", &[&id]);
+    assert!(ok, "{out}");
+    assert_eq!(fetch(&url).0, 404);
+
+    // Expiry.
+    let (ok, out) = share(&c, "create", &["/report.bin", "--expires", "2"]);
+    assert!(ok, "{out}");
+    let short = out.lines().next().unwrap().trim().to_string();
+    assert_eq!(fetch(&short).0, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fetch(&short).0, 404, "an expired link still works");
+    let (ok, out) = share(&c, "create", &["/report.bin", "--expires", "0"]);
+    assert!(!ok, "a link that never works was made: {out}");
+}

@@ -269,7 +269,7 @@ impl Master {
                 self.repair.kick();
                 A::Ok
             }
-            R::Scrub | R::Merge { .. } | R::As { .. } | R::WebLogin => {
+            R::Scrub | R::Merge { .. } | R::As { .. } | R::WebLogin | R::Share(_) => {
                 return Err(Error::invalid("served asynchronously").into())
             }
             R::History { ino } => {

@@ -148,6 +148,15 @@ impl Meta {
             .map_err(db_err)
     }
 
+    /// The record `k` of `family`, if there is one.
+    pub fn get_record<T: DeserializeOwned>(
+        &self,
+        family: u8,
+        k: &[u8],
+    ) -> Result<Option<T>, MasterError> {
+        self.get(&key(family, &[k]))
+    }
+
     pub fn delete_record(&self, family: u8, k: &[u8]) -> Result<(), MasterError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);

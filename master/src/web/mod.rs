@@ -18,6 +18,7 @@
 pub mod auth;
 mod files;
 mod pages;
+pub mod share;
 
 use crate::Master;
 use auth::WebUser;
@@ -46,6 +47,11 @@ pub struct Web {
 }
 
 impl Web {
+    /// The UI's client core, once connected.
+    pub fn core(&self) -> Option<Arc<Core>> {
+        self.core.get().cloned()
+    }
+
     /// A sign-in link for `caller`, made by credential `credential`: (url, expires).
     pub fn login_link(&self, caller: Caller, credential: String) -> Result<(String, u64), Error> {
         let Some(http) = self.http.get() else {
@@ -124,6 +130,7 @@ pub fn router(master: S) -> axum::Router {
         .route("/raw/{*path}", get(download).put(upload))
         .route("/api/{op}", post(change))
         .route("/cluster", get(cluster))
+        .route("/s/{secret}", get(share::download))
         .with_state(master)
 }
 
@@ -355,36 +362,17 @@ async fn download(
     let stream = files::read_stream(core, user, a.ino, start, end).await?;
     let (ctype, _) = pages::content_type(&path);
     let name = path.rsplit('/').next().unwrap_or("file");
-    let mut r = Response::new(Body::from_stream(stream));
-    let h = r.headers_mut();
+    let attachment = q.get("download").is_some_and(|d| d == "1");
+    let mut r = file_response(
+        Body::from_stream(stream),
+        end - start,
+        ctype,
+        name,
+        attachment,
+    );
+    r.headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let val = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
-    h.insert(header::CONTENT_TYPE, val(ctype));
-    h.insert(header::CONTENT_LENGTH, val(&(end - start).to_string()));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-cache"),
-    );
-    if q.get("download").is_some_and(|d| d == "1") {
-        let ascii: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() && c != '"' && c != '\\' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        h.insert(
-            header::CONTENT_DISPOSITION,
-            val(&format!("attachment; filename=\"{ascii}\"")),
-        );
-    }
     if part.is_some() {
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
         r.headers_mut().insert(
@@ -393,6 +381,38 @@ async fn download(
         );
     }
     Ok(r)
+}
+
+/// A response streaming `len` bytes of file `name` as `ctype` (never sniffed, never cached
+/// by others), as an attachment if asked.
+fn file_response(body: Body, len: u64, ctype: &str, name: &str, attachment: bool) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    let val = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+    h.insert(header::CONTENT_TYPE, val(ctype));
+    h.insert(header::CONTENT_LENGTH, val(&len.to_string()));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    if attachment {
+        let ascii: String = name
+            .chars()
+            .map(|c| match c.is_ascii_graphic() && c != '"' && c != '\\' {
+                true => c,
+                false => '_',
+            })
+            .collect();
+        h.insert(
+            header::CONTENT_DISPOSITION,
+            val(&format!("attachment; filename=\"{ascii}\"")),
+        );
+    }
+    r
 }
 
 /// A file's new content (made, or replaced), streamed from the request body.

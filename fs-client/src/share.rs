@@ -1,0 +1,105 @@
+//! `shardfs share create|list|revoke`: public links to files, made and ended through the
+//! master (which serves them on its HTTP address, see the master's `web::share`).
+
+use crate::admin::{client, runtime, Remote};
+use crate::cli::{ShareCmd, UserCred};
+use anyhow::{bail, Context};
+use shardfs_common::proto::{Caller, MasterRequest, MasterResponse, ShareAction, ShareInfo};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The master to ask and the caller to ask for.
+pub(crate) fn remote_as(master: &str, who: UserCred) -> anyhow::Result<(Remote, Caller)> {
+    let cred = crate::credential_path(master, who.credentials, "client.cred")?;
+    let to = Remote {
+        addr: crate::master_addr(master)?,
+        cred: Arc::new(cred),
+    };
+    // SAFETY: getuid/getgid only read the process's ids.
+    let (me, my_group) = unsafe { (libc::getuid(), libc::getgid()) };
+    let caller = Caller {
+        uid: who.uid.unwrap_or(me),
+        gid: who.gid.unwrap_or(my_group),
+        groups: Vec::new(),
+    };
+    Ok((to, caller))
+}
+
+fn ask(to: &Remote, caller: Caller, action: ShareAction) -> anyhow::Result<Vec<ShareInfo>> {
+    let req = MasterRequest::As {
+        caller,
+        req: Box::new(MasterRequest::Share(action)),
+    };
+    let answer = runtime()?
+        .block_on(async {
+            let mc = client(to, Duration::from_secs(15))?;
+            let r = mc.call(req).await;
+            mc.close();
+            anyhow::Ok(r?)
+        })
+        .with_context(|| format!("share links through the master at {}", to.addr))?;
+    match answer {
+        MasterResponse::Shares(s) => Ok(s),
+        other => bail!("unexpected answer from the master: {other:?}"),
+    }
+}
+
+fn date(secs: u64) -> String {
+    shardfs_common::proto::civil_date(secs as i64)
+}
+
+pub fn run(cmd: ShareCmd) -> anyhow::Result<()> {
+    match cmd {
+        ShareCmd::Create {
+            master,
+            path,
+            expires,
+            who,
+        } => {
+            let (to, caller) = remote_as(&master, who)?;
+            let made = ask(
+                &to,
+                caller,
+                ShareAction::Create {
+                    path,
+                    expires_secs: expires,
+                },
+            )?;
+            let Some(s) = made.first() else {
+                bail!("the master made no link");
+            };
+            println!("{}", s.url.as_deref().unwrap_or_default());
+            eprintln!(
+                "link {} to {}, until {} (UTC)",
+                s.id,
+                s.path,
+                date(s.expires)
+            );
+        }
+        ShareCmd::List { master, json, who } => {
+            let (to, caller) = remote_as(&master, who)?;
+            for s in ask(&to, caller, ShareAction::List)? {
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    println!(
+                        "{}  {}  uid {} via {}  until {}",
+                        s.id,
+                        s.path,
+                        s.uid,
+                        s.credential,
+                        date(s.expires)
+                    );
+                }
+            }
+        }
+        ShareCmd::Revoke { master, id, who } => {
+            let (to, caller) = remote_as(&master, who)?;
+            let gone = ask(&to, caller, ShareAction::Revoke { id })?;
+            for s in gone {
+                println!("revoked {} ({})", s.id, s.path);
+            }
+        }
+    }
+    Ok(())
+}

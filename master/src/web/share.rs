@@ -1,0 +1,206 @@
+//! Share links: a public URL (`/s/SECRET`) that downloads one file without credentials until
+//! it expires or is revoked (`shardfs share create|list|revoke`).
+//!
+//! The secret is 256 random bits; the master keeps only its blake3 (`H` records, so links
+//! survive restarts) with the file's inode, who made the link (uid, gid, credential) and when
+//! it expires. A download reads the file as its maker, through the web UI's core: if the maker
+//! may no longer read it, or their credential is revoked, the link gives nothing. A link
+//! names the file, not the path: it follows renames and ends with the file.
+
+use super::auth::WebUser;
+use super::{files, Failed};
+use crate::{Master, MasterError};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use shardfs_common::proto::{Caller, FileKind, ShareAction, ShareInfo, ACCESS_READ};
+use shardfs_common::{Error, ErrorCode};
+use std::sync::Arc;
+
+const SHARES: u8 = b'H';
+/// Longest a link may live: a year.
+const MAX_TTL: u64 = 366 * 86_400;
+/// Most live links per credential and uid.
+const MAX_PER_USER: usize = 10_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ShareRecord {
+    ino: u64,
+    path: String,
+    caller: Caller,
+    credential: String,
+    created: u64,
+    expires: u64,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn key(secret: &str) -> [u8; 32] {
+    *blake3::hash(secret.as_bytes()).as_bytes()
+}
+
+/// A link's id: the start of its secret's hash (what list and revoke name it by).
+fn id_of(k: &[u8]) -> String {
+    hex::encode(&k[..6])
+}
+
+fn info(k: &[u8], r: &ShareRecord, url: Option<String>) -> ShareInfo {
+    ShareInfo {
+        id: id_of(k),
+        path: r.path.clone(),
+        uid: r.caller.uid,
+        credential: r.credential.clone(),
+        created: r.created,
+        expires: r.expires,
+        url,
+    }
+}
+
+fn refused(msg: &str) -> MasterError {
+    MasterError::Fs(Error::fs(ErrorCode::Permission, msg))
+}
+
+/// `MasterRequest::Share` from credential `credential` (an admin's if `admin`), for `caller`.
+pub(crate) async fn serve(
+    m: &Arc<Master>,
+    action: ShareAction,
+    caller: Caller,
+    credential: String,
+    admin: bool,
+) -> Result<Vec<ShareInfo>, MasterError> {
+    let all: Vec<(Vec<u8>, ShareRecord)> = m.meta.records(SHARES)?;
+    let mine =
+        |r: &ShareRecord| admin || (r.credential == credential && r.caller.uid == caller.uid);
+    match action {
+        ShareAction::List => Ok(all
+            .iter()
+            .filter(|(_, r)| mine(r) && r.expires > now())
+            .map(|(k, r)| info(k, r, None))
+            .collect()),
+        ShareAction::Revoke { id } => {
+            let Some((k, r)) = all.iter().find(|(k, _)| id_of(k) == id) else {
+                return Err(Error::fs(ErrorCode::NotFound, format!("no share link {id}")).into());
+            };
+            if !mine(r) {
+                return Err(refused(
+                    "only its maker or an admin may revoke a share link",
+                ));
+            }
+            m.meta.delete_record(SHARES, k)?;
+            Ok(vec![info(k, r, None)])
+        }
+        ShareAction::Create { path, expires_secs } => {
+            if expires_secs == 0 || expires_secs > MAX_TTL {
+                return Err(Error::invalid(format!(
+                    "a link lasts 1 s to {MAX_TTL} s, not {expires_secs}"
+                ))
+                .into());
+            }
+            let Some(http) = m.web.http.get().copied() else {
+                return Err(Error::fs(
+                    ErrorCode::NotSupported,
+                    "this master serves no HTTP: start it with --http ADDR for share links",
+                )
+                .into());
+            };
+            let live = all
+                .iter()
+                .filter(|(_, r)| r.credential == credential && r.caller.uid == caller.uid)
+                .count();
+            if live >= MAX_PER_USER {
+                return Err(Error::fs(ErrorCode::NoSpace, "too many share links").into());
+            }
+            // Expired links go when new ones are made.
+            for (k, r) in &all {
+                if r.expires <= now() {
+                    m.meta.delete_record(SHARES, k)?;
+                }
+            }
+            let user = WebUser {
+                caller: caller.clone(),
+                credential: credential.clone(),
+            };
+            let core = m.web.core().ok_or_else(|| {
+                Error::fs(ErrorCode::Unavailable, "the web UI is still connecting")
+            })?;
+            // The maker must be able to read it now.
+            let a = files::as_user(&user, files::resolve(&core, &path)).await?;
+            if a.kind != FileKind::File {
+                return Err(Error::fs(ErrorCode::IsDir, "only files can be shared").into());
+            }
+            let fh = files::as_user(&user, core.open(a.ino, ACCESS_READ)).await?;
+            let _ = files::as_user(&user, core.release(fh)).await;
+            let secret = hex::encode(shardfs_common::pki::random::<32>());
+            let k = key(&secret);
+            let rec = ShareRecord {
+                ino: a.ino,
+                path: format!("/{}", files::components(&path)?.join("/")),
+                caller,
+                credential,
+                created: now(),
+                expires: now() + expires_secs,
+            };
+            m.meta.put_record(SHARES, &k, &rec)?;
+            Ok(vec![info(
+                &k,
+                &rec,
+                Some(format!("http://{http}/s/{secret}")),
+            )])
+        }
+    }
+}
+
+/// `GET /s/SECRET`: the shared file's bytes, as an attachment.
+pub(super) async fn download(
+    State(m): State<Arc<Master>>,
+    Path(secret): Path<String>,
+) -> Result<Response, Failed> {
+    let gone = || {
+        Failed(
+            StatusCode::NOT_FOUND,
+            "no such share link (expired or revoked?)".into(),
+        )
+    };
+    if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(gone());
+    }
+    let rec: ShareRecord = m
+        .meta
+        .get_record(SHARES, &key(&secret))
+        .map_err(|e| Failed(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .ok_or_else(gone)?;
+    if rec.expires <= now() || m.auth.is_revoked(&rec.credential) {
+        return Err(gone());
+    }
+    let core = m.web.core().ok_or_else(|| {
+        Failed(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "still connecting; try again".into(),
+        )
+    })?;
+    let user = WebUser {
+        caller: rec.caller.clone(),
+        credential: rec.credential.clone(),
+    };
+    let a = files::as_user(&user, core.getattr(rec.ino)).await?;
+    if a.kind != FileKind::File || a.nlink == 0 {
+        return Err(gone());
+    }
+    let stream = files::read_stream(core, user, a.ino, 0, a.size).await?;
+    let name = rec.path.rsplit('/').next().unwrap_or("file");
+    let r = super::file_response(
+        Body::from_stream(stream),
+        a.size,
+        "application/octet-stream",
+        name,
+        true,
+    );
+    Ok(r)
+}
