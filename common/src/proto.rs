@@ -1099,8 +1099,12 @@ pub struct QuotaInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShareAction {
     /// A new public link to the file at `path` (from the cluster's root), good for
-    /// `expires_secs`.
-    Create { path: String, expires_secs: u64 },
+    /// `expires_secs`; with a `password`, a download asks for it.
+    Create {
+        path: String,
+        expires_secs: u64,
+        password: Option<String>,
+    },
     /// The caller's links (an admin's: everyone's).
     List,
     /// End link `id` (the caller's own; an admin: any).
@@ -1118,6 +1122,8 @@ pub struct ShareInfo {
     /// Unix seconds.
     pub created: u64,
     pub expires: u64,
+    /// Whether a download asks for a password.
+    pub password: bool,
     /// The link itself: only in the answer that made it.
     pub url: Option<String>,
 }

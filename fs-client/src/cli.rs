@@ -354,6 +354,10 @@ pub enum ShareCmd {
         /// Seconds the link works (default a day; at most a year).
         #[arg(long, default_value_t = 86_400)]
         expires: u64,
+        /// A download asks for a password: SHARDFS_SHARE_PASSWORD if set, else asked for on
+        /// the terminal, else the first line of standard input.
+        #[arg(long)]
+        password: bool,
         #[command(flatten)]
         who: UserCred,
     },

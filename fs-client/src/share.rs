@@ -44,6 +44,25 @@ fn ask(to: &Remote, caller: Caller, action: ShareAction) -> anyhow::Result<Vec<S
     }
 }
 
+/// The password of a new link (see `shardfs share create --help`).
+fn read_password() -> anyhow::Result<String> {
+    let p = match std::env::var("SHARDFS_SHARE_PASSWORD") {
+        Ok(p) => p,
+        Err(_) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            rpassword::prompt_password("password for the link: ")?
+        }
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    if p.is_empty() {
+        bail!("an empty password protects nothing");
+    }
+    Ok(p)
+}
+
 fn date(secs: u64) -> String {
     shardfs_common::proto::civil_date(secs as i64)
 }
@@ -54,17 +73,20 @@ pub fn run(cmd: ShareCmd) -> anyhow::Result<()> {
             master,
             path,
             expires,
+            password,
             who,
         } => {
             let (to, caller) = remote_as(&master, who)?;
-            let made = ask(
-                &to,
-                caller,
-                ShareAction::Create {
-                    path,
-                    expires_secs: expires,
-                },
-            )?;
+            let password = match password {
+                true => Some(read_password()?),
+                false => None,
+            };
+            let create = ShareAction::Create {
+                path,
+                expires_secs: expires,
+                password,
+            };
+            let made = ask(&to, caller, create)?;
             let Some(s) = made.first() else {
                 bail!("the master made no link");
             };
@@ -83,12 +105,13 @@ pub fn run(cmd: ShareCmd) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&s)?);
                 } else {
                     println!(
-                        "{}  {}  uid {} via {}  until {}",
+                        "{}  {}  uid {} via {}  until {}{}",
                         s.id,
                         s.path,
                         s.uid,
                         s.credential,
-                        date(s.expires)
+                        date(s.expires),
+                        if s.password { "  (password)" } else { "" }
                     );
                 }
             }

@@ -480,4 +480,27 @@ fn a_share_link_downloads_without_credentials_until_it_expires_or_is_revoked() {
     assert_eq!(fetch(&short).0, 404, "an expired link still works");
     let (ok, out) = share(&c, "create", &["/report.bin", "--expires", "0"]);
     assert!(!ok, "a link that never works was made: {out}");
+
+    // With a password: a form, the file only for the right one.
+    std::env::set_var("SHARDFS_SHARE_PASSWORD", "correct horse");
+    let (ok, out) = share(&c, "create", &["/report.bin", "--password"]);
+    std::env::remove_var("SHARDFS_SHARE_PASSWORD");
+    assert!(ok, "{out}");
+    let locked = out.lines().next().unwrap().trim().to_string();
+    let (code, body) = fetch(&locked);
+    assert_eq!(code, 401, "a password link answered without one");
+    assert!(body.is_empty() || !body.starts_with(&data[..16]));
+    let post = |pw: &str| match ureq::post(&locked).send_form(&[("password", pw)]) {
+        Ok(r) => {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut r.into_reader(), &mut b).unwrap();
+            (200, b)
+        }
+        Err(ureq::Error::Status(code, _)) => (code, Vec::new()),
+        Err(e) => panic!("POST: {e}"),
+    };
+    assert_eq!(post("wrong").0, 403);
+    let (code, body) = post("correct horse");
+    assert_eq!(code, 200);
+    assert!(body == data, "the password link's bytes differ");
 }

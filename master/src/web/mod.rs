@@ -130,7 +130,10 @@ pub fn router(master: S) -> axum::Router {
         .route("/raw/{*path}", get(download).put(upload))
         .route("/api/{op}", post(change))
         .route("/cluster", get(cluster))
-        .route("/s/{secret}", get(share::download))
+        .route(
+            "/s/{secret}",
+            get(share::download).post(share::download_with_password),
+        )
         .with_state(master)
 }
 

@@ -5,7 +5,9 @@
 //! survive restarts) with the file's inode, who made the link (uid, gid, credential) and when
 //! it expires. A download reads the file as its maker, through the web UI's core: if the maker
 //! may no longer read it, or their credential is revoked, the link gives nothing. A link
-//! names the file, not the path: it follows renames and ends with the file.
+//! names the file, not the path: it follows renames and ends with the file. A link made with
+//! a password (kept as an argon2id hash) answers a form, and the file only to a POST of the
+//! right password.
 
 use super::auth::WebUser;
 use super::{files, Failed};
@@ -13,7 +15,7 @@ use crate::{Master, MasterError};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use shardfs_common::proto::{Caller, FileKind, ShareAction, ShareInfo, ACCESS_READ};
 use shardfs_common::{Error, ErrorCode};
@@ -33,6 +35,9 @@ struct ShareRecord {
     credential: String,
     created: u64,
     expires: u64,
+    /// PHC string of the argon2id hash of the link's password, if it has one.
+    #[serde(default)]
+    password: Option<String>,
 }
 
 fn now() -> u64 {
@@ -59,6 +64,7 @@ fn info(k: &[u8], r: &ShareRecord, url: Option<String>) -> ShareInfo {
         credential: r.credential.clone(),
         created: r.created,
         expires: r.expires,
+        password: r.password.is_some(),
         url,
     }
 }
@@ -96,7 +102,18 @@ pub(crate) async fn serve(
             m.meta.delete_record(SHARES, k)?;
             Ok(vec![info(k, r, None)])
         }
-        ShareAction::Create { path, expires_secs } => {
+        ShareAction::Create {
+            path,
+            expires_secs,
+            password,
+        } => {
+            let password = match password {
+                Some(p) if p.is_empty() || p.len() > 1024 => {
+                    return Err(Error::invalid("a link's password is 1 to 1024 bytes").into())
+                }
+                Some(p) => Some(hash_password(&p)?),
+                None => None,
+            };
             if expires_secs == 0 || expires_secs > MAX_TTL {
                 return Err(Error::invalid(format!(
                     "a link lasts 1 s to {MAX_TTL} s, not {expires_secs}"
@@ -146,6 +163,7 @@ pub(crate) async fn serve(
                 credential,
                 created: now(),
                 expires: now() + expires_secs,
+                password,
             };
             m.meta.put_record(SHARES, &k, &rec)?;
             Ok(vec![info(
@@ -157,10 +175,67 @@ pub(crate) async fn serve(
     }
 }
 
-/// `GET /s/SECRET`: the shared file's bytes, as an attachment.
+fn hash_password(p: &str) -> Result<String, MasterError> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(&shardfs_common::pki::random::<16>())
+        .map_err(|e| MasterError::from(Error::invalid(e.to_string())))?;
+    argon2::Argon2::default()
+        .hash_password(p.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::invalid(format!("cannot hash the password: {e}")).into())
+}
+
+fn password_ok(phc: &str, given: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(phc).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(given.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// The form a password-protected link answers with.
+fn ask_password(wrong: bool) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>ShardFS share</title></head>\
+         <body><form method=\"post\"><p>{}</p><label>Password <input type=\"password\" \
+         name=\"password\" id=\"password\" autofocus></label> <button>Download</button></form></body></html>",
+        if wrong { "Wrong password." } else { "This link needs a password." }
+    );
+    let status = match wrong {
+        true => StatusCode::FORBIDDEN,
+        false => StatusCode::UNAUTHORIZED,
+    };
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// `GET /s/SECRET`: the shared file's bytes, as an attachment (or the password form).
 pub(super) async fn download(
     State(m): State<Arc<Master>>,
     Path(secret): Path<String>,
+) -> Result<Response, Failed> {
+    serve_link(m, secret, None).await
+}
+
+/// `POST /s/SECRET` with `password=…`: the file of a password-protected link.
+pub(super) async fn download_with_password(
+    State(m): State<Arc<Master>>,
+    Path(secret): Path<String>,
+    axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
+) -> Result<Response, Failed> {
+    let given = form.get("password").cloned().unwrap_or_default();
+    serve_link(m, secret, Some(given)).await
+}
+
+async fn serve_link(
+    m: Arc<Master>,
+    secret: String,
+    given: Option<String>,
 ) -> Result<Response, Failed> {
     let gone = || {
         Failed(
@@ -178,6 +253,13 @@ pub(super) async fn download(
         .ok_or_else(gone)?;
     if rec.expires <= now() || m.auth.is_revoked(&rec.credential) {
         return Err(gone());
+    }
+    if let Some(phc) = &rec.password {
+        match &given {
+            None => return Ok(ask_password(false)),
+            Some(g) if g.len() > 1024 || !password_ok(phc, g) => return Ok(ask_password(true)),
+            Some(_) => {}
+        }
     }
     let core = m.web.core().ok_or_else(|| {
         Failed(
