@@ -787,23 +787,28 @@ fn rfc3339(ns: u64) -> String {
     format!("{t}.{:03}Z", ns / 1_000_000 % 1000)
 }
 
-/// Ask the master for a web sign-in link acting as `uid`:`gid`, and print it.
-pub fn web_login(to: &Remote, uid: u32, gid: u32) -> anyhow::Result<()> {
+/// One request to the master made for `caller` (wrapped in `As`), with `timeout`.
+pub(crate) fn call_as(
+    to: &Remote,
+    caller: shardfs_common::proto::Caller,
+    req: MasterRequest,
+    timeout: Duration,
+) -> anyhow::Result<MasterResponse> {
     let req = MasterRequest::As {
-        caller: shardfs_common::proto::Caller {
-            uid,
-            gid,
-            groups: Vec::new(),
-        },
-        req: Box::new(MasterRequest::WebLogin),
+        caller,
+        req: Box::new(req),
     };
-    let answer = runtime()?
-        .block_on(async {
-            let mc = client(to, Duration::from_secs(10))?;
-            let r = mc.call(req).await;
-            mc.close();
-            anyhow::Ok(r?)
-        })
+    runtime()?.block_on(async {
+        let mc = client(to, timeout)?;
+        let r = mc.call(req).await;
+        mc.close();
+        anyhow::Ok(r?)
+    })
+}
+
+/// Ask the master for a web sign-in link acting as `caller`, and print it.
+pub fn web_login(to: &Remote, caller: shardfs_common::proto::Caller) -> anyhow::Result<()> {
+    let answer = call_as(to, caller, MasterRequest::WebLogin, Duration::from_secs(10))
         .with_context(|| format!("no sign-in link from the master at {}", to.addr))?;
     match answer {
         MasterResponse::WebLogin { url, expires } => {

@@ -150,8 +150,9 @@ fn main() -> ExitCode {
             } => quota::set(path, uid, bytes, inodes, clear),
             QuotaCmd::Get { path, uid, json } => quota::get(path, uid, json),
         },
-        Cmd::Web { master, who } => share::remote_as(&master, who)
-            .and_then(|(to, caller)| admin::web_login(&to, caller.uid, caller.gid)),
+        Cmd::Web { master, who } => {
+            share::remote_as(&master, who).and_then(|(to, caller)| admin::web_login(&to, caller))
+        }
         Cmd::Share { cmd } => share::run(cmd),
         Cmd::Policy { cmd } => match cmd {
             PolicyCmd::Get { path } => admin::policy_get(&path),

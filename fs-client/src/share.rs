@@ -1,7 +1,7 @@
 //! `shardfs share create|list|revoke`: public links to files, made and ended through the
 //! master (which serves them on its HTTP address, see the master's `web::share`).
 
-use crate::admin::{client, runtime, Remote};
+use crate::admin::{call_as, Remote};
 use crate::cli::{ShareCmd, UserCred};
 use anyhow::{bail, Context};
 use shardfs_common::proto::{Caller, MasterRequest, MasterResponse, ShareAction, ShareInfo};
@@ -26,17 +26,8 @@ pub(crate) fn remote_as(master: &str, who: UserCred) -> anyhow::Result<(Remote, 
 }
 
 fn ask(to: &Remote, caller: Caller, action: ShareAction) -> anyhow::Result<Vec<ShareInfo>> {
-    let req = MasterRequest::As {
-        caller,
-        req: Box::new(MasterRequest::Share(action)),
-    };
-    let answer = runtime()?
-        .block_on(async {
-            let mc = client(to, Duration::from_secs(15))?;
-            let r = mc.call(req).await;
-            mc.close();
-            anyhow::Ok(r?)
-        })
+    let req = MasterRequest::Share(action);
+    let answer = call_as(to, caller, req, Duration::from_secs(15))
         .with_context(|| format!("share links through the master at {}", to.addr))?;
     match answer {
         MasterResponse::Shares(s) => Ok(s),

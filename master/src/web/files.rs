@@ -135,21 +135,28 @@ pub async fn read_stream(
 
 /// Store the chunks of `body` as file `path` (made, or replaced in place), as `user`; the
 /// new size.
-pub async fn write_file<S>(core: &Core, user: &WebUser, path: &str, mut body: S) -> Result<u64>
+pub async fn write_file<S>(core: &Core, user: &WebUser, path: &str, body: S) -> Result<u64>
+where
+    S: Stream<Item = std::result::Result<Bytes, axum::Error>> + Unpin,
+{
+    as_user(user, store(core, user, path, body)).await
+}
+
+async fn store<S>(core: &Core, user: &WebUser, path: &str, mut body: S) -> Result<u64>
 where
     S: Stream<Item = std::result::Result<Bytes, axum::Error>> + Unpin,
 {
     use futures::StreamExt;
-    let (dir, name) = as_user(user, parent_of(core, path)).await?;
-    let fh = match as_user(user, core.lookup(dir.ino, name.as_bytes())).await {
+    let (dir, name) = parent_of(core, path).await?;
+    let fh = match core.lookup(dir.ino, name.as_bytes()).await {
         Ok(a) if a.kind == FileKind::File => {
-            let fh = as_user(user, core.open(a.ino, ACCESS_WRITE)).await?;
+            let fh = core.open(a.ino, ACCESS_WRITE).await?;
             let cut = SetAttr {
                 size: Some(0),
                 ..Default::default()
             };
-            if let Err(e) = as_user(user, core.setattr(a.ino, Some(fh), cut)).await {
-                let _ = as_user(user, core.release(fh)).await;
+            if let Err(e) = core.setattr(a.ino, Some(fh), cut).await {
+                let _ = core.release(fh).await;
                 return Err(e);
             }
             fh
@@ -157,9 +164,9 @@ where
         Ok(_) => return Err(Error::fs(ErrorCode::IsDir, "a directory has that name")),
         Err(e) if e.code() == ErrorCode::NotFound => {
             let (uid, gid) = (user.caller.uid, user.caller.gid);
-            let (_, fh) =
-                as_user(user, core.create(dir.ino, name.as_bytes(), 0o644, uid, gid)).await?;
-            fh
+            core.create(dir.ino, name.as_bytes(), 0o644, uid, gid)
+                .await?
+                .1
         }
         Err(e) => return Err(e),
     };
@@ -169,7 +176,7 @@ where
             let chunk = chunk.map_err(|e| Error::fs(ErrorCode::Invalid, e.to_string()))?;
             let mut done = 0usize;
             while done < chunk.len() {
-                let n = as_user(user, core.write(fh, at, &chunk[done..], 0)).await?;
+                let n = core.write(fh, at, &chunk[done..], 0).await?;
                 done += n as usize;
                 at += n as u64;
             }
@@ -178,41 +185,44 @@ where
     }
     .await;
     // The close publishes what was written (or the error of storing it).
-    let closed = as_user(user, core.release(fh)).await;
+    let closed = core.release(fh).await;
     written.and(closed).map(|()| at)
 }
 
 /// A new directory `path`, as `user`.
 pub async fn mkdir(core: &Core, user: &WebUser, path: &str) -> Result<()> {
-    let (dir, name) = as_user(user, parent_of(core, path)).await?;
     let (uid, gid) = (user.caller.uid, user.caller.gid);
-    as_user(
-        user,
-        core.mknod(dir.ino, name.as_bytes(), FileKind::Dir, 0o755, uid, gid, 0),
-    )
+    as_user(user, async {
+        let (dir, name) = parent_of(core, path).await?;
+        core.mknod(dir.ino, name.as_bytes(), FileKind::Dir, 0o755, uid, gid, 0)
+            .await
+            .map(|_| ())
+    })
     .await
-    .map(|_| ())
 }
 
 /// Rename `from` to `to` (replacing a file there), as `user`.
 pub async fn rename(core: &Core, user: &WebUser, from: &str, to: &str) -> Result<()> {
-    let (a, an) = as_user(user, parent_of(core, from)).await?;
-    let (b, bn) = as_user(user, parent_of(core, to)).await?;
-    as_user(
-        user,
-        core.rename(a.ino, an.as_bytes(), b.ino, bn.as_bytes(), 0),
-    )
+    as_user(user, async {
+        let (a, an) = parent_of(core, from).await?;
+        let (b, bn) = parent_of(core, to).await?;
+        core.rename(a.ino, an.as_bytes(), b.ino, bn.as_bytes(), 0)
+            .await
+    })
     .await
 }
 
 /// Delete `path` (a file, or an empty directory), as `user`.
 pub async fn delete(core: &Core, user: &WebUser, path: &str) -> Result<()> {
-    let (dir, name) = as_user(user, parent_of(core, path)).await?;
-    let a = as_user(user, core.lookup(dir.ino, name.as_bytes())).await?;
-    match a.kind {
-        FileKind::Dir => as_user(user, core.rmdir(dir.ino, name.as_bytes())).await,
-        _ => as_user(user, core.unlink(dir.ino, name.as_bytes())).await,
-    }
+    as_user(user, async {
+        let (dir, name) = parent_of(core, path).await?;
+        let a = core.lookup(dir.ino, name.as_bytes()).await?;
+        match a.kind {
+            FileKind::Dir => core.rmdir(dir.ino, name.as_bytes()).await,
+            _ => core.unlink(dir.ino, name.as_bytes()).await,
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
