@@ -39,6 +39,8 @@ pub(super) struct FileState {
     pub(super) error: Option<String>,
     pub(super) meta_dirty: bool,
     pub(super) next_read: u64,
+    /// How many reads in a row began near where the one before ended (see `Core::read`).
+    pub(super) near_reads: u32,
     /// The content version this mount's changes start from (see `Attr::version`), and its
     /// size (`slots` holds its blocks until the next commit).
     pub(super) base: u64,
@@ -133,6 +135,23 @@ impl OpenFile {
 }
 
 impl FileState {
+    /// Note a read at `offset`; whether it continues the last one exactly (`.0`) and whether it
+    /// is part of a stream (`.1`). Kernel read-ahead sends reads out of order, so a read within
+    /// two blocks of where the last one ended belongs to a stream when the read before it did
+    /// too; one random read that happens to land near the last one does not (taking it for a
+    /// stream would fetch a whole block for a few KiB). The caller sets `next_read` after.
+    pub(super) fn observe_read(&mut self, offset: u64, bs: u64) -> (bool, bool) {
+        let near = offset.abs_diff(self.next_read) <= 2 * bs;
+        let sequential = self.next_read == offset;
+        let stream = sequential || (near && self.near_reads > 0);
+        self.near_reads = if near {
+            self.near_reads.saturating_add(1)
+        } else {
+            0
+        };
+        (sequential, stream)
+    }
+
     /// Make `data` the whole content, in one step (nobody sees it half replaced): every block
     /// dirty and fully written, the stored ones cut away at the next commit.
     pub(super) fn replace_content(&mut self, data: &[u8], bs: u64) {
@@ -220,6 +239,7 @@ impl FileState {
             error: None,
             meta_dirty: false,
             next_read: 0,
+            near_reads: 0,
         }
     }
 
@@ -448,6 +468,44 @@ pub(super) fn content_len(s: &Slot) -> usize {
 mod tests {
     use super::*;
     use shardfs_common::proto::FileKind;
+
+    const BS: u64 = 4 << 20;
+
+    /// Reads `(offset, len)` in turn; whether each was taken as part of a stream.
+    fn streams(reads: &[(u64, u64)]) -> Vec<bool> {
+        let mut st = state();
+        reads
+            .iter()
+            .map(|&(off, len)| {
+                let (_, stream) = st.observe_read(off, BS);
+                st.next_read = off + len;
+                stream
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_random_read_landing_near_the_last_is_not_a_stream() {
+        let gib = 1u64 << 30;
+        // Far, then 1 MiB past the last one's end (within two blocks), then far again.
+        let got = streams(&[
+            (gib / 2, 4096),
+            (gib / 2 + (1 << 20), 4096),
+            (gib / 8, 4096),
+        ]);
+        assert_eq!(got, vec![false, false, false]);
+    }
+
+    #[test]
+    fn read_ahead_out_of_order_stays_a_stream() {
+        let k = 128u64 << 10;
+        // In order, then the kernel's read-ahead answering 2 before 1, then a gap of a block.
+        let got = streams(&[(0, k), (k, k), (3 * k, k), (2 * k, k), (4 * k + BS, k)]);
+        assert_eq!(got, vec![true, true, true, true, true]);
+        // A reader that seeks somewhere and then reads on is a stream from its second read.
+        let got = streams(&[(5 * BS, k), (5 * BS + k, k), (5 * BS + 3 * k, k)]);
+        assert_eq!(got, vec![false, true, true]);
+    }
 
     fn state() -> FileState {
         let attr = Attr {

@@ -86,11 +86,9 @@ impl Core {
         let of = self.file(fh)?;
         let bs = self.cluster.block_size;
         let (fsize, sequential, nearby) = {
-            let st = of.st.lock().expect("file lock");
-            // Kernel read-ahead sends reads out of order; anything within two blocks of the
-            // last read counts as part of a stream, not a random read.
-            let near = offset.abs_diff(st.next_read) <= 2 * bs;
-            (st.attr.size, st.next_read == offset, near)
+            let mut st = of.st.lock().expect("file lock");
+            let (sequential, stream) = st.observe_read(offset, bs);
+            (st.attr.size, sequential, stream)
         };
         if offset >= fsize || size == 0 {
             return Ok(ReadData::Owned(Vec::new()));
