@@ -86,9 +86,12 @@ pub async fn serve(
                 }
             }
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
         {
             tracing::warn!("metrics server stopped: {e}");
         }

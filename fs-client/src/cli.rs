@@ -145,8 +145,9 @@ pub enum Cmd {
         #[command(flatten)]
         who: UserCred,
     },
-    /// Public links to files (through the master's HTTP address): they download the file
-    /// without credentials until they expire or are revoked.
+    /// Public links to files and directories (through the master's HTTP address): they
+    /// download the file, or a zip of the directory, without credentials until they expire
+    /// or are revoked. Password tries are limited per client and per link.
     Share {
         #[command(subcommand)]
         cmd: ShareCmd,
@@ -345,8 +346,9 @@ pub struct UserCred {
 
 #[derive(Subcommand, Debug)]
 pub enum ShareCmd {
-    /// Print a new public link to the file at PATH (from the cluster's root, e.g.
-    /// /docs/report.pdf); it reads the file as --uid, which must be able to read it.
+    /// Print a new public link to the file or directory at PATH (from the cluster's root,
+    /// e.g. /docs/report.pdf); it reads as --uid, which must be able to read it. A directory's
+    /// link downloads a zip of what --uid may read under it at the time of the download.
     Create {
         /// Master address HOST:PORT, or a file holding it.
         master: String,

@@ -1,4 +1,4 @@
-//! `shardfs share create|list|revoke`: public links to files, made and ended through the
+//! `shardfs share create|list|revoke`: public links to files and directories, made and ended through the
 //! master (which serves them on its HTTP address, see the master's `web::share`).
 
 use crate::admin::{call_as, Remote};

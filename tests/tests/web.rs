@@ -503,4 +503,131 @@ fn a_share_link_downloads_without_credentials_until_it_expires_or_is_revoked() {
     let (code, body) = post("correct horse");
     assert_eq!(code, 200);
     assert!(body == data, "the password link's bytes differ");
+
+    // Guessing: a link takes ten password tries a minute from everyone together, then
+    // answers 429 with Retry-After, even to the right password.
+    let mut wrong = 0;
+    let limited = loop {
+        let r = ureq::post(&locked).send_form(&[("password", "guess")]);
+        match r {
+            Err(ureq::Error::Status(403, _)) => wrong += 1,
+            Err(ureq::Error::Status(429, r)) => break r,
+            other => panic!("a wrong password answered {other:?}"),
+        }
+        assert!(
+            wrong <= 10,
+            "{wrong} wrong passwords in a row were all checked"
+        );
+    };
+    let retry: u64 = limited
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a 429 says when to retry");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(post("correct horse").0, 429, "the limit let a try through");
+
+    // Sign-in links: one client gets twenty tries a minute (password tries included).
+    let http = url.split('/').nth(2).unwrap().to_string();
+    let mut refused = 0;
+    loop {
+        match fetch(&format!("http://{http}/login?t={}", "ab".repeat(32))).0 {
+            401 => refused += 1,
+            429 => break,
+            other => panic!("an unknown sign-in link answered {other}"),
+        }
+        assert!(
+            refused <= 20,
+            "{refused} unknown sign-in links in a row were all tried"
+        );
+    }
+}
+
+/// The members of a zip archive and the sha256 of each (directories end with `/`, no hash),
+/// read by Python's zipfile (which also checks every member's CRC).
+fn unzip(zip: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    fs::write(f.path(), zip).unwrap();
+    let script = "import sys, zipfile, hashlib, json\n\
+        z = zipfile.ZipFile(sys.argv[1])\n\
+        assert z.testzip() is None\n\
+        print(json.dumps({i.filename: ('' if i.is_dir() else hashlib.sha256(z.read(i)).hexdigest()) for i in z.infolist()}))";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(f.path())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "not a valid zip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sha256_of(b: &[u8]) -> String {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    fs::write(f.path(), b).unwrap();
+    sha256(f.path())
+}
+
+#[test]
+fn a_directory_share_link_downloads_a_zip_of_what_its_maker_may_read() {
+    let mut c = Cluster::start_with(6, "4+2", &["--http", "127.0.0.1:0"]);
+    let mp = c.mount("m");
+    let tree = mp.join("tree");
+    fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    fs::create_dir_all(tree.join("empty")).unwrap();
+    let big = random_bytes(5, (3 << 20) + 11);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a.txt", b"alpha\n".to_vec()),
+        ("sub/big.bin", big),
+        ("sub/deeper/z.txt", b"zed\n".to_vec()),
+        ("sub/zero", Vec::new()),
+    ];
+    for (name, bytes) in &files {
+        fs::write(tree.join(name), bytes).unwrap();
+    }
+    sh_ok(&format!("chown -R 1000:1000 {}", tree.display()));
+    // Not the maker's to read: left out of the archive.
+    fs::write(tree.join("sub/theirs.txt"), "private\n").unwrap();
+    sh_ok(&format!(
+        "chown 2000:2000 {}",
+        tree.join("sub/theirs.txt").display()
+    ));
+    fs::set_permissions(
+        tree.join("sub/theirs.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
+
+    let (ok, out) = share(&c, "create", &["/tree", "--expires", "600"]);
+    assert!(ok, "{out}");
+    let url = out.lines().next().unwrap().trim().to_string();
+    let (code, zip) = fetch(&url);
+    assert_eq!(code, 200);
+    let members = unzip(&zip);
+    let mut want: std::collections::BTreeMap<String, String> = files
+        .iter()
+        .map(|(n, b)| (n.to_string(), sha256_of(b)))
+        .collect();
+    for d in ["sub/", "sub/deeper/", "empty/"] {
+        want.insert(d.to_string(), String::new());
+    }
+    assert_eq!(
+        members, want,
+        "the archive is not the maker's view of the tree"
+    );
+
+    // Later changes show in the next download; a directory the maker may no longer read
+    // gives nothing.
+    fs::write(tree.join("new.txt"), "new\n").unwrap();
+    sh_ok(&format!(
+        "chown 1000:1000 {}",
+        tree.join("new.txt").display()
+    ));
+    assert!(unzip(&fetch(&url).1).contains_key("new.txt"));
+    sh_ok(&format!("chown 2000:2000 {}", tree.display()));
+    fs::set_permissions(&tree, fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(fetch(&url).0, 403);
 }

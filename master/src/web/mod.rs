@@ -17,13 +17,15 @@
 
 pub mod auth;
 mod files;
+pub mod limit;
 mod pages;
 pub mod share;
+mod zip;
 
 use crate::Master;
 use auth::WebUser;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -40,6 +42,8 @@ use tracing::{info, warn};
 #[derive(Default)]
 pub struct Web {
     pub auth: auth::Auth,
+    /// How often sign-in links and share passwords may be tried.
+    pub limits: limit::Limits,
     /// The client core the UI's file operations go through (once it has connected).
     core: OnceLock<Arc<Core>>,
     /// Where the UI is served (for the links `shardfs web` prints).
@@ -209,6 +213,21 @@ fn who(u: &WebUser) -> String {
     format!("uid {} (via {})", u.caller.uid, u.credential)
 }
 
+/// A try refused for being one too many: `429` and when to come back.
+fn too_many(t: limit::TooMany, what: &str) -> Response {
+    let mut r = (
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many tries of {what}; try again in {} s\n",
+            t.retry_after()
+        ),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(t.retry_after()));
+    r
+}
+
 fn html(s: String) -> Response {
     (
         [
@@ -220,7 +239,15 @@ fn html(s: String) -> Response {
         .into_response()
 }
 
-async fn login(State(m): State<S>, Query(q): Query<HashMap<String, String>>) -> Answer {
+async fn login(
+    State(m): State<S>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    if let Err(t) = m.web.limits.sign_in(from.ip()) {
+        warn!(client = %from.ip(), "sign-in links tried too often");
+        return Ok(too_many(t, "sign-in links"));
+    }
     let cookie = q
         .get("t")
         .and_then(|t| m.web.auth.redeem(t))
@@ -368,7 +395,7 @@ async fn download(
     let attachment = q.get("download").is_some_and(|d| d == "1");
     let mut r = file_response(
         Body::from_stream(stream),
-        end - start,
+        Some(end - start),
         ctype,
         name,
         attachment,
@@ -386,14 +413,22 @@ async fn download(
     Ok(r)
 }
 
-/// A response streaming `len` bytes of file `name` as `ctype` (never sniffed, never cached
-/// by others), as an attachment if asked.
-fn file_response(body: Body, len: u64, ctype: &str, name: &str, attachment: bool) -> Response {
+/// A response streaming `len` bytes (if known) of file `name` as `ctype` (never sniffed,
+/// never cached by others), as an attachment if asked.
+fn file_response(
+    body: Body,
+    len: Option<u64>,
+    ctype: &str,
+    name: &str,
+    attachment: bool,
+) -> Response {
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let val = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
     h.insert(header::CONTENT_TYPE, val(ctype));
-    h.insert(header::CONTENT_LENGTH, val(&len.to_string()));
+    if let Some(len) = len {
+        h.insert(header::CONTENT_LENGTH, val(&len.to_string()));
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

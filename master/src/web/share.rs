@@ -1,5 +1,6 @@
-//! Share links: a public URL (`/s/SECRET`) that downloads one file without credentials until
-//! it expires or is revoked (`shardfs share create|list|revoke`).
+//! Share links: a public URL (`/s/SECRET`) that downloads one file, or a zip of one directory
+//! tree, without credentials until it expires or is revoked (`shardfs share
+//! create|list|revoke`).
 //!
 //! The secret is 256 random bits; the master keeps only its blake3 (`H` records, so links
 //! survive restarts) with the file's inode, who made the link (uid, gid, credential) and when
@@ -13,12 +14,13 @@ use super::auth::WebUser;
 use super::{files, Failed};
 use crate::{Master, MasterError};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use shardfs_common::proto::{Caller, FileKind, ShareAction, ShareInfo, ACCESS_READ};
 use shardfs_common::{Error, ErrorCode};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 const SHARES: u8 = b'H';
@@ -26,6 +28,8 @@ const SHARES: u8 = b'H';
 const MAX_TTL: u64 = 366 * 86_400;
 /// Most live links per credential and uid.
 const MAX_PER_USER: usize = 10_000;
+/// Most live links in the whole cluster.
+const MAX_TOTAL: usize = 100_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ShareRecord {
@@ -127,12 +131,24 @@ pub(crate) async fn serve(
                 )
                 .into());
             };
-            let live = all
-                .iter()
+            let live = || all.iter().filter(|(_, r)| r.expires > now());
+            if live()
                 .filter(|(_, r)| r.credential == credential && r.caller.uid == caller.uid)
-                .count();
-            if live >= MAX_PER_USER {
-                return Err(Error::fs(ErrorCode::NoSpace, "too many share links").into());
+                .count()
+                >= MAX_PER_USER
+            {
+                return Err(Error::fs(
+                    ErrorCode::NoSpace,
+                    format!("you have {MAX_PER_USER} live share links: revoke some first"),
+                )
+                .into());
+            }
+            if live().count() >= MAX_TOTAL {
+                return Err(Error::fs(
+                    ErrorCode::NoSpace,
+                    format!("the cluster holds {MAX_TOTAL} live share links, the most it keeps"),
+                )
+                .into());
             }
             // Expired links go when new ones are made.
             for (k, r) in &all {
@@ -149,11 +165,22 @@ pub(crate) async fn serve(
             })?;
             // The maker must be able to read it now.
             let a = files::as_user(&user, files::resolve(&core, &path)).await?;
-            if a.kind != FileKind::File {
-                return Err(Error::fs(ErrorCode::IsDir, "only files can be shared").into());
+            match a.kind {
+                FileKind::File => {
+                    let fh = files::as_user(&user, core.open(a.ino, ACCESS_READ)).await?;
+                    let _ = files::as_user(&user, core.release(fh)).await;
+                }
+                FileKind::Dir => {
+                    files::as_user(&user, files::list(&core, a.ino, 1)).await?;
+                }
+                _ => {
+                    return Err(Error::fs(
+                        ErrorCode::Invalid,
+                        "only files and directories can be shared",
+                    )
+                    .into())
+                }
             }
-            let fh = files::as_user(&user, core.open(a.ino, ACCESS_READ)).await?;
-            let _ = files::as_user(&user, core.release(fh)).await;
             let secret = hex::encode(shardfs_common::pki::random::<32>());
             let k = key(&secret);
             let rec = ShareRecord {
@@ -225,17 +252,18 @@ pub(super) async fn download(
 /// `POST /s/SECRET` with `password=…`: the file of a password-protected link.
 pub(super) async fn download_with_password(
     State(m): State<Arc<Master>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
     Path(secret): Path<String>,
     axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
 ) -> Result<Response, Failed> {
     let given = form.get("password").cloned().unwrap_or_default();
-    serve_link(m, secret, Some(given)).await
+    serve_link(m, secret, Some((given, from))).await
 }
 
 async fn serve_link(
     m: Arc<Master>,
     secret: String,
-    given: Option<String>,
+    given: Option<(String, SocketAddr)>,
 ) -> Result<Response, Failed> {
     let gone = || {
         Failed(
@@ -254,11 +282,22 @@ async fn serve_link(
     if rec.expires <= now() || m.auth.is_revoked(&rec.credential) {
         return Err(gone());
     }
-    if let Some(phc) = &rec.password {
-        match &given {
-            None => return Ok(ask_password(false)),
-            Some(g) if g.len() > 1024 || !password_ok(phc, g) => return Ok(ask_password(true)),
-            Some(_) => {}
+    if let Some(phc) = rec.password.clone() {
+        let Some((given, from)) = given else {
+            return Ok(ask_password(false));
+        };
+        let k = key(&secret);
+        if let Err(t) = m.web.limits.password(from.ip(), &k) {
+            tracing::warn!(client = %from.ip(), link = id_of(&k), "share password tried too often");
+            return Ok(super::too_many(t, "this link's password"));
+        }
+        // argon2 is slow on purpose: not on the threads that serve requests.
+        let ok = given.len() <= 1024
+            && tokio::task::spawn_blocking(move || password_ok(&phc, &given))
+                .await
+                .unwrap_or(false);
+        if !ok {
+            return Ok(ask_password(true));
         }
     }
     let core = m.web.core().ok_or_else(|| {
@@ -272,17 +311,33 @@ async fn serve_link(
         credential: rec.credential.clone(),
     };
     let a = files::as_user(&user, core.getattr(rec.ino)).await?;
-    if a.kind != FileKind::File || a.nlink == 0 {
-        return Err(gone());
+    let name = match rec.path.rsplit('/').next() {
+        Some(n) if !n.is_empty() => n,
+        _ => "shardfs",
+    };
+    match a.kind {
+        FileKind::File if a.nlink > 0 => {
+            let stream = files::read_stream(core, user, a.ino, 0, a.size).await?;
+            Ok(super::file_response(
+                Body::from_stream(stream),
+                Some(a.size),
+                "application/octet-stream",
+                name,
+                true,
+            ))
+        }
+        FileKind::Dir if a.nlink > 0 => {
+            // The directory must still be readable by its maker before anything is sent.
+            files::as_user(&user, files::list(&core, a.ino, 1)).await?;
+            let stream = super::zip::stream(core, user, a.ino);
+            Ok(super::file_response(
+                Body::from_stream(stream),
+                None,
+                "application/zip",
+                &format!("{name}.zip"),
+                true,
+            ))
+        }
+        _ => Err(gone()),
     }
-    let stream = files::read_stream(core, user, a.ino, 0, a.size).await?;
-    let name = rec.path.rsplit('/').next().unwrap_or("file");
-    let r = super::file_response(
-        Body::from_stream(stream),
-        a.size,
-        "application/octet-stream",
-        name,
-        true,
-    );
-    Ok(r)
 }
