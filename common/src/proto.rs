@@ -133,6 +133,27 @@ pub struct Attr {
     pub version: u64,
 }
 
+impl Attr {
+    /// A regular file `ino` of `size` bytes: one link, root's, mode 0644, every time zero and
+    /// version 0 (what a test or a record starts from before setting the rest).
+    pub fn plain_file(ino: Ino, size: u64) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size,
+            atime: Timespec::default(),
+            mtime: Timespec::default(),
+            ctime: Timespec::default(),
+            rdev: 0,
+            version: 0,
+        }
+    }
+}
+
 /// Which attributes a setattr changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetAttr {

@@ -298,7 +298,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardfs_common::proto::{BlockMeta, FileKind, Timespec};
+    use shardfs_common::proto::{BlockMeta, Timespec};
 
     #[test]
     fn an_entry_written_before_extents_still_replays() {
@@ -310,18 +310,11 @@ mod tests {
             shards: Vec::new(),
         };
         let base = Attr {
-            ino: 5,
-            kind: FileKind::File,
-            perm: 0o644,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            size: 1,
             atime: Timespec::now(),
             mtime: Timespec::now(),
             ctime: Timespec::now(),
-            rdev: 0,
             version: 3,
+            ..Attr::plain_file(5, 1)
         };
         let old = EntryV7 {
             ino: 5,

@@ -202,6 +202,8 @@ fn the_web_ui_in_a_browser_lists_previews_downloads_uploads_renames_and_deletes(
     )
     .unwrap();
     fs::write(docs.join("pic.png"), PNG).unwrap();
+    const CODE: &str = "fn main() {\n    let answer = 42; // <b>not bold</b>\n}\n";
+    fs::write(docs.join("main.rs"), CODE).unwrap();
     fs::write(docs.join("data.bin"), random_bytes(1, 3 << 20)).unwrap();
     fs::write(docs.join("victim.txt"), "to be deleted\n").unwrap();
     fs::write(docs.join("old-name.txt"), "to be renamed\n").unwrap();
@@ -268,6 +270,31 @@ fn the_web_ui_in_a_browser_lists_previews_downloads_uploads_renames_and_deletes(
         json!(0)
     );
     b.screenshot(&shots.join("preview-text.png"));
+
+    // Source code is highlighted (by the bundled highlight.js, no network), its text intact.
+    b.go(&format!("{site}/files/docs/main.rs"));
+    wait_until(Duration::from_secs(10), "highlighting", || {
+        b.js("return document.querySelectorAll('#text .hljs-keyword').length;")
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    });
+    assert_eq!(
+        b.js("return document.querySelector('#text code').textContent;"),
+        json!(CODE)
+    );
+    assert_eq!(
+        b.js("return document.querySelectorAll('#text b').length;"),
+        json!(0),
+        "markup in the file became markup on the page"
+    );
+    b.screenshot(&shots.join("preview-code.png"));
+    // Plain text is not.
+    b.go(&format!("{site}/files/docs/readme.txt"));
+    assert_eq!(
+        b.js("return document.querySelectorAll('#text [class^=hljs]').length;"),
+        json!(0)
+    );
 
     // An image preview, decoded by the browser.
     b.go(&format!("{site}/files/docs/pic.png"));

@@ -187,23 +187,9 @@ impl MetaCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardfs_common::proto::FileKind;
 
     fn attr(ino: Ino, size: u64) -> Attr {
-        Attr {
-            ino,
-            kind: FileKind::File,
-            perm: 0o644,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            size,
-            atime: Default::default(),
-            mtime: Default::default(),
-            ctime: Default::default(),
-            rdev: 0,
-            version: 0,
-        }
+        Attr::plain_file(ino, size)
     }
 
     const NO_TTL: Duration = Duration::ZERO;

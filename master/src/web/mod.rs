@@ -2,8 +2,9 @@
 //!
 //! Signing in: `shardfs web MASTER` sends `WebLogin` for its user; the master answers a
 //! one-time link (`/login?t=…`) whose session acts as that user, within what the credential
-//! allows ([`auth`]). Then: directory listings with breadcrumbs and sorting, previews (text,
-//! images, PDF, audio and video in the browser), downloads (streamed, with range requests),
+//! allows ([`auth`]). Then: directory listings with breadcrumbs and sorting, previews (text
+//! highlighted by the bundled highlight.js; images, PDF, audio and video in the browser),
+//! downloads (streamed, with range requests),
 //! uploads by drag and drop, new folders, rename and delete, and a cluster page (nodes,
 //! capacity, degraded blocks, repair). Every file operation goes through a client core
 //! embedded in the master — the code a mount runs, so encryption, erasure coding and sealing
@@ -15,6 +16,7 @@
 //! with `X-Content-Type-Options: nosniff`, and anything a browser would run (HTML, SVG,
 //! scripts) as an opaque download type, so no stored file can run in the UI's origin.
 
+mod assets;
 pub mod auth;
 mod files;
 pub mod limit;
@@ -134,6 +136,8 @@ pub fn router(master: S) -> axum::Router {
         .route("/raw/{*path}", get(download).put(upload))
         .route("/api/{op}", post(change))
         .route("/cluster", get(cluster))
+        .route("/assets/highlight.js", get(assets::highlight_js))
+        .route("/assets/highlight.css", get(assets::highlight_css))
         .route(
             "/s/{secret}",
             get(share::download).post(share::download_with_password),
@@ -313,7 +317,11 @@ async fn browse(
         let entries = files::as_user(&user, files::list(&core, a.ino, 100_000)).await?;
         let sort = pages::Sort::parse(q.get("sort").map(String::as_str));
         let desc = q.get("desc").is_some_and(|d| d == "1");
-        let body = pages::listing(&dir, entries, sort, desc);
+        let page = q
+            .get("page")
+            .and_then(|p| p.parse::<usize>().ok())
+            .map_or(0, |p| p.saturating_sub(1));
+        let body = pages::listing(&dir, entries, sort, desc, page);
         return Ok(html(pages::page(&dir, Some(&who(&user)), &dir, &body)));
     }
     let (_, kind) = pages::content_type(&shown);

@@ -66,6 +66,7 @@ th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd}th a{color:
 td.n{text-align:right;font-variant-numeric:tabular-nums}nav.crumbs{margin-bottom:.8em}\
 #drop{border:2px dashed #999;padding:1em;margin:1em 0;text-align:center}\
 #drop.over{background:#eef}pre{background:#f6f8fa;padding:1em;overflow:auto}\
+pre code.hljs{padding:0;background:transparent}\
 img.preview,video{max-width:100%}button{margin-left:.3em}.err{color:#b00}";
 
 const SCRIPT: &str = r#"
@@ -98,6 +99,28 @@ async function upload(files) {
   s.textContent = 'uploaded';
   location.reload();
 }
+function highlight() {
+  const c = document.querySelector('#text code[data-lang]');
+  if (!c) return;
+  const l = document.createElement('link');
+  l.rel = 'stylesheet'; l.href = '/assets/highlight.css';
+  document.head.append(l);
+  const s = document.createElement('script');
+  s.src = '/assets/highlight.js';
+  s.onload = () => {
+    if (c.dataset.lang !== 'auto') c.classList.add('language-' + c.dataset.lang);
+    hljs.highlightElement(c);
+  };
+  document.head.append(s);
+}
+window.addEventListener('DOMContentLoaded', highlight);
+// One listener for every row's buttons (no handler per row).
+document.addEventListener('click', e => {
+  const b = e.target.closest('button[data-op]');
+  if (!b) return;
+  if (b.dataset.op === 'ren') ren(b.dataset.path, b.dataset.name);
+  else if (b.dataset.op === 'del') del(b.dataset.path);
+});
 window.addEventListener('DOMContentLoaded', () => {
   const d = document.getElementById('drop');
   if (!d) return;
@@ -178,7 +201,19 @@ impl Sort {
 }
 
 /// The listing of directory `path` (ending in `/`).
-pub fn listing(path: &str, mut entries: Vec<ListEntry>, sort: Sort, desc: bool) -> String {
+/// Rows one listing page shows: a browser lays out a table of a thousand rows in well under a
+/// second, of ten thousand in seconds.
+pub const PAGE_ROWS: usize = 1000;
+
+/// The listing of directory `path` (ending in `/`), sorted, page `page` (from 0) of
+/// [`PAGE_ROWS`] rows.
+pub fn listing(
+    path: &str,
+    mut entries: Vec<ListEntry>,
+    sort: Sort,
+    desc: bool,
+    page: usize,
+) -> String {
     entries.sort_by(|a, b| {
         let o = match sort {
             Sort::Name => a.name.cmp(&b.name),
@@ -203,8 +238,13 @@ pub fn listing(path: &str, mut entries: Vec<ListEntry>, sort: Sort, desc: bool) 
             }
         )
     };
+    let total = entries.len();
+    let pages = total.div_ceil(PAGE_ROWS).max(1);
+    let page = page.min(pages - 1);
+    let first = page * PAGE_ROWS;
+    let shown_rows = &entries[first..total.min(first + PAGE_ROWS)];
     let mut rows = String::new();
-    for e in &entries {
+    for e in shown_rows {
         let name = String::from_utf8_lossy(&e.name);
         let full = format!("{path}{name}");
         let is_dir = e.attr.kind == FileKind::Dir;
@@ -226,8 +266,8 @@ pub fn listing(path: &str, mut entries: Vec<ListEntry>, sort: Sort, desc: bool) 
         rows.push_str(&format!(
             "<tr><td><a class=\"entry\" href=\"{href}\">{shown}</a></td><td class=\"n\">{size}</td>\
              <td>{}</td><td>{}:{}</td><td>{get}\
-             <button data-path=\"{p}\" data-name=\"{n}\" onclick=\"ren(this.dataset.path, this.dataset.name)\">rename</button>\
-             <button class=\"del\" data-path=\"{p}\" onclick=\"del(this.dataset.path)\">delete</button></td></tr>",
+             <button data-op=\"ren\" data-path=\"{p}\" data-name=\"{n}\">rename</button>\
+             <button class=\"del\" data-op=\"del\" data-path=\"{p}\">delete</button></td></tr>",
             when(e.attr.mtime.secs),
             e.attr.uid,
             e.attr.gid,
@@ -235,7 +275,7 @@ pub fn listing(path: &str, mut entries: Vec<ListEntry>, sort: Sort, desc: bool) 
     }
     format!(
         "{}<table><thead><tr>{}{}{}<th>Owner</th><th></th></tr></thead><tbody>{rows}</tbody></table>\
-         <p>{} entries</p>\
+         {}\
          <p><input id=\"newdir\" placeholder=\"New folder name\"><button onclick=\"mkdir()\">New folder</button></p>\
          <div id=\"drop\">Drop files here to upload, or <input type=\"file\" id=\"pick\" multiple></div>\
          <p id=\"status\"></p>",
@@ -243,7 +283,7 @@ pub fn listing(path: &str, mut entries: Vec<ListEntry>, sort: Sort, desc: bool) 
         head(Sort::Name, "Name"),
         head(Sort::Size, "Size"),
         head(Sort::Modified, "Modified"),
-        entries.len(),
+        pager(sort, desc, page, pages, first, shown_rows.len(), total),
     )
 }
 
@@ -277,6 +317,94 @@ pub fn content_type(name: &str) -> (&'static str, Kind) {
     }
 }
 
+/// Where a listing page is among its directory's entries, with links to the pages around it.
+fn pager(
+    sort: Sort,
+    desc: bool,
+    page: usize,
+    pages: usize,
+    first: usize,
+    rows: usize,
+    total: usize,
+) -> String {
+    if pages == 1 {
+        return format!("<p>{total} entries</p>");
+    }
+    let link = |to: usize, label: &str, rel: &str| {
+        format!(
+            "<a rel=\"{rel}\" href=\"?sort={}{}&amp;page={}\">{label}</a>",
+            sort.key(),
+            if desc { "&amp;desc=1" } else { "" },
+            to + 1
+        )
+    };
+    let mut nav = format!(
+        "<nav class=\"pages\" aria-label=\"pages\">entries {}–{} of {total} (page {} of {pages})",
+        first + 1,
+        first + rows,
+        page + 1
+    );
+    if page > 0 {
+        nav.push_str(&format!(" · {}", link(page - 1, "‹ previous", "prev")));
+    }
+    if page + 1 < pages {
+        nav.push_str(&format!(" · {}", link(page + 1, "next ›", "next")));
+    }
+    nav.push_str("</nav>");
+    nav
+}
+
+/// Text longer than this is highlighted only when its name says its language (guessing is
+/// slow in the browser).
+const AUTO_DETECT_MAX: usize = 32 << 10;
+
+/// The highlight.js language of a text file by its name: `auto` to let it guess, none for
+/// plain text.
+pub fn language(name: &str) -> Option<&'static str> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if matches!(base, "Makefile" | "makefile" | "GNUmakefile") {
+        return Some("makefile");
+    }
+    if base == "Dockerfile" {
+        return Some("bash");
+    }
+    let ext = base.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    Some(match ext.as_deref()? {
+        "txt" | "log" | "csv" | "tsv" | "text" => return None,
+        "rs" => "rust",
+        "py" | "pyi" => "python",
+        "js" | "mjs" | "cjs" | "jsx" => "javascript",
+        "ts" | "tsx" => "typescript",
+        "c" | "h" => "c",
+        "cc" | "cpp" | "cxx" | "hpp" | "hh" => "cpp",
+        "cs" => "csharp",
+        "go" => "go",
+        "java" => "java",
+        "kt" | "kts" => "kotlin",
+        "swift" => "swift",
+        "m" => "objectivec",
+        "rb" => "ruby",
+        "php" => "php",
+        "pl" | "pm" => "perl",
+        "lua" => "lua",
+        "r" => "r",
+        "sh" | "bash" | "zsh" => "bash",
+        "sql" => "sql",
+        "json" => "json",
+        "yaml" | "yml" => "yaml",
+        "toml" | "ini" | "cfg" | "conf" => "ini",
+        "md" | "markdown" => "markdown",
+        "html" | "htm" | "xml" | "svg" => "xml",
+        "css" => "css",
+        "scss" => "scss",
+        "less" => "less",
+        "diff" | "patch" => "diff",
+        "graphql" | "gql" => "graphql",
+        "wat" => "wasm",
+        _ => "auto",
+    })
+}
+
 /// Whether bytes look like text (UTF-8 without NULs, allowing a character cut at the end).
 pub fn is_text(head: &[u8]) -> bool {
     if head.contains(&0) {
@@ -294,7 +422,12 @@ pub fn preview(path: &str, a: &Attr, kind: Kind, text: Option<(String, bool)>) -
     let raw = format!("/raw{}", url_path(path));
     let shown = match (kind, text) {
         (_, Some((t, cut))) => format!(
-            "<pre id=\"text\"><code>{}</code></pre>{}",
+            "<pre id=\"text\"><code{}>{}</code></pre>{}",
+            match language(path) {
+                Some(l) if l != "auto" || t.len() <= AUTO_DETECT_MAX =>
+                    format!(" data-lang=\"{l}\""),
+                _ => String::new(),
+            },
             esc(&t),
             if cut {
                 "<p>(the beginning of the file; download it for the rest)</p>"
@@ -392,28 +525,48 @@ mod tests {
         assert_eq!(when(1_764_633_600), "2025-12-02 00:00 UTC");
     }
 
+    fn file_attr(ino: u64) -> Attr {
+        Attr {
+            version: 1,
+            ..Attr::plain_file(ino, 1)
+        }
+    }
+
+    #[test]
+    fn a_long_listing_comes_in_pages() {
+        let entries = || -> Vec<ListEntry> {
+            (0..2500u64)
+                .map(|i| ListEntry {
+                    offset: i as i64 + 1,
+                    name: format!("f{i:05}").into_bytes(),
+                    attr: file_attr(i + 2),
+                })
+                .collect()
+        };
+        let rows = |html: &str| html.matches("<tr><td>").count();
+        let p1 = listing("/d/", entries(), Sort::Name, false, 0);
+        assert_eq!(rows(&p1), PAGE_ROWS);
+        assert!(p1.contains("f00000") && !p1.contains("f01000"));
+        assert!(p1.contains("entries 1–1000 of 2500") && p1.contains("page=2"));
+        assert!(!p1.contains("rel=\"prev\""));
+        let p3 = listing("/d/", entries(), Sort::Name, true, 2);
+        assert_eq!(rows(&p3), 500);
+        // Descending: the last page holds the first names.
+        assert!(p3.contains("f00000") && !p3.contains("f02499"));
+        assert!(p3.contains("desc=1&amp;page=2") && !p3.contains("rel=\"next\""));
+        // A page past the end shows the last one.
+        assert_eq!(rows(&listing("/d/", entries(), Sort::Name, false, 99)), 500);
+    }
+
     #[test]
     fn a_hostile_name_stays_text_in_a_listing() {
         let name = "x');alert(1);('<img src=x onerror=alert(2)>";
         let e = ListEntry {
             offset: 1,
             name: name.as_bytes().to_vec(),
-            attr: Attr {
-                ino: 2,
-                kind: FileKind::File,
-                perm: 0o644,
-                nlink: 1,
-                uid: 0,
-                gid: 0,
-                size: 1,
-                atime: Default::default(),
-                mtime: Default::default(),
-                ctime: Default::default(),
-                rdev: 0,
-                version: 1,
-            },
+            attr: file_attr(2),
         };
-        let html = listing("/d/", vec![e], Sort::Name, false);
+        let html = listing("/d/", vec![e], Sort::Name, false, 0);
         assert!(!html.contains("alert(1);('"), "{html}");
         assert!(!html.contains("<img"), "{html}");
         assert!(
