@@ -173,6 +173,14 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
+/// One name in a directory without its attributes (see `MasterRequest::ReadDirNames`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
 /// Where one shard of a block lives and what its bytes hash to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardLoc {
@@ -902,6 +910,14 @@ pub enum MasterRequest {
     DataKeys,
     /// Manage the data keys (admin only). Answered with `Keys`.
     Keys(KeyAction),
+    /// The names in a directory after `after`, at most `limit`, each with its inode and kind
+    /// but without attributes: what a plain readdir needs (`ReadDir` reads every entry's
+    /// inode record too). Answered with `Names`.
+    ReadDirNames {
+        ino: Ino,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    },
 }
 
 /// What `shardfs keys` asks of the master.
@@ -1097,6 +1113,11 @@ pub enum MasterResponse {
         current: u32,
         epochs: Vec<(u32, u64)>,
         marked: u64,
+    },
+    /// Names in a directory, in order; `more` if the listing goes on after the last.
+    Names {
+        entries: Vec<NameEntry>,
+        more: bool,
     },
 }
 

@@ -600,15 +600,10 @@ impl Filesystem for ShardFs {
         mut reply: ReplyDirectory,
     ) {
         self.spawn("readdir", req, |core, _| async move {
-            match core.readdir(fh, ino, offset, 256).await {
+            match core.readdir_names(fh, ino, offset, 512).await {
                 Ok(entries) => {
                     for e in entries {
-                        if reply.add(
-                            e.attr.ino,
-                            e.offset,
-                            kind(e.attr.kind),
-                            OsStr::from_bytes(&e.name),
-                        ) {
+                        if reply.add(e.ino, e.offset, kind(e.kind), OsStr::from_bytes(&e.name)) {
                             break;
                         }
                     }

@@ -61,6 +61,7 @@ fn acts_for_user(req: &MasterRequest) -> bool {
             | R::Rmdir { .. }
             | R::Rename { .. }
             | R::ReadDir { .. }
+            | R::ReadDirNames { .. }
             | R::Open { .. }
             | R::SetAttr { .. }
             | R::SetXattr { .. }

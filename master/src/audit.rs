@@ -281,6 +281,11 @@ pub fn describe(req: &MasterRequest) -> Pending {
         R::GetAttr { ino } => read("getattr", Target::Ino(*ino)),
         R::ReadLink { ino } => read("readlink", Target::Ino(*ino)),
         R::ReadDir { ino, .. } => read("readdir", Target::Ino(*ino)),
+        // Audited as a readdir; counted apart in the metrics.
+        R::ReadDirNames { ino, .. } => Pending {
+            name: "readdir_names",
+            ..read("readdir", Target::Ino(*ino))
+        },
         R::Open { ino, access, .. } => Pending {
             name: "open",
             op: "open".into(),

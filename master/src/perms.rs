@@ -138,7 +138,7 @@ pub fn check(meta: &Meta, c: &Caller, req: &mut MasterRequest) -> Result<(), Mas
         Q::Lookup { parent, .. } => {
             need(meta, *parent, c, X, "search this directory")?;
         }
-        Q::ReadDir { ino, .. } => {
+        Q::ReadDir { ino, .. } | Q::ReadDirNames { ino, .. } => {
             need(meta, *ino, c, R, "list this directory")?;
         }
         Q::Create {

@@ -124,3 +124,81 @@ fn a_directory_of_100k_entries_lists_with_stable_offsets() {
     sh_ok(&format!("find {} -mindepth 1 -delete", dir.display()));
     fs::remove_dir(&dir).unwrap();
 }
+
+/// `shardfs_master_requests_total{op="OP"}` on the master's /metrics.
+fn master_requests(c: &Cluster, op: &str) -> f64 {
+    let addr = fs::read_to_string(c.path("master/http.addr")).unwrap();
+    let text = ureq::get(&format!("http://{}/metrics", addr.trim()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let key = format!("shardfs_master_requests_total{{op=\"{op}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Lines "SIZE fNNNN" for all `n` files, each of size NNNN % 97.
+fn sizes_are_right(lines: &str, n: usize) {
+    let mut seen = 0;
+    for line in lines.lines() {
+        let (size, name) = line.split_once(' ').unwrap();
+        let i: usize = name[1..].parse().unwrap();
+        assert_eq!(size.parse::<usize>().unwrap(), i % 97, "{name}");
+        seen += 1;
+    }
+    assert_eq!(seen, n);
+}
+
+/// A plain listing (`ls -f`) asks the master for names only, not every entry's inode; sizes
+/// asked for afterwards (readdirplus, stat) are still right.
+#[test]
+fn a_plain_listing_reads_names_only_and_attributes_come_when_asked() {
+    let mut c = Cluster::start_with(3, "2+1", &["--http", "127.0.0.1:0"]);
+    let m = c.mount("m");
+    let d = m.join("d");
+    fs::create_dir(&d).unwrap();
+    let n = 3000usize;
+    for i in 0..n {
+        fs::write(d.join(format!("f{i:04}")), vec![b'x'; i % 97]).unwrap();
+    }
+    let fresh = c.mount("fresh");
+    sh_ok("echo 3 > /proc/sys/vm/drop_caches");
+    let (full, names) = (
+        master_requests(&c, "readdir"),
+        master_requests(&c, "readdir_names"),
+    );
+    let listed = sh_ok(&format!("ls -f {}", fresh.join("d").display()));
+    assert_eq!(listed.lines().count(), n + 2, "ls -f listed {listed:.200}");
+    let full = master_requests(&c, "readdir") - full;
+    let names = master_requests(&c, "readdir_names") - names;
+    // The kernel's first call may be a readdirplus (one page with attributes); the rest
+    // come as names.
+    assert!(names >= 1.0, "no names-only listing was asked for");
+    assert!(
+        full <= 1.0,
+        "{full} listings with attributes for a plain ls -f"
+    );
+    // Sizes through a listing with attributes and through stat, on the same fresh mount.
+    let long = sh_ok(&format!(
+        "ls -l {} | awk 'NR > 1 {{print $5, $NF}}'",
+        fresh.join("d").display()
+    ));
+    sizes_are_right(&long, n);
+    // Listing and stat interleaved (the kernel then switches between plain and plus
+    // listings of one open directory).
+    let again = c.mount("again");
+    sh_ok("echo 3 > /proc/sys/vm/drop_caches");
+    let walked = sh_ok(&format!(
+        "python3 -c 'import os, sys\nfor e in os.scandir(sys.argv[1]): print(e.stat().st_size, e.name)' {}",
+        again.join("d").display()
+    ));
+    sizes_are_right(&walked, n);
+    for i in (0..n).step_by(7) {
+        let len = fs::metadata(fresh.join("d").join(format!("f{i:04}")))
+            .unwrap()
+            .len();
+        assert_eq!(len as usize, i % 97);
+    }
+}

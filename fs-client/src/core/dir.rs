@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// Entries asked of the master per page: with attributes (one inode record read each), and
+/// names only (the directory's entries alone).
+const PAGE_FULL: u32 = 1024;
+const PAGE_NAMES: u32 = 4096;
+/// Entries kept behind the reader, so a short seek back needs no new listing.
+const KEEP_BEHIND: usize = 1024;
+
 impl Core {
     pub async fn opendir(&self, ino: Ino) -> Result<u64> {
         Ok(self.add_handle(Handle::Dir(Arc::new(Mutex::new(Listing {
@@ -16,7 +23,18 @@ impl Core {
         self.handles.lock().expect("handles lock").remove(&fh);
     }
 
-    /// Entries of an open directory from `offset` on (0 and 1 are "." and "..").
+    fn listing(&self, fh: u64) -> Result<Arc<Mutex<Listing>>> {
+        match self.handle(fh)? {
+            Handle::Dir(l) => Ok(l),
+            Handle::File(..) => Err(Error::fs(
+                shardfs_common::ErrorCode::NotDir,
+                "not a directory",
+            )),
+        }
+    }
+
+    /// Entries of an open directory from `offset` on (0 and 1 are "." and ".."), with their
+    /// attributes (readdirplus, and everything but the kernel's plain readdir).
     pub async fn readdir(
         &self,
         fh: u64,
@@ -24,15 +42,7 @@ impl Core {
         offset: i64,
         want: usize,
     ) -> Result<Vec<ListEntry>> {
-        let listing = match self.handle(fh)? {
-            Handle::Dir(l) => l,
-            Handle::File(..) => {
-                return Err(Error::fs(
-                    shardfs_common::ErrorCode::NotDir,
-                    "not a directory",
-                ))
-            }
-        };
+        let listing = self.listing(fh)?;
         let offset = offset.max(0) as usize;
         let mut out = Vec::new();
         if offset < 2 {
@@ -49,8 +59,76 @@ impl Core {
             }
         }
         let from = offset.saturating_sub(2);
-        // Entries kept behind the reader, so a short seek back needs no new listing.
-        const KEEP_BEHIND: usize = 1024;
+        self.fill(&listing, from, want, true).await?;
+        let l = listing.lock().expect("listing lock");
+        let skip = from.saturating_sub(l.first);
+        for (i, e) in l.entries.iter().enumerate().skip(skip).take(want) {
+            let Some(attr) = &e.attr else {
+                // `fill` fetched attributes for the whole span; the window moved meanwhile.
+                break;
+            };
+            out.push(ListEntry {
+                offset: (l.first + i + 3) as i64,
+                name: e.name.clone(),
+                attr: attr.clone(),
+            });
+        }
+        drop(l);
+        for e in out.iter_mut() {
+            if e.attr.kind == FileKind::File {
+                e.attr = self.patch(e.attr.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries of an open directory from `offset` on, names, inodes and kinds only (the
+    /// kernel's plain readdir: `ls -f`, `find`).
+    pub async fn readdir_names(
+        &self,
+        fh: u64,
+        ino: Ino,
+        offset: i64,
+        want: usize,
+    ) -> Result<Vec<NameListEntry>> {
+        let listing = self.listing(fh)?;
+        let offset = offset.max(0) as usize;
+        let mut out = Vec::new();
+        for (o, name) in [(0usize, &b"."[..]), (1, &b".."[..])]
+            .into_iter()
+            .skip(offset)
+        {
+            out.push(NameListEntry {
+                offset: o as i64 + 1,
+                name: name.to_vec(),
+                ino,
+                kind: FileKind::Dir,
+            });
+        }
+        let from = offset.saturating_sub(2);
+        self.fill(&listing, from, want, false).await?;
+        let l = listing.lock().expect("listing lock");
+        let skip = from.saturating_sub(l.first);
+        for (i, e) in l.entries.iter().enumerate().skip(skip).take(want) {
+            out.push(NameListEntry {
+                offset: (l.first + i + 3) as i64,
+                name: e.name.clone(),
+                ino: e.ino,
+                kind: e.kind,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Make the window hold entries `[from, from + want)` (or up to the end), with attributes
+    /// if `attrs`.
+    async fn fill(
+        &self,
+        listing: &Mutex<Listing>,
+        from: usize,
+        want: usize,
+        attrs: bool,
+    ) -> Result<()> {
         loop {
             let (have_end, more, after, dir) = {
                 let mut l = listing.lock().expect("listing lock");
@@ -66,6 +144,31 @@ impl Core {
                     l.entries.pop_front();
                     l.first += 1;
                 }
+                if attrs {
+                    // Entries listed without attributes where these are wanted: list again
+                    // from the one before them.
+                    let start = from.saturating_sub(l.first);
+                    let bare = l
+                        .entries
+                        .iter()
+                        .enumerate()
+                        .skip(start)
+                        .take(want)
+                        .find(|(_, e)| e.attr.is_none())
+                        .map(|(i, _)| i);
+                    match bare {
+                        Some(0) => {
+                            l.first = 0;
+                            l.entries.clear();
+                            l.more = true;
+                        }
+                        Some(i) => {
+                            l.entries.truncate(i);
+                            l.more = true;
+                        }
+                        None => {}
+                    }
+                }
                 (
                     l.first + l.entries.len(),
                     l.more,
@@ -74,47 +177,74 @@ impl Core {
                 )
             };
             if have_end >= from + want || !more {
-                break;
+                return Ok(());
             }
-            let req = MasterRequest::ReadDir {
+            let (page, more) = self.list_page(dir, after.clone(), attrs).await?;
+            let mut l = listing.lock().expect("listing lock");
+            if l.entries.back().map(|e| &e.name) == after.as_ref() {
+                l.entries.extend(page);
+                l.more = more;
+            }
+        }
+    }
+
+    /// One page of directory `dir` after `after` from the master, remembered in the caches.
+    async fn list_page(
+        &self,
+        dir: Ino,
+        after: Option<Vec<u8>>,
+        attrs: bool,
+    ) -> Result<(Vec<Listed>, bool)> {
+        let whole = after.is_none();
+        let req = match attrs {
+            true => MasterRequest::ReadDir {
                 ino: dir,
-                after: after.clone(),
-                limit: 1024,
-            };
-            match self.call_granted(req).await {
-                (Ok(MasterResponse::Entries { entries, more }), g) => {
-                    for e in &entries {
+                after,
+                limit: PAGE_FULL,
+            },
+            false => MasterRequest::ReadDirNames {
+                ino: dir,
+                after,
+                limit: PAGE_NAMES,
+            },
+        };
+        let (page, more, g) = match self.call_granted(req).await {
+            (Ok(MasterResponse::Entries { entries, more }), g) => {
+                let page = entries
+                    .into_iter()
+                    .map(|e| {
                         self.remember(&e.attr, g);
-                        self.meta().put_name(dir, &e.name, e.attr.ino, g);
-                    }
-                    if after.is_none() && !more {
-                        // The whole directory in one answer.
-                        self.know_dir(dir, entries.iter().map(|e| e.name.clone()));
-                    }
-                    let mut l = listing.lock().expect("listing lock");
-                    if l.entries.back().map(|e| &e.name) == after.as_ref() {
-                        l.entries.extend(entries);
-                        l.more = more;
-                    }
-                }
-                (r, _) => return Err(unexpected(r?)),
+                        Listed {
+                            name: e.name,
+                            ino: e.attr.ino,
+                            kind: e.attr.kind,
+                            attr: Some(e.attr),
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                (page, more, g)
             }
-        }
-        let l = listing.lock().expect("listing lock");
-        let skip = from.saturating_sub(l.first);
-        for (i, e) in l.entries.iter().enumerate().skip(skip).take(want) {
-            out.push(ListEntry {
-                offset: (l.first + i + 3) as i64,
-                name: e.name.clone(),
-                attr: e.attr.clone(),
-            });
-        }
-        drop(l);
-        for e in out.iter_mut() {
-            if e.attr.kind == FileKind::File {
-                e.attr = self.patch(e.attr.clone());
+            (Ok(MasterResponse::Names { entries, more }), g) => {
+                let page = entries
+                    .into_iter()
+                    .map(|e| Listed {
+                        name: e.name,
+                        ino: e.ino,
+                        kind: e.kind,
+                        attr: None,
+                    })
+                    .collect::<Vec<_>>();
+                (page, more, g)
             }
+            (r, _) => return Err(unexpected(r?)),
+        };
+        for e in &page {
+            self.meta().put_name(dir, &e.name, e.ino, g);
         }
-        Ok(out)
+        if whole && !more {
+            // The whole directory in one answer.
+            self.know_dir(dir, page.iter().map(|e| e.name.clone()));
+        }
+        Ok((page, more))
     }
 }

@@ -16,8 +16,8 @@ use shardfs_common::ec::{Codec, EcParams};
 use shardfs_common::extent::{self, Sparse, MAX_EXTENTS};
 use shardfs_common::locks::LockTable;
 use shardfs_common::proto::{
-    conflicted_name, Attr, BlockMeta, Change, ClusterInfo, DirEntry, FileKind, FsStats,
-    MasterRequest, MasterResponse, NewSlot, SetAttr, Slot, Timespec, ACCESS_READ, ACCESS_WRITE,
+    conflicted_name, Attr, BlockMeta, Change, ClusterInfo, FileKind, FsStats, MasterRequest,
+    MasterResponse, NewSlot, SetAttr, Slot, Timespec, ACCESS_READ, ACCESS_WRITE,
 };
 use shardfs_common::{Error, Ino, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -181,13 +181,30 @@ fn process_of(pid: u32) -> Option<u32> {
 /// An open directory: a window of its entries in name order. Entry `i` (0-based, in the order
 /// this handle lists them) has offset `i + 3` (1 and 2 are "." and ".."). Listing continues
 /// after the last name fetched, so a huge directory streams through a bounded window; a seek
-/// back before the window lists again from the start.
+/// back before the window lists again from the start. Entries fetched for a plain readdir
+/// have no attributes (`ReadDirNames`); a readdirplus over them fetches them again whole.
 struct Listing {
     ino: Ino,
     /// Index of `entries[0]` in the listing.
     first: usize,
-    entries: std::collections::VecDeque<DirEntry>,
+    entries: std::collections::VecDeque<Listed>,
     more: bool,
+}
+
+/// One entry of an open directory's window.
+struct Listed {
+    name: Vec<u8>,
+    ino: Ino,
+    kind: FileKind,
+    attr: Option<Attr>,
+}
+
+/// One entry of a plain directory listing: no attributes.
+pub struct NameListEntry {
+    pub offset: i64,
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileKind,
 }
 
 /// The extended attributes of one inode this mount read, by name, with when.

@@ -85,6 +85,14 @@ impl Master {
                         .readdir(ino, after.as_deref(), limit.clamp(1, 10_000) as usize)?;
                 A::Entries { entries, more }
             }
+            R::ReadDirNames { ino, after, limit } => {
+                let (entries, more) = self.meta.readdir_names(
+                    ino,
+                    after.as_deref(),
+                    limit.clamp(1, 10_000) as usize,
+                )?;
+                A::Names { entries, more }
+            }
             req @ R::Open { .. } => self.on_open(req, from)?,
             R::Close { session, files } => {
                 if files.len() > shardfs_common::proto::CLOSE_MAX {

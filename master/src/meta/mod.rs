@@ -50,8 +50,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use shardfs_common::ec::EcParams;
 use shardfs_common::extent;
 use shardfs_common::proto::{
-    check_name, conflicted_name, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, NewSlot,
-    SetAttr, Slot, Timespec, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    check_name, conflicted_name, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, NameEntry,
+    NewSlot, SetAttr, Slot, Timespec, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use shardfs_common::{BlockId, Error, ErrorCode, Ino, NodeId, ROOT_INO};
 use std::collections::{HashMap, HashSet};

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Directory entries as stored: (key, record).
+type Dentries = Vec<(Vec<u8>, DentryRecord)>;
+
 impl Meta {
     pub fn inode(&self, ino: Ino) -> Result<InodeRecord, MasterError> {
         let key = k_inode(ino);
@@ -442,12 +445,14 @@ impl Meta {
         txn.commit()
     }
 
-    pub fn readdir(
+    /// Up to `limit` dentries of directory `ino` after the name `after`, and whether more
+    /// follow.
+    fn dentries(
         &self,
         ino: Ino,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<(Vec<DirEntry>, bool), MasterError> {
+    ) -> Result<(Dentries, bool), MasterError> {
         let rec = self.inode(ino)?;
         if rec.attr.kind != FileKind::Dir {
             return Err(fs_err(ErrorCode::NotDir, "not a directory"));
@@ -461,9 +466,40 @@ impl Meta {
             }
             None => prefix.clone(),
         };
-        let rows = self.scan::<DentryRecord>(&prefix, &start, limit + 1)?;
+        let mut rows = self.scan::<DentryRecord>(&prefix, &start, limit + 1)?;
         let more = rows.len() > limit;
-        let rows = &rows[..rows.len().min(limit)];
+        rows.truncate(limit);
+        Ok((rows, more))
+    }
+
+    /// The names in directory `ino` after `after` with their inodes and kinds: dentries only,
+    /// no inode record read.
+    pub fn readdir_names(
+        &self,
+        ino: Ino,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<NameEntry>, bool), MasterError> {
+        let (rows, more) = self.dentries(ino, after, limit)?;
+        let prefix = k_dentry_prefix(ino).len();
+        let names = rows
+            .into_iter()
+            .map(|(k, d)| NameEntry {
+                name: k[prefix..].to_vec(),
+                ino: d.ino,
+                kind: d.kind,
+            })
+            .collect();
+        Ok((names, more))
+    }
+
+    pub fn readdir(
+        &self,
+        ino: Ino,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<DirEntry>, bool), MasterError> {
+        let (rows, more) = self.dentries(ino, after, limit)?;
         let keys: Vec<Vec<u8>> = rows.iter().map(|(_, d)| k_inode(d.ino)).collect();
         let mut entries = Vec::with_capacity(rows.len());
         for ((k, _), raw) in rows.iter().zip(self.db.multi_get(&keys)) {
