@@ -2,8 +2,10 @@
 
 use super::*;
 
-/// Entries asked of the master per page: with attributes (one inode record read each), and
-/// names only (the directory's entries alone).
+/// Entries asked of the master per page: with attributes (one inode record read each; the
+/// first page is smaller, as the kernel's first call of a plain listing is a readdirplus
+/// too), and names only (the directory's entries alone).
+const PAGE_FULL_FIRST: u32 = 256;
 const PAGE_FULL: u32 = 1024;
 const PAGE_NAMES: u32 = 4096;
 /// Entries kept behind the reader, so a short seek back needs no new listing.
@@ -199,8 +201,11 @@ impl Core {
         let req = match attrs {
             true => MasterRequest::ReadDir {
                 ino: dir,
+                limit: match after {
+                    None => PAGE_FULL_FIRST,
+                    Some(_) => PAGE_FULL,
+                },
                 after,
-                limit: PAGE_FULL,
             },
             false => MasterRequest::ReadDirNames {
                 ino: dir,

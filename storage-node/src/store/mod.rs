@@ -313,6 +313,46 @@ impl ShardStore {
         Ok((hash, bytes::Bytes::from(buf).slice(off - a..off - a + len)))
     }
 
+    /// [`ShardStore::get_range`] if everything it reads is in the page cache, without
+    /// waiting on the disk (reads with `RWF_NOWAIT`): the caller can then answer on its own
+    /// thread instead of handing the read to a blocking one. None when a byte is not cached,
+    /// or anything is not as expected (the blocking read then decides, and judges).
+    pub fn get_range_cached(
+        &self,
+        block: &BlockId,
+        index: u8,
+        off: usize,
+        len: usize,
+    ) -> Option<([u8; 32], bytes::Bytes)> {
+        let path = self.path(block, index);
+        let f = File::open(&path).ok()?;
+        let mut head = [0u8; HEADER_LEN];
+        read_cached(&f, &mut head, 0)?;
+        if &head[..4] != MAGIC || head[4] != FORMAT_VERSION {
+            return None;
+        }
+        let size = u64::from_be_bytes(head[8..16].try_into().ok()?) as usize;
+        let hash: [u8; 32] = head[16..48].try_into().ok()?;
+        if off.checked_add(len)? > size {
+            return None;
+        }
+        let sf = File::open(sums_path(&path)).ok()?;
+        let slen = usize::try_from(sf.metadata().ok()?.len()).ok()?;
+        if slen > 1 << 20 {
+            return None;
+        }
+        let mut raw = vec![0u8; slen];
+        read_cached(&sf, &mut raw, 0)?;
+        let sums = sums::parse(&raw).filter(|s| s.len == size && s.hash == hash)?;
+        let (a, b) = sums.span(off, len);
+        let mut buf = vec![0u8; b - a];
+        read_cached(&f, &mut buf, (HEADER_LEN + a) as u64)?;
+        if !sums.verify(a, &buf) {
+            return None;
+        }
+        Some((hash, bytes::Bytes::from(buf).slice(off - a..off - a + len)))
+    }
+
     /// Read a whole page-padded shard file with O_DIRECT; None if it is not one.
     fn read_direct(path: &Path, size: usize) -> Option<std::io::Result<AlignedBuf>> {
         if size < DIRECT_MIN || !size.is_multiple_of(PAGE) {
@@ -405,6 +445,27 @@ fn intact(path: &Path, hash: &[u8; 32]) -> bool {
         return false;
     };
     parse_shard(&raw).is_ok_and(|(h, _)| h == *hash)
+}
+
+/// Fill `buf` from `f` at `at` from the page cache only (`preadv2` with `RWF_NOWAIT`); None
+/// if some of it is not cached (or the file is shorter).
+fn read_cached(f: &File, buf: &mut [u8], at: u64) -> Option<()> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        let pos = libc::off_t::try_from(at + done as u64).ok()?;
+        // SAFETY: the iovec points into `buf`, which outlives the call, with its length.
+        let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, pos, libc::RWF_NOWAIT) };
+        if n <= 0 {
+            return None;
+        }
+        done += n as usize;
+    }
+    Some(())
 }
 
 /// Where the chunk sums of the shard at `shard` live.
@@ -540,6 +601,40 @@ mod tests {
             .unwrap());
         store.delete(&id, 1).unwrap();
         assert!(store.get(&id, 1).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cached_range_read_matches_the_blocking_one_and_refuses_a_bad_chunk() {
+        let dir = std::env::temp_dir().join(format!("sfs-store-cached-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = ShardStore::open(&dir, None, 0).unwrap();
+        let big: Vec<u8> = (0..(512u32 << 10)).map(|i| (i * 7 % 251) as u8).collect();
+        let id = BlockId::of(b"cached");
+        let hb = shardfs_common::ids::shard_hash(&big);
+        store.put(&id, 0, &hb, ShardBuf::from_slice(&big)).unwrap();
+        // The blocking read brings the chunk into the page cache; the cached one then gives
+        // the same bytes.
+        let (h, slow) = store.get_range(&id, 0, 70_000, 4096).unwrap();
+        assert_eq!((h, &slow[..]), (hb, &big[70_000..74_096]));
+        let (h, fast) = store
+            .get_range_cached(&id, 0, 70_000, 4096)
+            .expect("a cached chunk");
+        assert_eq!((h, &fast[..]), (hb, &big[70_000..74_096]));
+        // Outside the shard, or a chunk that does not match its sum: not answered here.
+        assert!(store
+            .get_range_cached(&id, 0, big.len() - 10, 4096)
+            .is_none());
+        let p = store.path(&id, 0);
+        let mut raw = fs::read(&p).unwrap();
+        raw[HEADER_LEN + 70_001] ^= 1;
+        fs::write(&p, raw).unwrap();
+        assert!(store.get_range_cached(&id, 0, 70_000, 4096).is_none());
+        assert!(store.get_range(&id, 0, 70_000, 4096).is_err());
+        assert!(
+            store.get_range_cached(&id, 1, 0, 10).is_none(),
+            "no such shard"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
