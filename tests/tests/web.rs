@@ -627,6 +627,14 @@ fn a_directory_share_link_downloads_a_zip_of_what_its_maker_may_read() {
     )
     .unwrap();
     std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
+    // A directory the maker may list but not search: its names are readable, its files not.
+    fs::create_dir(tree.join("noexec")).unwrap();
+    fs::write(tree.join("noexec/inside.txt"), "not through a path\n").unwrap();
+    sh_ok(&format!(
+        "chown -R 1000:1000 {}",
+        tree.join("noexec").display()
+    ));
+    fs::set_permissions(tree.join("noexec"), fs::Permissions::from_mode(0o644)).unwrap();
 
     let (ok, out) = share(&c, "create", &["/tree", "--expires", "600"]);
     assert!(ok, "{out}");
@@ -638,7 +646,7 @@ fn a_directory_share_link_downloads_a_zip_of_what_its_maker_may_read() {
         .iter()
         .map(|(n, b)| (n.to_string(), sha256_of(b)))
         .collect();
-    for d in ["sub/", "sub/deeper/", "empty/"] {
+    for d in ["sub/", "sub/deeper/", "empty/", "noexec/"] {
         want.insert(d.to_string(), String::new());
     }
     assert_eq!(

@@ -198,6 +198,7 @@ impl Core {
         attrs: bool,
     ) -> Result<(Vec<Listed>, bool)> {
         let whole = after.is_none();
+        let after_again = after.clone();
         let req = match attrs {
             true => MasterRequest::ReadDir {
                 ino: dir,
@@ -240,6 +241,17 @@ impl Core {
                     })
                     .collect::<Vec<_>>();
                 (page, more, g)
+            }
+            // A master from before `ReadDirNames` cannot decode the request (it answers a
+            // protocol error): list with attributes instead.
+            (Err(e), _)
+                if !attrs
+                    && matches!(
+                        e.code(),
+                        shardfs_common::ErrorCode::Protocol | shardfs_common::ErrorCode::Invalid
+                    ) =>
+            {
+                return Box::pin(self.list_page(dir, after_again, true)).await;
             }
             (r, _) => return Err(unexpected(r?)),
         };

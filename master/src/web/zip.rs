@@ -1,8 +1,9 @@
 //! A directory as a zip archive, streamed while it is read: what a share link of a directory
 //! downloads.
 //!
-//! The tree is walked as the link's maker, so it holds exactly what they may read: a file or
-//! directory they may not read is left out, as are symlinks and special files. Entries are
+//! The tree is walked as the link's maker, by name, so it holds exactly what they could read
+//! through paths: a file they may not read, or anything in a directory they may not search,
+//! is left out, as are symlinks and special files. Entries are
 //! stored uncompressed (the archive is built as fast as the files are read) with zip64 sizes,
 //! so files past 4 GiB are fine. If reading fails halfway, the response is cut off with an
 //! error rather than ended cleanly, so no one mistakes a broken archive for a whole one.
@@ -89,7 +90,15 @@ async fn write(core: Arc<Core>, root: u64, out: tokio::io::DuplexStream) -> Resu
                 ));
             }
             let name = format!("{prefix}{}", String::from_utf8_lossy(&e.name));
-            let a = e.attr;
+            // Reached by name, as a path would be: the master checks the maker may search
+            // the directory, not only read its names.
+            let a = match core.lookup(dir, &e.name).await {
+                Ok(a) => a,
+                Err(err) => {
+                    debug!("left out of an archive: {name}: {err}");
+                    continue;
+                }
+            };
             match a.kind {
                 FileKind::Dir if depth < MAX_DEPTH => {
                     let entry =
@@ -111,7 +120,9 @@ async fn write(core: Arc<Core>, root: u64, out: tokio::io::DuplexStream) -> Resu
                     let _ = core.release(fh).await;
                     r?;
                 }
-                _ => debug!("left out of an archive: {name} (not a file or directory)"),
+                _ => {
+                    debug!("left out of an archive: {name} (not a file or directory, or too deep)")
+                }
             }
         }
     }
