@@ -270,47 +270,20 @@ impl ShardStore {
     ) -> Result<([u8; 32], bytes::Bytes), NodeError> {
         use std::os::unix::fs::FileExt;
         let path = self.path(block, index);
-        let outside = |size: usize| {
-            NodeError::Common(shardfs_common::Error::invalid(format!(
-                "range {off}+{len} outside a shard of {size} bytes"
-            )))
-        };
-        let whole = || {
-            let (hash, data) = self.get(block, index)?;
-            match off.checked_add(len) {
-                Some(end) if end <= data.len() => Ok((hash, data.slice(off..end))),
-                _ => Err(outside(data.len())),
+        let read = |f: &File, buf: &mut [u8], at: u64| f.read_exact_at(buf, at).ok();
+        match chunked_range(&path, off, len, read) {
+            Ranged::Got(hash, data) => return Ok((hash, data)),
+            Ranged::Outside(size) => return Err(outside(off, len, size)),
+            Ranged::Mismatch => {
+                tracing::warn!(shard = %path.display(), off, len, "chunk does not match its sum; verifying the whole shard");
             }
-        };
-        let Ok(f) = File::open(&path) else {
-            return whole();
-        };
-        let mut head = [0u8; HEADER_LEN];
-        if f.read_exact_at(&mut head, 0).is_err()
-            || &head[..4] != MAGIC
-            || head[4] != FORMAT_VERSION
-        {
-            return whole();
+            Ranged::Unknown => {}
         }
-        let size = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes")) as usize;
-        let hash: [u8; 32] = head[16..48].try_into().expect("32 bytes");
-        if off.checked_add(len).is_none_or(|end| end > size) {
-            return Err(outside(size));
+        let (hash, data) = self.get(block, index)?;
+        match off.checked_add(len) {
+            Some(end) if end <= data.len() => Ok((hash, data.slice(off..end))),
+            _ => Err(outside(off, len, data.len())),
         }
-        let sums = fs::read(sums_path(&path))
-            .ok()
-            .and_then(|raw| sums::parse(&raw))
-            .filter(|s| s.len == size && s.hash == hash);
-        let Some(sums) = sums else {
-            return whole();
-        };
-        let (a, b) = sums.span(off, len);
-        let mut buf = vec![0u8; b - a];
-        if f.read_exact_at(&mut buf, (HEADER_LEN + a) as u64).is_err() || !sums.verify(a, &buf) {
-            tracing::warn!(shard = %path.display(), off, len, "chunk does not match its sum; verifying the whole shard");
-            return whole();
-        }
-        Ok((hash, bytes::Bytes::from(buf).slice(off - a..off - a + len)))
     }
 
     /// [`ShardStore::get_range`] if everything it reads is in the page cache, without
@@ -324,33 +297,10 @@ impl ShardStore {
         off: usize,
         len: usize,
     ) -> Option<([u8; 32], bytes::Bytes)> {
-        let path = self.path(block, index);
-        let f = File::open(&path).ok()?;
-        let mut head = [0u8; HEADER_LEN];
-        read_cached(&f, &mut head, 0)?;
-        if &head[..4] != MAGIC || head[4] != FORMAT_VERSION {
-            return None;
+        match chunked_range(&self.path(block, index), off, len, read_cached) {
+            Ranged::Got(hash, data) => Some((hash, data)),
+            _ => None,
         }
-        let size = u64::from_be_bytes(head[8..16].try_into().ok()?) as usize;
-        let hash: [u8; 32] = head[16..48].try_into().ok()?;
-        if off.checked_add(len)? > size {
-            return None;
-        }
-        let sf = File::open(sums_path(&path)).ok()?;
-        let slen = usize::try_from(sf.metadata().ok()?.len()).ok()?;
-        if slen > 1 << 20 {
-            return None;
-        }
-        let mut raw = vec![0u8; slen];
-        read_cached(&sf, &mut raw, 0)?;
-        let sums = sums::parse(&raw).filter(|s| s.len == size && s.hash == hash)?;
-        let (a, b) = sums.span(off, len);
-        let mut buf = vec![0u8; b - a];
-        read_cached(&f, &mut buf, (HEADER_LEN + a) as u64)?;
-        if !sums.verify(a, &buf) {
-            return None;
-        }
-        Some((hash, bytes::Bytes::from(buf).slice(off - a..off - a + len)))
     }
 
     /// Read a whole page-padded shard file with O_DIRECT; None if it is not one.
@@ -445,6 +395,67 @@ fn intact(path: &Path, hash: &[u8; 32]) -> bool {
         return false;
     };
     parse_shard(&raw).is_ok_and(|(h, _)| h == *hash)
+}
+
+/// What reading a range through a shard's chunk sums gave.
+enum Ranged {
+    Got([u8; 32], bytes::Bytes),
+    /// The range lies outside the shard's content of this size.
+    Outside(usize),
+    /// A chunk does not match its sum.
+    Mismatch,
+    /// Not answered this way: no shard file, no usable sums, or a read that did not succeed.
+    Unknown,
+}
+
+fn outside(off: usize, len: usize, size: usize) -> NodeError {
+    NodeError::Common(shardfs_common::Error::invalid(format!(
+        "range {off}+{len} outside a shard of {size} bytes"
+    )))
+}
+
+/// Bytes `[off, off + len)` of the shard file at `path` and the chunks of its sums file
+/// they lie in, each read with `read` (which fills the buffer whole or gives None), the
+/// chunks checked against their sums.
+fn chunked_range(
+    path: &Path,
+    off: usize,
+    len: usize,
+    read: impl Fn(&File, &mut [u8], u64) -> Option<()>,
+) -> Ranged {
+    let Ok(f) = File::open(path) else {
+        return Ranged::Unknown;
+    };
+    let mut head = [0u8; HEADER_LEN];
+    if read(&f, &mut head, 0).is_none() || &head[..4] != MAGIC || head[4] != FORMAT_VERSION {
+        return Ranged::Unknown;
+    }
+    let size = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes")) as usize;
+    let hash: [u8; 32] = head[16..48].try_into().expect("32 bytes");
+    if off.checked_add(len).is_none_or(|end| end > size) {
+        return Ranged::Outside(size);
+    }
+    let sums = File::open(sums_path(path)).ok().and_then(|sf| {
+        let slen = usize::try_from(sf.metadata().ok()?.len()).ok()?;
+        if slen > 1 << 20 {
+            return None;
+        }
+        let mut raw = vec![0u8; slen];
+        read(&sf, &mut raw, 0)?;
+        sums::parse(&raw).filter(|s| s.len == size && s.hash == hash)
+    });
+    let Some(sums) = sums else {
+        return Ranged::Unknown;
+    };
+    let (a, b) = sums.span(off, len);
+    let mut buf = vec![0u8; b - a];
+    if read(&f, &mut buf, (HEADER_LEN + a) as u64).is_none() {
+        return Ranged::Unknown;
+    }
+    if !sums.verify(a, &buf) {
+        return Ranged::Mismatch;
+    }
+    Ranged::Got(hash, bytes::Bytes::from(buf).slice(off - a..off - a + len))
 }
 
 /// Fill `buf` from `f` at `at` from the page cache only (`preadv2` with `RWF_NOWAIT`); None
