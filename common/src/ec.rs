@@ -22,6 +22,10 @@ pub const POLICY_MAX_SHARDS: usize = 32;
 
 impl EcParams {
     pub const DEFAULT: EcParams = EcParams { k: 4, m: 2 };
+    /// The code of an *inline piece*: small writes kept in the master's metadata (one copy,
+    /// as durable as the namespace), not on storage nodes. Never a storage code: nothing is
+    /// encoded with it (see `BlockMeta::is_inline`).
+    pub const INLINE: EcParams = EcParams { k: 1, m: 0 };
 
     pub fn total(&self) -> usize {
         self.k as usize + self.m as usize

@@ -188,6 +188,11 @@ pub struct ShardLoc {
     pub hash: [u8; 32],
 }
 
+/// Largest inline piece (see [`BlockMeta::is_inline`]).
+pub const INLINE_MAX: usize = 64 << 10;
+/// Most bytes of inline pieces one commit may carry.
+pub const INLINE_COMMIT_MAX: usize = 1 << 20;
+
 /// Everything needed to read a block back: its code, its size and its shards (index = shard
 /// number: the first k are data, the rest parity).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,11 +221,40 @@ impl BlockMeta {
             || (self.ec.k == 1 && self.ec != cluster && self.id == BlockId::of(data))
     }
 
+    /// Whether this is an inline piece: small writes the master keeps in its own records
+    /// (one copy, committed with the file's map), read from the master, never from a node.
+    pub fn is_inline(&self) -> bool {
+        self.ec == EcParams::INLINE
+    }
+
+    /// The description of inline piece `id` of `len` bytes.
+    pub fn inline(id: BlockId, len: usize) -> BlockMeta {
+        BlockMeta {
+            id,
+            ec: EcParams::INLINE,
+            len: len as u64,
+            shard_size: len as u32,
+            shards: Vec::new(),
+        }
+    }
+
     /// Whether the description is self-consistent: a usable code, shards of ceil(len / k)
     /// bytes (no larger than a frame's bulk), one per shard index. A mount checks this before
     /// it allocates anything to read the block.
     pub fn check_shape(&self) -> crate::Result<()> {
         let bad = |why: String| Err(crate::Error::invalid(format!("block {}: {why}", self.id)));
+        if self.is_inline() {
+            if self.len as usize > INLINE_MAX
+                || self.shard_size as u64 != self.len
+                || !self.shards.is_empty()
+            {
+                return bad(format!(
+                    "an inline piece of {} bytes (at most {INLINE_MAX}, no shards)",
+                    self.len
+                ));
+            }
+            return Ok(());
+        }
         self.ec.validate()?;
         if self.shard_size as usize != self.ec.shard_size(self.len as usize)
             || self.shard_size as usize > crate::wire::MAX_BULK
@@ -246,6 +280,9 @@ impl BlockMeta {
     /// it before it is stored.
     pub fn check(&self, ec: EcParams, block_size: u64) -> crate::Result<()> {
         let bad = |why: String| Err(crate::Error::invalid(format!("block {}: {why}", self.id)));
+        if self.is_inline() {
+            return self.check_shape();
+        }
         if self.ec != ec && self.ec != ec.replicated() {
             return bad(format!(
                 "code {} is neither the cluster's {ec} nor {}",
@@ -404,6 +441,9 @@ pub struct Health {
     /// (the live nodes' shard counts when it started). Both 0: none running.
     pub scrub_checked: u64,
     pub scrub_total: u64,
+    /// Inline pieces the master holds (small writes waiting for sealing), and their bytes.
+    pub inline_pieces: u64,
+    pub inline_bytes: u64,
 }
 
 /// What a scrub found on the nodes it checked.
@@ -918,6 +958,16 @@ pub enum MasterRequest {
         after: Option<Vec<u8>>,
         limit: u32,
     },
+    /// The stored bytes of inline piece `id` (encrypted as on a node, if the cluster is),
+    /// named by slot `index` of file `ino`: allowed with `cap` (READ, from the master), or to
+    /// a caller who may read the file while that slot names the piece. Answered with
+    /// `Inline`, the bytes in the frame's bulk.
+    ReadInline {
+        ino: Ino,
+        index: u64,
+        id: BlockId,
+        cap: Cap,
+    },
 }
 
 /// What `shardfs keys` asks of the master.
@@ -1119,6 +1169,72 @@ pub enum MasterResponse {
         entries: Vec<NameEntry>,
         more: bool,
     },
+    /// An inline piece's stored bytes follow in the frame's bulk.
+    Inline,
+}
+
+/// The inline pieces a `Commit` carries, in its frame's bulk: for each, its id (32 bytes),
+/// its length (u32, big-endian) and its stored bytes.
+pub mod inline_bulk {
+    use super::{INLINE_COMMIT_MAX, INLINE_MAX};
+    use crate::{BlockId, Error, Result};
+
+    pub fn encode<'a>(pieces: impl IntoIterator<Item = (BlockId, &'a [u8])>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (id, bytes) in pieces {
+            out.extend_from_slice(&id.0);
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    /// The pieces of `bulk`, every length checked against the limits before it is taken.
+    pub fn decode(bulk: &[u8]) -> Result<Vec<(BlockId, Vec<u8>)>> {
+        if bulk.len() > INLINE_COMMIT_MAX + 64 * 36 {
+            return Err(Error::invalid(format!(
+                "{} bytes of inline pieces in one commit",
+                bulk.len()
+            )));
+        }
+        let mut out = Vec::new();
+        let mut rest = bulk;
+        while !rest.is_empty() {
+            if rest.len() < 36 {
+                return Err(Error::invalid("a truncated inline piece"));
+            }
+            let id = BlockId(rest[..32].try_into().expect("32 bytes"));
+            let len = u32::from_be_bytes(rest[32..36].try_into().expect("4 bytes")) as usize;
+            if len > INLINE_MAX || rest.len() - 36 < len {
+                return Err(Error::invalid(format!(
+                    "inline piece {id}: {len} bytes, {} given (at most {INLINE_MAX})",
+                    rest.len() - 36
+                )));
+            }
+            out.push((id, rest[36..36 + len].to_vec()));
+            rest = &rest[36 + len..];
+        }
+        Ok(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trips_and_refuses_what_is_out_of_bounds() {
+            let (a, b) = (BlockId([1; 32]), BlockId([2; 32]));
+            let bulk = encode([(a, &b"hello"[..]), (b, &[7u8; 100][..])]);
+            let got = decode(&bulk).unwrap();
+            assert_eq!(got, vec![(a, b"hello".to_vec()), (b, vec![7; 100])]);
+            assert!(decode(&bulk[..bulk.len() - 1]).is_err(), "truncated");
+            let mut big = a.0.to_vec();
+            big.extend_from_slice(&((INLINE_MAX + 1) as u32).to_be_bytes());
+            big.resize(big.len() + INLINE_MAX + 1, 0);
+            assert!(decode(&big).is_err(), "over the piece limit");
+            assert!(decode(&[]).unwrap().is_empty());
+        }
+    }
 }
 
 /// What a quota counts: a directory's subtree or a uid's files everywhere.

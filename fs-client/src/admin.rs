@@ -397,6 +397,13 @@ fn describe(h: &Health) -> String {
             h.seal_failures
         ));
     }
+    if h.inline_pieces > 0 {
+        s.push_str(&format!(
+            "\ninline pieces in the master: {} ({})",
+            h.inline_pieces,
+            human(h.inline_bytes)
+        ));
+    }
     s
 }
 

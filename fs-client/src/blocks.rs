@@ -15,6 +15,8 @@
 //! are kept in an LRU cache bounded in bytes; being content-addressed, a cached block is never
 //! stale.
 
+mod inline;
+
 use crate::health::Health;
 use crate::master::{unexpected, MasterClient};
 use crate::upload::{Outcome, ShardUploads, MAX_TRIES};
@@ -80,6 +82,8 @@ pub struct BlockStore {
     /// The cluster's data keys: content is encrypted before it is encoded into shards, and
     /// decrypted after it is read back (the cache holds plaintext).
     keys: DataKeys,
+    /// Inline pieces waiting for their commit (see `inline`).
+    inline: Mutex<inline::Pending>,
 }
 
 struct Cache {
@@ -129,6 +133,7 @@ impl BlockStore {
             cfg,
             addrs: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
+            inline: Mutex::new(inline::Pending::default()),
         }))
     }
 
@@ -598,7 +603,7 @@ impl BlockStore {
         lo: usize,
         hi: usize,
     ) -> Option<Vec<u8>> {
-        if self.cached(&meta.id).is_some() || hi <= lo {
+        if self.cached(&meta.id).is_some() || hi <= lo || meta.is_inline() {
             return None;
         }
         let size = meta.shard_size as usize;
@@ -723,7 +728,8 @@ impl BlockStore {
 
     /// Start fetching a block into the cache without waiting for it.
     pub fn prefetch(self: &Arc<Self>, meta: BlockMeta, cap: Cap) {
-        if self.cached(&meta.id).is_some()
+        if meta.is_inline()
+            || self.cached(&meta.id).is_some()
             || self
                 .fetching
                 .lock()
@@ -741,6 +747,21 @@ impl BlockStore {
     }
 
     async fn fetch(self: &Arc<Self>, meta: &BlockMeta, cap: Cap) -> Result<Arc<Vec<u8>>> {
+        if meta.is_inline() {
+            // Read through `get_inline`, which knows the file that names it.
+            return match self
+                .inline
+                .lock()
+                .expect("inline lock")
+                .pieces_plain(&meta.id)
+            {
+                Some(d) => Ok(d),
+                None => Err(Error::Protocol(format!(
+                    "inline piece {} read without its file",
+                    meta.id
+                ))),
+            };
+        }
         // Checked before anything is allocated for it: the description came from the master,
         // which got it from some client.
         meta.check_shape()

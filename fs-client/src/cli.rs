@@ -441,6 +441,11 @@ pub struct MountArgs {
     /// waiting for close or fsync). Default 64.
     #[arg(long)]
     pub dirty_mib: Option<usize>,
+    /// Small writes of a flush that come to at most this many KiB travel inside the commit
+    /// to the master (an inline piece, one round trip) instead of being stored on m + 1
+    /// nodes first; sealing moves them onto the nodes later. 0: never. Default and most: 64.
+    #[arg(long, env = "SHARDFS_INLINE_KIB")]
+    pub inline_kib: Option<usize>,
     /// Milliseconds to wait for data shards before also asking parity nodes.
     #[arg(long)]
     pub hedge_ms: Option<u64>,
@@ -492,6 +497,7 @@ pub struct FileConfig {
     pub readahead_blocks: Option<usize>,
     pub upload_window: Option<usize>,
     pub dirty_mib: Option<usize>,
+    pub inline_kib: Option<usize>,
     pub hedge_ms: Option<u64>,
     pub merge_max_bytes: Option<u64>,
     pub journal_dir: Option<PathBuf>,

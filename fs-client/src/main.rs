@@ -354,6 +354,13 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     if !(1..=4096).contains(&dirty_mib) {
         bail!("--dirty-mib {dirty_mib}: give 1 to 4096 (MiB of writes per open file in memory)");
     }
+    let inline_kib = a.inline_kib.or(f.inline_kib).unwrap_or(64);
+    if inline_kib > shardfs_common::proto::INLINE_MAX >> 10 {
+        bail!(
+            "--inline-kib {inline_kib}: give 0 to {} (KiB of small writes carried in a commit)",
+            shardfs_common::proto::INLINE_MAX >> 10
+        );
+    }
     // fstab entries name the credential as an option: credentials=PATH.
     let opt_cred = opts
         .iter()
@@ -398,6 +405,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
             ),
         },
         dirty_limit: dirty_mib << 20,
+        inline_max: inline_kib << 10,
         hedge_delay: Duration::from_millis(a.hedge_ms.or(f.hedge_ms).unwrap_or(500)),
         shard_timeout: Duration::from_secs_f64(timeout.min(10.0)),
     };

@@ -118,20 +118,41 @@ impl MasterClient {
             _ => req,
         };
         let started = Instant::now();
-        let r = self.call_until(&req, timeout).await;
+        let r = self.call_until(&req, timeout, Bytes::new(), 0).await;
+        metrics::histogram!("shardfs_mount_master_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        r.map(|(resp, _)| resp)
+    }
+
+    /// [`MasterClient::call`] with bulk bytes sent after the request (a commit's inline
+    /// pieces) and up to `max_bulk` received after the answer (an inline piece).
+    pub async fn call_bulk(
+        &self,
+        req: MasterRequest,
+        bulk: Bytes,
+        max_bulk: usize,
+    ) -> Result<(MasterResponse, Vec<u8>)> {
+        let started = Instant::now();
+        let r = self.call_until(&req, self.timeout, bulk, max_bulk).await;
         metrics::histogram!("shardfs_mount_master_request_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         r
     }
 
-    async fn call_until(&self, req: &MasterRequest, timeout: Duration) -> Result<MasterResponse> {
+    async fn call_until(
+        &self,
+        req: &MasterRequest,
+        timeout: Duration,
+        bulk: Bytes,
+        max_bulk: usize,
+    ) -> Result<(MasterResponse, Vec<u8>)> {
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let err = match self
                 .dialer
-                .call::<_, MasterResponse>(self.addr, req, Bytes::new(), 0, left)
+                .call::<_, MasterResponse>(self.addr, req, bulk.clone(), max_bulk, left)
                 .await
             {
                 Ok((MasterResponse::Err(e), _)) => {
@@ -141,7 +162,7 @@ impl MasterClient {
                     }
                     e
                 }
-                Ok((resp, _)) => return Ok(resp),
+                Ok(answer) => return Ok(answer),
                 // A refused credential (revoked, unknown) will not get better by retrying.
                 Err(e @ Error::Fs(shardfs_common::ErrorCode::Permission, _)) => return Err(e),
                 Err(e) => e,

@@ -294,6 +294,7 @@ pub fn describe(req: &MasterRequest) -> Pending {
             logged: false,
         },
         R::GetXattr { ino, .. } => read("getxattr", Target::Ino(*ino)),
+        R::ReadInline { ino, .. } => read("read_inline", Target::Ino(*ino)),
         R::ListXattr { ino } => read("listxattr", Target::Ino(*ino)),
         R::History { ino } => read("history", Target::Ino(*ino)),
         R::Close { .. } => read("close", Target::None),

@@ -158,7 +158,8 @@ impl wire::Service for Master {
     type Req = MasterRequest;
     type Resp = MasterResponse;
     type Bulk = Vec<u8>;
-    const MAX_REQUEST_BULK: usize = 0;
+    /// A commit's inline pieces (see `proto::inline_bulk`); nothing else carries bulk.
+    const MAX_REQUEST_BULK: usize = shardfs_common::proto::INLINE_COMMIT_MAX + 64 * 36;
 
     fn error_response(e: RemoteError) -> MasterResponse {
         MasterResponse::Err(e)
@@ -179,13 +180,16 @@ impl wire::Service for Master {
     async fn handle(
         self: Arc<Self>,
         req: MasterRequest,
-        _bulk: Vec<u8>,
+        bulk: Vec<u8>,
         peer: wire::Peer,
     ) -> (MasterResponse, Bytes) {
         let start = std::time::Instant::now();
         let pending = audit::describe(&req);
         let op = pending.name;
-        let answer = self.serve(req, pending, peer).await;
+        let answer = match shardfs_common::proto::inline_bulk::decode(&bulk) {
+            Ok(inline) => self.serve(req, pending, peer, inline).await,
+            Err(e) => self.refused(e.into(), pending, &peer, None),
+        };
         telemetry::served(op, start, &answer.0);
         answer
     }
@@ -198,6 +202,7 @@ impl Master {
         req: MasterRequest,
         pending: audit::Pending,
         peer: wire::Peer,
+        inline: Vec<(BlockId, Vec<u8>)>,
     ) -> (MasterResponse, Bytes) {
         let claimed = match &req {
             MasterRequest::As { caller, .. } => Some((caller.uid, caller.gid)),
@@ -217,11 +222,29 @@ impl Master {
         if let Err(e) = self.check_sessions(&req, &peer) {
             return self.refused(e, pending, &peer, ids);
         }
+        let inline = match self.check_inline(&req, inline) {
+            Ok(i) => i,
+            Err(e) => return self.refused(e, pending, &peer, ids),
+        };
+        if let MasterRequest::ReadInline {
+            ino,
+            index,
+            id,
+            cap,
+        } = req
+        {
+            return match self.read_inline(&peer, &caller, ino, index, id, cap) {
+                Ok(b) => (MasterResponse::Inline, Bytes::from(b)),
+                Err(e) => self.refused(e, pending, &peer, ids),
+            };
+        }
         if let MasterRequest::Commit { slots, pieces, .. } = &req {
+            // Inline pieces were checked against their bytes above.
             let described = slots
                 .iter()
                 .filter_map(|s| s.meta.as_ref().filter(|m| Some(m.id) == s.id))
-                .chain(pieces.iter());
+                .chain(pieces.iter())
+                .filter(|m| !m.is_inline());
             if let Err(e) = self.settle_descriptions(described).await {
                 let e = Error::fs(
                     ErrorCode::Corrupt,
@@ -277,6 +300,7 @@ impl Master {
                         Err(Error::fs(ErrorCode::Internal, format!("merge failed: {e}")).into())
                     })
             }
+            req @ MasterRequest::Commit { .. } => self.on_commit(req, &peer, inline),
             MasterRequest::SetLock { lock, wait_ms } => self
                 .sessions
                 .set_lock(lock, Duration::from_millis(wait_ms.min(10_000).into()))

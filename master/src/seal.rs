@@ -163,8 +163,19 @@ async fn seal_slot(
         .map_or(0, |e| e.end() as u64)
         .max(base_len);
     let mut pieces = Vec::new();
+    // Inline pieces go with the request, in the order of the job's pieces.
+    let mut inline = Vec::new();
     for id in extent::pieces(&rec.extents) {
-        pieces.push(master.meta.block_meta(&id)?.ok_or_else(|| missing(id))?);
+        let m = master.meta.block_meta(&id)?.ok_or_else(|| missing(id))?;
+        if m.is_inline() {
+            let bytes = master.meta.inline_bytes(&id)?.ok_or_else(|| {
+                MasterError::Corrupt(format!(
+                    "slot {index} of inode {ino}: inline piece {id} has no bytes"
+                ))
+            })?;
+            inline.extend_from_slice(&bytes);
+        }
+        pieces.push(m);
     }
     let live = master.nodes.live();
     let targets: Vec<(NodeId, String)> = master
@@ -199,7 +210,13 @@ async fn seal_slot(
     });
     let answer = master
         .node_dialer
-        .call::<_, NodeResponse>(worker, &req, Bytes::new(), 0, Duration::from_secs(120))
+        .call::<_, NodeResponse>(
+            worker,
+            &req,
+            Bytes::from(inline),
+            0,
+            Duration::from_secs(120),
+        )
         .await?;
     let (block, complete, error) = match answer {
         (

@@ -308,7 +308,7 @@ impl Node {
                 .verify(block, sources)
                 .await
                 .map(|()| (NodeResponse::Ok, Bytes::new()))),
-            NodeRequest::Seal(job) => Ok(self.clone().seal(job).await.map(|s| {
+            NodeRequest::Seal(job) => Ok(self.clone().seal(job, bulk.data()).await.map(|s| {
                 let r = NodeResponse::Sealed {
                     block: s.block,
                     complete: s.complete,

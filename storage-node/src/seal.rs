@@ -2,8 +2,9 @@
 //! laid over it become one erasure-coded block.
 //!
 //! The node reads the base block (any k of its shards) and each piece (any one of its copies)
-//! from the nodes that hold them, each shard checked against its recorded hash and each block's
-//! content against its id, lays the extents over the base in memory (one block-sized buffer;
+//! from the nodes that hold them (an inline piece, which the master keeps, comes with the
+//! request), each shard checked against its recorded hash and each block's content against its
+//! id, lays the extents over the base in memory (one block-sized buffer;
 //! pieces are read one at a time), encodes the result with the code it is given and stores
 //! shard i on target i. It answers with the new block's description; the master then swaps the
 //! slot over to it if the slot has not changed meanwhile. A seal that stored only some shards
@@ -28,7 +29,7 @@ pub struct Sealed {
 
 /// Everything in the request fits together and stays within bounds, before anything is read
 /// or allocated.
-fn check(job: &SealJob) -> Result<(), Error> {
+fn check(job: &SealJob, inline: usize) -> Result<(), Error> {
     let bad = |why: String| Err(Error::invalid(format!("seal request: {why}")));
     job.ec.validate()?;
     if job.len == 0 || job.len as usize > wire::MAX_BULK {
@@ -65,11 +66,38 @@ fn check(job: &SealJob) -> Result<(), Error> {
         m.check_shape()?;
         check_sources(m, s)?;
     }
+    let carried: u64 = job
+        .pieces
+        .iter()
+        .filter(|(m, _)| m.is_inline())
+        .map(|(m, _)| m.len)
+        .sum();
+    if carried != inline as u64 {
+        return bad(format!(
+            "{inline} bytes of inline pieces sent, {carried} described"
+        ));
+    }
     let named: HashSet<BlockId> = job.pieces.iter().map(|(m, _)| m.id).collect();
     if let Some(e) = job.extents.iter().find(|e| !named.contains(&e.piece)) {
         return bad(format!("extent at {} names a piece not given", e.off));
     }
     Ok(())
+}
+
+impl Node {
+    /// The content of inline piece `m` from its stored bytes, if they are what its id names.
+    fn open_inline(&self, m: &BlockMeta, stored: &[u8]) -> Result<Vec<u8>, Error> {
+        let (keys, cluster) = (self.data_keys()?, self.cluster_code()?);
+        let mut data = stored.to_vec();
+        keys.apply(&m.id, 0, &mut data)?;
+        if !keys.holds(m, &data, cluster) {
+            return Err(Error::Corrupt(format!(
+                "inline piece {} does not hold the content its id names",
+                m.id
+            )));
+        }
+        Ok(data)
+    }
 }
 
 fn check_sources(m: &BlockMeta, sources: &[(u8, String)]) -> Result<(), Error> {
@@ -83,15 +111,27 @@ fn check_sources(m: &BlockMeta, sources: &[(u8, String)]) -> Result<(), Error> {
 }
 
 impl Node {
-    pub(crate) async fn seal(self: Arc<Self>, job: SealJob) -> Result<Sealed, NodeError> {
-        check(&job)?;
+    pub(crate) async fn seal(
+        self: Arc<Self>,
+        job: SealJob,
+        inline: &[u8],
+    ) -> Result<Sealed, NodeError> {
+        check(&job, inline.len())?;
+        let mut inline = inline;
         let mut out = vec![0u8; job.len as usize];
         if let Some((m, sources)) = &job.base {
             let data = self.read_block(m, sources).await?;
             out[..job.base_len as usize].copy_from_slice(&data[..job.base_len as usize]);
         }
         for (m, sources) in &job.pieces {
-            let data = self.read_block(m, sources).await?;
+            let data = match m.is_inline() {
+                true => {
+                    let (bytes, rest) = inline.split_at(m.len as usize);
+                    inline = rest;
+                    self.open_inline(m, bytes)?
+                }
+                false => self.read_block(m, sources).await?,
+            };
             extent::copy_from(&job.extents, &m.id, &data, &mut out).map_err(Error::invalid)?;
         }
         let (codec, ec, cluster) = (Codec::new(job.ec)?, job.ec, self.cluster_code()?);

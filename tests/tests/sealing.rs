@@ -46,7 +46,15 @@ fn space(c: &Cluster, logical: usize) -> f64 {
     c.node_usage().iter().sum::<u64>() as f64 / logical as f64
 }
 
-/// 4 KiB random writes into a file are stored as pieces (3 copies); after the quiet period
+/// Inline pieces the master holds, as `shardfs status` reports them.
+fn inline_pieces(c: &Cluster) -> u64 {
+    c.status()
+        .and_then(|s| s["health"]["inline_pieces"].as_u64())
+        .unwrap_or(u64::MAX)
+}
+
+/// 4 KiB random writes into a file are stored as pieces (3 copies; the mount keeps small
+/// writes off the master with `--inline-kib 0`); after the quiet period
 /// the file's slots are sealed into 4+2 blocks: no piece is left on any node, every stored
 /// object is 6 shards on 6 distinct nodes, the bytes stored are (k + m) / k of the file's
 /// size, and the file reads back identical, also with any 2 nodes down and after the master
@@ -58,7 +66,7 @@ fn quiet_small_writes_are_sealed_into_erasure_coded_blocks() {
         "4+2",
         &["--seal-quiet-secs", "2", "--gc-grace-secs", "1"],
     );
-    let mp = c.mount("m");
+    let mp = c.mount_with("m", &["--inline-kib", "0"]);
     let size = 8 << 20;
     let mut model = random_bytes(1, size);
     fs::write(mp.join("f"), &model).unwrap();
@@ -134,7 +142,7 @@ fn an_open_file_is_sealed_only_once_closed() {
         "4+2",
         &["--seal-quiet-secs", "1", "--gc-grace-secs", "1"],
     );
-    let mp = c.mount("m");
+    let mp = c.mount_with("m", &["--inline-kib", "0"]);
     let size = 4 << 20;
     let mut model = random_bytes(3, size);
     fs::write(mp.join("f"), &model).unwrap();
@@ -208,7 +216,66 @@ fn killing_the_master_and_a_node_during_sealing_loses_nothing() {
     assert!((1.5..1.52).contains(&ratio), "1.5x after sealing: {ratio}");
 }
 
-/// A small file (and a new file's short tail) is stored as m + 1 full copies when closed, not
+/// fsync'd 4 KiB writes go to the master inside their commits (inline pieces), not to any
+/// node: nothing but the file's base block is on the nodes, `status` counts the inline pieces,
+/// and the file reads back identical on another mount with no block cache, with any two nodes
+/// down, and after a master kill -9. Once quiet, the inline pieces are sealed into 4+2
+/// blocks and leave the master, and the bytes stored are (k + m) / k of the file.
+#[test]
+fn fsynced_small_writes_go_inline_to_the_master_and_are_sealed_onto_the_nodes() {
+    let mut c = Cluster::start_with(
+        6,
+        "4+2",
+        &["--seal-quiet-secs", "6", "--gc-grace-secs", "1"],
+    );
+    let mp = c.mount("m");
+    let size = 8 << 20;
+    let mut model = random_bytes(21, size);
+    fs::write(mp.join("f"), &model).unwrap();
+    let before = c.holders();
+    assert_eq!(census(&c), (0, 2), "the file's two blocks as 4+2");
+    small_writes(&mp.join("f"), &mut model, 64, 17);
+    assert_eq!(
+        c.holders(),
+        before,
+        "no node got anything for the small writes"
+    );
+    let held = inline_pieces(&c);
+    assert!(
+        (4..u64::MAX).contains(&held),
+        "one inline piece per fsync at least: {held}"
+    );
+    let check = |c: &mut Cluster, name: &str, why: &str| {
+        let m = c.mount_with(name, &["--cache-mib", "0"]);
+        assert!(same(&m.join("f"), &model), "{why}");
+        c.umount(&m);
+    };
+    check(&mut c, "other", "read on another mount");
+    c.kill_master();
+    c.start_master();
+    c.wait_nodes_up(6);
+    check(&mut c, "restarted", "read after a master kill -9");
+    c.kill_node(1);
+    c.kill_node(4);
+    check(&mut c, "down", "read with two nodes down");
+    c.start_node(1);
+    c.start_node(4);
+    c.wait_nodes_up(6);
+    wait_until(
+        Duration::from_secs(90),
+        "the inline pieces to be sealed",
+        || inline_pieces(&c) == 0 && census(&c) == (0, 2) && c.holders().len() == 2,
+    );
+    let ratio = space(&c, size);
+    assert!((1.5..1.52).contains(&ratio), "1.5x after sealing: {ratio}");
+    check(&mut c, "sealed", "read after sealing");
+    c.kill_node(0);
+    c.kill_node(5);
+    check(&mut c, "sealed-down", "sealed, read with two nodes down");
+}
+
+/// A small file (and a new file's short tail) is stored as m + 1 full copies when closed
+/// (by a mount that keeps small writes off the master: `--inline-kib 0`), not
 /// as k + m shards of a few bytes each; it reads back identical from another mount and with
 /// any m nodes down, and is sealed into a 4+2 block once quiet.
 #[test]
@@ -218,7 +285,7 @@ fn small_files_are_stored_as_copies_then_sealed() {
         "4+2",
         &["--seal-quiet-secs", "8", "--gc-grace-secs", "1"],
     );
-    let mp = c.mount("m");
+    let mp = c.mount_with("m", &["--inline-kib", "0"]);
     let sizes = [1usize, 100, 4096, 6000, 30_000, 65_536];
     let mut files: Vec<(String, Vec<u8>)> = sizes
         .iter()

@@ -56,6 +56,17 @@ fn same(p: &Path, model: &[u8]) -> bool {
 /// killed.
 #[test]
 fn fsynced_small_writes_are_pieces_that_survive_client_master_and_node_crashes() {
+    small_writes_survive_crashes(false);
+}
+
+/// The same with 32 KiB per fsync: each flush's writes travel inside the commit as an inline
+/// piece, nothing is stored on the nodes for them, and they survive the same crashes.
+#[test]
+fn fsynced_inline_small_writes_survive_client_master_and_node_crashes() {
+    small_writes_survive_crashes(true);
+}
+
+fn small_writes_survive_crashes(inline: bool) {
     let mut c = Cluster::start(6, "4+2");
     let pid_file = c.path("m.pid");
     let mp = c.mount_with("m", &["--pid-file", pid_file.to_str().unwrap()]);
@@ -71,7 +82,8 @@ fn fsynced_small_writes_are_pieces_that_survive_client_master_and_node_crashes()
         .write(true)
         .open(mp.join("db"))
         .unwrap();
-    let (writes, every) = (400u64, 20u64);
+    // 20 x 4 KiB per fsync is more than an inline piece holds (64 KiB); 8 x 4 KiB is not.
+    let (writes, every) = (400u64, if inline { 8u64 } else { 20 });
     for i in 0..writes {
         let off = position(i, size);
         let data = random_bytes(1000 + i, 4096);
@@ -107,7 +119,18 @@ fn fsynced_small_writes_are_pieces_that_survive_client_master_and_node_crashes()
         .filter(|(id, _)| !blocks_before.contains(*id))
         .map(|(_, v)| v)
         .collect();
-    assert!(!pieces.is_empty(), "the writes were stored as pieces");
+    let held = c
+        .status()
+        .and_then(|s| s["health"]["inline_pieces"].as_u64())
+        .unwrap_or(0);
+    if inline {
+        assert!(pieces.is_empty(), "no piece on the nodes: {pieces:?}");
+        assert_eq!(stored, 0, "nothing stored on the nodes for inline pieces");
+        assert!(held >= writes / every / 2, "inline pieces held: {held}");
+    } else {
+        assert!(!pieces.is_empty(), "the writes were stored as pieces");
+        assert_eq!(held, 0, "no inline piece");
+    }
     for p in &pieces {
         let nodes: HashSet<usize> = p.iter().map(|(n, _)| *n).collect();
         assert_eq!(p.len(), 3, "a piece has m + 1 = 3 copies: {p:?}");
@@ -361,7 +384,8 @@ fn lost_piece_copies_are_rebuilt_on_other_nodes() {
 #[test]
 fn acknowledged_small_writes_survive_nodes_losing_their_unsynced_files() {
     let mut c = Cluster::start(6, "4+2");
-    let mp = c.mount("m");
+    // Small writes go to the nodes (not inline to the master), so through their journals.
+    let mp = c.mount_with("m", &["--inline-kib", "0"]);
     let size = 8 << 20;
     let mut model = random_bytes(11, size);
     fs::write(mp.join("db"), &model).unwrap();

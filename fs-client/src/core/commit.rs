@@ -153,12 +153,40 @@ impl Core {
             let named = slots
                 .iter()
                 .flat_map(|(_, s)| s.pieces.iter().map(|(m, _)| m));
-            for m in named.chain(st.landed_pieces[..landed].iter()) {
+            // Landed inline pieces no slot names any more (overwritten before this commit)
+            // have nothing to collect: they are left out.
+            let landed_named = st.landed_pieces[..landed].iter().filter(|m| {
+                !m.is_inline()
+                    || slots
+                        .iter()
+                        .any(|(_, s)| s.pieces.iter().any(|(p, _)| p.id == m.id))
+            });
+            for m in named.chain(landed_named) {
                 if !pieces.iter().any(|p| p.id == m.id) {
                     pieces.push(m.clone());
                 }
             }
         }
+        // The bytes of the inline pieces the master does not hold yet go with the commit.
+        let mut sent: Vec<BlockId> = Vec::new();
+        let carried: Vec<(BlockId, Arc<Vec<u8>>)> = pieces
+            .iter()
+            .filter(|m| m.is_inline())
+            .filter_map(|m| self.blocks.inline_pending(&m.id).map(|b| (m.id, b)))
+            .collect();
+        let bulk = shardfs_common::proto::inline_bulk::encode(carried.iter().map(|(id, b)| {
+            sent.push(*id);
+            (*id, &b[..])
+        }));
+        // Inline pieces of this file that no slot names: nothing to send them for.
+        let unnamed: Vec<BlockId> = {
+            let st = of.st.lock().expect("file lock");
+            st.landed_pieces[..landed]
+                .iter()
+                .filter(|m| m.is_inline() && !pieces.iter().any(|p| p.id == m.id))
+                .map(|m| m.id)
+                .collect()
+        };
         debug!(
             ino = of.ino,
             blocks = new.len(),
@@ -169,19 +197,33 @@ impl Core {
             "commit"
         );
         let (r, g) = self
-            .call_granted(MasterRequest::Commit {
-                ino: of.ino,
-                slots: new,
-                pieces,
-                size,
-                mtime,
-                base: Some(base),
-                session: self.session.load(Ordering::Relaxed),
-                mergeable,
-                cut,
-                seq,
-            })
+            .call_granted_with(
+                MasterRequest::Commit {
+                    ino: of.ino,
+                    slots: new,
+                    pieces,
+                    size,
+                    mtime,
+                    base: Some(base),
+                    session: self.session.load(Ordering::Relaxed),
+                    mergeable,
+                    cut,
+                    seq,
+                },
+                bytes::Bytes::from(bulk),
+            )
             .await;
+        let applied = matches!(
+            r,
+            Ok(MasterResponse::Attr(_) | MasterResponse::Conflicted { .. })
+        );
+        if applied
+            || r.as_ref()
+                .is_err_and(|e| e.code() == shardfs_common::ErrorCode::Quota)
+        {
+            self.blocks.inline_committed(&sent);
+            self.blocks.inline_committed(&unnamed);
+        }
         let mut refused = None;
         let reload = {
             let mut st = of.st.lock().expect("file lock");

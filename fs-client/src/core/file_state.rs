@@ -295,6 +295,39 @@ impl FileState {
         out
     }
 
+    /// Piece `meta` of upload `seq` (taken in `epoch`) is stored: laid over the slots it
+    /// carries, unless a truncate came since (those bytes are gone; the master collects the
+    /// piece, named by the next commit).
+    pub(super) fn piece_stored(
+        &mut self,
+        seq: u64,
+        epoch: u64,
+        job: &PieceJob,
+        meta: BlockMeta,
+        cap: Cap,
+    ) {
+        let current = self.epoch == epoch;
+        for p in &job.parts {
+            if current {
+                let base = match self.pending.get(&p.idx) {
+                    Some((_, s)) => Some(s.clone()),
+                    None => self.slots.get(&p.idx).cloned(),
+                };
+                let slot = pieces::lay(base, p.idx, p, &meta, cap);
+                // Built on the pending slot: it replaces it (no superseded copy to commit),
+                // unless a newer upload landed first.
+                match self.pending.get(&p.idx) {
+                    Some((q, _)) if *q > seq => {}
+                    _ => {
+                        self.pending.insert(p.idx, (seq, slot));
+                    }
+                }
+            }
+            self.piece_back(p.idx, current);
+        }
+        self.landed_pieces.push(meta);
+    }
+
     /// A piece carrying slot `idx`'s small writes was stored (`stored`) or not: once the
     /// last such piece is back, the buffer goes if nothing was written into it meanwhile.
     pub(super) fn piece_back(&mut self, idx: u64, stored: bool) {

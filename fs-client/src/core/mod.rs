@@ -12,6 +12,7 @@
 use crate::blocks::{BlockConfig, BlockStore};
 use crate::master::{unexpected, MasterClient};
 use crate::pieces::{self, cut_slot, PieceJob, PIECE_MAX};
+use shardfs_common::cap::Cap;
 use shardfs_common::ec::{Codec, EcParams};
 use shardfs_common::extent::{self, Sparse, MAX_EXTENTS};
 use shardfs_common::locks::LockTable;
@@ -19,7 +20,7 @@ use shardfs_common::proto::{
     conflicted_name, Attr, BlockMeta, Change, ClusterInfo, FileKind, FsStats, MasterRequest,
     MasterResponse, NewSlot, SetAttr, Slot, Timespec, ACCESS_READ, ACCESS_WRITE,
 };
-use shardfs_common::{Error, Ino, Result};
+use shardfs_common::{BlockId, Error, Ino, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
@@ -70,6 +71,9 @@ pub struct CoreConfig {
     pub upload_window: usize,
     /// Dirty bytes per file before they are pushed out without waiting for a flush.
     pub dirty_limit: usize,
+    /// Pieces of small writes up to this size go to the master inside the commit (inline
+    /// pieces) rather than to m + 1 nodes first (0: never).
+    pub inline_max: usize,
     /// Wait this long for the first k shards before asking the parity nodes too.
     pub hedge_delay: Duration,
     pub shard_timeout: Duration,

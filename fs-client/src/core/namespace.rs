@@ -11,6 +11,15 @@ impl Core {
     /// again when it is answered: an answer to another request that crossed it must not bring
     /// the old state back). The grant says whether what the answer reports may be held.
     pub(super) async fn call_granted(&self, req: MasterRequest) -> (Result<MasterResponse>, Grant) {
+        self.call_granted_with(req, bytes::Bytes::new()).await
+    }
+
+    /// [`Core::call_granted`] with bulk bytes after the request (a commit's inline pieces).
+    pub(super) async fn call_granted_with(
+        &self,
+        req: MasterRequest,
+        bulk: bytes::Bytes,
+    ) -> (Result<MasterResponse>, Grant) {
         let touched = req.touched();
         let fresh = self.log_fresh();
         let g = {
@@ -18,7 +27,10 @@ impl Core {
             m.drop_changes(&touched);
             m.before(fresh)
         };
-        let r = self.master.call(req).await;
+        let r = match bulk.is_empty() {
+            true => self.master.call(req).await,
+            false => self.master.call_bulk(req, bulk, 0).await.map(|(r, _)| r),
+        };
         let g = self.meta().after(g, &touched);
         (r, g)
     }

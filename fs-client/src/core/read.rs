@@ -8,6 +8,7 @@ impl Core {
     /// just the ranges it needs.
     pub(super) async fn slot_bytes(
         &self,
+        ino: Ino,
         s: &Slot,
         lo: usize,
         hi: usize,
@@ -45,6 +46,10 @@ impl Core {
                     "slot {}: extent past the end of piece {}",
                     s.index, e.piece
                 )));
+            }
+            if meta.is_inline() {
+                let d = self.blocks.get_inline(meta, *cap, ino, s.index).await?;
+                return Ok((e, d[a..b].to_vec()));
             }
             if ranged {
                 if let Some(p) = self.blocks.get_range(meta, *cap, a, b).await {
@@ -130,7 +135,7 @@ impl Core {
                 (_, Some(sp)) if sp.covers(lo as u32, hi as u32) => Source::Hole,
                 (Source::Stored(s), _) if !s.extents.is_empty() || s.block.is_none() => {
                     let random = !nearby && hi - lo <= RANGE_READ_MAX;
-                    Source::Bytes(self.slot_bytes(&s, lo, hi, random).await?)
+                    Source::Bytes(self.slot_bytes(of.ino, &s, lo, hi, random).await?)
                 }
                 (src, _) => src,
             };

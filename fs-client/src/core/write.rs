@@ -23,7 +23,9 @@ impl Core {
             None => Ok(None),
             Some(s) if !s.extents.is_empty() || s.block.is_none() => {
                 let len = content_len(&s).min(self.cluster.block_size as usize);
-                Ok(Some(Arc::new(self.slot_bytes(&s, 0, len, false).await?)))
+                Ok(Some(Arc::new(
+                    self.slot_bytes(of.ino, &s, 0, len, false).await?,
+                )))
             }
             Some(s) => {
                 let b = s.block.as_ref().expect("checked");
@@ -202,8 +204,11 @@ impl Core {
         of: &Arc<OpenFile>,
         seq: u64,
         epoch: u64,
-        job: PieceJob,
+        mut job: PieceJob,
     ) {
+        if self.store_inline(of, seq, epoch, &job) {
+            return;
+        }
         let permit = self.upload_permit().await;
         let (blocks, code) = (self.blocks.clone(), self.code_of(of.ino));
         let of = of.clone();
@@ -215,35 +220,14 @@ impl Core {
                 slots = job.parts.len(),
                 "piece"
             );
-            let r = blocks.put_piece(Arc::new(job.data), code).await;
+            let r = blocks
+                .put_piece(Arc::new(std::mem::take(&mut job.data)), code)
+                .await;
             {
                 let mut st = of.st.lock().expect("file lock");
                 st.running = st.running.saturating_sub(1);
                 match r {
-                    // Laid over the slots unless a truncate came since: those bytes are gone
-                    // (the master collects the piece, named by the next commit).
-                    Ok((meta, cap)) => {
-                        let current = st.epoch == epoch;
-                        for p in &job.parts {
-                            if current {
-                                let base = match st.pending.get(&p.idx) {
-                                    Some((_, s)) => Some(s.clone()),
-                                    None => st.slots.get(&p.idx).cloned(),
-                                };
-                                let slot = pieces::lay(base, p.idx, p, &meta, cap);
-                                // Built on the pending slot: it replaces it (no superseded
-                                // copy to commit), unless a newer upload landed first.
-                                match st.pending.get(&p.idx) {
-                                    Some((q, _)) if *q > seq => {}
-                                    _ => {
-                                        st.pending.insert(p.idx, (seq, slot));
-                                    }
-                                }
-                            }
-                            st.piece_back(p.idx, current);
-                        }
-                        st.landed_pieces.push(meta);
-                    }
+                    Ok((meta, cap)) => st.piece_stored(seq, epoch, &job, meta, cap),
                     Err(e) => {
                         warn!(ino = of.ino, "could not store a piece of small writes: {e}");
                         for p in &job.parts {
@@ -259,6 +243,45 @@ impl Core {
             drop(permit);
             of.changed.notify_waiters();
         });
+    }
+
+    /// Keep a small piece as an inline piece, carried by the file's next commit (true), if
+    /// it is small enough and the file's uncommitted inline pieces stay within what one
+    /// commit may carry.
+    fn store_inline(&self, of: &Arc<OpenFile>, seq: u64, epoch: u64, job: &PieceJob) -> bool {
+        let len = job.data.len();
+        if len > self.cfg.inline_max {
+            return false;
+        }
+        let waiting: usize = {
+            let st = of.st.lock().expect("file lock");
+            st.landed_pieces
+                .iter()
+                .filter(|m| m.is_inline())
+                .map(|m| m.len as usize)
+                .sum()
+        };
+        if waiting + len > shardfs_common::proto::INLINE_COMMIT_MAX / 2 {
+            return false;
+        }
+        let made = match self.blocks.make_inline(&job.data) {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(_) => return false,
+        };
+        debug!(
+            ino = of.ino,
+            seq,
+            len,
+            slots = job.parts.len(),
+            "inline piece"
+        );
+        {
+            let mut st = of.st.lock().expect("file lock");
+            st.running = st.running.saturating_sub(1);
+            st.piece_stored(seq, epoch, job, made.0, made.1);
+        }
+        of.changed.notify_waiters();
+        true
     }
 
     pub(super) async fn start_upload(

@@ -179,6 +179,7 @@ impl Master {
         &self,
         req: MasterRequest,
         from: &wire::Peer,
+        inline: HashMap<BlockId, Vec<u8>>,
     ) -> Result<MasterResponse, MasterError> {
         use MasterRequest as R;
         use MasterResponse as A;
@@ -213,8 +214,8 @@ impl Master {
                 .sessions
                 .host(session)
                 .unwrap_or_else(|| "another mount".into());
-            match self.meta.commit(
-                ino, &slots, &pieces, size, mtime, cut, base, mergeable, session, &host,
+            match self.meta.commit_with(
+                ino, &slots, &pieces, size, mtime, cut, base, mergeable, session, &host, &inline,
             )? {
                 meta::Committed::Done(a) => {
                     self.sessions.applied(session, ino, seq);

@@ -2,6 +2,7 @@
 //! answering the one-call ones itself and sending these here.
 
 mod files;
+mod inline;
 mod placement;
 mod router;
 

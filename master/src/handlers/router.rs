@@ -94,6 +94,11 @@ impl Master {
                 A::Names { entries, more }
             }
             req @ R::Open { .. } => self.on_open(req, from)?,
+            R::ReadInline { .. } => {
+                return Err(
+                    Error::invalid("inline pieces are read with their bytes in the bulk").into(),
+                )
+            }
             R::Close { session, files } => {
                 if files.len() > shardfs_common::proto::CLOSE_MAX {
                     return Err(Error::invalid(format!(
@@ -165,7 +170,7 @@ impl Master {
             }
             req @ R::Place { .. } => self.on_place(req, from)?,
             req @ R::PlaceMore { .. } => self.on_place_more(req, from)?,
-            req @ R::Commit { .. } => self.on_commit(req, from)?,
+            req @ R::Commit { .. } => self.on_commit(req, from, HashMap::new())?,
             R::NodeStats {
                 id,
                 read_bytes,
@@ -258,6 +263,7 @@ impl Master {
                 let mut h = self.repair.health();
                 let s = *self.seal_stats.lock().expect("seal stats lock");
                 h.unsealed_files = self.meta.unsealed_files()?;
+                (h.inline_pieces, h.inline_bytes) = self.meta.inline_usage()?;
                 (h.sealed_slots, h.sealed_bytes, h.seal_failures) = (s.slots, s.bytes, s.failed);
                 A::Health(h)
             }

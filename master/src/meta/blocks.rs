@@ -29,6 +29,10 @@ impl Meta {
                 continue;
             }
             batch.delete(k_block(&id));
+            if g.meta.is_inline() {
+                // Nothing on the nodes: the bytes go with the record.
+                batch.delete(k_inline(&id));
+            }
             collecting.lock().expect("collecting lock").insert(id);
             out.push(g);
         }

@@ -77,6 +77,29 @@ impl Meta {
         session: u64,
         host: &str,
     ) -> Result<Committed, MasterError> {
+        let none = HashMap::new();
+        self.commit_with(
+            ino, slots, pieces, size, mtime, cut, base, mergeable, session, host, &none,
+        )
+    }
+
+    /// [`Meta::commit`] with the bytes of the new inline pieces the commit names (their ids
+    /// checked against their content by the caller).
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_with(
+        &self,
+        ino: Ino,
+        slots: &[NewSlot],
+        pieces: &[BlockMeta],
+        size: u64,
+        mtime: Timespec,
+        cut: Option<u64>,
+        base: Option<u64>,
+        mergeable: bool,
+        session: u64,
+        host: &str,
+        inline: &HashMap<BlockId, Vec<u8>>,
+    ) -> Result<Committed, MasterError> {
         let bs = self.cluster.block_size;
         let _w = self.writer.lock().expect("writer lock");
         let mut txn = Txn::new(self);
@@ -107,12 +130,36 @@ impl Meta {
         let code = self.code_of(ino)?;
         // Blocks in the file's code, or another storable one (a writer that learnt the file's
         // policy before it changed); those are rewritten by sealing.
-        let check = |m: &BlockMeta| match self.storable(m.ec) {
+        let check = |m: &BlockMeta| match self.storable(m.ec) || m.is_inline() {
             true => m.check(m.ec, bs),
             false => Err(Error::invalid(format!(
                 "block {}: code {} cannot be stored",
                 m.id, m.ec
             ))),
+        };
+        // A new inline piece comes with its bytes (checked against its id by the caller),
+        // written in this commit's batch beside its block record.
+        let keep_inline = |txn: &mut Txn, m: &BlockMeta| -> Result<(), MasterError> {
+            if !m.is_inline() {
+                return Ok(());
+            }
+            match inline.get(&m.id) {
+                Some(b) if b.len() as u64 == m.len => {
+                    txn.batch.put(k_inline(&m.id), enc_inline(b));
+                    Ok(())
+                }
+                // Committed before and not collected yet (its block record went to `G`).
+                None if self
+                    .inline_bytes(&m.id)?
+                    .is_some_and(|b| b.len() as u64 == m.len) =>
+                {
+                    Ok(())
+                }
+                _ => Err(fs_err(
+                    ErrorCode::Invalid,
+                    format!("inline piece {} is not in the commit", m.id),
+                )),
+            }
         };
         let mut recode = false;
         let mut written: HashMap<u64, SlotRecord> = HashMap::new();
@@ -147,6 +194,7 @@ impl Meta {
                             return Err(bad("inconsistent block description".into()));
                         }
                         check(m)?;
+                        keep_inline(&mut txn, m)?;
                         recode |= Some(id) == s.id && m.ec != code;
                         txn.blocks.insert(
                             id,
@@ -208,6 +256,7 @@ impl Meta {
         for m in pieces {
             if txn.block(&m.id)?.is_none() {
                 check(m)?;
+                keep_inline(&mut txn, m)?;
                 txn.blocks.insert(
                     m.id,
                     Some(BlockRecord {

@@ -25,6 +25,7 @@
 //! | `J` blake3(token secret)          | an unused join token: role, expiry                   |
 //! | `L` time-ns seq                   | an audit log entry (see `audit`)                     |
 //! | `Q` `d` ino / `Q` `u` uid          | a directory's or a uid's quota: limits and usage (see `quota`) |
+//! | `Y` block-id                      | an inline piece's stored bytes (see `inline`); its `B` record is beside it |
 //!
 //! Every value starts with a format version byte. Every POSIX operation is one `WriteBatch`,
 //! prepared under the writer lock (so its checks and its writes see the same state) and
@@ -33,6 +34,8 @@
 mod blocks;
 mod cluster;
 mod files;
+mod inline;
+use inline::{enc_inline, k_inline};
 mod namespace;
 mod policy;
 mod quota;

@@ -100,6 +100,7 @@ pub fn start_core(master: Arc<Master>, quic: SocketAddr) {
             readahead_blocks: 2,
             upload_window: 4,
             dirty_limit: 64 << 20,
+            inline_max: shardfs_common::proto::INLINE_MAX,
             hedge_delay: Duration::from_millis(500),
             shard_timeout: Duration::from_secs(10),
             attr_ttl: Duration::ZERO,
