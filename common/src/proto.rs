@@ -1205,9 +1205,14 @@ pub mod inline_bulk {
             }
             let id = BlockId(rest[..32].try_into().expect("32 bytes"));
             let len = u32::from_be_bytes(rest[32..36].try_into().expect("4 bytes")) as usize;
-            if len > INLINE_MAX || rest.len() - 36 < len {
+            if len > INLINE_MAX {
                 return Err(Error::invalid(format!(
-                    "inline piece {id}: {len} bytes, {} given (at most {INLINE_MAX})",
+                    "inline piece {id}: {len} bytes (at most {INLINE_MAX})"
+                )));
+            }
+            if rest.len() - 36 < len {
+                return Err(Error::invalid(format!(
+                    "inline piece {id} truncated: {len} bytes, {} given",
                     rest.len() - 36
                 )));
             }

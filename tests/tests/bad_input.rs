@@ -434,3 +434,160 @@ fn ten_thousand_stalled_streams_leave_the_master_bounded_and_answering() {
     drop(streams);
     drop(conns);
 }
+
+/// Inline pieces from the network are checked before anything is stored: bytes that are not
+/// the content their id names, a piece named without its bytes, bulk on a request that is
+/// not a commit, a truncated bulk, and reads of pieces a file does not name are all refused
+/// with a clear error; a mount's own inline piece reads back, and the mounts keep working.
+#[test]
+fn forged_inline_pieces_are_refused() {
+    let mut c = Cluster::start(6, "4+2");
+    let mp = c.mount("m");
+    std::fs::write(mp.join("small"), b"a small file, kept inline").unwrap();
+    let master: std::net::SocketAddr = c.master_addr().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (refusals, read_back) = rt.block_on(async {
+        let ep = net::client_endpoint(false).unwrap();
+        let conn = connect(&ep, ALPN_MASTER, master, &c.credential("client.cred")).await;
+        let call = |req: MasterRequest, bulk: Vec<u8>| {
+            let conn = conn.clone();
+            async move {
+                wire::request::<_, MasterResponse>(&conn, &req, bulk.into(), 1 << 20)
+                    .await
+                    .unwrap()
+            }
+        };
+        let created = call(create_request(1, "victim"), vec![]).await.0;
+        let MasterResponse::Changed {
+            attr: Some(attr), ..
+        } = created
+        else {
+            panic!("create: {created:?}");
+        };
+        let data = b"forged inline bytes".to_vec();
+        let id = shardfs_common::BlockId::of_coded(1, 0, &data);
+        let meta = BlockMeta::inline(id, data.len());
+        let commit = || MasterRequest::Commit {
+            ino: attr.ino,
+            slots: vec![NewSlot {
+                index: 0,
+                id: None,
+                extents: vec![shardfs_common::extent::Extent {
+                    off: 0,
+                    len: data.len() as u32,
+                    piece: id,
+                    piece_off: 0,
+                }],
+                used: 0,
+                meta: None,
+            }],
+            pieces: vec![meta.clone()],
+            size: data.len() as u64,
+            mtime: Timespec::now(),
+            base: None,
+            session: 0,
+            seq: 1,
+            cut: None,
+            mergeable: false,
+        };
+        let enc = |bytes: &[u8]| shardfs_common::proto::inline_bulk::encode([(id, bytes)]);
+        let mut wrong = data.clone();
+        wrong[0] ^= 1;
+        let mut refusals = Vec::new();
+        for (req, bulk) in [
+            // Bytes that are not what the id names (the cluster is encrypted: ids are keyed).
+            (commit(), enc(&data)),
+            (commit(), enc(&wrong)),
+            // Named, not carried.
+            (commit(), vec![]),
+            // Bulk where no bulk belongs, and a truncated one.
+            (MasterRequest::GetAttr { ino: attr.ino }, enc(&data)),
+            (commit(), enc(&data)[..40].to_vec()),
+            // A piece the file does not name.
+            (
+                MasterRequest::ReadInline {
+                    ino: attr.ino,
+                    index: 0,
+                    id,
+                    cap: Default::default(),
+                },
+                vec![],
+            ),
+        ] {
+            match call(req, bulk).await.0 {
+                MasterResponse::Err(e) => refusals.push(e.message),
+                other => panic!("a crafted inline request was accepted: {other:?}"),
+            }
+        }
+        // The mount's own inline piece, named by slot 0 of "small": readable there only.
+        let a = match call(
+            MasterRequest::Lookup {
+                parent: 1,
+                name: b"small".to_vec(),
+            },
+            vec![],
+        )
+        .await
+        .0
+        {
+            MasterResponse::Attr(a) => a,
+            other => panic!("lookup: {other:?}"),
+        };
+        let opened = call(
+            MasterRequest::Open {
+                ino: a.ino,
+                session: 0,
+                access: 0,
+            },
+            vec![],
+        )
+        .await
+        .0;
+        let MasterResponse::Opened { slots, .. } = opened else {
+            panic!("open: {opened:?}");
+        };
+        let (piece, _) = slots[0]
+            .pieces
+            .iter()
+            .find(|(m, _)| m.is_inline())
+            .expect("the small file is an inline piece")
+            .clone();
+        let read = |index: u64| MasterRequest::ReadInline {
+            ino: a.ino,
+            index,
+            id: piece.id,
+            cap: Default::default(),
+        };
+        let (ok, bytes) = call(read(0), vec![]).await;
+        assert!(matches!(ok, MasterResponse::Inline), "{ok:?}");
+        match call(read(1), vec![]).await.0 {
+            MasterResponse::Err(e) => refusals.push(e.message),
+            other => panic!("a piece read through a slot that does not name it: {other:?}"),
+        }
+        (refusals, bytes)
+    });
+    eprintln!("refusals: {refusals:#?}");
+    for (i, want) in [
+        // A forged id names an epoch the cluster has no key of: no content can match it.
+        (0, "not the content its id names"),
+        (1, "not the content its id names"),
+        (2, "not in the commit"),
+        (3, "only a commit carries"),
+        (4, "truncated"),
+        (5, "no right to read"),
+        (6, "no right to read"),
+    ] {
+        assert!(refusals[i].contains(want), "{i}: {}", refusals[i]);
+    }
+    // Stored encrypted, as on a node: not the plaintext.
+    assert_eq!(read_back.len(), b"a small file, kept inline".len());
+    assert_ne!(read_back, b"a small file, kept inline");
+    let fresh = c.mount_with("fresh", &["--cache-mib", "0"]);
+    for m in [&mp, &fresh] {
+        assert_eq!(std::fs::read(m.join("victim")).unwrap(), b"");
+        assert_eq!(
+            std::fs::read(m.join("small")).unwrap(),
+            b"a small file, kept inline"
+        );
+    }
+}

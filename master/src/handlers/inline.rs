@@ -47,8 +47,8 @@ impl Master {
                 .into());
             }
             let mut plain = bytes.clone();
-            keys.apply(&id, 0, &mut plain)?;
-            if !keys.holds(m, &plain, cluster) {
+            let opened = keys.apply(&id, 0, &mut plain);
+            if opened.is_err() || !keys.holds(m, &plain, cluster) {
                 return Err(Error::fs(
                     ErrorCode::Corrupt,
                     format!("inline piece {id}: the bytes are not the content its id names"),
