@@ -14,10 +14,12 @@ use shardfs_common::Ino;
 /// Most bytes of inline pieces waiting for their commit in one mount.
 pub const PENDING_MAX: usize = 64 << 20;
 
+/// An inline piece waiting for its commit: its stored (encrypted) bytes and its plaintext.
+type Waiting = (Arc<Vec<u8>>, Arc<Vec<u8>>);
+
 #[derive(Default)]
 pub(super) struct Pending {
-    /// id → (stored bytes, plaintext).
-    pieces: HashMap<BlockId, (Arc<Vec<u8>>, Arc<Vec<u8>>)>,
+    pieces: HashMap<BlockId, Waiting>,
     bytes: usize,
 }
 
@@ -36,7 +38,7 @@ impl BlockStore {
         }
         let id = self
             .keys
-            .content_id(EcParams::INLINE, self.codec.params(), &data);
+            .content_id(EcParams::INLINE, self.codec.params(), data);
         let data = Arc::new(data.to_vec());
         let mut stored = data.to_vec();
         self.keys.apply(&id, 0, &mut stored)?;
