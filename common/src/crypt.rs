@@ -175,6 +175,18 @@ impl DataKeys {
         }
     }
 
+    /// Decrypt `buf`, the whole stored content of block `meta`, in place; whether the result
+    /// is the content the block's id names. Fails if the block's key epoch is unknown here.
+    pub fn open_checked(
+        &self,
+        meta: &BlockMeta,
+        buf: &mut [u8],
+        cluster: EcParams,
+    ) -> Result<bool> {
+        self.apply(&meta.id, 0, buf)?;
+        Ok(self.holds(meta, buf, cluster))
+    }
+
     /// Encrypt or decrypt (the same operation) `buf`, the bytes of block `id` from `offset`
     /// on. Does nothing in a cluster without encryption.
     pub fn apply(&self, id: &BlockId, offset: u64, buf: &mut [u8]) -> Result<()> {

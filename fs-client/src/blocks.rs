@@ -809,8 +809,7 @@ impl BlockStore {
                 let arrived: Vec<usize> =
                     (0..shards.len()).filter(|i| shards[*i].is_some()).collect();
                 let mut data = codec.decode(&mut shards, meta2.len as usize)?;
-                keys.apply(&meta2.id, 0, &mut data)?;
-                if keys.holds(&meta2, &data, cluster) {
+                if keys.open_checked(&meta2, &mut data, cluster)? {
                     return Ok::<_, Error>(Ok(Arc::new(data)));
                 }
                 // Which of the shards that arrived are not what was written?

@@ -174,8 +174,7 @@ pub(crate) fn decode_checked(
     keys: &DataKeys,
 ) -> Result<Vec<u8>, Error> {
     let mut data = codec.decode(shards, meta.len as usize)?;
-    keys.apply(&meta.id, 0, &mut data)?;
-    if !keys.holds(meta, &data, cluster) {
+    if !keys.open_checked(meta, &mut data, cluster)? {
         return Err(Error::Corrupt(format!(
             "the shards of block {} decode to other content",
             meta.id

@@ -89,8 +89,7 @@ impl Node {
     fn open_inline(&self, m: &BlockMeta, stored: &[u8]) -> Result<Vec<u8>, Error> {
         let (keys, cluster) = (self.data_keys()?, self.cluster_code()?);
         let mut data = stored.to_vec();
-        keys.apply(&m.id, 0, &mut data)?;
-        if !keys.holds(m, &data, cluster) {
+        if !keys.open_checked(m, &mut data, cluster)? {
             return Err(Error::Corrupt(format!(
                 "inline piece {} does not hold the content its id names",
                 m.id

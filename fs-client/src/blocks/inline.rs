@@ -118,8 +118,10 @@ impl BlockStore {
                 meta.len
             )));
         }
-        self.keys.apply(&meta.id, 0, &mut data)?;
-        if !self.keys.holds(meta, &data, self.codec.params()) {
+        if !self
+            .keys
+            .open_checked(meta, &mut data, self.codec.params())?
+        {
             return Err(Error::Corrupt(format!(
                 "inline piece {} from the master is not the content its id names",
                 meta.id

@@ -148,45 +148,37 @@ impl Core {
         // Every piece the slots name, and every piece stored since the last commit (those
         // overwritten meanwhile are collected by the master).
         let mut pieces: Vec<BlockMeta> = Vec::new();
+        // Landed inline pieces no slot names any more (overwritten before this commit) have
+        // nothing to collect: they are left out, and let go of once the commit is applied.
+        let mut unnamed: Vec<BlockId> = Vec::new();
         {
             let st = of.st.lock().expect("file lock");
-            let named = slots
-                .iter()
-                .flat_map(|(_, s)| s.pieces.iter().map(|(m, _)| m));
-            // Landed inline pieces no slot names any more (overwritten before this commit)
-            // have nothing to collect: they are left out.
-            let landed_named = st.landed_pieces[..landed].iter().filter(|m| {
-                !m.is_inline()
-                    || slots
-                        .iter()
-                        .any(|(_, s)| s.pieces.iter().any(|(p, _)| p.id == m.id))
-            });
-            for m in named.chain(landed_named) {
-                if !pieces.iter().any(|p| p.id == m.id) {
-                    pieces.push(m.clone());
+            for (_, s) in &slots {
+                for (m, _) in &s.pieces {
+                    if !pieces.iter().any(|p| p.id == m.id) {
+                        pieces.push(m.clone());
+                    }
+                }
+            }
+            for m in &st.landed_pieces[..landed] {
+                if pieces.iter().any(|p| p.id == m.id) {
+                    continue;
+                }
+                match m.is_inline() {
+                    true => unnamed.push(m.id),
+                    false => pieces.push(m.clone()),
                 }
             }
         }
         // The bytes of the inline pieces the master does not hold yet go with the commit.
-        let mut sent: Vec<BlockId> = Vec::new();
         let carried: Vec<(BlockId, Arc<Vec<u8>>)> = pieces
             .iter()
             .filter(|m| m.is_inline())
             .filter_map(|m| self.blocks.inline_pending(&m.id).map(|b| (m.id, b)))
             .collect();
-        let bulk = shardfs_common::proto::inline_bulk::encode(carried.iter().map(|(id, b)| {
-            sent.push(*id);
-            (*id, &b[..])
-        }));
-        // Inline pieces of this file that no slot names: nothing to send them for.
-        let unnamed: Vec<BlockId> = {
-            let st = of.st.lock().expect("file lock");
-            st.landed_pieces[..landed]
-                .iter()
-                .filter(|m| m.is_inline() && !pieces.iter().any(|p| p.id == m.id))
-                .map(|m| m.id)
-                .collect()
-        };
+        let bulk =
+            shardfs_common::proto::inline_bulk::encode(carried.iter().map(|(id, b)| (*id, &b[..])));
+        let sent: Vec<BlockId> = carried.iter().map(|(id, _)| *id).collect();
         debug!(
             ino = of.ino,
             blocks = new.len(),
