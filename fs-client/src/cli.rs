@@ -449,6 +449,11 @@ pub struct MountArgs {
     /// Milliseconds to wait for data shards before also asking parity nodes.
     #[arg(long)]
     pub hedge_ms: Option<u64>,
+    /// Threads serving the mount's network I/O (hashing, coding and encryption run on a
+    /// pool of their own). One is fastest for programs that wait on each operation in
+    /// turn: every hand-over between threads is a wakeup. Default 1, most 16.
+    #[arg(long, env = "SHARDFS_MOUNT_WORKERS")]
+    pub workers: Option<usize>,
     /// Text files (UTF-8) up to this size changed on two mounts at once are merged; larger
     /// ones, other files, and files with the attribute user.shardfs.merge=off get a
     /// conflicted copy instead (0: never merge).
@@ -499,6 +504,7 @@ pub struct FileConfig {
     pub dirty_mib: Option<usize>,
     pub inline_kib: Option<usize>,
     pub hedge_ms: Option<u64>,
+    pub workers: Option<usize>,
     pub merge_max_bytes: Option<u64>,
     pub journal_dir: Option<PathBuf>,
     pub journal_mib: Option<u64>,

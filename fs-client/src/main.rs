@@ -354,6 +354,10 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     if !(1..=4096).contains(&dirty_mib) {
         bail!("--dirty-mib {dirty_mib}: give 1 to 4096 (MiB of writes per open file in memory)");
     }
+    let workers = a.workers.or(f.workers).unwrap_or(1);
+    if !(1..=16).contains(&workers) {
+        bail!("--workers {workers}: give 1 to 16 (threads serving the mount's network I/O)");
+    }
     let inline_kib = a.inline_kib.or(f.inline_kib).unwrap_or(64);
     if inline_kib > shardfs_common::proto::INLINE_MAX >> 10 {
         bail!(
@@ -429,7 +433,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     let core = rt

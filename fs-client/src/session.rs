@@ -77,7 +77,12 @@ impl Core {
     /// Open the session and keep it renewed until [`Core::end_session`].
     pub async fn start_session(self: &Arc<Self>, mountpoint: String) -> Result<()> {
         let lease = self.open_session(&mountpoint).await?;
-        self.watch_changes();
+        // A shared core (the master's web UI) trusts nothing it caches, so the change log
+        // would tell it nothing: following it cost the master one answer per change made by
+        // any mount.
+        if !self.cfg.shared {
+            self.watch_changes();
+        }
         let core = Arc::downgrade(self);
         self.rt.spawn(async move {
             let every = (lease / 4).max(Duration::from_millis(200));

@@ -65,6 +65,18 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     assert!(!ok);
     assert!(text.contains("--dirty-mib 0: give 1 to 4096"), "{text}");
     assert!(!is_mounted(&mp));
+    for n in ["0", "17"] {
+        let (ok, text, _) = run(Command::new(bin("shardfs"))
+            .args(["mount", &addr, "--workers", n, "--credentials"])
+            .arg(&cred)
+            .arg(&mp));
+        assert!(!ok);
+        assert!(
+            text.contains(&format!("--workers {n}: give 1 to 16")),
+            "{text}"
+        );
+        assert!(!is_mounted(&mp));
+    }
 
     let (ok, text, _) = run(Command::new(bin("shardfs"))
         .args(["mount", "not an address"])

@@ -194,3 +194,98 @@ fn master_node_and_mount_metrics_parse_and_move_with_traffic() {
         "top without an address: {err}"
     );
 }
+
+/// A tree walk on a mount that follows the change log: the second walk asks the master for no
+/// listing (each directory is held whole, the first walk's listings fetched its subdirectories
+/// ahead), and what another mount changes meanwhile is in the next listing all the same.
+#[test]
+fn held_listings_answer_tree_walks_and_stay_true() {
+    let http = ["--http", "127.0.0.1:0"];
+    let mut c = Cluster::start_opts(3, "2+1", &http, &[]);
+    let master_file = c.path("master/http.addr");
+    wait_until(Duration::from_secs(10), "the master's metrics", || {
+        master_file.exists()
+    });
+    let asked = |ops: &[&str]| {
+        let s = scrape(&master_file);
+        ops.iter()
+            .map(|op| value(&s, "shardfs_master_requests_total", &[("op", op)]))
+            .sum::<f64>()
+    };
+    let w = c.mount("w");
+    let getxattrs = asked(&["getxattr"]);
+    for d in 0..8 {
+        fs::create_dir_all(w.join(format!("t/d{d}/sub"))).unwrap();
+        for f in 0..5 {
+            fs::write(w.join(format!("t/d{d}/f{f}")), "x").unwrap();
+        }
+    }
+    // The kernel's question before the first write of each new file (security.capability)
+    // is answered by the mount that made it.
+    assert_eq!(
+        asked(&["getxattr"]),
+        getxattrs,
+        "new files' attributes asked"
+    );
+    let mount_file = c.path("reader-http.addr");
+    let mf = mount_file.display().to_string();
+    let r = c.mount_with("r", &["--http", "127.0.0.1:0", "--http-addr-file", &mf]);
+    wait_until(Duration::from_secs(10), "the mount's metrics", || {
+        mount_file.exists()
+    });
+    let listings = || asked(&["readdir", "readdir_names"]);
+    let held = || {
+        value(
+            &scrape(&mount_file),
+            "shardfs_mount_listings_held_total",
+            &[],
+        )
+    };
+    let walk = || {
+        let out = sh_ok(&format!("cd {} && find t | LC_ALL=C sort", r.display()));
+        out.lines().map(String::from).collect::<Vec<_>>()
+    };
+    let first = walk();
+    assert_eq!(first.len(), 1 + 8 * 7, "{first:?}");
+    // Let the listings fetched ahead finish, then walk again: all from what the mount holds.
+    std::thread::sleep(Duration::from_millis(500));
+    let (asked, held_before) = (listings(), held());
+    assert_eq!(walk(), first);
+    sh_ok(&format!("du -s {}/t", r.display()));
+    assert_eq!(
+        listings() - asked,
+        0.0,
+        "the second walk asked for listings"
+    );
+    assert!(
+        held() - held_before >= 2.0 * 17.0,
+        "listings held: {}",
+        held() - held_before
+    );
+
+    // Another mount's changes: a name added, one removed, one renamed, a directory made.
+    fs::write(w.join("t/d3/new"), "n").unwrap();
+    fs::remove_file(w.join("t/d4/f0")).unwrap();
+    fs::rename(w.join("t/d5/f1"), w.join("t/d6/moved")).unwrap();
+    fs::create_dir(w.join("t/d7/sub/deeper")).unwrap();
+    let names = |d: &str| {
+        let mut v: Vec<String> = fs::read_dir(r.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    wait_until(Duration::from_secs(5), "the reader's listings", || {
+        names("t/d3").contains(&"new".to_string())
+            && !names("t/d4").contains(&"f0".to_string())
+            && !names("t/d5").contains(&"f1".to_string())
+            && names("t/d6").contains(&"moved".to_string())
+            && names("t/d7/sub") == ["deeper"]
+    });
+    let mut expect = first.clone();
+    expect.retain(|p| p != "t/d4/f0" && p != "t/d5/f1");
+    expect.extend(["t/d3/new", "t/d6/moved", "t/d7/sub/deeper"].map(String::from));
+    expect.sort();
+    assert_eq!(walk(), expect);
+}

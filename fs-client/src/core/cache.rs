@@ -84,7 +84,7 @@ impl Core {
             .read_bases
             .lock()
             .expect("bases lock")
-            .get(&key)
+            .peek(&key)
             .cloned()?;
         (b.0.ino == ino).then_some(b)
     }

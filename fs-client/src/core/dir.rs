@@ -1,6 +1,7 @@
 //! Directory listings in a bounded window.
 
 use super::*;
+use crate::master::CALLER;
 
 /// Entries asked of the master per page: with attributes (one inode record read each; the
 /// first page is smaller, as the kernel's first call of a plain listing is a readdirplus
@@ -10,6 +11,12 @@ const PAGE_FULL: u32 = 1024;
 const PAGE_NAMES: u32 = 4096;
 /// Entries kept behind the reader, so a short seek back needs no new listing.
 const KEEP_BEHIND: usize = 1024;
+/// A listing a program reads starts listings of up to this many of its subdirectories
+/// ahead of it (a tree walk — `find`, `du`, `rm -rf` — then finds them held), by at most
+/// `PREFETCH_TASKS` listings' worth of tasks, each with `PREFETCH_INFLIGHT` requests out.
+const PREFETCH_DIRS: usize = 32;
+pub(super) const PREFETCH_TASKS: usize = 2;
+const PREFETCH_INFLIGHT: usize = 4;
 
 impl Core {
     pub async fn opendir(&self, ino: Ino) -> Result<u64> {
@@ -38,7 +45,7 @@ impl Core {
     /// Entries of an open directory from `offset` on (0 and 1 are "." and ".."), with their
     /// attributes (readdirplus, and everything but the kernel's plain readdir).
     pub async fn readdir(
-        &self,
+        self: &Arc<Self>,
         fh: u64,
         ino: Ino,
         offset: i64,
@@ -87,7 +94,7 @@ impl Core {
     /// Entries of an open directory from `offset` on, names, inodes and kinds only (the
     /// kernel's plain readdir: `ls -f`, `find`).
     pub async fn readdir_names(
-        &self,
+        self: &Arc<Self>,
         fh: u64,
         ino: Ino,
         offset: i64,
@@ -125,7 +132,7 @@ impl Core {
     /// Make the window hold entries `[from, from + want)` (or up to the end), with attributes
     /// if `attrs`.
     async fn fill(
-        &self,
+        self: &Arc<Self>,
         listing: &Mutex<Listing>,
         from: usize,
         want: usize,
@@ -181,13 +188,64 @@ impl Core {
             if have_end >= from + want || !more {
                 return Ok(());
             }
-            let (page, more) = self.list_page(dir, after.clone(), attrs).await?;
+            let (page, more) = match after.is_none().then(|| self.known_listing(dir)) {
+                Some(Some(page)) => {
+                    metrics::counter!("shardfs_mount_listings_held_total").increment(1);
+                    (page, false)
+                }
+                _ => self.list_page(dir, after.clone(), attrs).await?,
+            };
+            if after.is_none() {
+                self.prefetch_children(&page);
+            }
             let mut l = listing.lock().expect("listing lock");
             if l.entries.back().map(|e| &e.name) == after.as_ref() {
                 l.entries.extend(page);
                 l.more = more;
             }
         }
+    }
+
+    /// List, ahead of the reader, the subdirectories in `page` this mount does not know
+    /// whole yet. Only while the change log is followed (otherwise nothing listed is held),
+    /// and skipped when enough listings are being fetched ahead already.
+    fn prefetch_children(self: &Arc<Self>, page: &[Listed]) {
+        if !self.log_fresh() {
+            return;
+        }
+        let kids: Vec<Ino> = page
+            .iter()
+            .filter(|e| e.kind == FileKind::Dir && !self.dir_known(e.ino))
+            .map(|e| e.ino)
+            .take(PREFETCH_DIRS)
+            .collect();
+        if kids.is_empty() {
+            return;
+        }
+        let Ok(permit) = self.prefetching.clone().try_acquire_owned() else {
+            return;
+        };
+        let core = self.clone();
+        // The caller's identity stays with the task: the master checks each listing against it.
+        let caller = CALLER.try_with(|c| *c).ok();
+        let walk = async move {
+            use futures::StreamExt;
+            futures::stream::iter(kids)
+                .for_each_concurrent(PREFETCH_INFLIGHT, |ino| {
+                    let core = core.clone();
+                    async move {
+                        if !core.dir_known(ino) {
+                            let _ = core.list_page(ino, None, true).await;
+                        }
+                    }
+                })
+                .await;
+            drop(permit);
+        };
+        match caller {
+            Some(c) => self.rt.spawn(CALLER.scope(c, walk)),
+            None => self.rt.spawn(walk),
+        };
     }
 
     /// One page of directory `dir` after `after` from the master, remembered in the caches.
@@ -258,8 +316,8 @@ impl Core {
         for e in &page {
             self.meta().put_name(dir, &e.name, e.ino, g);
         }
-        if whole && !more {
-            // The whole directory in one answer.
+        // The whole directory in one answer, if nothing heard of since could have changed it.
+        if whole && !more && self.meta().still_holds(g) {
             self.know_dir(dir, page.iter().map(|e| e.name.clone()));
         }
         Ok((page, more))

@@ -73,6 +73,15 @@ impl KnownDirs {
         }
     }
 
+    /// Every name of `dir`, if it is known.
+    pub fn names(&self, dir: Ino) -> Option<Vec<Vec<u8>>> {
+        self.dirs.peek(&dir).map(|s| s.iter().cloned().collect())
+    }
+
+    pub fn is_known(&self, dir: Ino) -> bool {
+        self.dirs.contains(&dir)
+    }
+
     /// This mount added `name` to `dir`.
     pub fn added(&mut self, dir: Ino, name: &[u8]) {
         let Some(s) = self.dirs.peek_mut(&dir) else {
@@ -154,6 +163,34 @@ impl super::Core {
         self.known().know(dir, names);
     }
 
+    pub(super) fn dir_known(&self, dir: Ino) -> bool {
+        self.known().is_known(dir)
+    }
+
+    /// The whole listing of `dir` from what this mount holds (sorted by name, as the master
+    /// lists): only while the change log is followed, the directory is known whole, and every
+    /// name in it is held with its attributes. None: ask the master.
+    pub(super) fn known_listing(&self, dir: Ino) -> Option<Vec<super::Listed>> {
+        if !self.log_fresh() {
+            return None;
+        }
+        let mut names = self.known().names(dir)?;
+        names.sort_unstable();
+        let mut meta = self.meta();
+        names
+            .into_iter()
+            .map(|name| {
+                let a = meta.lookup(dir, &name, true)?;
+                Some(super::Listed {
+                    ino: a.ino,
+                    kind: a.kind,
+                    attr: Some(a),
+                    name,
+                })
+            })
+            .collect()
+    }
+
     fn known(&self) -> std::sync::MutexGuard<'_, KnownDirs> {
         self.known_dirs.lock().expect("known dirs lock")
     }
@@ -177,6 +214,22 @@ mod tests {
         k.forget(5);
         assert_eq!(k.lookup(5, b"a"), Known::Ask);
         assert_eq!(k.name_count(), 0);
+    }
+
+    #[test]
+    fn a_known_directory_lists_its_names_as_changed() {
+        let mut k = KnownDirs::default();
+        assert!(!k.is_known(5));
+        assert_eq!(k.names(5), None);
+        k.know(5, [b"a".to_vec(), b"b".to_vec()]);
+        k.added(5, b"c");
+        k.removed(5, b"a");
+        let mut names = k.names(5).unwrap();
+        names.sort();
+        assert_eq!(names, [b"b".to_vec(), b"c".to_vec()]);
+        k.forget(5);
+        assert!(!k.is_known(5));
+        assert_eq!(k.names(5), None);
     }
 
     #[test]

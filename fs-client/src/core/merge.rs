@@ -48,10 +48,14 @@ impl Core {
             return;
         };
         let mut b = self.read_bases.lock().expect("bases lock");
-        if b.len() >= 16_384 {
-            b.clear();
-        }
-        b.insert(key, (attr.clone(), slots.to_vec()));
+        b.put(key, (attr.clone(), slots.to_vec()));
+    }
+
+    /// `parent/name` was removed (or moved away) by this mount: what was read under it is no
+    /// base for a later save over the name.
+    pub(super) fn forget_read(&self, parent: Ino, name: &[u8]) {
+        let mut b = self.read_bases.lock().expect("bases lock");
+        b.pop(&(parent, name.to_vec()));
     }
 
     /// An editor's save: `parent/name` (a new file) is about to replace `new_parent/new_name`.
@@ -65,6 +69,10 @@ impl Core {
         new_parent: Ino,
         new_name: &[u8],
     ) -> Result<Vec<u8>> {
+        // Nothing is there to replace: nothing to merge with (and no lookups to ask).
+        if self.known_absent(new_parent, new_name) {
+            return Ok(new_name.to_vec());
+        }
         let key = (new_parent, new_name.to_vec());
         let Some((base_attr, base_slots)) = self
             .read_bases

@@ -79,6 +79,11 @@ impl MetaCache {
         Grant(held.then_some(self.seq))
     }
 
+    /// Whether an answer granted `g` still holds now (nothing was invalidated since).
+    pub fn still_holds(&self, g: Grant) -> bool {
+        self.holds(g).is_some()
+    }
+
     fn holds(&self, g: Grant) -> Option<u64> {
         (g.0 == Some(self.seq)).then_some(self.epoch)
     }

@@ -87,6 +87,9 @@ pub struct CoreConfig {
 /// A file's attributes and block map as this mount read them.
 pub(crate) type ReadBase = (Attr, Vec<Slot>);
 
+/// Names whose last read this mount keeps (the bases of editors' saves).
+const READ_BASES: usize = 16_384;
+
 pub struct Core {
     pub(crate) cfg: CoreConfig,
     pub(crate) master: Arc<MasterClient>,
@@ -126,12 +129,14 @@ pub struct Core {
     pub(crate) offline: std::sync::atomic::AtomicBool,
     /// What this mount last read under each name (inode, attributes at open, block map): the
     /// base of an editor's save that renames a new file over the name.
-    read_bases: Mutex<HashMap<(Ino, Vec<u8>), ReadBase>>,
+    read_bases: Mutex<lru::LruCache<(Ino, Vec<u8>), ReadBase>>,
     /// Directories whose every name this mount knows (see [`known_dirs`]).
     known_dirs: Mutex<known_dirs::KnownDirs>,
     /// The master's change log is being followed (the last watch was answered): what
     /// `known_dirs` says holds only while it is.
     pub(crate) watching: std::sync::atomic::AtomicBool,
+    /// Listings of child directories fetched ahead of a reader, at most this many at once.
+    prefetching: Arc<tokio::sync::Semaphore>,
     /// Closes not yet told to the master: (session, inode, opens), sent together.
     pub(crate) closing: Arc<Mutex<Vec<(u64, Ino, u32)>>>,
 }
@@ -329,9 +334,12 @@ impl Core {
             notifier: std::sync::OnceLock::new(),
             names: Mutex::new(HashMap::new()),
             offline: std::sync::atomic::AtomicBool::new(false),
-            read_bases: Mutex::new(HashMap::new()),
+            read_bases: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(READ_BASES).expect("nonzero"),
+            )),
             known_dirs: Mutex::new(Default::default()),
             watching: std::sync::atomic::AtomicBool::new(false),
+            prefetching: Arc::new(tokio::sync::Semaphore::new(dir::PREFETCH_TASKS)),
             closing: Default::default(),
         }))
     }

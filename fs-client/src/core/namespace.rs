@@ -352,6 +352,9 @@ impl Core {
                 k.know(a.ino, []);
             }
         });
+        if let Ok(a) = &r {
+            self.born_bare(a.ino);
+        }
         r
     }
 
@@ -411,6 +414,9 @@ impl Core {
     async fn remove_entry(&self, parent: Ino, name: &[u8], req: MasterRequest) -> Result<()> {
         let r = self.call_changed(req).await;
         self.dir_change(&r, &[parent], |k, _| k.removed(parent, name));
+        if r.is_ok() {
+            self.forget_read(parent, name);
+        }
         r.map(drop)
     }
 
@@ -444,6 +450,9 @@ impl Core {
             }
         });
         let moved = r?;
+        if flags & shardfs_common::proto::RENAME_EXCHANGE == 0 {
+            self.forget_read(parent, name);
+        }
         // The saved file is what this mount now has read under the name.
         if let Ok((attr, slots)) = async {
             let a = match moved {

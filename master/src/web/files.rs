@@ -61,7 +61,7 @@ pub async fn parent_of<'a>(core: &Core, path: &'a str) -> Result<(Attr, &'a str)
 }
 
 /// Every entry of directory `ino` but `.` and `..`, at most `max`.
-pub async fn list(core: &Core, ino: u64, max: usize) -> Result<Vec<ListEntry>> {
+pub async fn list(core: &Arc<Core>, ino: u64, max: usize) -> Result<Vec<ListEntry>> {
     let fh = core.opendir(ino).await?;
     let mut out = Vec::new();
     let mut offset = 0i64;
