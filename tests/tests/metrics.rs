@@ -237,7 +237,7 @@ fn held_listings_answer_tree_walks_and_stay_true() {
     let held = || {
         value(
             &scrape(&mount_file),
-            "shardfs_mount_listings_held_total",
+            "shardfs_mount_listing_pages_held_total",
             &[],
         )
     };
@@ -288,4 +288,76 @@ fn held_listings_answer_tree_walks_and_stay_true() {
     expect.extend(["t/d3/new", "t/d6/moved", "t/d7/sub/deeper"].map(String::from));
     expect.sort();
     assert_eq!(walk(), expect);
+
+    // A directory of several pages that the reader made: listed from what it holds, page
+    // after page, in order; another mount's change in it is in the next listing.
+    fs::create_dir(r.join("big")).unwrap();
+    let mut made: Vec<String> = (0..2500).map(|i| format!("f{i:04}")).collect();
+    for n in &made {
+        fs::File::create(r.join("big").join(n)).unwrap();
+    }
+    let (asked, held_before) = (listings(), held());
+    assert_eq!(names("big"), made);
+    assert_eq!(
+        listings() - asked,
+        0.0,
+        "the reader asked for its own directory"
+    );
+    assert!(
+        held() - held_before >= 2.0,
+        "pages held: {}",
+        held() - held_before
+    );
+    fs::remove_file(w.join("big/f1000")).unwrap();
+    fs::write(w.join("big/g"), "g").unwrap();
+    made.retain(|n| n != "f1000");
+    made.push("g".into());
+    wait_until(
+        Duration::from_secs(5),
+        "the reader's listing of big",
+        || names("big") == made,
+    );
+
+    // Renames by the reader in a directory it holds: a listing gives each name's own inode
+    // and kind, after an exchange of a file and a directory too.
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    fs::create_dir(r.join("x")).unwrap();
+    fs::write(r.join("x/a"), "a").unwrap();
+    fs::create_dir(r.join("x/b")).unwrap();
+    fs::write(r.join("x/c"), "c").unwrap();
+    fs::rename(r.join("x/c"), r.join("x/a")).unwrap();
+    fs::rename(r.join("big/g"), r.join("x/g")).unwrap();
+    let path = |n: &str| {
+        std::ffi::CString::new(r.join("x").join(n).into_os_string().into_encoded_bytes()).unwrap()
+    };
+    let (from, to) = (path("a"), path("b"));
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let mut listed: Vec<(String, u64, bool)> = fs::read_dir(r.join("x"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.ino(), e.file_type().unwrap().is_dir())
+        })
+        .collect();
+    listed.sort();
+    let truth: Vec<(String, u64, bool)> = ["a", "b", "g"]
+        .iter()
+        .map(|n| {
+            let m = fs::symlink_metadata(r.join("x").join(n)).unwrap();
+            (n.to_string(), m.ino(), m.is_dir())
+        })
+        .collect();
+    assert_eq!(listed, truth);
+    assert!(truth[0].2 && !truth[1].2, "the exchange swapped a and b");
+    assert_eq!(fs::read(r.join("x/b")).unwrap(), b"c");
 }

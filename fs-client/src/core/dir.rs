@@ -9,6 +9,14 @@ use crate::master::CALLER;
 const PAGE_FULL_FIRST: u32 = 256;
 const PAGE_FULL: u32 = 1024;
 const PAGE_NAMES: u32 = 4096;
+/// Entries per page: the first one, or a later one, with or without attributes.
+fn page_size(first: bool, attrs: bool) -> u32 {
+    match (first, attrs) {
+        (true, true) => PAGE_FULL_FIRST,
+        (false, true) => PAGE_FULL,
+        (_, false) => PAGE_NAMES,
+    }
+}
 /// Entries kept behind the reader, so a short seek back needs no new listing.
 const KEEP_BEHIND: usize = 1024;
 /// A listing a program reads starts listings of up to this many of its subdirectories
@@ -188,12 +196,17 @@ impl Core {
             if have_end >= from + want || !more {
                 return Ok(());
             }
-            let (page, more) = match after.is_none().then(|| self.known_listing(dir)) {
-                Some(Some(page)) => {
-                    metrics::counter!("shardfs_mount_listings_held_total").increment(1);
-                    (page, false)
+            let (page, more) = match self.known_listing(
+                dir,
+                after.as_deref(),
+                page_size(after.is_none(), attrs) as usize,
+                attrs,
+            ) {
+                Some(held) => {
+                    metrics::counter!("shardfs_mount_listing_pages_held_total").increment(1);
+                    held
                 }
-                _ => self.list_page(dir, after.clone(), attrs).await?,
+                None => self.list_page(dir, after.clone(), attrs).await?,
             };
             if after.is_none() {
                 self.prefetch_children(&page);
@@ -257,19 +270,17 @@ impl Core {
     ) -> Result<(Vec<Listed>, bool)> {
         let whole = after.is_none();
         let after_again = after.clone();
+        let limit = page_size(whole, attrs);
         let req = match attrs {
             true => MasterRequest::ReadDir {
                 ino: dir,
-                limit: match after {
-                    None => PAGE_FULL_FIRST,
-                    Some(_) => PAGE_FULL,
-                },
+                limit,
                 after,
             },
             false => MasterRequest::ReadDirNames {
                 ino: dir,
                 after,
-                limit: PAGE_NAMES,
+                limit,
             },
         };
         let (page, more, g) = match self.call_granted(req).await {
@@ -318,7 +329,13 @@ impl Core {
         }
         // The whole directory in one answer, if nothing heard of since could have changed it.
         if whole && !more && self.meta().still_holds(g) {
-            self.know_dir(dir, page.iter().map(|e| e.name.clone()));
+            self.know_dir(
+                dir,
+                page.iter().map(|e| {
+                    let (ino, kind) = (e.ino, e.kind);
+                    (e.name.clone(), Entry { ino, kind })
+                }),
+            );
         }
         Ok((page, more))
     }

@@ -11,9 +11,11 @@
 //! takes to bring it (the same staleness as the kernel's name cache), never longer.
 
 use lru::LruCache;
+use shardfs_common::proto::FileKind;
 use shardfs_common::{Ino, Result};
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
 /// Directories kept at most.
@@ -23,8 +25,28 @@ const NAMES_PER_DIR: usize = 65_536;
 /// Names kept over all directories.
 const NAMES: usize = 1 << 20;
 
+/// What a name of a known directory leads to (fixed while the name is there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+impl Entry {
+    pub fn of(a: &shardfs_common::proto::Attr) -> Entry {
+        Entry {
+            ino: a.ino,
+            kind: a.kind,
+        }
+    }
+}
+
+/// A name of a known directory, as a listing gives it.
+pub(crate) type Named = (Vec<u8>, Entry);
+
 pub(crate) struct KnownDirs {
-    dirs: LruCache<Ino, HashSet<Vec<u8>>>,
+    /// Each directory's names in name order (the master's listing order).
+    dirs: LruCache<Ino, BTreeMap<Vec<u8>, Entry>>,
     names: usize,
 }
 
@@ -48,8 +70,8 @@ pub(crate) enum Known {
 
 impl KnownDirs {
     /// Every name of directory `dir` (just made, or listed whole).
-    pub fn know(&mut self, dir: Ino, names: impl IntoIterator<Item = Vec<u8>>) {
-        let set: HashSet<Vec<u8>> = names.into_iter().take(NAMES_PER_DIR + 1).collect();
+    pub fn know(&mut self, dir: Ino, names: impl IntoIterator<Item = Named>) {
+        let set: BTreeMap<Vec<u8>, Entry> = names.into_iter().take(NAMES_PER_DIR + 1).collect();
         self.forget(dir);
         if set.len() > NAMES_PER_DIR {
             return;
@@ -68,39 +90,52 @@ impl KnownDirs {
 
     pub fn lookup(&mut self, dir: Ino, name: &[u8]) -> Known {
         match self.dirs.get(&dir) {
-            Some(s) if !s.contains(name) => Known::Absent,
+            Some(s) if !s.contains_key(name) => Known::Absent,
             _ => Known::Ask,
         }
     }
 
-    /// Every name of `dir`, if it is known.
-    pub fn names(&self, dir: Ino) -> Option<Vec<Vec<u8>>> {
-        self.dirs.peek(&dir).map(|s| s.iter().cloned().collect())
+    /// Up to `limit` names of `dir` after `after` in name order (the master's), and whether
+    /// more follow; None if the directory is not known.
+    pub fn names(
+        &self,
+        dir: Ino,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Option<(Vec<Named>, bool)> {
+        let s = self.dirs.peek(&dir)?;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut names: Vec<Named> = s
+            .range::<[u8], _>((from, Bound::Unbounded))
+            .take(limit + 1)
+            .map(|(n, e)| (n.clone(), *e))
+            .collect();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        Some((names, more))
     }
 
     pub fn is_known(&self, dir: Ino) -> bool {
         self.dirs.contains(&dir)
     }
 
-    /// This mount added `name` to `dir`.
-    pub fn added(&mut self, dir: Ino, name: &[u8]) {
+    /// This mount added `name` to `dir` (or replaced what it led to).
+    pub fn added(&mut self, dir: Ino, name: &[u8], e: Entry) {
         let Some(s) = self.dirs.peek_mut(&dir) else {
             return;
         };
         if s.len() >= NAMES_PER_DIR || self.names >= NAMES {
             self.forget(dir);
-        } else if s.insert(name.to_vec()) {
+        } else if s.insert(name.to_vec(), e).is_none() {
             self.names += 1;
         }
     }
 
-    /// This mount removed `name` from `dir`.
-    pub fn removed(&mut self, dir: Ino, name: &[u8]) {
-        if let Some(s) = self.dirs.peek_mut(&dir) {
-            if s.remove(name) {
-                self.names -= 1;
-            }
-        }
+    /// This mount removed `name` from `dir`: what it led to, if the directory is known.
+    pub fn removed(&mut self, dir: Ino, name: &[u8]) -> Option<Entry> {
+        let e = self.dirs.peek_mut(&dir)?.remove(name)?;
+        self.names -= 1;
+        Some(e)
     }
 
     /// What is known of `dir` may be wrong.
@@ -159,7 +194,7 @@ impl super::Core {
         self.meta().lose_log();
     }
 
-    pub(super) fn know_dir(&self, dir: Ino, names: impl IntoIterator<Item = Vec<u8>>) {
+    pub(super) fn know_dir(&self, dir: Ino, names: impl IntoIterator<Item = Named>) {
         self.known().know(dir, names);
     }
 
@@ -167,28 +202,38 @@ impl super::Core {
         self.known().is_known(dir)
     }
 
-    /// The whole listing of `dir` from what this mount holds (sorted by name, as the master
-    /// lists): only while the change log is followed, the directory is known whole, and every
-    /// name in it is held with its attributes. None: ask the master.
-    pub(super) fn known_listing(&self, dir: Ino) -> Option<Vec<super::Listed>> {
+    /// A page of the listing of `dir` after `after` from what this mount holds (in name
+    /// order, as the master lists), and whether more follow: only while the change log is
+    /// followed and the directory is known whole, and with `attrs` only if every entry's
+    /// attributes are held. None: ask the master.
+    pub(super) fn known_listing(
+        &self,
+        dir: Ino,
+        after: Option<&[u8]>,
+        limit: usize,
+        attrs: bool,
+    ) -> Option<(Vec<super::Listed>, bool)> {
         if !self.log_fresh() {
             return None;
         }
-        let mut names = self.known().names(dir)?;
-        names.sort_unstable();
-        let mut meta = self.meta();
-        names
+        let (names, more) = self.known().names(dir, after, limit)?;
+        let mut meta = attrs.then(|| self.meta());
+        let page = names
             .into_iter()
-            .map(|name| {
-                let a = meta.lookup(dir, &name, true)?;
+            .map(|(name, e)| {
+                let attr = match &mut meta {
+                    Some(m) => Some(m.held_attr(e.ino)?),
+                    None => None,
+                };
                 Some(super::Listed {
-                    ino: a.ino,
-                    kind: a.kind,
-                    attr: Some(a),
+                    ino: e.ino,
+                    kind: e.kind,
+                    attr,
                     name,
                 })
             })
-            .collect()
+            .collect::<Option<Vec<_>>>()?;
+        Some((page, more))
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, KnownDirs> {
@@ -200,14 +245,27 @@ impl super::Core {
 mod tests {
     use super::*;
 
+    const F: Entry = Entry {
+        ino: 77,
+        kind: FileKind::File,
+    };
+
+    /// Names with the same entry.
+    fn n<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Named> {
+        names
+            .into_iter()
+            .map(|s| (s.as_bytes().to_vec(), F))
+            .collect()
+    }
+
     #[test]
     fn only_absence_in_a_known_directory_is_answered() {
         let mut k = KnownDirs::default();
         assert_eq!(k.lookup(5, b"a"), Known::Ask, "unknown directory");
-        k.know(5, [b"a".to_vec()]);
+        k.know(5, n(["a"]));
         assert_eq!(k.lookup(5, b"a"), Known::Ask, "a name that is there");
         assert_eq!(k.lookup(5, b"b"), Known::Absent);
-        k.added(5, b"b");
+        k.added(5, b"b", F);
         assert_eq!(k.lookup(5, b"b"), Known::Ask);
         k.removed(5, b"a");
         assert_eq!(k.lookup(5, b"a"), Known::Absent);
@@ -220,22 +278,38 @@ mod tests {
     fn a_known_directory_lists_its_names_as_changed() {
         let mut k = KnownDirs::default();
         assert!(!k.is_known(5));
-        assert_eq!(k.names(5), None);
-        k.know(5, [b"a".to_vec(), b"b".to_vec()]);
-        k.added(5, b"c");
-        k.removed(5, b"a");
-        let mut names = k.names(5).unwrap();
-        names.sort();
-        assert_eq!(names, [b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(k.names(5, None, 10), None);
+        k.know(5, n(["d", "a", "b"]));
+        let dir = Entry {
+            ino: 9,
+            kind: FileKind::Dir,
+        };
+        k.added(5, b"c", dir);
+        assert_eq!(k.removed(5, b"a"), Some(F));
+        assert_eq!(k.removed(5, b"a"), None);
+        let c = (b"c".to_vec(), dir);
+        let all = vec![n(["b"])[0].clone(), c.clone(), n(["d"])[0].clone()];
+        assert_eq!(k.names(5, None, 10), Some((all.clone(), false)));
+        assert_eq!(k.names(5, None, 2), Some((all[..2].to_vec(), true)));
+        assert_eq!(k.names(5, Some(b"c"), 2), Some((n(["d"]), false)));
+        assert_eq!(k.names(5, Some(b"bb"), 1), Some((vec![c], true)));
+        // A name replaced (a rename over it) leads to the new entry.
+        k.added(5, b"d", dir);
+        assert_eq!(
+            k.names(5, Some(b"c"), 2),
+            Some((vec![(b"d".to_vec(), dir)], false))
+        );
+        assert_eq!(k.name_count(), 3);
+        assert_eq!(k.names(5, Some(b"d"), 1), Some((vec![], false)));
         k.forget(5);
         assert!(!k.is_known(5));
-        assert_eq!(k.names(5), None);
+        assert_eq!(k.names(5, None, 10), None);
     }
 
     #[test]
     fn changes_to_unknown_directories_are_ignored() {
         let mut k = KnownDirs::default();
-        k.added(9, b"x");
+        k.added(9, b"x", F);
         assert_eq!(k.lookup(9, b"y"), Known::Ask);
         k.removed(9, b"x");
         assert_eq!(k.name_count(), 0);
@@ -245,21 +319,21 @@ mod tests {
     fn bounded_in_directories_and_names() {
         let mut k = KnownDirs::default();
         for d in 0..(DIRS as u64 + 10) {
-            k.know(d, [b"n".to_vec()]);
+            k.know(d, n(["n"]));
         }
         assert_eq!(k.lookup(0, b"z"), Known::Ask, "oldest directory dropped");
         assert_eq!(k.lookup(DIRS as u64 + 9, b"z"), Known::Absent);
         assert_eq!(k.name_count(), DIRS);
         // A directory too big to keep is not kept; one that grows too big is dropped.
-        let big = (0..=NAMES_PER_DIR).map(|i| i.to_string().into_bytes());
+        let big = (0..=NAMES_PER_DIR).map(|i| (i.to_string().into_bytes(), F));
         k.know(1 << 40, big);
         assert_eq!(k.lookup(1 << 40, b"none"), Known::Ask);
         k.know(
             7 << 40,
-            (0..NAMES_PER_DIR).map(|i| i.to_string().into_bytes()),
+            (0..NAMES_PER_DIR).map(|i| (i.to_string().into_bytes(), F)),
         );
         assert_eq!(k.lookup(7 << 40, b"none"), Known::Absent);
-        k.added(7 << 40, b"one more");
+        k.added(7 << 40, b"one more", F);
         assert_eq!(k.lookup(7 << 40, b"none"), Known::Ask);
         assert!(k.name_count() <= NAMES);
     }

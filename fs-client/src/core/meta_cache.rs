@@ -130,18 +130,23 @@ impl MetaCache {
         if !log_fresh {
             return None;
         }
-        let key = (parent, name.to_vec());
-        let f = self.names.peek(&key)?;
-        if f.held != Some(self.epoch) {
-            return None;
+        // One look into each cache (a listing makes thousands of these in a row).
+        let held = Some(self.epoch);
+        let ino = match self.names.get(&(parent, name.to_vec())) {
+            Some(f) if f.held == held => f.value,
+            _ => return None,
+        };
+        match self.attrs.get(&ino) {
+            Some(a) if a.held == held => Some(a.value.clone()),
+            _ => None,
         }
-        let ino = f.value;
+    }
+
+    /// The attributes of `ino` if they are held (not merely within the TTL); the caller
+    /// follows the change log.
+    pub fn held_attr(&self, ino: Ino) -> Option<Attr> {
         let a = self.attrs.peek(&ino)?;
-        if a.held != Some(self.epoch) {
-            return None;
-        }
-        self.names.get(&key);
-        self.attrs.get(&ino).map(|f| f.value.clone())
+        (a.held == Some(self.epoch)).then(|| a.value.clone())
     }
 
     /// The last attributes seen for `ino`, however old.

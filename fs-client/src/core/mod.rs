@@ -36,6 +36,7 @@ mod dir;
 mod file_state;
 mod handles;
 mod known_dirs;
+use known_dirs::Entry;
 mod merge;
 mod meta_cache;
 mod namespace;

@@ -347,7 +347,7 @@ impl Core {
         };
         let r = self.new_inode(req).await;
         self.dir_change(&r, &[parent], |k, a| {
-            k.added(parent, name);
+            k.added(parent, name, Entry::of(a));
             if a.kind == FileKind::Dir {
                 k.know(a.ino, []);
             }
@@ -375,7 +375,7 @@ impl Core {
             now: Timespec::now(),
         };
         let r = self.new_inode(req).await;
-        self.dir_change(&r, &[parent], |k, _| k.added(parent, name));
+        self.dir_change(&r, &[parent], |k, a| k.added(parent, name, Entry::of(a)));
         r
     }
 
@@ -388,7 +388,7 @@ impl Core {
                 now: Timespec::now(),
             })
             .await;
-        self.dir_change(&r, &[parent], |k, _| k.added(parent, name));
+        self.dir_change(&r, &[parent], |k, a| k.added(parent, name, Entry::of(a)));
         r
     }
 
@@ -413,7 +413,9 @@ impl Core {
     /// Remove `parent/name` by `req` (an unlink or rmdir).
     async fn remove_entry(&self, parent: Ino, name: &[u8], req: MasterRequest) -> Result<()> {
         let r = self.call_changed(req).await;
-        self.dir_change(&r, &[parent], |k, _| k.removed(parent, name));
+        self.dir_change(&r, &[parent], |k, _| {
+            k.removed(parent, name);
+        });
         if r.is_ok() {
             self.forget_read(parent, name);
         }
@@ -443,10 +445,16 @@ impl Core {
             now: Timespec::now(),
         };
         let r = self.call_changed(req).await;
-        self.dir_change(&r, &[parent, new_parent], |k, _| {
-            if flags & shardfs_common::proto::RENAME_EXCHANGE == 0 {
-                k.removed(parent, name);
-                k.added(new_parent, &target);
+        self.dir_change(&r, &[parent, new_parent], |k, moved| {
+            if flags & shardfs_common::proto::RENAME_EXCHANGE != 0 {
+                // The two names now lead to each other's inode.
+                k.forget(parent);
+                k.forget(new_parent);
+                return;
+            }
+            match k.removed(parent, name).or(moved.as_ref().map(Entry::of)) {
+                Some(e) => k.added(new_parent, &target, e),
+                None => k.forget(new_parent),
             }
         });
         let moved = r?;
