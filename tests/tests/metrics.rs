@@ -195,17 +195,22 @@ fn master_node_and_mount_metrics_parse_and_move_with_traffic() {
     );
 }
 
+/// A cluster of 3 nodes whose master serves metrics, and the file naming their address.
+fn with_master_metrics() -> (Cluster, std::path::PathBuf) {
+    let c = Cluster::start_opts(3, "2+1", &["--http", "127.0.0.1:0"], &[]);
+    let master_file = c.path("master/http.addr");
+    wait_until(Duration::from_secs(10), "the master's metrics", || {
+        master_file.exists()
+    });
+    (c, master_file)
+}
+
 /// A tree walk on a mount that follows the change log: the second walk asks the master for no
 /// listing (each directory is held whole, the first walk's listings fetched its subdirectories
 /// ahead), and what another mount changes meanwhile is in the next listing all the same.
 #[test]
 fn held_listings_answer_tree_walks_and_stay_true() {
-    let http = ["--http", "127.0.0.1:0"];
-    let mut c = Cluster::start_opts(3, "2+1", &http, &[]);
-    let master_file = c.path("master/http.addr");
-    wait_until(Duration::from_secs(10), "the master's metrics", || {
-        master_file.exists()
-    });
+    let (mut c, master_file) = with_master_metrics();
     let asked = |ops: &[&str]| {
         let s = scrape(&master_file);
         ops.iter()
@@ -367,12 +372,7 @@ fn held_listings_answer_tree_walks_and_stay_true() {
 /// reaches it.
 #[test]
 fn a_busy_mount_wakes_other_mounts_watches_once_per_gathering() {
-    let http = ["--http", "127.0.0.1:0"];
-    let mut c = Cluster::start_opts(3, "2+1", &http, &[]);
-    let master_file = c.path("master/http.addr");
-    wait_until(Duration::from_secs(10), "the master's metrics", || {
-        master_file.exists()
-    });
+    let (mut c, master_file) = with_master_metrics();
     let watches = || {
         value(
             &scrape(&master_file),
