@@ -142,13 +142,12 @@ pub fn copy_from(
 
 /// The distinct pieces `list` refers to, in first-use order.
 pub fn pieces(list: &[Extent]) -> Vec<BlockId> {
-    let mut out: Vec<BlockId> = Vec::new();
-    for e in list {
-        if !out.contains(&e.piece) {
-            out.push(e.piece);
-        }
-    }
-    out
+    // A slot of many small writes has hundreds of pieces: linear in them, not quadratic.
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    list.iter()
+        .map(|e| e.piece)
+        .filter(|p| seen.insert(*p))
+        .collect()
 }
 
 /// The extents covering any of `[lo, hi)`, clipped to it.

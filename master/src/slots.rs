@@ -34,11 +34,11 @@ impl SlotRecord {
     /// The blocks this slot holds a reference to: its base, then each piece once.
     pub fn refs(&self) -> Vec<BlockId> {
         let mut out: Vec<BlockId> = self.block.into_iter().collect();
-        for p in extent::pieces(&self.extents) {
-            if !out.contains(&p) {
-                out.push(p);
-            }
-        }
+        out.extend(
+            extent::pieces(&self.extents)
+                .into_iter()
+                .filter(|p| Some(*p) != self.block),
+        );
         out
     }
 

@@ -180,6 +180,13 @@ impl Meta {
                 extents: s.extents.clone(),
             }
             .cut(size.saturating_sub(s.index * bs));
+            // How far into each piece the slot's extents reach.
+            let mut reach: HashMap<BlockId, u64> = HashMap::new();
+            for e in &new.extents {
+                let end = e.piece_off as u64 + e.len as u64;
+                let r = reach.entry(e.piece).or_default();
+                *r = (*r).max(end);
+            }
             for id in new.refs() {
                 let own = s.meta.as_ref().filter(|_| Some(id) == s.id);
                 let len = match (txn.block(&id)?, own.or(described.get(&id).copied())) {
@@ -227,10 +234,7 @@ impl Meta {
                         }
                     },
                 };
-                let past = new
-                    .extents
-                    .iter()
-                    .any(|e| e.piece == id && e.piece_off as u64 + e.len as u64 > len);
+                let past = reach.get(&id).is_some_and(|&end| end > len);
                 if (Some(id) == s.id && s.used > len) || past {
                     return Err(bad(format!("refers past the end of block {id}")));
                 }

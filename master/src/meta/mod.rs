@@ -78,7 +78,7 @@ struct DentryRecord {
     kind: FileKind,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRecord {
     pub meta: BlockMeta,
     pub refs: u64,
@@ -289,6 +289,9 @@ struct Txn<'a> {
     batch: WriteBatch,
     inodes: HashMap<Ino, Option<InodeRecord>>,
     blocks: HashMap<BlockId, Option<BlockRecord>>,
+    /// Block records as this operation read them: one it leaves as it was is not written
+    /// again (a commit of a slot of many pieces refers to each anew).
+    blocks_read: HashMap<BlockId, Option<BlockRecord>>,
     /// Inode records as they were before this operation (kept while quotas exist).
     orig: HashMap<Ino, Option<InodeRecord>>,
     quotas: bool,
@@ -301,6 +304,7 @@ impl<'a> Txn<'a> {
             batch: WriteBatch::default(),
             inodes: HashMap::new(),
             blocks: HashMap::new(),
+            blocks_read: HashMap::new(),
             orig: HashMap::new(),
             quotas: meta.quotas_on.load(std::sync::atomic::Ordering::Relaxed),
         }
@@ -345,6 +349,7 @@ impl<'a> Txn<'a> {
         }
         let rec = self.meta.get::<BlockRecord>(&k_block(id))?;
         self.blocks.insert(*id, rec.clone());
+        self.blocks_read.insert(*id, rec.clone());
         Ok(rec)
     }
 
@@ -388,10 +393,17 @@ impl<'a> Txn<'a> {
             }
         }
         for (id, rec) in self.blocks.drain() {
+            let read = self.blocks_read.get(&id);
             match rec {
+                // As it was: nothing to write.
+                Some(r) if matches!(read, Some(Some(o)) if *o == r) => {}
                 Some(r) if r.refs > 0 => {
                     self.batch.put(k_block(&id), enc(&r));
-                    self.batch.delete(k_gc(&id));
+                    // A block with a record has no collection record; one without may
+                    // (referenced again before it was collected).
+                    if !matches!(read, Some(Some(_))) {
+                        self.batch.delete(k_gc(&id));
+                    }
                 }
                 Some(r) => {
                     self.batch.delete(k_block(&id));
