@@ -23,12 +23,6 @@ use tracing::{debug, info, warn};
 
 /// Closes made within this long of the first are told to the master together.
 const CLOSE_GATHER: Duration = Duration::from_millis(2);
-/// After an answer of the change log that brought changes, the next watch waits this long,
-/// so the changes other mounts make meanwhile come in one answer: while any mount is busy,
-/// the master answers every other mount's watch once per gathering instead of once per
-/// change (a namespace operation by one mount woke each other mount's watch). A change by
-/// another mount reaches this one this much later at most.
-const WATCH_GATHER: Duration = Duration::from_millis(2);
 
 pub(crate) use shardfs_common::join::host_name;
 
@@ -140,7 +134,6 @@ impl Core {
                             c.forget_cached();
                             c.forget_dirs();
                         }
-                        let busy = !events.is_empty();
                         for e in events {
                             if e.origin != me || e.origin == 0 {
                                 match e.change {
@@ -157,10 +150,6 @@ impl Core {
                         }
                         after = next;
                         c.heard_log();
-                        drop(c);
-                        if busy {
-                            tokio::time::sleep(WATCH_GATHER).await;
-                        }
                     }
                     Ok(other) => {
                         if let Some(c) = core.upgrade() {
