@@ -226,12 +226,12 @@ impl Core {
         if !self.log_fresh() {
             return;
         }
-        let kids: Vec<Ino> = page
-            .iter()
-            .filter(|e| e.kind == FileKind::Dir && !self.dir_known(e.ino))
-            .map(|e| e.ino)
-            .take(PREFETCH_DIRS)
-            .collect();
+        let kids = self.unknown_dirs(
+            page.iter()
+                .filter(|e| e.kind == FileKind::Dir)
+                .map(|e| e.ino),
+            PREFETCH_DIRS,
+        );
         if kids.is_empty() {
             return;
         }
@@ -332,8 +332,11 @@ impl Core {
             self.know_dir(
                 dir,
                 page.iter().map(|e| {
-                    let (ino, kind) = (e.ino, e.kind);
-                    (e.name.clone(), Entry { ino, kind })
+                    let entry = Entry {
+                        ino: e.ino,
+                        kind: e.kind,
+                    };
+                    (e.name.clone(), entry)
                 }),
             );
         }

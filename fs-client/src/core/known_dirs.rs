@@ -1,13 +1,14 @@
-//! Directories whose every name this mount knows, so a lookup of a name that is not there is
-//! answered without asking the master (the lookup before every create, mkdir, rename target
-//! and symlink of a program filling a directory).
+//! Directories whose every name this mount knows, with the inode and kind each leads to: a
+//! lookup of a name that is not there is answered without asking the master (the lookup
+//! before every create, mkdir, rename target and symlink of a program filling a directory),
+//! and the directory's listing comes from here, page by page (`Core::known_listing`).
 //!
 //! A directory is known once this mount made it (empty) or listed it whole in one answer; it
 //! stays known while this mount's own changes are applied to it and the master's change log
 //! is being followed, and is forgotten as soon as the log reports a change to it made by
 //! anyone else, an outcome this mount could not see (a timeout, a refusal it did not expect)
-//! or the log itself is lost. A name that is there is always asked of the master: only
-//! absence is answered here. So another mount's new name is missed for as long as the log
+//! or the log itself is lost. A lookup of a name that is there is asked of the master unless
+//! its attributes are held (`meta_cache`). So another mount's new name is missed for as long as the log
 //! takes to bring it (the same staleness as the kernel's name cache), never longer.
 
 use lru::LruCache;
@@ -200,6 +201,12 @@ impl super::Core {
 
     pub(super) fn dir_known(&self, dir: Ino) -> bool {
         self.known().is_known(dir)
+    }
+
+    /// Up to `max` of `dirs` that are not known whole (under one look at the known set).
+    pub(super) fn unknown_dirs(&self, dirs: impl Iterator<Item = Ino>, max: usize) -> Vec<Ino> {
+        let k = self.known();
+        dirs.filter(|d| !k.is_known(*d)).take(max).collect()
     }
 
     /// A page of the listing of `dir` after `after` from what this mount holds (in name

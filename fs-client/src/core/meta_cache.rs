@@ -130,7 +130,7 @@ impl MetaCache {
         if !log_fresh {
             return None;
         }
-        // One look into each cache (a listing makes thousands of these in a row).
+        // One look into each cache (a `find` or `git status` makes thousands in a row).
         let held = Some(self.epoch);
         let ino = match self.names.get(&(parent, name.to_vec())) {
             Some(f) if f.held == held => f.value,
