@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub const MAX_EXTENTS: usize = 1024;
 
 /// Bytes `[off, off + len)` of a slot are bytes `[piece_off, piece_off + len)` of `piece`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Extent {
     pub off: u32,
     pub len: u32,
@@ -143,7 +143,7 @@ pub fn copy_from(
 /// The distinct pieces `list` refers to, in first-use order.
 pub fn pieces(list: &[Extent]) -> Vec<BlockId> {
     // A slot of many small writes has hundreds of pieces: linear in them, not quadratic.
-    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    let mut seen = crate::IdSet::with_capacity_and_hasher(list.len(), Default::default());
     list.iter()
         .map(|e| e.piece)
         .filter(|p| seen.insert(*p))

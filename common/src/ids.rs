@@ -40,6 +40,13 @@ impl fmt::Debug for NodeId {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BlockId(pub [u8; 32]);
 
+/// A set of block ids with a fast keyed hash (a slot of many small writes names hundreds of
+/// pieces, and every commit of it looks each up).
+pub type IdSet = foldhash::HashSet<BlockId>;
+
+/// A map keyed by block id, hashed as [`IdSet`].
+pub type IdMap<V> = foldhash::HashMap<BlockId, V>;
+
 impl BlockId {
     /// The id of a block with this content.
     pub fn of(data: &[u8]) -> Self {

@@ -27,7 +27,7 @@ pub mod proto;
 pub mod wire;
 
 pub use error::{Error, ErrorCode, RemoteError, Result};
-pub use ids::{BlockId, Ino, NodeId};
+pub use ids::{BlockId, IdMap, IdSet, Ino, NodeId};
 
 /// Root directory inode number, as FUSE expects.
 pub const ROOT_INO: Ino = 1;

@@ -29,23 +29,71 @@ impl Requester {
     /// Who the request acts for, with the process's supplementary groups (read only for
     /// requests that need them, not on the data path).
     fn caller(self) -> Caller {
-        let groups = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                    g.split_whitespace()
-                        .filter_map(|n| n.parse().ok())
-                        .take(MAX_GROUPS)
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
         Caller {
             uid: self.uid,
             gid: self.gid,
-            groups,
+            // Root passes every check whatever its groups (or is squashed to nobody, who has
+            // none): its groups are never read.
+            groups: if self.uid == 0 {
+                Vec::new()
+            } else {
+                GROUPS.of(self)
+            },
         }
     }
+}
+
+/// How long a process's supplementary groups are taken as known after they were read (as
+/// GlusterFS's `gid-timeout`): a process that changes its groups without changing its uid or
+/// gid is acted for with the old ones for at most this long. The kernel checks permissions
+/// itself with the process's current groups first (`default_permissions`), so a group
+/// dropped that late is still refused by the kernel.
+const GROUPS_FRESH: Duration = Duration::from_secs(1);
+
+/// The supplementary groups of recent requesters, read from `/proc` at most once per
+/// [`GROUPS_FRESH`] per process and identity (a read of `/proc/PID/status` costs a tenth of
+/// an unlink's round trip).
+struct GroupsCache(std::sync::Mutex<lru::LruCache<GroupsKey, (Instant, Vec<u32>)>>);
+
+/// A requester as the groups cache knows it: process, uid, gid.
+type GroupsKey = (u32, u32, u32);
+
+static GROUPS: std::sync::LazyLock<GroupsCache> = std::sync::LazyLock::new(|| {
+    GroupsCache(std::sync::Mutex::new(lru::LruCache::new(
+        std::num::NonZeroUsize::new(1024).expect("non-zero"),
+    )))
+});
+
+impl GroupsCache {
+    fn of(&self, r: Requester) -> Vec<u32> {
+        let key = (r.pid, r.uid, r.gid);
+        if let Some((at, groups)) = self.0.lock().expect("groups lock").get(&key) {
+            if at.elapsed() < GROUPS_FRESH {
+                return groups.clone();
+            }
+        }
+        let groups = read_groups(r.pid);
+        self.0
+            .lock()
+            .expect("groups lock")
+            .put(key, (Instant::now(), groups.clone()));
+        groups
+    }
+}
+
+/// The supplementary groups of process `pid` (none if it is gone).
+fn read_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .take(MAX_GROUPS)
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 /// Requests whose permission depends on the user making them.

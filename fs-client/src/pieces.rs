@@ -89,17 +89,22 @@ pub fn lay(base: Option<Slot>, idx: u64, part: &Part, meta: &BlockMeta, cap: Cap
     if s.piece(&meta.id).is_none() {
         s.pieces.push((meta.clone(), cap));
     }
-    let named = extent::pieces(&s.extents);
-    s.pieces.retain(|(m, _)| named.contains(&m.id));
+    keep_named(&mut s);
     s
+}
+
+/// Drop the pieces of `s` that no extent names any more (linear: a slot of many small
+/// writes names hundreds).
+fn keep_named(s: &mut Slot) {
+    let named: shardfs_common::IdSet = extent::pieces(&s.extents).into_iter().collect();
+    s.pieces.retain(|(m, _)| named.contains(&m.id));
 }
 
 /// `s` cut to its first `keep` bytes (a truncate across it).
 pub fn cut_slot(s: &mut Slot, keep: u64) {
     s.used = s.used.min(keep);
     s.extents = extent::cut(&s.extents, keep.min(u32::MAX as u64) as u32);
-    let named = extent::pieces(&s.extents);
-    s.pieces.retain(|(m, _)| named.contains(&m.id));
+    keep_named(s);
 }
 
 #[cfg(test)]

@@ -153,15 +153,17 @@ impl Core {
         let mut unnamed: Vec<BlockId> = Vec::new();
         {
             let st = of.st.lock().expect("file lock");
+            // A slot grown by small fsync'd appends names hundreds of pieces: linear in them.
+            let mut listed = shardfs_common::IdSet::default();
             for (_, s) in &slots {
                 for (m, _) in &s.pieces {
-                    if !pieces.iter().any(|p| p.id == m.id) {
+                    if listed.insert(m.id) {
                         pieces.push(m.clone());
                     }
                 }
             }
             for m in &st.landed_pieces[..landed] {
-                if pieces.iter().any(|p| p.id == m.id) {
+                if !listed.insert(m.id) {
                     continue;
                 }
                 match m.is_inline() {

@@ -1,6 +1,7 @@
 //! A file's content: opening its block map, commits (with stale-base handling and conflicted copies), truncates, and files kept while open after their last unlink.
 
 use super::*;
+use shardfs_common::{IdMap, IdSet};
 
 impl Meta {
     /// Who made the current version `version` of `ino`, if this master saw it.
@@ -126,7 +127,7 @@ impl Meta {
         if pieces.len() > 4 * extent::MAX_EXTENTS * slots.len().max(1) {
             return Err(fs_err(ErrorCode::Invalid, "too many piece descriptions"));
         }
-        let described: HashMap<BlockId, &BlockMeta> = pieces.iter().map(|m| (m.id, m)).collect();
+        let described: IdMap<&BlockMeta> = pieces.iter().map(|m| (m.id, m)).collect();
         let code = self.code_of(ino)?;
         // Blocks in the file's code, or another storable one (a writer that learnt the file's
         // policy before it changed); those are rewritten by sealing.
@@ -163,6 +164,8 @@ impl Meta {
         };
         let mut recode = false;
         let mut written: HashMap<u64, SlotRecord> = HashMap::new();
+        // Pieces named before and after by unchanged extents: known to be stored.
+        let mut kept_pieces = IdSet::default();
         for s in slots {
             let bad = |why: String| fs_err(ErrorCode::Invalid, format!("slot {}: {why}", s.index));
             if s.used > bs {
@@ -180,14 +183,25 @@ impl Meta {
                 extents: s.extents.clone(),
             }
             .cut(size.saturating_sub(s.index * bs));
-            // How far into each piece the slot's extents reach.
-            let mut reach: HashMap<BlockId, u64> = HashMap::new();
-            for e in &new.extents {
+            let key = k_slot(ino, s.index);
+            // The slot's previous content: set earlier in this same commit, or as stored.
+            let old = match written.remove(&s.index) {
+                Some(r) => Some(r),
+                None => self.slot_record(&key)?,
+            };
+            // A piece the slot named before, through the very same extents (and the same
+            // base block, no further used), keeps its one reference from this slot and was
+            // checked when those extents were committed: a slot grown by small appends
+            // costs a commit its new pieces only, not all of them again.
+            let kept = kept_refs(old.as_ref(), &new);
+            // How far into each piece the slot's new extents reach.
+            let mut reach: IdMap<u64> = IdMap::default();
+            for e in new.extents.iter().filter(|e| !kept.contains(&e.piece)) {
                 let end = e.piece_off as u64 + e.len as u64;
                 let r = reach.entry(e.piece).or_default();
                 *r = (*r).max(end);
             }
-            for id in new.refs() {
+            for id in new.refs().into_iter().filter(|id| !kept.contains(id)) {
                 let own = s.meta.as_ref().filter(|_| Some(id) == s.id);
                 let len = match (txn.block(&id)?, own.or(described.get(&id).copied())) {
                     (Some(mut b), _) => {
@@ -239,14 +253,11 @@ impl Meta {
                     return Err(bad(format!("refers past the end of block {id}")));
                 }
             }
-            let key = k_slot(ino, s.index);
-            // The slot's previous content: set earlier in this same commit, or as stored.
-            let old = match written.remove(&s.index) {
-                Some(r) => Some(r),
-                None => self.slot_record(&key)?,
-            };
             if let Some(old) = old {
-                txn.unref_slot(&old)?;
+                for id in old.refs().into_iter().filter(|id| !kept.contains(id)) {
+                    txn.unref(&id)?;
+                }
+                kept_pieces.extend(kept);
             }
             txn.batch.put(key, enc_slot(&new));
             written.insert(s.index, new);
@@ -257,7 +268,7 @@ impl Meta {
         }
         // Pieces stored for this file whose bytes were all overwritten before this commit:
         // known now, so they are collected.
-        for m in pieces {
+        for m in pieces.iter().filter(|m| !kept_pieces.contains(&m.id)) {
             if txn.block(&m.id)?.is_none() {
                 check(m)?;
                 keep_inline(&mut txn, m)?;
@@ -443,4 +454,30 @@ impl Meta {
             .filter_map(|k| Some(Ino::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
             .collect())
     }
+}
+
+/// The blocks `new` refers to exactly as `old` did: the same base block with no more of it
+/// used, or a piece every one of whose extents in `new` is an extent of `old` (so it is
+/// stored, referenced by this slot, and its extents were checked against its length).
+fn kept_refs(old: Option<&SlotRecord>, new: &SlotRecord) -> IdSet {
+    let Some(old) = old else {
+        return IdSet::default();
+    };
+    let old_extents: foldhash::HashSet<&extent::Extent> = old.extents.iter().collect();
+    let old_refs: IdSet = old.refs().into_iter().collect();
+    let mut changed = IdSet::default();
+    for e in &new.extents {
+        if !old_extents.contains(e) {
+            changed.insert(e.piece);
+        }
+    }
+    if let Some(b) = new.block {
+        if old.block != Some(b) || new.used > old.used {
+            changed.insert(b);
+        }
+    }
+    new.refs()
+        .into_iter()
+        .filter(|id| old_refs.contains(id) && !changed.contains(id))
+        .collect()
 }

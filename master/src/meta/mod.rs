@@ -56,6 +56,7 @@ use shardfs_common::proto::{
     check_name, conflicted_name, Attr, BlockMeta, ClusterInfo, DirEntry, FileKind, NameEntry,
     NewSlot, SetAttr, Slot, Timespec, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
+use shardfs_common::IdMap;
 use shardfs_common::{BlockId, Error, ErrorCode, Ino, NodeId, ROOT_INO};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -288,10 +289,10 @@ struct Txn<'a> {
     meta: &'a Meta,
     batch: WriteBatch,
     inodes: HashMap<Ino, Option<InodeRecord>>,
-    blocks: HashMap<BlockId, Option<BlockRecord>>,
+    blocks: IdMap<Option<BlockRecord>>,
     /// Block records as this operation read them: one it leaves as it was is not written
     /// again (a commit of a slot of many pieces refers to each anew).
-    blocks_read: HashMap<BlockId, Option<BlockRecord>>,
+    blocks_read: IdMap<Option<BlockRecord>>,
     /// Inode records as they were before this operation (kept while quotas exist).
     orig: HashMap<Ino, Option<InodeRecord>>,
     quotas: bool,
@@ -303,8 +304,8 @@ impl<'a> Txn<'a> {
             meta,
             batch: WriteBatch::default(),
             inodes: HashMap::new(),
-            blocks: HashMap::new(),
-            blocks_read: HashMap::new(),
+            blocks: IdMap::default(),
+            blocks_read: IdMap::default(),
             orig: HashMap::new(),
             quotas: meta.quotas_on.load(std::sync::atomic::Ordering::Relaxed),
         }
@@ -828,6 +829,59 @@ mod tests {
                     hash: [9; 32],
                 })
                 .collect(),
+        }
+    }
+
+    #[test]
+    fn a_slot_grown_piece_by_piece_counts_each_piece_once() {
+        use shardfs_common::extent::Extent;
+        let (_dir, m, f, now) = store_with_file(b"f");
+        let p: Vec<BlockId> = (0..5u8).map(|i| BlockId::of_coded(1, 2, &[i])).collect();
+        let x = |off, len, i: usize, piece_off| Extent {
+            off,
+            len,
+            piece: p[i],
+            piece_off,
+        };
+        let commit = |extents: Vec<Extent>, size: u64| {
+            let s = NewSlot {
+                index: 0,
+                id: None,
+                used: 0,
+                meta: None,
+                extents,
+            };
+            // As a mount sends it: every piece the slot names, old and new.
+            let pieces: Vec<BlockMeta> = p.iter().map(|id| piece_for(*id)).collect();
+            m.commit(f.ino, &[s], &pieces, size, now, None, None, false, 0, "")
+        };
+        commit(vec![x(0, 10, 0, 0)], 10).unwrap();
+        commit(vec![x(0, 10, 0, 0), x(10, 10, 1, 0)], 20).unwrap();
+        assert_eq!((refs(&m, &p[0]), refs(&m, &p[1])), (Some(1), Some(1)));
+        // A new piece over half of the first: the first is still named, once.
+        commit(vec![x(0, 5, 2, 0), x(5, 5, 0, 5), x(10, 10, 1, 0)], 20).unwrap();
+        assert_eq!(
+            (refs(&m, &p[0]), refs(&m, &p[1]), refs(&m, &p[2])),
+            (Some(1), Some(1), Some(1))
+        );
+        // A changed extent of a piece named before is checked against its length again.
+        match commit(vec![x(0, 5, 2, 0), x(5, 5, 0, 5), x(10, 10, 1, 5)], 20) {
+            Err(e) => assert!(e.to_string().contains("past the end"), "{e}"),
+            Ok(_) => panic!("an extent past its piece's end was committed"),
+        }
+        // Overwritten whole, a piece loses its reference; the others keep theirs.
+        commit(vec![x(0, 5, 2, 0), x(5, 5, 3, 0), x(10, 10, 1, 0)], 20).unwrap();
+        assert_eq!(refs(&m, &p[0]), None, "left to the collector");
+        assert_eq!(
+            (refs(&m, &p[1]), refs(&m, &p[2]), refs(&m, &p[3])),
+            (Some(1), Some(1), Some(1))
+        );
+        // Pieces described but never named are not kept.
+        assert_eq!(refs(&m, &p[4]), None);
+        // Truncated to nothing, the file holds no piece.
+        commit(Vec::new(), 0).unwrap();
+        for id in &p {
+            assert_eq!(refs(&m, id), None);
         }
     }
 
