@@ -48,6 +48,9 @@ struct Collected {
     parity: Vec<Option<Vec<u8>>>,
 }
 
+/// Blocks at least this big are decrypted off the runtime thread.
+const DECRYPT_OFF_THREAD: usize = 256 << 10;
+
 pub struct BlockConfig {
     pub cache_bytes: usize,
     /// Longest wait for one shard transfer.
@@ -789,8 +792,7 @@ impl BlockStore {
                 // SAFETY: every data shard's region of the spare capacity was filled.
                 unsafe { block.set_len(k * size) };
                 block.truncate(len);
-                self.keys.apply(&meta.id, 0, &mut block)?;
-                return Ok(Arc::new(block));
+                return self.decrypt(meta.id, block).await.map(Arc::new);
             }
             // Degraded: rebuild from what arrived, and check the result against the block's id.
             let mut shards: Vec<Option<Vec<u8>>> = got.parity;
@@ -840,6 +842,20 @@ impl BlockStore {
             "block {} cannot be rebuilt to its content",
             meta.id
         )))
+    }
+
+    /// The plaintext of block `id`'s content as stored. A big block is decrypted on a
+    /// blocking thread: on the mount's runtime thread (one by default) a 4 MiB block would
+    /// hold up every other request and transfer for a couple of milliseconds.
+    async fn decrypt(&self, id: BlockId, mut block: Vec<u8>) -> Result<Vec<u8>> {
+        if !self.keys.encrypted() || block.len() < DECRYPT_OFF_THREAD {
+            self.keys.apply(&id, 0, &mut block)?;
+            return Ok(block);
+        }
+        let keys = self.keys.clone();
+        tokio::task::spawn_blocking(move || keys.apply(&id, 0, &mut block).map(|()| block))
+            .await
+            .map_err(|e| Error::Unavailable(format!("decryption failed: {e}")))?
     }
 
     fn codec_for(&self, meta: &BlockMeta) -> Result<Arc<Codec>> {

@@ -140,7 +140,10 @@ impl FileState {
     /// two blocks of where the last one ended belongs to a stream when the read before it did
     /// too; one random read that happens to land near the last one does not (taking it for a
     /// stream would fetch a whole block for a few KiB). The caller sets `next_read` after.
-    pub(super) fn observe_read(&mut self, offset: u64, bs: u64) -> (bool, bool) {
+    /// `.2`: whether to read ahead — an exact continuation, or the fourth near read in a row
+    /// (the kernel's read-ahead of a sequential reader rarely arrives in order; random reads
+    /// seldom land near each other four times running).
+    pub(super) fn observe_read(&mut self, offset: u64, bs: u64) -> (bool, bool, bool) {
         let near = offset.abs_diff(self.next_read) <= 2 * bs;
         let sequential = self.next_read == offset;
         let stream = sequential || (near && self.near_reads > 0);
@@ -149,7 +152,7 @@ impl FileState {
         } else {
             0
         };
-        (sequential, stream)
+        (sequential, stream, sequential || self.near_reads >= 4)
     }
 
     /// Make `data` the whole content, in one step (nobody sees it half replaced): every block
@@ -504,17 +507,49 @@ mod tests {
 
     const BS: u64 = 4 << 20;
 
-    /// Reads `(offset, len)` in turn; whether each was taken as part of a stream.
-    fn streams(reads: &[(u64, u64)]) -> Vec<bool> {
+    /// Reads `(offset, len)` in turn; whether each was taken as part of a stream, and
+    /// whether it read ahead.
+    fn observed(reads: &[(u64, u64)]) -> Vec<(bool, bool)> {
         let mut st = state();
         reads
             .iter()
             .map(|&(off, len)| {
-                let (_, stream) = st.observe_read(off, BS);
+                let (_, stream, ahead) = st.observe_read(off, BS);
                 st.next_read = off + len;
-                stream
+                (stream, ahead)
             })
             .collect()
+    }
+
+    fn streams(reads: &[(u64, u64)]) -> Vec<bool> {
+        observed(reads).into_iter().map(|(s, _)| s).collect()
+    }
+
+    #[test]
+    fn out_of_order_read_ahead_reads_ahead_and_scattered_reads_do_not() {
+        let k = 256u64 << 10;
+        // The kernel's read-ahead of a sequential reader, answered out of order from the
+        // second read on: read-ahead from the fourth near read in a row.
+        let ooo = [
+            (0, k),
+            (2 * k, k),
+            (k, k),
+            (4 * k, k),
+            (3 * k, k),
+            (6 * k, k),
+        ];
+        let ahead: Vec<bool> = observed(&ooo).into_iter().map(|(_, a)| a).collect();
+        assert_eq!(ahead, vec![true, false, false, true, true, true]);
+        // Random 4 KiB reads, two of them landing near each other: no read-ahead.
+        let gib = 1u64 << 30;
+        let scattered = [
+            (gib / 2, 4096),
+            (gib / 2 + (1 << 20), 4096),
+            (gib / 8, 4096),
+            (gib / 8 + (3 << 20), 4096),
+            (gib / 3, 4096),
+        ];
+        assert!(observed(&scattered).iter().all(|(_, a)| !a));
     }
 
     #[test]

@@ -90,10 +90,10 @@ impl Core {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadData> {
         let of = self.file(fh)?;
         let bs = self.cluster.block_size;
-        let (fsize, sequential, nearby) = {
+        let (fsize, ahead, nearby) = {
             let mut st = of.st.lock().expect("file lock");
-            let (sequential, stream) = st.observe_read(offset, bs);
-            (st.attr.size, sequential, stream)
+            let (_, stream, ahead) = st.observe_read(offset, bs);
+            (st.attr.size, ahead, stream)
         };
         if offset >= fsize || size == 0 {
             return Ok(ReadData::Owned(Vec::new()));
@@ -184,7 +184,7 @@ impl Core {
         let ahead: Vec<Slot> = {
             let mut st = of.st.lock().expect("file lock");
             st.next_read = end;
-            if sequential && self.cfg.readahead_blocks > 0 {
+            if ahead && self.cfg.readahead_blocks > 0 {
                 st.slots
                     .range(last + 1..=last + self.cfg.readahead_blocks as u64)
                     .map(|(_, s)| s.clone())
