@@ -968,6 +968,17 @@ pub enum MasterRequest {
         id: BlockId,
         cap: Cap,
     },
+    /// A write to regular file `ino` drops its privileges, as a local filesystem's write
+    /// does: `security.capability` goes; the set-user-ID bit and (if group-executable, or
+    /// the writer is not in the file's group) the set-group-ID bit go unless the writer is
+    /// root. Sent by a mount for the writes the kernel leaves to it. Answered with `Attr`.
+    DropPrivs {
+        ino: Ino,
+        now: Timespec,
+        /// The mode bits to clear: set by the master from the caller (whatever the client
+        /// sent is overwritten).
+        clear: u16,
+    },
 }
 
 /// What `shardfs keys` asks of the master.
@@ -1022,7 +1033,8 @@ impl MasterRequest {
             R::SetAttr { ino, .. }
             | R::Commit { ino, .. }
             | R::SetXattr { ino, .. }
-            | R::RemoveXattr { ino, .. } => vec![Change::Inode(*ino)],
+            | R::RemoveXattr { ino, .. }
+            | R::DropPrivs { ino, .. } => vec![Change::Inode(*ino)],
             _ => Vec::new(),
         }
     }

@@ -57,6 +57,13 @@ impl ShardFs {
     }
 }
 
+/// FUSE_INIT flag (not in fuser's list): the filesystem drops set-ID bits and capabilities
+/// on write, truncate and chown, not the kernel.
+const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
+
+/// Write flag: the writer lacks CAP_FSETID, so a write clears the set-ID bits.
+const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
+
 /// Count FUSE operation `op`, begun at `start`, in the mount's metrics.
 fn served_op(op: &'static str, start: Instant) {
     shardfs_common::metrics::timed(
@@ -136,6 +143,10 @@ impl Filesystem for ShardFs {
             fuser::consts::FUSE_DO_READDIRPLUS | fuser::consts::FUSE_READDIRPLUS_AUTO,
         );
         let _ = config.add_capabilities(fuser::consts::FUSE_PARALLEL_DIROPS);
+        // The kernel then stops asking for `security.capability` before every write; the
+        // mount and the master drop privileges on writes, truncates and chowns instead.
+        self.core
+            .set_kills_privs(config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok());
         let _ = config
             .add_capabilities(fuser::consts::FUSE_POSIX_LOCKS | fuser::consts::FUSE_FLOCK_LOCKS);
         Ok(())
@@ -210,9 +221,18 @@ impl Filesystem for ShardFs {
             mtime: mtime.map(time),
             now: Timespec::now(),
         };
+        let truncate = size.is_some() && mode.is_none();
         self.spawn("setattr", req, |core, ttl| async move {
             match core.setattr(ino, fh, set).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Ok(mut a) => {
+                    // A truncate drops privileges as a write does.
+                    if truncate {
+                        if let Some(d) = core.drop_privs(ino, a.perm, true).await {
+                            (a.perm, a.ctime) = (d.perm, d.ctime);
+                        }
+                    }
+                    reply.attr(&ttl, &file_attr(&a))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -460,7 +480,7 @@ impl Filesystem for ShardFs {
         fh: u64,
         offset: i64,
         data: &[u8],
-        _wflags: u32,
+        wflags: u32,
         _flags: i32,
         _lock: Option<u64>,
         reply: ReplyWrite,
@@ -469,9 +489,11 @@ impl Filesystem for ShardFs {
             return reply.error(libc::EINVAL);
         }
         let (data, pid) = (data.to_vec(), req.pid());
+        let suidgid = wflags & FUSE_WRITE_KILL_SUIDGID != 0;
         self.spawn("write", req, |core, _| async move {
             match core.write(fh, offset as u64, &data, pid).await {
                 Ok(n) => {
+                    core.drop_privs_after_write(fh, suidgid).await;
                     metrics::counter!("shardfs_mount_written_bytes_total").increment(n.into());
                     reply.written(n)
                 }

@@ -116,6 +116,7 @@ fn acts_for_user(req: &MasterRequest) -> bool {
             | R::GetXattr { .. }
             | R::ListXattr { .. }
             | R::RemoveXattr { .. }
+            | R::DropPrivs { .. }
     )
 }
 

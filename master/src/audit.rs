@@ -238,6 +238,7 @@ pub fn describe(req: &MasterRequest) -> Pending {
             format!("name={}", text(name)),
         ),
         R::Merge { ino, .. } => change("merge", Target::Ino(*ino), String::new()),
+        R::DropPrivs { ino, .. } => change("drop-privs", Target::Ino(*ino), String::new()),
         R::Replayed { ino, outcome, .. } => change(
             "replay",
             Target::Ino(*ino),

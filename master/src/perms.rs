@@ -111,6 +111,43 @@ fn check_setattr(meta: &Meta, ino: Ino, set: &SetAttr, c: &Caller) -> Result<(),
     Ok(())
 }
 
+/// The set-ID bits a change of regular file `a` by `c` clears, as Linux does: a write or a
+/// truncate by anyone but root clears set-user-ID, and set-group-ID if the file is
+/// group-executable or `c` is not in its group; a change of owner or group (`chown`) clears
+/// them whoever makes it (set-group-ID, for root, only if group-executable).
+pub fn privs_to_drop(a: &Attr, c: &Caller, chown: bool) -> u16 {
+    if a.kind != FileKind::File || (!chown && c.uid == 0) {
+        return 0;
+    }
+    let perm = a.perm as u32;
+    let mut clear = perm & libc::S_ISUID;
+    let in_group = c.uid == 0 || c.in_group(a.gid);
+    if perm & libc::S_ISGID != 0 && (perm & libc::S_IXGRP != 0 || !in_group) {
+        clear |= libc::S_ISGID;
+    }
+    clear as u16
+}
+
+/// A chown or truncate that does not set the mode itself clears the set-ID bits it must
+/// (the kernel leaves that to the filesystem: FUSE_HANDLE_KILLPRIV_V2).
+fn drop_privs_with(
+    meta: &Meta,
+    ino: Ino,
+    set: &mut SetAttr,
+    c: &Caller,
+) -> Result<(), MasterError> {
+    let chown = set.uid.is_some() || set.gid.is_some();
+    if set.mode.is_some() || !(chown || set.size.is_some()) {
+        return Ok(());
+    }
+    let a = meta.getattr(ino)?;
+    let clear = privs_to_drop(&a, c, chown);
+    if clear != 0 {
+        set.mode = Some((a.perm & !clear) as u32);
+    }
+    Ok(())
+}
+
 /// Keep caller `c` within the users credential `who` may act as: a uid or primary gid outside
 /// them is refused, supplementary groups outside them count for nothing. Nobody (what root
 /// is squashed to) is always allowed.
@@ -204,7 +241,14 @@ pub fn check(meta: &Meta, c: &Caller, req: &mut MasterRequest) -> Result<(), Mas
             }
             need(meta, *ino, c, want, "open this file so")?;
         }
-        Q::SetAttr { ino, set, .. } => check_setattr(meta, *ino, set, c)?,
+        Q::SetAttr { ino, set, .. } => {
+            check_setattr(meta, *ino, set, c)?;
+            drop_privs_with(meta, *ino, set, c)?;
+        }
+        Q::DropPrivs { ino, clear, .. } => {
+            need(meta, *ino, c, W, "write this file")?;
+            *clear = privs_to_drop(&meta.getattr(*ino)?, c, false);
+        }
         Q::SetXattr { ino, name, .. } | Q::RemoveXattr { ino, name, .. } => {
             xattr(meta, *ino, name, c, W)?;
         }

@@ -108,3 +108,82 @@ fn attributes_kept_by_a_mount_follow_changes_made_on_another() {
         || get(&a) == enodata,
     );
 }
+
+/// The kernel leaves dropping privileges to the filesystem (FUSE_HANDLE_KILLPRIV_V2), so it
+/// no longer asks for `security.capability` before writes; set-ID bits and file
+/// capabilities still go as they do on a local Linux filesystem, seen from another mount.
+#[test]
+fn writes_truncates_and_chowns_drop_privileges_as_linux_does() {
+    let mut c = Cluster::start(3, "2+1");
+    let m = c.mount_with("m", &["-o", "allow_other"]);
+    let other = c.mount("other");
+    let ms = m.display().to_string();
+    sh_ok(&format!("chmod 777 {ms}"));
+    let as_user = |cmd: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=1000",
+                "--regid=1000",
+                "--clear-groups",
+                "sh",
+                "-c",
+                cmd,
+            ])
+            .output()
+            .expect("setpriv");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mode = |name: &str| {
+        sh_ok(&format!("stat -c %a {}", other.join(name).display()))
+            .trim()
+            .to_string()
+    };
+    for (name, perm) in [
+        ("w", "6777"),
+        ("t", "6777"),
+        ("g", "2767"),
+        ("c", "6775"),
+        ("c2", "2765"),
+        ("r", "4755"),
+    ] {
+        sh_ok(&format!("touch {ms}/{name} && chmod {perm} {ms}/{name}"));
+    }
+    // Writes and truncates by a user clear set-user-ID, and set-group-ID when the file is
+    // group-executable or the writer is not in its group; root's keep them.
+    as_user(&format!("echo x >> {ms}/w"));
+    as_user(&format!("truncate -s 1 {ms}/t"));
+    as_user(&format!("echo x >> {ms}/g"));
+    sh_ok(&format!("echo x >> {ms}/r && truncate -s 1 {ms}/r"));
+    // A change of owner clears them whoever makes it (set-group-ID only if executable).
+    sh_ok(&format!("chown 1000:1000 {ms}/c {ms}/c2"));
+    let got: Vec<String> = ["w", "t", "g", "c", "c2", "r"]
+        .iter()
+        .map(|n| mode(n))
+        .collect();
+    assert_eq!(got, ["777", "777", "767", "775", "2765", "4755"]);
+    assert_eq!(
+        sh_ok(&format!("stat -c %a {ms}/w")).trim(),
+        "777",
+        "the writer's mount shows the new mode at once"
+    );
+
+    // File capabilities go with a write, even root's.
+    let cap = "import os,struct,sys; os.setxattr(sys.argv[1], 'security.capability', \
+               struct.pack('<5I', 0x02000001, 1 << 13, 0, 0, 0))";
+    let has_cap = |p: &std::path::Path| {
+        sh(&format!(
+            "python3 -c \"import os,sys; os.getxattr(sys.argv[1], 'security.capability')\" {}",
+            p.display()
+        ))
+        .status
+        .success()
+    };
+    sh_ok(&format!("touch {ms}/cap && python3 -c \"{cap}\" {ms}/cap"));
+    assert!(has_cap(&other.join("cap")));
+    sh_ok(&format!("echo y >> {ms}/cap"));
+    assert!(!has_cap(&other.join("cap")), "a write drops the capability");
+}

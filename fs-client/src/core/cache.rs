@@ -17,6 +17,17 @@ impl Core {
         }
     }
 
+    /// Drop the kernel's cached attributes of `ino` (its pages stay).
+    pub(crate) fn invalidate_attr(&self, ino: Ino) {
+        if let Some(n) = self.notifier.get().cloned() {
+            self.rt.spawn_blocking(move || {
+                if let Err(e) = n.inval_inode(ino, -1, 0) {
+                    debug!(ino, "kernel attribute invalidation: {e}");
+                }
+            });
+        }
+    }
+
     /// Forget every attribute this mount caches (the change log was lost).
     pub(crate) fn forget_cached(&self) {
         self.meta().clear_attrs();

@@ -124,6 +124,8 @@ pub struct Core {
     pub(crate) rt: tokio::runtime::Handle,
     /// Tells the kernel to drop cached pages, attributes and names (set once mounted).
     notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// The kernel leaves dropping privileges to this mount (see `set_kills_privs`).
+    kills_privs: std::sync::atomic::AtomicBool,
     /// The last name each inode was looked up or created under.
     names: Mutex<HashMap<Ino, (Ino, Vec<u8>)>>,
     /// The master did not answer lately: serve from caches without waiting for it.
@@ -333,6 +335,7 @@ impl Core {
             locks: Mutex::new(LockTable::default()),
             rt: tokio::runtime::Handle::current(),
             notifier: std::sync::OnceLock::new(),
+            kills_privs: std::sync::atomic::AtomicBool::new(false),
             names: Mutex::new(HashMap::new()),
             offline: std::sync::atomic::AtomicBool::new(false),
             read_bases: Mutex::new(lru::LruCache::new(

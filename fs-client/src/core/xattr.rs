@@ -89,7 +89,7 @@ impl Core {
         let mut c = self.xattrs.lock().expect("xattrs lock");
         c.put(
             ino,
-            HashMap::from([(b"security.capability".to_vec(), (None, Instant::now()))]),
+            HashMap::from([(CAPABILITY.to_vec(), (None, Instant::now()))]),
         );
     }
 
@@ -137,4 +137,68 @@ impl Core {
         self.xattrs.lock().expect("xattrs lock").pop(&ino);
         r
     }
+
+    /// After a write through handle `fh`: drop the file's privileges as a local filesystem
+    /// does (see [`Core::drop_privs`]); `suidgid` is the kernel's FUSE_WRITE_KILL_SUIDGID (a
+    /// writer without CAP_FSETID).
+    pub async fn drop_privs_after_write(&self, fh: u64, suidgid: bool) {
+        if !self.kills_privs.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(Handle::File(of, _)) = self.handle(fh) else {
+            return;
+        };
+        let perm = of.st.lock().expect("file lock").attr.perm;
+        self.drop_privs(of.ino, perm, suidgid).await;
+    }
+
+    /// Drop the privileges of file `ino` (mode bits `perm` as this mount knows them) after
+    /// a write or truncate, which the kernel leaves to this mount (FUSE_HANDLE_KILLPRIV_V2,
+    /// see [`Core::set_kills_privs`]): on a set-ID file (if `suidgid`: the master decides
+    /// which bits go, from the caller), or if the file may have a `security.capability`.
+    /// Rare: most writes find neither and cost nothing here. Returns the new attributes if
+    /// the master changed any. A refusal (the writer lost write permission since it opened
+    /// the file) leaves the file as it is.
+    pub async fn drop_privs(&self, ino: Ino, perm: u16, suidgid: bool) -> Option<Attr> {
+        if !self.kills_privs.load(Ordering::Relaxed) {
+            return None;
+        }
+        let setid = suidgid && perm as u32 & (libc::S_ISUID | libc::S_ISGID) != 0;
+        if !setid && self.getxattr(ino, CAPABILITY).await.is_err() {
+            return None;
+        }
+        let req = MasterRequest::DropPrivs {
+            ino,
+            now: Timespec::now(),
+            clear: 0,
+        };
+        match self.call_attr(req).await {
+            Ok(a) => {
+                let of = self.files.lock().expect("files lock").get(&ino).cloned();
+                if let Some(of) = of {
+                    of.st.lock().expect("file lock").attr.perm = a.perm;
+                }
+                self.xattrs.lock().expect("xattrs lock").pop(&ino);
+                self.born_bare(ino);
+                if a.perm != perm {
+                    self.invalidate_attr(ino);
+                }
+                Some(a)
+            }
+            Err(e) => {
+                debug!(ino, "privileges were not dropped: {e}");
+                None
+            }
+        }
+    }
+
+    /// Whether the kernel leaves dropping privileges on writes, truncates and chowns to
+    /// this mount (it granted FUSE_HANDLE_KILLPRIV_V2): it then no longer asks for
+    /// `security.capability` before every write, a round trip per write.
+    pub fn set_kills_privs(&self, on: bool) {
+        self.kills_privs.store(on, Ordering::Relaxed);
+    }
 }
+
+/// The attribute that holds a file's capabilities.
+const CAPABILITY: &[u8] = b"security.capability";

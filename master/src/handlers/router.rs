@@ -67,6 +67,7 @@ impl Master {
                         .setattr(ino, &set, self.sessions.of_peer(peer), base)?,
                 )
             }
+            R::DropPrivs { ino, now, clear } => A::Attr(self.meta.drop_privs(ino, clear, now)?),
             req @ R::Create { .. } => self.on_create(req, from)?,
             req @ R::Symlink { .. } => self.on_symlink(req, from)?,
             R::ReadLink { ino } => A::Link(self.meta.readlink(ino)?),

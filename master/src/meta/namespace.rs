@@ -76,6 +76,12 @@ impl Meta {
         let before = rec.attr.version;
         let on_top = base.is_none_or(|b| b == before || self.made_by(ino, before, session));
         let a = &mut rec.attr;
+        // A new owner, group or size takes the file's capabilities away (as on Linux).
+        if a.kind == FileKind::File
+            && (set.uid.is_some() || set.gid.is_some() || set.size.is_some())
+        {
+            txn.batch.delete(k_xattr(ino, xattrs::CAPABILITY));
+        }
         if let Some(mode) = set.mode {
             a.perm = (mode & 0o7777) as u16;
         }

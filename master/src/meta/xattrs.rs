@@ -66,4 +66,28 @@ impl Meta {
         txn.commit()?;
         Ok(attr)
     }
+
+    /// A write's loss of privileges (see `MasterRequest::DropPrivs`): mode bits `clear` and
+    /// `security.capability` go; the ctime changes if anything did.
+    pub fn drop_privs(&self, ino: Ino, clear: u16, now: Timespec) -> Result<Attr, MasterError> {
+        let _w = self.writer.lock().expect("writer lock");
+        let mut txn = Txn::new(self);
+        let mut rec = txn.inode(ino)?;
+        let cap = self.get::<Vec<u8>>(&k_xattr(ino, CAPABILITY))?.is_some();
+        if cap {
+            txn.batch.delete(k_xattr(ino, CAPABILITY));
+        }
+        if !cap && rec.attr.perm & clear == 0 {
+            return Ok(rec.attr);
+        }
+        rec.attr.perm &= !clear;
+        rec.attr.ctime = now;
+        let attr = rec.attr.clone();
+        txn.put_inode(rec);
+        txn.commit()?;
+        Ok(attr)
+    }
 }
+
+/// The file capabilities a change of the file's content or owner takes away.
+pub(super) const CAPABILITY: &[u8] = b"security.capability";
