@@ -608,6 +608,21 @@ pub fn sh(cmd: &str) -> std::process::Output {
 }
 
 /// Run a shell command and assert it succeeds; returns stdout.
+/// Run `cmd` with `sh -c` as user and group `uid`, with no supplementary groups.
+pub fn sh_as(uid: u32, cmd: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            cmd,
+        ])
+        .output()
+        .expect("setpriv")
+}
+
 pub fn sh_ok(cmd: &str) -> String {
     let out = sh(cmd);
     assert!(

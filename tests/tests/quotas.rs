@@ -154,19 +154,7 @@ fn a_uid_quota_holds_across_directories_and_chown() {
     }
     let ms = m.display().to_string();
     quota_ok(&["set", "--uid", "1000", &ms, "--bytes", "1M"]);
-    let as_user = |cmd: &str| {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=1000",
-                "--regid=1000",
-                "--clear-groups",
-                "sh",
-                "-c",
-                cmd,
-            ])
-            .output()
-            .expect("setpriv")
-    };
+    let as_user = |cmd: &str| sh_as(1000, cmd);
     let out = as_user(&format!(
         "head -c 614400 /dev/zero > {ms}/d1/a && sync {ms}/d1/a"
     ));

@@ -120,17 +120,7 @@ fn writes_truncates_and_chowns_drop_privileges_as_linux_does() {
     let ms = m.display().to_string();
     sh_ok(&format!("chmod 777 {ms}"));
     let as_user = |cmd: &str| {
-        let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=1000",
-                "--regid=1000",
-                "--clear-groups",
-                "sh",
-                "-c",
-                cmd,
-            ])
-            .output()
-            .expect("setpriv");
+        let out = sh_as(1000, cmd);
         assert!(
             out.status.success(),
             "{cmd}: {}",
