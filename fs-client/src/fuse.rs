@@ -621,6 +621,19 @@ impl Filesystem for ShardFs {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
+        let start = Instant::now();
+        let now = self
+            .core
+            .readdir_names_now(fh, ino, offset, 512, |ino, off, k, n| {
+                reply.add(ino, off, kind(k), OsStr::from_bytes(n))
+            });
+        if let Some(r) = now {
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+            return served_op("readdir", start);
+        }
         self.spawn("readdir", req, |core, _| async move {
             match core.readdir_names(fh, ino, offset, 512).await {
                 Ok(entries) => {

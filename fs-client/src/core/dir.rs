@@ -137,6 +137,44 @@ impl Core {
         Ok(out)
     }
 
+    /// [`Core::readdir_names`] answered on the caller's thread, with each entry handed to
+    /// `add` (which returns true when the kernel's buffer is full) — when the window or a
+    /// held listing has the entries. None: ask `readdir_names`.
+    pub fn readdir_names_now(
+        &self,
+        fh: u64,
+        ino: Ino,
+        offset: i64,
+        want: usize,
+        mut add: impl FnMut(Ino, i64, FileKind, &[u8]) -> bool,
+    ) -> Option<Result<()>> {
+        let listing = match self.listing(fh) {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        let offset = offset.max(0) as usize;
+        let from = offset.saturating_sub(2);
+        if !self.fill_now(&listing, from, want, false) {
+            return None;
+        }
+        for (o, name) in [(0usize, &b"."[..]), (1, &b".."[..])]
+            .into_iter()
+            .skip(offset)
+        {
+            if add(ino, o as i64 + 1, FileKind::Dir, name) {
+                return Some(Ok(()));
+            }
+        }
+        let l = listing.lock().expect("listing lock");
+        let skip = from.saturating_sub(l.first);
+        for (i, e) in l.entries.iter().enumerate().skip(skip).take(want) {
+            if add(e.ino, (l.first + i + 3) as i64, e.kind, &e.name) {
+                break;
+            }
+        }
+        Some(Ok(()))
+    }
+
     /// Make the window hold entries `[from, from + want)` (or up to the end), with attributes
     /// if `attrs`.
     async fn fill(
@@ -146,56 +184,7 @@ impl Core {
         want: usize,
         attrs: bool,
     ) -> Result<()> {
-        loop {
-            let (have_end, more, after, dir) = {
-                let mut l = listing.lock().expect("listing lock");
-                if from < l.first {
-                    // Before the window: list again from the start.
-                    l.first = 0;
-                    l.entries.clear();
-                    l.more = true;
-                }
-                // Drop what lies well behind the reader.
-                // (The last entry stays: the listing continues after its name.)
-                while l.first + KEEP_BEHIND < from && l.entries.len() > 1 {
-                    l.entries.pop_front();
-                    l.first += 1;
-                }
-                if attrs {
-                    // Entries listed without attributes where these are wanted: list again
-                    // from the one before them.
-                    let start = from.saturating_sub(l.first);
-                    let bare = l
-                        .entries
-                        .iter()
-                        .enumerate()
-                        .skip(start)
-                        .take(want)
-                        .find(|(_, e)| e.attr.is_none())
-                        .map(|(i, _)| i);
-                    match bare {
-                        Some(0) => {
-                            l.first = 0;
-                            l.entries.clear();
-                            l.more = true;
-                        }
-                        Some(i) => {
-                            l.entries.truncate(i);
-                            l.more = true;
-                        }
-                        None => {}
-                    }
-                }
-                (
-                    l.first + l.entries.len(),
-                    l.more,
-                    l.entries.back().map(|e| e.name.clone()),
-                    l.ino,
-                )
-            };
-            if have_end >= from + want || !more {
-                return Ok(());
-            }
+        while let Some((dir, after)) = self.fill_step(listing, from, want, attrs) {
             let (page, more) = match self.known_listing(
                 dir,
                 after.as_deref(),
@@ -211,12 +200,80 @@ impl Core {
             if after.is_none() {
                 self.prefetch_children(&page);
             }
-            let mut l = listing.lock().expect("listing lock");
-            if l.entries.back().map(|e| &e.name) == after.as_ref() {
-                l.entries.extend(page);
-                l.more = more;
+            extend_listing(listing, after, page, more);
+        }
+        Ok(())
+    }
+
+    /// [`Core::fill`] without waiting: true if the window holds the span now, from what it
+    /// had or from held listings of a later page (a first page goes the waiting way, which
+    /// also starts the listings of its subdirectories as the caller).
+    fn fill_now(&self, listing: &Mutex<Listing>, from: usize, want: usize, attrs: bool) -> bool {
+        while let Some((dir, after)) = self.fill_step(listing, from, want, attrs) {
+            if after.is_none() {
+                return false;
+            }
+            let size = page_size(false, attrs) as usize;
+            let Some((page, more)) = self.known_listing(dir, after.as_deref(), size, attrs) else {
+                return false;
+            };
+            metrics::counter!("shardfs_mount_listing_pages_held_total").increment(1);
+            extend_listing(listing, after, page, more);
+        }
+        true
+    }
+
+    /// Trim the window for a read of `[from, from + want)`; None if it holds that span (or
+    /// the listing's end), else the directory and the name its next page starts after.
+    fn fill_step(
+        &self,
+        listing: &Mutex<Listing>,
+        from: usize,
+        want: usize,
+        attrs: bool,
+    ) -> Option<(Ino, Option<Vec<u8>>)> {
+        let mut l = listing.lock().expect("listing lock");
+        if from < l.first {
+            // Before the window: list again from the start.
+            l.first = 0;
+            l.entries.clear();
+            l.more = true;
+        }
+        // Drop what lies well behind the reader.
+        // (The last entry stays: the listing continues after its name.)
+        while l.first + KEEP_BEHIND < from && l.entries.len() > 1 {
+            l.entries.pop_front();
+            l.first += 1;
+        }
+        if attrs {
+            // Entries listed without attributes where these are wanted: list again from the
+            // one before them.
+            let start = from.saturating_sub(l.first);
+            let bare = l
+                .entries
+                .iter()
+                .enumerate()
+                .skip(start)
+                .take(want)
+                .find(|(_, e)| e.attr.is_none())
+                .map(|(i, _)| i);
+            match bare {
+                Some(0) => {
+                    l.first = 0;
+                    l.entries.clear();
+                    l.more = true;
+                }
+                Some(i) => {
+                    l.entries.truncate(i);
+                    l.more = true;
+                }
+                None => {}
             }
         }
+        if l.first + l.entries.len() >= from + want || !l.more {
+            return None;
+        }
+        Some((l.ino, l.entries.back().map(|e| e.name.clone())))
     }
 
     /// List, ahead of the reader, the subdirectories in `page` this mount does not know
@@ -341,5 +398,15 @@ impl Core {
             );
         }
         Ok((page, more))
+    }
+}
+
+/// Add `page`, listed after the name `after`, to the window (unless the window moved on
+/// meanwhile).
+fn extend_listing(listing: &Mutex<Listing>, after: Option<Vec<u8>>, page: Vec<Listed>, more: bool) {
+    let mut l = listing.lock().expect("listing lock");
+    if l.entries.back().map(|e| &e.name) == after.as_ref() {
+        l.entries.extend(page);
+        l.more = more;
     }
 }
