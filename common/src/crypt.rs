@@ -240,6 +240,25 @@ pub fn record_key(ring: &KeyRing, epoch: u32, purpose: &str) -> Result<[u8; 32]>
 mod tests {
     use super::*;
 
+    /// The stream cipher is RFC 8439's ChaCha20 whatever backend runs it (blocks stored
+    /// under one version of the crate decrypt under the next): its test vector, 2.4.2.
+    #[test]
+    fn the_stream_cipher_is_rfc_8439_chacha20() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let nonce = [0, 0, 0, 0, 0, 0, 0, 0x4a, 0, 0, 0, 0];
+        let mut buf = b"Ladies and Gentlemen of the class of '99: If I could offer you only one \
+tip for the future, sunscreen would be it."
+            .to_vec();
+        let mut c = chacha20::ChaCha20::new(&key.into(), &nonce.into());
+        c.try_seek(64u64).unwrap();
+        c.try_apply_keystream(&mut buf).unwrap();
+        assert_eq!(
+            hex::encode(&buf[..32]),
+            "6e2e359a2568f98041ba0728dd0d6981e97e7aec1d4360c20a27afccfd9fae0b"
+        );
+        assert_eq!(hex::encode(&buf[buf.len() - 4..]), "5e42874d");
+    }
+
     #[test]
     fn content_ids_hide_content_and_ciphertext_round_trips() {
         let keys = DataKeys::new(Some(KeyRing::new()));
