@@ -160,7 +160,8 @@ pub(crate) fn check_times(req: &MasterRequest) -> Result<(), Error> {
         | R::Link { now, .. }
         | R::Unlink { now, .. }
         | R::Rmdir { now, .. }
-        | R::Rename { now, .. } => now.check(),
+        | R::Rename { now, .. }
+        | R::DropPrivs { now, .. } => now.check(),
         R::Commit { mtime, .. } => mtime.check(),
         _ => Ok(()),
     }

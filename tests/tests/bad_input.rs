@@ -372,6 +372,19 @@ fn crafted_commits_are_refused_and_mounts_keep_working() {
         })
         .await;
         assert!(matches!(setattr, MasterResponse::Err(_)), "{setattr:?}");
+        let drop_privs = call(MasterRequest::DropPrivs {
+            ino: attr.ino,
+            now: Timespec {
+                secs: i64::MAX,
+                nsecs: 0,
+            },
+            clear: 0,
+        })
+        .await;
+        assert!(
+            matches!(&drop_privs, MasterResponse::Err(e) if e.message.contains("out of range")),
+            "{drop_privs:?}"
+        );
         refusals
     });
     eprintln!("refusals: {refusals:#?}");
