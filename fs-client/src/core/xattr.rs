@@ -30,21 +30,8 @@ impl Core {
         if name == HISTORY_XATTR {
             return self.history(ino).await;
         }
-        // The master's own attributes (policies, quotas and their usage) change without a
-        // change of the file: never cached.
-        let ttl = match name.starts_with(b"user.shardfs.") {
-            true => Duration::ZERO,
-            false => self.cfg.attr_ttl,
-        };
-        let known = self
-            .xattrs
-            .lock()
-            .expect("xattrs lock")
-            .get(&ino)
-            .and_then(|m| m.get(name))
-            .filter(|(_, t)| t.elapsed() < ttl)
-            .map(|(v, _)| v.clone());
-        match known {
+        let ttl = self.xattr_ttl(name);
+        match self.cached_xattr(ino, name) {
             Some(Some(v)) => return Ok(v),
             Some(None) => {
                 return Err(Error::fs(
@@ -77,6 +64,28 @@ impl Core {
             }
         }
         r
+    }
+
+    /// How long a value of attribute `name` is kept: the master's own attributes (policies,
+    /// quotas and their usage) change without a change of the file, so never.
+    fn xattr_ttl(&self, name: &[u8]) -> Duration {
+        match name.starts_with(b"user.shardfs.") {
+            true => Duration::ZERO,
+            false => self.cfg.attr_ttl,
+        }
+    }
+
+    /// What this mount knows of attribute `name` of `ino` within its TTL: Some(None) if it
+    /// is known absent, None if not known.
+    fn cached_xattr(&self, ino: Ino, name: &[u8]) -> Option<Option<Vec<u8>>> {
+        let ttl = self.xattr_ttl(name);
+        self.xattrs
+            .lock()
+            .expect("xattrs lock")
+            .get(&ino)
+            .and_then(|m| m.get(name))
+            .filter(|(_, t)| t.elapsed() < ttl)
+            .map(|(v, _)| v.clone())
     }
 
     /// `ino` was just made by this mount: it has no extended attributes yet. The kernel asks
@@ -164,7 +173,12 @@ impl Core {
             return None;
         }
         let setid = suidgid && perm as u32 & (libc::S_ISUID | libc::S_ISGID) != 0;
-        if !setid && self.getxattr(ino, CAPABILITY).await.is_err() {
+        // Every write asks: known absent (the common case) costs a cache look, no error made.
+        let capability = match self.cached_xattr(ino, CAPABILITY) {
+            Some(v) => v.is_some(),
+            None => self.getxattr(ino, CAPABILITY).await.is_ok(),
+        };
+        if !setid && !capability {
             return None;
         }
         let req = MasterRequest::DropPrivs {
@@ -178,7 +192,7 @@ impl Core {
                 if let Some(of) = of {
                     of.st.lock().expect("file lock").attr.perm = a.perm;
                 }
-                self.xattrs.lock().expect("xattrs lock").pop(&ino);
+                // Its capability is gone (the other attributes are asked again).
                 self.born_bare(ino);
                 if a.perm != perm {
                     self.invalidate_attr(ino);
